@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything VISA Hub needs on a fresh Debian machine.
+# Run by `make setup` (and so by `make demo` and `make test`). Each step is skipped when done.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+VENV=${VENV:-$here/.venv}
+INSTANCE_ENV=${INSTANCE_ENV:-/opt/visahub/instance-env}
+STAMPS=$here/.setup-stamps
+mkdir -p "$STAMPS"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+apt_packages=(
+  tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils
+  dbus-x11 xfonts-base bubblewrap novnc util-linux procps
+  chromium fonts-dejavu-core
+  postgresql
+  python3-venv python3-dev
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt: all packages present"
+fi
+
+# configurable-http-proxy from npm (the PyPI port breaks binary websockets).
+if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ package.json -nt "$STAMPS/npm" ]; then
+  log "npm: installing (package.json)"
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
+  touch "$STAMPS/npm"
+else
+  log "npm: up to date"
+fi
+
+# Hub environment: editable install of this checkout.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "venv: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ setup.cfg -nt "$STAMPS/hub-venv" ] || [ requirements.txt -nt "$STAMPS/hub-venv" ] || [ ! -f "$STAMPS/hub-venv" ]; then
+  log "venv: installing requirements"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -r requirements.txt -e . >/dev/null
+  touch "$STAMPS/hub-venv"
+else
+  log "venv: up to date"
+fi
+
+# Instance environment: what runs inside a sandbox. Built from Debian's /usr/bin/python3 in a
+# world-readable place, because the sandbox's unprivileged user cannot read root's home.
+if [ ! -x "$INSTANCE_ENV/bin/python" ]; then
+  log "instance env: creating $INSTANCE_ENV"
+  mkdir -p "$(dirname "$INSTANCE_ENV")"
+  /usr/bin/python3 -m venv "$INSTANCE_ENV"
+fi
+src_hash=$(cat requirements-instance.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' | sort) | sha256sum | cut -c1-16)
+if [ "$(cat "$INSTANCE_ENV/.visa-src" 2>/dev/null)" != "$src_hash" ]; then
+  log "instance env: installing requirements and visa_instance"
+  "$INSTANCE_ENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$INSTANCE_ENV/bin/pip" install -q -r requirements-instance.txt >/dev/null
+  "$INSTANCE_ENV/bin/pip" install -q --no-deps --force-reinstall . >/dev/null
+  echo "$src_hash" > "$INSTANCE_ENV/.visa-src"
+  chmod -R a+rX "$INSTANCE_ENV"
+else
+  log "instance env: up to date"
+fi
+
+# Browser driver for tests: Playwright (pip) drives Debian's chromium; no browser download.
+log "done"

@@ -1,0 +1,264 @@
+"""The embedded default backend: each instance is a bubblewrap sandbox on the hub's host.
+
+One unprivileged Unix account per instance, its own persistent home, the proposal's data
+read-only at /data/<proposal>, CPU/memory limits from the plan through a cgroup, and stop
+kills the whole cgroup, so no Xvnc or window manager outlives its instance.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from traitlets import Float, Integer, Unicode
+
+from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from .cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
+from .sandbox_command import (
+    SandboxLayout,
+    account_name,
+    bwrap_argv,
+    proposal_mount_point,
+    sandbox_env,
+)
+
+_SECRETISH = re.compile(r"(token|secret|password|key)=\S+", re.IGNORECASE)
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a sandbox log, with anything that looks like a secret masked."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except FileNotFoundError:
+        return ""
+    return _SECRETISH.sub(r"\1=[secret]", "\n".join(text))
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+class SandboxBackend(Backend):
+    """Runs each instance in a bubblewrap sandbox as its own Unix account."""
+
+    state_dir = Unicode(
+        "/var/lib/visahub/sandbox",
+        config=True,
+        help="Where homes (homes/<account>) and logs (logs/<account>.log) of sandboxes live. "
+        "Must be on a file system the instance accounts can reach (not under /root).",
+    )
+    instance_env = Unicode(
+        "/opt/visahub/instance-env",
+        config=True,
+        help="Python environment with jupyterhub-singleuser, JupyterLab and visa_instance, "
+        "mounted read-only in every sandbox (made by scripts/setup.sh).",
+    )
+    account_prefix = Unicode("visa-", config=True, help="Prefix of per-instance Unix account names.")
+    cgroup_parent = Unicode("visahub", config=True, help="Parent cgroup of all sandboxes.")
+    start_timeout = Float(60, config=True, help="Seconds to wait for Jupyter to listen in the sandbox.")
+    stop_grace = Float(5, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
+    max_pids = Integer(4096, config=True, help="Process limit per sandbox (fork-bomb guard).")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+
+    # -- paths -------------------------------------------------------------------------------
+    def _home(self, account: str) -> Path:
+        return Path(self.state_dir) / "homes" / account
+
+    def _log_path(self, account: str) -> Path:
+        return Path(self.state_dir) / "logs" / f"{account}.log"
+
+    # -- steps -------------------------------------------------------------------------------
+    async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        account = account_name(spec.owner, spec.server_name, self.account_prefix)
+        progress(20, "Preparing the instance's account and home")
+        uid, gid = await self._ensure_account(account)
+        home = self._home(account)
+        await asyncio.get_running_loop().run_in_executor(None, self._prepare_dirs, home, uid, gid)
+
+        cgroup = Cgroup(account, parent=self.cgroup_parent)
+        try:
+            cgroup.create(Limits(spec.plan.cpus, spec.plan.memory_mb, self.max_pids))
+        except CgroupError as e:
+            raise BackendError(
+                "The host cannot enforce this plan's CPU and memory limits; ask an admin.",
+                reason="limits", log_detail=str(e),
+            ) from e
+
+        layout = self._layout(spec, account, uid, gid)
+        inside_home = layout.home_inside
+        env = sandbox_env(spec.env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
+        argv = bwrap_argv(layout, self._command(spec, layout.home_inside))
+        progress(40, f"Starting the sandbox ({spec.plan.cpus:g} CPU, {spec.plan.memory_mb} MB)")
+        log_path = self._log_path(account)
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
+            )
+        self._procs[account] = proc
+        state = {
+            "backend": "sandbox", "account": account, "uid": uid, "pid": proc.pid,
+            "port": spec.port, "started": time.time(),
+        }
+        progress(60, "Waiting for Jupyter in the sandbox")
+        try:
+            await self._wait_listening(proc, spec.port, log_path)
+        except BaseException:
+            await self.stop(state, now=True)
+            raise
+        progress(80, "Jupyter is up; connecting through the hub")
+        return state
+
+    async def address(self, state: dict) -> tuple[str, int]:
+        return "127.0.0.1", int(state["port"])
+
+    async def status(self, state: dict) -> InstanceStatus:
+        account, pid = state.get("account"), state.get("pid")
+        if not account or not pid:
+            return InstanceStatus.STOPPED
+        proc = self._procs.get(account)
+        if proc is not None:
+            return InstanceStatus.RUNNING if proc.returncode is None else InstanceStatus.STOPPED
+        try:
+            cgroup = Cgroup(account, parent=self.cgroup_parent)
+        except CgroupError:
+            return InstanceStatus.UNKNOWN
+        # after a hub restart: the pid must still be alive *and* be ours (pids get reused)
+        return InstanceStatus.RUNNING if cgroup.contains(int(pid)) else InstanceStatus.STOPPED
+
+    async def stop(self, state: dict, now: bool = False) -> None:
+        account = state.get("account")
+        if not account:
+            return
+        cgroup = Cgroup(account, parent=self.cgroup_parent)
+        if not now and cgroup.signal_all(signal.SIGTERM):
+            await self._wait_empty(cgroup, self.stop_grace)
+        deadline = time.monotonic() + 10
+        while cgroup.pids() and time.monotonic() < deadline:
+            cgroup.signal_all(signal.SIGKILL)
+            await asyncio.sleep(0.05)
+        proc = self._procs.pop(account, None)
+        if proc is not None:
+            await proc.wait()
+        if cgroup.pids():
+            self.log.error("Sandbox %s: processes survived SIGKILL: %s", account, cgroup.pids())
+        cgroup.remove()
+
+    async def delete(self, state: dict) -> None:
+        account = state.get("account") or account_name(
+            state["owner"], state["server_name"], self.account_prefix
+        )
+        state = {**state, "account": account}
+        await self.stop(state, now=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, shutil.rmtree, self._home(account), True)
+        try:
+            self._log_path(account).unlink()
+        except FileNotFoundError:
+            pass
+        await self._run("userdel", account)
+
+    async def list_managed(self) -> list[dict]:
+        homes = Path(self.state_dir) / "homes"
+        return [{"backend": "sandbox", "account": p.name} for p in sorted(homes.glob(f"{self.account_prefix}*"))]
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _command(self, spec: InstanceSpec, home_inside: str) -> list[str]:
+        """Resolve a bare command name to the instance environment's copy; open Lab in home."""
+        cmd = list(spec.command)
+        if cmd and "/" not in cmd[0]:
+            cmd[0] = f"{self.instance_env}/bin/{cmd[0]}"
+        return cmd + [f"--FileContentsManager.preferred_dir={home_inside}"]
+
+    def _layout(self, spec: InstanceSpec, account: str, uid: int, gid: int) -> SandboxLayout:
+        data_inside = ""
+        if spec.data_path:
+            try:
+                data_inside = proposal_mount_point(spec.proposal)
+            except ValueError as e:
+                raise BackendError("This proposal's data cannot be mounted.", reason="data", log_detail=str(e)) from e
+            if not os.path.isdir(spec.data_path):
+                raise BackendError(
+                    f"The data of proposal {spec.proposal} is not available on this host.",
+                    reason="data", log_detail=f"missing {spec.data_path}",
+                )
+        return SandboxLayout(
+            uid=uid, gid=gid, home_host=str(self._home(account)), home_inside=f"/home/{account}",
+            instance_env=self.instance_env, data_host=spec.data_path, data_inside=data_inside,
+            hostname=spec.server_name[:60] or "visa",
+        )
+
+    def _prepare_dirs(self, home: Path, uid: int, gid: int) -> None:
+        # the state dir and homes/ are traversable (0711) but not listable; logs are root's only
+        for d, mode in ((Path(self.state_dir), 0o711), (home.parent, 0o711), (Path(self.state_dir) / "logs", 0o700)):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, mode)
+        home.mkdir(exist_ok=True)
+        os.chown(home, uid, gid)
+        os.chmod(home, 0o700)
+
+    async def _ensure_account(self, account: str) -> tuple[int, int]:
+        try:
+            entry = pwd.getpwnam(account)
+        except KeyError:
+            await self._run(
+                "useradd", "--system", "--user-group", "--no-create-home",
+                "--home-dir", f"/home/{account}", "--shell", "/usr/sbin/nologin",
+                "--comment", "VISA Hub instance", account,
+            )
+            entry = pwd.getpwnam(account)
+        return entry.pw_uid, entry.pw_gid
+
+    async def _run(self, *argv: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode not in (0, 6):  # userdel: 6 = no such user
+            raise BackendError(
+                "The host could not prepare the instance's account; ask an admin.",
+                reason="account", log_detail=f"{argv[0]} failed: {out.decode(errors='replace').strip()}",
+            )
+
+    async def _wait_listening(self, proc: asyncio.subprocess.Process, port: int, log_path: Path) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise BackendError(
+                    f"The sandbox exited during start (status {proc.returncode}). Last log lines:\n{_tail(log_path)}",
+                    reason="exited",
+                )
+            if await _port_open(port):
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 1.5, 0.25)
+        raise BackendError(
+            f"Jupyter did not start within {self.start_timeout:g} s. Last log lines:\n{_tail(log_path)}",
+            reason="timeout",
+        )
+
+    @staticmethod
+    async def _wait_empty(cgroup: Cgroup, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while cgroup.pids() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)

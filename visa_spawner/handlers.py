@@ -1,0 +1,80 @@
+"""Hub page handler for the "New instance" form on the home page.
+
+A named server in JupyterHub is created with a server name in the URL; our users type a free
+name instead. This handler validates the whole request first (the same `validate_request` the
+spawner uses), so a bad request comes back as the form with a clear message and nothing is
+created; then it creates the named server with its display name and starts it.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from jupyterhub.handlers import BaseHandler
+from jupyterhub.utils import url_escape_path, url_path_join
+from tornado import web
+
+from .options import OptionError, validate_request
+
+
+class NewInstanceHandler(BaseHandler):
+    """POST /hub/visa/new: create and start an instance; GET goes back to the home page."""
+
+    @web.authenticated
+    def get(self) -> None:
+        self.redirect(url_path_join(self.hub.base_url, "home"))
+
+    @web.authenticated
+    async def post(self) -> None:
+        user = self.current_user
+        spawner = user.spawner  # the default spawner carries the configuration (plans, screens…)
+        form = {k: [v.decode("utf8", "replace") for v in vs] for k, vs in self.request.body_arguments.items()}
+        auth_state = await user.get_auth_state() or {}
+        existing = {s.name: (s.display_name or s.name) for s in user.orm_user._orm_spawners if s.name}
+        try:
+            request = validate_request(
+                form, entitlements=auth_state.get("visa") or {}, plans=spawner.plan_catalogue(),
+                existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
+            )
+        except OptionError as e:
+            self.log.info("New instance refused for %s: %s", user.name, e)
+            self.set_status(400)
+            await self._render_home(error_message=str(e), form=form)
+            return
+        options = request.user_options()
+        options["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        user.get_or_create_spawner(request.server_name, request.display_name)
+        # the pending page follows the spawn and shows its progress or why it failed
+        asyncio.ensure_future(
+            self.spawn_single_user(user, request.server_name, request.display_name, options=options)
+        )
+        self.redirect(
+            url_path_join(self.hub.base_url, "spawn-pending", user.escaped_name, url_escape_path(request.server_name))
+        )
+
+    async def _render_home(self, **extra) -> None:
+        user = self.current_user
+        html = await self.render_template(
+            "home.html", auth_state=await user.get_auth_state(), user=user,
+            url=url_path_join(self.hub.base_url, "home"), allow_named_servers=self.allow_named_servers,
+            named_server_limit_per_user=await self.get_current_user_named_server_limit(),
+            url_path_join=url_path_join, spawners=user.orm_user._orm_spawners,
+            default_server=user.spawner, invalid_server_names=[], **extra,
+        )
+        self.finish(html)
+
+
+async def named_server_limit(handler) -> int:
+    """`JupyterHub.named_server_limit_per_user`: the facility quota, for REST API requests too.
+
+    JupyterHub reads 0 as "no limit", so quota -1 (unlimited) maps to 0; quota 0 (pending
+    approval) is refused by the spawner itself.
+    """
+    user = handler.current_user
+    if not hasattr(user, "get_auth_state"):
+        return 0
+    quota = ((await user.get_auth_state()) or {}).get("visa", {}).get("quota", 2)
+    return 0 if quota in (-1, 0) else int(quota)
+
+
+handlers = [(r"/visa/new", NewInstanceHandler)]

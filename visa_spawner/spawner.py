@@ -1,0 +1,174 @@
+"""VisaSpawner: one JupyterHub named server = one analysis instance for one proposal.
+
+The spawner owns the lifecycle (options, progress, errors, saved state); the backend named by
+the chosen plan does the infrastructure work through the small protocol in `backends.base`.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jupyterhub.spawner import SpawnException, Spawner
+from jupyterhub.utils import random_port
+from traitlets import Dict, Instance, List, Unicode, default, import_item
+
+from .backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, Plan
+from .options import KEYBOARDS, SCREENS, OptionError, validate_request
+from .plans import parse_plans
+
+DEFAULT_PLANS = [
+    {"id": "sandbox-small", "display_name": "Small sandbox", "backend": "sandbox", "cpus": 1,
+     "memory_mb": 2048, "default": True, "description": "1 CPU, 2 GB: notebooks and light analysis"},
+    {"id": "sandbox-large", "display_name": "Large sandbox", "backend": "sandbox", "cpus": 2,
+     "memory_mb": 8192, "description": "2 CPUs, 8 GB: reduction of a full data set"},
+]
+
+
+class VisaSpawner(Spawner):
+    """Spawns a proposal's analysis instance on the backend of the chosen plan."""
+
+    plans = List(
+        Dict(), default_value=DEFAULT_PLANS, config=True,
+        help="Plans offered on the creation form: dicts with id, display_name, backend, cpus, "
+        "memory_mb and optional image, description, default, roles (facility roles allowed; "
+        "empty = all).",
+    )
+    backend_classes = Dict(
+        {"sandbox": "visa_spawner.backends.sandbox.SandboxBackend"}, config=True,
+        help="Backend name → import path of its class. A plan names its backend.",
+    )
+    data_root = Unicode(
+        "/var/lib/visahub/data", config=True,
+        help="Host directory holding each proposal's experimental data as <data_root>/<proposal>/, "
+        "mounted read-only into the instance.",
+    )
+    screens = List(Unicode(), default_value=list(SCREENS), config=True, help="Screen sizes offered (WxH).")
+    keyboards = Dict(KEYBOARDS, config=True, help="Keyboard layouts offered: XKB layout → label.")
+
+    backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
+    _backends: dict[str, Backend] = {}  # shared per hub process: backends hold process handles
+
+    progress_events = List()
+    _progress_changed = Instance(asyncio.Condition, allow_none=True)
+
+    @default("cmd")
+    def _cmd_default(self) -> list[str]:
+        return ["jupyterhub-singleuser"]
+
+    # -- configuration -------------------------------------------------------------------------
+    def plan_catalogue(self) -> list[Plan]:
+        return parse_plans(self.plans, self.backend_classes.keys())
+
+    def backend(self, name: str) -> Backend:
+        """The hub-wide backend instance for `name` (created once, configured from the hub config)."""
+        if name not in self._backends:
+            cls = import_item(self.backend_classes[name])
+            VisaSpawner._backends[name] = cls(parent=self, config=self.config, log=self.log)
+        return self._backends[name]
+
+    async def entitlements(self) -> dict[str, Any]:
+        """The owner's facility entitlements, computed by the VISA authenticator at login/refresh."""
+        auth_state = await self.user.get_auth_state() or {}
+        return auth_state.get("visa") or {}
+
+    # -- state ---------------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.backend_state:
+            state["backend"] = self.backend_state
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.backend_state = state.get("backend", {})
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.backend_state = {}
+
+    # -- progress ------------------------------------------------------------------------------
+    def emit(self, percent: int, message: str) -> None:
+        """Record a real stage of the spawn for the progress bar."""
+        self.log.info("%s: %s", self._log_name, message)
+        self.progress_events = self.progress_events + [{"progress": percent, "message": message}]
+        if self._progress_changed is not None:
+            asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._progress_changed:
+            self._progress_changed.notify_all()
+
+    async def progress(self):
+        seen = 0
+        while True:
+            for event in self.progress_events[seen:]:
+                yield event
+            seen = len(self.progress_events)
+            if not self._spawn_pending:
+                return
+            async with self._progress_changed:
+                try:
+                    await asyncio.wait_for(self._progress_changed.wait(), 1)
+                except asyncio.TimeoutError:
+                    pass
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        self.progress_events = []
+        self._progress_changed = asyncio.Condition()
+        self.emit(5, "Checking the request against your proposals and plans")
+        try:
+            request = validate_request(
+                self.user_options, entitlements=await self.entitlements(),
+                plans=self.plan_catalogue(), existing={}, screens=self.screens,
+                keyboards=self.keyboards, new=False,
+            )
+        except OptionError as e:
+            raise SpawnException(str(e), reason="options") from None
+        plan = next(p for p in self.plan_catalogue() if p.id == request.plan)
+        backend = self.backend(plan.backend)
+        self.port = random_port()
+        env = self.get_env()
+        env.update({
+            "VISA_PROPOSAL": request.proposal, "VISA_PLAN": plan.id, "VISA_SCREEN": request.screen,
+            "VISA_KEYBOARD": request.keyboard, "VISA_INSTANCE_NAME": self.display_name or self.name,
+        })
+        spec = InstanceSpec(
+            owner=self.user.name, server_name=self.name, instance_id=f"{self.user.name}/{self.name}",
+            display_name=self.display_name or self.name, proposal=request.proposal, plan=plan,
+            command=tuple(self.cmd + self.get_args()), env=env, port=self.port,
+            data_path=f"{self.data_root}/{request.proposal}", screen=request.screen,
+            keyboard=request.keyboard,
+        )
+        try:
+            state = await backend.create(spec, self.emit)
+        except BackendError as e:
+            self.log.warning("%s: spawn failed (%s): %s %s", self._log_name, e.reason, e.message, e.log_detail)
+            raise SpawnException(e.message, reason=e.reason) from None
+        self.backend_state = {**state, "plan": plan.id}
+        return await backend.address(state)
+
+    def get_args(self) -> list[str]:
+        # the data lives outside home: serve "/" (the sandbox's own small tree) and open in home
+        return super().get_args() + ["--ServerApp.root_dir=/"]
+
+    async def poll(self) -> int | None:
+        if not self.backend_state:
+            return 0
+        backend = self.backend(self.backend_state.get("backend", "sandbox"))
+        status = await backend.status(self.backend_state)
+        return None if status is InstanceStatus.RUNNING else 0
+
+    async def stop(self, now: bool = False) -> None:
+        if self.backend_state:
+            await self.backend(self.backend_state.get("backend", "sandbox")).stop(self.backend_state, now=now)
+
+    async def delete_forever(self) -> None:
+        """Remove the instance's home and account: called by the hub when the server is deleted."""
+        plan_backend = "sandbox"
+        for plan in self.plan_catalogue():
+            if plan.id == (self.user_options or {}).get("plan"):
+                plan_backend = plan.backend
+        await self.backend(plan_backend).delete(
+            {"backend": plan_backend, "owner": self.user.name, "server_name": self.name}
+        )
