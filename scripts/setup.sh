@@ -13,7 +13,7 @@ mkdir -p "$STAMPS"
 log() { printf '[setup] %s\n' "$*"; }
 
 apt_packages=(
-  tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils
+  tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils x11-utils
   dbus-x11 xfonts-base bubblewrap novnc util-linux procps
   chromium fonts-dejavu-core
   postgresql
@@ -62,7 +62,7 @@ if [ ! -x "$INSTANCE_ENV/bin/python" ]; then
   mkdir -p "$(dirname "$INSTANCE_ENV")"
   /usr/bin/python3 -m venv "$INSTANCE_ENV"
 fi
-src_hash=$(cat requirements-instance.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' | sort) | sha256sum | cut -c1-16)
+src_hash=$(cat requirements-instance.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.svg' -o -name '*.json' | sort) | sha256sum | cut -c1-16)
 if [ "$(cat "$INSTANCE_ENV/.visa-src" 2>/dev/null)" != "$src_hash" ]; then
   log "instance env: installing requirements and visa_instance"
   "$INSTANCE_ENV/bin/pip" install -q --upgrade pip >/dev/null

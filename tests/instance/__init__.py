@@ -1,0 +1,1 @@
+"""Tests of the instance side (visa_instance)."""

@@ -1,0 +1,57 @@
+"""jupyter-server-proxy entry point for the desktop (``jupyter_serverproxy_servers: desktop``).
+
+jupyter-server-proxy supervises ``visa-desktop`` and bridges the websocket at ``{base_url}desktop/``
+to its unix socket (``raw_socket_proxy``: no websockify process, no TCP port any other local user
+could reach). The Lab launcher tile opens our page (``visa/desktop``, served by
+:mod:`visa_instance.extension`), not the bare websocket.
+
+The bridge is jupyter-server-proxy's for now; the page takes its websocket path from
+``VisaDesktop.websocket_path``, so a handler that filters input for view-only guests can replace
+it without touching the launcher or the page.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+ICON_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "desktop.svg")
+PAGE_PATH = "visa/desktop"
+# jupyter-server-proxy's readiness budget; the launcher's own deadline is a little shorter so
+# that it reports its own failure (and cleans up) before jupyter-server-proxy gives up.
+READY_TIMEOUT = 20.0
+
+
+def launcher_command(timeout: float = READY_TIMEOUT) -> list[str]:
+    """Run the launcher with this very interpreter: the instance env's bin/ need not be on PATH."""
+    python = sys.executable.replace("{", "{{").replace("}", "}}")  # the list is str.format()ed
+    return [
+        python, "-m", "visa_instance.desktop_launcher",
+        "--socket", "{unix_socket}",
+        "--timeout", f"{max(timeout - 2.0, 1.0):g}",
+        "--remove-socket-dir",
+    ]
+
+
+def setup_desktop() -> dict[str, Any]:
+    """The ServerProcess configuration jupyter-server-proxy reads through its entry point.
+
+    Readiness: for ``raw_socket_proxy`` servers jupyter-server-proxy 4.6 replaces its HTTP GET
+    check with a bare connect to the socket. The launcher only renames the socket into place once
+    the desktop is dressed, so "connectable" means "ready".
+    """
+    return {
+        "command": launcher_command(),
+        "unix_socket": True,
+        "raw_socket_proxy": True,
+        "timeout": READY_TIMEOUT,
+        "new_browser_tab": True,
+        "launcher_entry": {
+            "enabled": True,
+            "title": "Desktop",
+            "icon_path": ICON_PATH,
+            "path_info": PAGE_PATH,
+            "category": "Notebook",
+        },
+    }

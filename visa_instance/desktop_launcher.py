@@ -1,0 +1,439 @@
+"""``visa-desktop``: one X desktop (TigerVNC + openbox + xterm) served on a unix socket.
+
+jupyter-server-proxy starts this once per single-user server and bridges the browser's websocket
+to ``--socket``. The socket is only published (renamed into place) once the desktop has a
+keyboard layout, a background and a visible window, so jupyter-server-proxy's readiness check
+("can I connect?") means "the desktop is ready" and the first viewer never sees a black screen.
+
+This process owns its session: on SIGTERM/SIGINT/SIGHUP, when its parent dies, or when Xvnc
+exits, it terminates every process it started (and their descendants) and removes its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import _procs
+from .desktop_env import DesktopSettings, Keyboard, settings_from_env
+
+log = logging.getLogger("visa_instance.desktop_launcher")
+
+BACKGROUND = "#1f4e79"
+FIRST_DISPLAY = 1
+LAST_DISPLAY = 99
+XVNC_ATTEMPTS = 3
+
+
+class Stop(Exception):
+    """Raised from the signal handler to unwind into the cleanup."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# ---------------------------------------------------------------- pure builders
+
+
+def build_xvnc_command(
+    display: int,
+    settings: DesktopSettings,
+    rfb_socket: str,
+    xauthority: str,
+    displayfd: int,
+    xvnc: str = "Xvnc",
+) -> list[str]:
+    """The Xvnc command line: RFB on a unix socket only, no X11 over TCP or abstract sockets.
+
+    No VNC password (``-SecurityTypes None``): the socket is private to the sandbox's user and
+    every websocket is authenticated by the Jupyter server in front of it. ``-AlwaysShared`` lets
+    several viewers share the session. The X display itself is protected by an MIT cookie.
+    """
+    return [
+        xvnc,
+        f":{display}",
+        "-rfbunixpath", rfb_socket,
+        "-rfbunixmode", "0600",
+        "-rfbport", "-1",
+        "-SecurityTypes", "None",
+        "-AlwaysShared",
+        "-geometry", settings.geometry,
+        "-depth", "24",
+        "-desktop", settings.name,
+        "-auth", xauthority,
+        "-nolisten", "tcp",
+        "-nolisten", "local",
+        "-displayfd", str(displayfd),
+    ]
+
+
+def build_setxkbmap_command(keyboard: Keyboard) -> list[str]:
+    """``setxkbmap -layout fr [-variant azerty]``."""
+    cmd = ["setxkbmap", "-layout", keyboard.layout]
+    if keyboard.variant:
+        cmd += ["-variant", keyboard.variant]
+    return cmd
+
+
+def build_xterm_command(settings: DesktopSettings) -> list[str]:
+    """The one visible window: a terminal titled with the instance name."""
+    return [
+        "xterm",
+        "-T", settings.name,
+        "-n", settings.name,
+        "-fa", "DejaVu Sans Mono",
+        "-fs", "11",
+        "-geometry", "100x30+40+40",
+    ]
+
+
+def xauthority_entry(display: int, cookie: bytes) -> bytes:
+    """One Xauthority record (FamilyWild, any host) for ``:display`` with an MIT cookie."""
+
+    def counted(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return (
+        struct.pack(">H", 0xFFFF)
+        + counted(b"")
+        + counted(str(display).encode())
+        + counted(b"MIT-MAGIC-COOKIE-1")
+        + counted(cookie)
+    )
+
+
+def pick_display(
+    tmp_dir: str = "/tmp", first: int = FIRST_DISPLAY, last: int = LAST_DISPLAY,
+    skip: frozenset[int] | set[int] = frozenset(),
+) -> int:
+    """The first display number with neither an X socket nor a lock file in ``tmp_dir``."""
+    for n in range(first, last + 1):
+        if n in skip:
+            continue
+        if os.path.exists(f"{tmp_dir}/.X11-unix/X{n}") or os.path.exists(f"{tmp_dir}/.X{n}-lock"):
+            continue
+        return n
+    raise RuntimeError(f"no free X display between :{first} and :{last}")
+
+
+def ensure_x11_dir(tmp_dir: str = "/tmp") -> None:
+    """Create /tmp/.X11-unix (sticky, world-writable) in a sandbox's empty private /tmp.
+
+    Xvnc run by a non-root user would otherwise log an alarming error before coping anyway.
+    """
+    path = f"{tmp_dir}/.X11-unix"
+    if not os.path.isdir(path):
+        try:
+            os.mkdir(path)
+            os.chmod(path, 0o1777)
+        except OSError as e:
+            log.debug("could not create %s: %s", path, e)
+
+
+def remove_stale_x_files(display: int, tmp_dir: str = "/tmp") -> None:
+    """Remove an X socket nobody listens on (left by a killed Xvnc) and its lock file."""
+    path = f"{tmp_dir}/.X11-unix/X{display}"
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)
+        return  # someone is serving it: not ours to remove
+    except FileNotFoundError:
+        pass
+    except OSError:
+        _unlink(path)
+    _unlink(f"{tmp_dir}/.X{display}-lock")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- the session
+
+
+def _child_setup() -> None:
+    """In each child before exec: die if the launcher is killed outright (SIGKILL)."""
+    _procs.die_with_parent(signal.SIGTERM)
+
+
+@dataclass
+class DesktopSession:
+    """Xvnc plus the X clients of one desktop, and the files they need."""
+
+    settings: DesktopSettings
+    socket_path: str
+    timeout: float = 20.0
+    display: int | None = None
+    xvnc: subprocess.Popen | None = None
+    runtime_dir: str = ""
+    _published: bool = False
+    _clients: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def staging_socket(self) -> str:
+        """Where Xvnc listens until the desktop is ready (same directory, so rename is atomic)."""
+        return os.path.join(os.path.dirname(self.socket_path), f".staging-{os.getpid()}")
+
+    @property
+    def xauthority(self) -> str:
+        return os.path.join(self.runtime_dir, "Xauthority")
+
+    def client_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DISPLAY"] = f":{self.display}"
+        env["XAUTHORITY"] = self.xauthority
+        if not (env.get("LANG") or env.get("LC_ALL")):
+            env["LANG"] = "C.UTF-8"  # a UTF-8 terminal and titles, whatever the server had
+        return env
+
+    # -- start
+
+    def start(self) -> None:
+        """Start Xvnc, dress the desktop, then publish the socket."""
+        deadline = time.monotonic() + self.timeout
+        self.runtime_dir = tempfile.mkdtemp(prefix="visa-desktop-")
+        self._start_xvnc(deadline)
+        self._setup_session(deadline)
+        os.rename(self.staging_socket, self.socket_path)
+        self._published = True
+        log.info("desktop :%s ready on %s (%s, keyboard %s)", self.display,
+                 self.socket_path, self.settings.geometry, self.settings.keyboard)
+
+    def _start_xvnc(self, deadline: float) -> None:
+        tried: set[int] = set()
+        ensure_x11_dir()
+        for _ in range(XVNC_ATTEMPTS):
+            display = pick_display(skip=tried)
+            tried.add(display)
+            with open(self.xauthority, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as f:
+                f.write(xauthority_entry(display, secrets.token_bytes(16)))
+            if os.path.lexists(self.staging_socket):
+                os.unlink(self.staging_socket)
+            read_fd, write_fd = os.pipe()
+            cmd = build_xvnc_command(
+                display, self.settings, self.staging_socket, self.xauthority, write_fd
+            )
+            log.debug("starting %s", cmd)
+            try:
+                self.xvnc = subprocess.Popen(
+                    cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+                    preexec_fn=_child_setup, cwd=self.runtime_dir,
+                )
+            finally:
+                os.close(write_fd)
+            try:
+                announced = self._wait_displayfd(read_fd, deadline)
+            finally:
+                os.close(read_fd)
+            if announced is not None and os.path.exists(self.staging_socket):
+                self.display = announced
+                return
+            log.warning("Xvnc did not start on :%d; trying another display", display)
+            self._kill(self.xvnc)
+        raise RuntimeError(f"Xvnc failed to start after {XVNC_ATTEMPTS} attempts")
+
+    def _wait_displayfd(self, read_fd: int, deadline: float) -> int | None:
+        """Xvnc writes its display number once it accepts clients; EOF means it died."""
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([read_fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                return None
+            data += chunk
+        try:
+            return int(data.strip())
+        except ValueError:
+            return None
+
+    def _run_x_client(self, cmd: list[str], deadline: float) -> None:
+        """A short X command (setxkbmap, xsetroot): failures are logged, not fatal."""
+        try:
+            result = subprocess.run(
+                cmd, env=self.client_env(), stdin=subprocess.DEVNULL,
+                capture_output=True, timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("%s failed: %s", cmd[0], e)
+            return
+        if result.returncode != 0:
+            log.warning("%s exited with %d: %s", cmd[0], result.returncode,
+                        result.stderr.decode(errors="replace").strip()[:300])
+
+    def _spawn_client(self, cmd: list[str], cwd: str | None = None) -> None:
+        try:
+            self._clients.append(subprocess.Popen(
+                cmd, env=self.client_env(), stdin=subprocess.DEVNULL,
+                preexec_fn=_child_setup, cwd=cwd or self.runtime_dir,
+            ))
+        except OSError as e:
+            log.warning("could not start %s: %s", cmd[0], e)
+
+    def _setup_session(self, deadline: float) -> None:
+        self._run_x_client(build_setxkbmap_command(self.settings.keyboard), deadline)
+        self._run_x_client(["xsetroot", "-solid", BACKGROUND], deadline)
+        self._spawn_client(["openbox", "--sm-disable"])
+        self._spawn_client(build_xterm_command(self.settings), cwd=self._xterm_cwd())
+        self._wait_for_window(deadline)
+
+    def _xterm_cwd(self) -> str:
+        data_dir = self.settings.data_dir
+        if data_dir and os.path.isdir(data_dir):
+            return data_dir
+        home = os.path.expanduser("~")
+        return home if os.path.isdir(home) else self.runtime_dir
+
+    def _wait_for_window(self, deadline: float) -> None:
+        """Wait until the window manager manages a client window (needs xprop, x11-utils)."""
+        if not shutil.which("xprop"):
+            log.info("xprop not found: not waiting for the first window")
+            return
+        delay = 0.02
+        while time.monotonic() < deadline:
+            try:
+                out = subprocess.run(
+                    ["xprop", "-root", "_NET_CLIENT_LIST"], env=self.client_env(),
+                    capture_output=True, timeout=5,
+                ).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            if b"window id #" in out:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        log.warning("no window appeared before the timeout; publishing the desktop anyway")
+
+    # -- run and stop
+
+    def wait(self) -> int:
+        """Reap children (adopted orphans too) until Xvnc exits; returns its exit code."""
+        assert self.xvnc is not None
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == self.xvnc.pid:
+                self.xvnc.returncode = os.waitstatus_to_exitcode(status)
+                return self.xvnc.returncode
+
+    def _kill(self, proc: subprocess.Popen | None) -> None:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Terminate the whole family (SIGTERM, then SIGKILL after ``grace``) and clean up."""
+        me = os.getpid()
+        pgid = os.getpgid(0) if os.getpgid(0) == me else None
+        victims = _procs.family(me, pgid)
+        if victims:
+            log.info("stopping %s", ", ".join(f"{p.comm}[{p.pid}]" for p in victims))
+        _procs.signal_all(victims, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        delay = 0.01
+        while victims and time.monotonic() < deadline:
+            _procs.reap_children()
+            victims = _procs.family(me, pgid)
+            if victims:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        if victims:
+            log.warning("killing %s", ", ".join(f"{p.comm}[{p.pid}]" for p in victims))
+            _procs.signal_all(victims, signal.SIGKILL)
+            _procs.reap_children()
+        if self.display is not None:
+            remove_stale_x_files(self.display)
+        for path in (self.staging_socket, self.socket_path if self._published else None):
+            if path and os.path.lexists(path):
+                os.unlink(path)
+        if self.runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise Stop(signum)
+
+
+def _own_session(parent: int) -> None:
+    """Lead a new session and make sure we go down with the Jupyter server."""
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a process group leader (e.g. a shell job): our group is still ours
+    _procs.die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:
+        raise Stop(signal.SIGTERM)  # the parent died before PDEATHSIG was armed
+    _procs.become_subreaper()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one desktop until stopped; non-zero when Xvnc died by itself (so it gets restarted)."""
+    parser = argparse.ArgumentParser(prog="visa-desktop", description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", required=True, help="unix socket path to serve RFB on")
+    parser.add_argument("--timeout", type=float, default=18.0, help="start-up deadline, seconds")
+    parser.add_argument(
+        "--remove-socket-dir", action="store_true",
+        help="on a requested stop, remove the socket's directory if empty (jupyter-server-proxy "
+        "creates one per server and never removes it)",
+    )
+    parser.add_argument("--debug", action="store_true", help="verbose logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="[visa-desktop %(levelname)s] %(message)s", stream=sys.stderr,
+    )
+    parent = os.getppid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+
+    session = DesktopSession(settings_from_env(os.environ, log), args.socket, args.timeout)
+    code = 0
+    stopped = False
+    try:
+        _own_session(parent)
+        session.start()
+        status = session.wait()
+        log.warning("Xvnc exited with status %s; stopping the desktop", status)
+        code = 1
+    except Stop as stop:
+        log.info("received %s; stopping the desktop", stop)
+        stopped = True
+    except Exception:
+        log.exception("desktop failed")
+        code = 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        session.stop()
+        if stopped and args.remove_socket_dir:
+            try:
+                os.rmdir(os.path.dirname(args.socket))
+            except OSError:
+                pass  # not empty or already gone: not ours to force
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

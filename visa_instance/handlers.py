@@ -1,0 +1,111 @@
+"""Authenticated handlers for the desktop page and the files it loads.
+
+Every route goes through jupyter-server's login check *and* its Authorizer (resource
+``visa-desktop``), so a deployment can later give view-only guests a narrower answer than owners.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any, Awaitable
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.utils import ensure_async, url_path_join
+from tornado import web
+
+from .desktop_env import DEFAULT_NAME, clean_name
+
+AUTH_RESOURCE = "visa-desktop"
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+_jinja = Environment(
+    loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"])
+)
+
+
+class DesktopPageHandler(JupyterHandler):
+    """The full-window noVNC page at ``{base_url}visa/desktop``."""
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, websocket_path: str) -> None:
+        self.websocket_path = websocket_path
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        # Only a hint for the page (hides input); the websocket layer must enforce it.
+        can_write = await ensure_async(
+            self.authorizer.is_authorized(self, self.current_user, "write", AUTH_RESOURCE)
+        )
+        name = clean_name(os.environ.get("VISA_INSTANCE_NAME")) or DEFAULT_NAME
+        config = {
+            "baseUrl": self.base_url,
+            "websocketPath": self.websocket_path,
+            "instanceName": name,
+            "viewOnly": not can_write,
+        }
+        self.set_header("Cache-Control", "no-store")
+        self.finish(
+            _jinja.get_template("desktop.html").render(
+                title=name,
+                static_url=url_path_join(self.base_url, "visa/static/"),
+                config=config,
+            )
+        )
+
+
+class AuthenticatedStaticHandler(JupyterHandler, web.StaticFileHandler):
+    """Static files for logged-in users only, restricted to a few top-level directories.
+
+    tornado already refuses paths resolving outside ``path``; ``allowed`` also keeps noVNC's own
+    app (vnc.html and friends) from being served on our origin.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(  # type: ignore[override]
+        self, path: str, allowed: tuple[str, ...] = (), default_filename: str | None = None
+    ) -> None:
+        web.StaticFileHandler.initialize(self, path, default_filename)
+        self.allowed = allowed
+
+    def _check_path(self, path: str) -> None:
+        normal = posixpath.normpath("/" + path).lstrip("/")
+        if "\\" in path or "\0" in path or normal != path or normal.startswith(".."):
+            raise web.HTTPError(404)
+        if self.allowed and normal.split("/", 1)[0] not in self.allowed:
+            raise web.HTTPError(404)
+
+    @web.authenticated
+    @authorized
+    def head(self, path: str) -> Awaitable[None]:  # type: ignore[override]
+        self._check_path(path)
+        return web.StaticFileHandler.head(self, path)
+
+    @web.authenticated
+    @authorized
+    def get(self, path: str, include_body: bool = True) -> Awaitable[None]:  # type: ignore[override]
+        self._check_path(path)
+        return web.StaticFileHandler.get(self, path, include_body)
+
+    def set_extra_headers(self, path: str) -> None:
+        # Revalidate on each load: an upgraded noVNC or page must not mix with cached modules.
+        self.set_header("Cache-Control", "no-cache")
+
+
+def desktop_handlers(
+    base_url: str, novnc_path: str, websocket_path: str
+) -> list[tuple[str, type, dict[str, Any]]]:
+    """The routes, built as data so a test can check them without a server."""
+    static_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+    return [
+        (url_path_join(base_url, r"visa/desktop/?"), DesktopPageHandler,
+         {"websocket_path": websocket_path}),
+        (url_path_join(base_url, r"visa/novnc/(.*)"), AuthenticatedStaticHandler,
+         {"path": novnc_path, "allowed": ("core", "vendor")}),
+        (url_path_join(base_url, r"visa/static/(.*)"), AuthenticatedStaticHandler,
+         {"path": static_dir}),
+    ]
