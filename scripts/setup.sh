@@ -11,6 +11,8 @@ STAMPS=$here/.setup-stamps
 mkdir -p "$STAMPS"
 
 log() { printf '[setup] %s\n' "$*"; }
+# pip, with the machine's noisy "location is ignored" warnings filtered out (errors still show)
+pip_q() { "$@" -q 2>&1 | grep -v -E "is ignored: it is neither|BuildBackendWarning|^\s*$|\*\*\*\*|!!|editable_wheel|with strategy|check.warn|Please be careful|name as your package|precedence during" || true; return "${PIPESTATUS[0]}"; }
 
 apt_packages=(
   tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils x11-utils
@@ -48,8 +50,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ setup.cfg -nt "$STAMPS/hub-venv" ] || [ requirements.txt -nt "$STAMPS/hub-venv" ] || [ ! -f "$STAMPS/hub-venv" ]; then
   log "venv: installing requirements"
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -r requirements.txt -e . >/dev/null
+  pip_q "$VENV/bin/pip" install --upgrade pip
+  pip_q "$VENV/bin/pip" install -r requirements.txt -e .
   touch "$STAMPS/hub-venv"
 else
   log "venv: up to date"
@@ -65,9 +67,9 @@ fi
 src_hash=$(cat requirements-instance.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.svg' -o -name '*.json' | sort) | sha256sum | cut -c1-16)
 if [ "$(cat "$INSTANCE_ENV/.visa-src" 2>/dev/null)" != "$src_hash" ]; then
   log "instance env: installing requirements and visa_instance"
-  "$INSTANCE_ENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$INSTANCE_ENV/bin/pip" install -q -r requirements-instance.txt >/dev/null
-  "$INSTANCE_ENV/bin/pip" install -q --no-deps --force-reinstall . >/dev/null
+  pip_q "$INSTANCE_ENV/bin/pip" install --upgrade pip
+  pip_q "$INSTANCE_ENV/bin/pip" install -r requirements-instance.txt
+  pip_q "$INSTANCE_ENV/bin/pip" install --no-deps --force-reinstall .
   echo "$src_hash" > "$INSTANCE_ENV/.visa-src"
   chmod -R a+rX "$INSTANCE_ENV"
 else

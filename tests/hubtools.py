@@ -146,6 +146,12 @@ class Hub:
         wait_for(lambda: not (self.server_model(user, name) or {}).get("ready") and
                  not (self.server_model(user, name) or {}).get("pending"), timeout, f"{user}/{name} stopped")
 
+    def delete_server(self, user: str, name: str, timeout: float = 60) -> None:
+        """Stop (if needed) and delete a named server for ever, as the home page's Delete does."""
+        r = self.api("DELETE", f"/users/{user}/servers/{name}", json={"remove": True})
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: self.server_model(user, name) is None, timeout, f"{user}/{name} deleted")
+
     def stop_all_servers(self) -> None:
         r = self.api("GET", "/users")
         for u in r.json() if r.ok else []:

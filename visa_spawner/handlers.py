@@ -39,6 +39,7 @@ class NewInstanceHandler(BaseHandler):
         except OptionError as e:
             self.log.info("New instance refused for %s: %s", user.name, e)
             self.set_status(400)
+            self.set_header("Content-Type", "text/html; charset=UTF-8")
             await self._render_home(error_message=str(e), form=form)
             return
         options = request.user_options()

@@ -10,7 +10,7 @@ from typing import Any
 
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
-from traitlets import Dict, Instance, List, Unicode, default, import_item
+from traitlets import Dict, List, Unicode, default, import_item
 
 from .backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, Plan
 from .options import KEYBOARDS, SCREENS, OptionError, validate_request
@@ -48,8 +48,10 @@ class VisaSpawner(Spawner):
     backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
     _backends: dict[str, Backend] = {}  # shared per hub process: backends hold process handles
 
-    progress_events = List()
-    _progress_changed = Instance(asyncio.Condition, allow_none=True)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._progress_events: list[dict] = []
+        self._progress_changed = asyncio.Condition()
 
     @default("cmd")
     def _cmd_default(self) -> list[str]:
@@ -90,20 +92,22 @@ class VisaSpawner(Spawner):
     def emit(self, percent: int, message: str) -> None:
         """Record a real stage of the spawn for the progress bar."""
         self.log.info("%s: %s", self._log_name, message)
-        self.progress_events = self.progress_events + [{"progress": percent, "message": message}]
-        if self._progress_changed is not None:
-            asyncio.ensure_future(self._notify())
+        self._progress_events.append({"progress": percent, "message": message})
+        asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:
         async with self._progress_changed:
             self._progress_changed.notify_all()
 
     async def progress(self):
-        seen = 0
+        """Every stage of the current spawn, to every listener, however late it connects."""
+        events, seen = self._progress_events, 0
         while True:
-            for event in self.progress_events[seen:]:
-                yield event
-            seen = len(self.progress_events)
+            if events is not self._progress_events:  # a new spawn started: follow it from its start
+                events, seen = self._progress_events, 0
+            while seen < len(events):
+                seen += 1
+                yield events[seen - 1]
             if not self._spawn_pending:
                 return
             async with self._progress_changed:
@@ -114,8 +118,7 @@ class VisaSpawner(Spawner):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
-        self.progress_events = []
-        self._progress_changed = asyncio.Condition()
+        self._progress_events = []
         self.emit(5, "Checking the request against your proposals and plans")
         try:
             request = validate_request(

@@ -51,7 +51,7 @@ c.JupyterHub.default_url = "/hub/home"
 c.JupyterHub.extra_handlers = visa_handlers
 c.JupyterHub.template_paths = [
     str(Path(visa_spawner.__file__).parent / "templates"),
-    str(Path(visa_authenticator.__file__).parent / "templates"),
+    visa_authenticator.TEMPLATES_DIR,
 ]
 
 # -- identity --------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Tests of the hub-side authenticator package (visa_authenticator)."""

@@ -1,0 +1,55 @@
+"""Session fixtures: one real demo hub (npm proxy, SQLite, demo catalogue, sandbox backend)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.hubtools import DEMO_CONFIG, Browserless, Hub, make_demo_data, make_state_dir
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def hub_state() -> Iterator[Path]:
+    state = make_state_dir()
+    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub(hub_state: Path) -> Iterator[Hub]:
+    hub = Hub(hub_state).start()
+    try:
+        yield hub
+    finally:
+        try:
+            hub.stop_all_servers()
+            for u in hub.api("GET", "/users?include_stopped_servers=1").json():
+                for name in u.get("servers", {}):
+                    hub.api("DELETE", f"/users/{u['name']}/servers/{name}", json={"remove": True})
+        finally:
+            hub.stop()
+
+
+@pytest.fixture(scope="session")
+def login(hub: Hub):
+    """login("alice") → a logged-in requests-driven browser session (demo password)."""
+    sessions: dict[str, Browserless] = {}
+
+    def _login(user: str) -> Browserless:
+        if user not in sessions:
+            sessions[user] = Browserless(hub, user, f"{user}-demo")
+            assert sessions[user].logged_in, f"demo login of {user} failed"
+        return sessions[user]
+
+    return _login
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
