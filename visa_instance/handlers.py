@@ -57,14 +57,16 @@ class DesktopPageHandler(JupyterHandler):
         )
 
 
-class AuthenticatedStaticHandler(JupyterHandler, web.StaticFileHandler):
-    """Static files for logged-in users only, restricted to a few top-level directories.
+class PublicStaticHandler(JupyterHandler, web.StaticFileHandler):
+    """The page's code (our script, noVNC's modules), restricted to a few top-level directories.
 
-    tornado already refuses paths resolving outside ``path``; ``allowed`` also keeps noVNC's own
-    app (vnc.html and friends) from being served on our origin.
+    Public like JupyterLab's own static assets: they hold no data and no secret, and a browser
+    loads ES modules with `Sec-Fetch-Mode: cors` and no XSRF header, which JupyterHub's
+    single-user auth (rightly) refuses for cookie-authenticated GETs, looping through OAuth.
+    The page and the desktop websocket stay authenticated. tornado already refuses paths
+    resolving outside ``path``; ``allowed`` also keeps noVNC's own app (vnc.html and friends)
+    from being served on our origin.
     """
-
-    auth_resource = AUTH_RESOURCE
 
     def initialize(  # type: ignore[override]
         self, path: str, allowed: tuple[str, ...] = (), default_filename: str | None = None
@@ -79,14 +81,10 @@ class AuthenticatedStaticHandler(JupyterHandler, web.StaticFileHandler):
         if self.allowed and normal.split("/", 1)[0] not in self.allowed:
             raise web.HTTPError(404)
 
-    @web.authenticated
-    @authorized
     def head(self, path: str) -> Awaitable[None]:  # type: ignore[override]
         self._check_path(path)
         return web.StaticFileHandler.head(self, path)
 
-    @web.authenticated
-    @authorized
     def get(self, path: str, include_body: bool = True) -> Awaitable[None]:  # type: ignore[override]
         self._check_path(path)
         return web.StaticFileHandler.get(self, path, include_body)
@@ -104,8 +102,8 @@ def desktop_handlers(
     return [
         (url_path_join(base_url, r"visa/desktop/?"), DesktopPageHandler,
          {"websocket_path": websocket_path}),
-        (url_path_join(base_url, r"visa/novnc/(.*)"), AuthenticatedStaticHandler,
+        (url_path_join(base_url, r"visa/novnc/(.*)"), PublicStaticHandler,
          {"path": novnc_path, "allowed": ("core", "vendor")}),
-        (url_path_join(base_url, r"visa/static/(.*)"), AuthenticatedStaticHandler,
+        (url_path_join(base_url, r"visa/static/(.*)"), PublicStaticHandler,
          {"path": static_dir}),
     ]

@@ -17,10 +17,13 @@ import pytest
 
 from .conftest import Proc, descendants, group_members, still_alive, wait_for
 
-pytestmark = pytest.mark.skipif(
-    not all(os.path.exists(f"/usr/bin/{b}") for b in ("Xvnc", "openbox", "xterm")),
-    reason="needs tigervnc-standalone-server, openbox and xterm",
-)
+
+
+@pytest.fixture(autouse=True)
+def _desktop_programs() -> None:
+    """Fail loudly (never skip) when the desktop's Debian packages are missing."""
+    missing = [b for b in ("Xvnc", "openbox", "xterm") if not os.path.exists(f"/usr/bin/{b}")]
+    assert not missing, f"missing {missing}: run `make setup`"
 
 
 @dataclass
