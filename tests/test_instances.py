@@ -228,3 +228,32 @@ def test_a_sandbox_that_cannot_start_says_why_and_leaves_nothing(hub, hub_state,
     assert cgroup_pids("alice", server) == set()
     assert processes_of("alice", server) == []
     hub.delete_server("alice", server)
+
+
+def test_hub_stays_responsive_while_instances_start(hub, login):
+    """Spawning runs no blocking work on the hub's event loop: its API keeps answering quickly."""
+    import concurrent.futures
+    import time
+
+    admin = login("admin")  # unlimited quota
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def ping():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            assert requests.get(f"{hub.url}/hub/api", timeout=5).status_code == 200
+            latencies.append(time.perf_counter() - t0)
+
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    names = [create(admin, unique("Burst"), proposal=OPEN_DATA) for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda n: hub.wait_ready("admin", n), names))
+    stop.set()
+    pinger.join()
+    for name in names:
+        hub.delete_server("admin", name)
+    latencies.sort()
+    assert len(latencies) > 20
+    assert latencies[-1] < 0.5, f"slowest hub API answer during 3 spawns: {latencies[-1]:.3f}s"
