@@ -26,13 +26,7 @@ def hub(hub_state: Path) -> Iterator[Hub]:
     try:
         yield hub
     finally:
-        try:
-            hub.stop_all_servers()
-            for u in hub.api("GET", "/users?include_stopped_servers=1").json():
-                for name in u.get("servers", {}):
-                    hub.api("DELETE", f"/users/{u['name']}/servers/{name}", json={"remove": True})
-        finally:
-            hub.stop()
+        hub.stop()
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +47,18 @@ def login(hub: Hub):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def _delete_instances_after_test(request):
+    """Each hub test starts from no instance, whatever the previous one left (even on failure)."""
+    yield
+    if "hub" not in request.fixturenames:
+        return
+    hub: Hub = request.getfixturevalue("hub")
+    if not hub.proc or hub.proc.poll() is not None:
+        hub.start()
+    for u in hub.api("GET", "/users?include_stopped_servers=1").json():
+        for name in u.get("servers", {}):
+            if name:
+                hub.delete_server(u["name"], name)

@@ -114,7 +114,7 @@ def test_another_user_cannot_open_the_instance(hub, login):
     server = create(alice, unique("Private"))
     hub.wait_ready("alice", server)
     assert alice.instance_get("alice", server, "lab").status_code == 200
-    for path in ("lab", "visa/desktop", "api/contents/", "visa/novnc/core/rfb.js"):
+    for path in ("lab", "visa/desktop", "api/contents/", "api/kernels"):
         r = carol.instance_get("alice", server, path)
         assert r.status_code == 403, (path, r.status_code, r.url)
         assert ALICE_PROPOSAL not in r.text  # nothing of the instance leaks into the refusal
