@@ -257,3 +257,13 @@ def test_hub_stays_responsive_while_instances_start(hub, login):
     latencies.sort()
     assert len(latencies) > 20
     assert latencies[-1] < 0.5, f"slowest hub API answer during 3 spawns: {latencies[-1]:.3f}s"
+
+
+def test_staff_instance_without_proposal_mounts_no_data(hub, login):
+    erin = login("erin")  # IT support, staff: no proposal of her own
+    assert "No proposal (staff instance" in erin.home().text
+    server = create(erin, unique("Staff tools"), proposal="")
+    hub.wait_ready("erin", server)
+    assert erin.instance_api("GET", "erin", server, "api/contents/data").status_code == 404
+    r = login("bob").new_instance(name="no proposal", proposal="")
+    assert r.status_code == 400 and "Choose the proposal" in r.text

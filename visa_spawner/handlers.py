@@ -35,6 +35,7 @@ class NewInstanceHandler(BaseHandler):
             request = validate_request(
                 form, entitlements=auth_state.get("visa") or {}, plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
+                roles_without_proposal=spawner.roles_without_proposal,
             )
         except OptionError as e:
             self.log.info("New instance refused for %s: %s", user.name, e)

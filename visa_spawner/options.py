@@ -101,12 +101,14 @@ def validate_request(
     existing: Mapping[str, str],
     screens: Sequence[str] = SCREENS,
     keyboards: Mapping[str, str] = KEYBOARDS,
+    roles_without_proposal: Iterable[str] = ("STAFF", "ADMIN"),
     new: bool = True,
 ) -> InstanceRequest:
     """Check a creation request against the person's entitlements; return the clean request.
 
     `existing` maps the person's server names to display names. With `new=False` the request
-    restarts an existing instance: name and quota checks are skipped.
+    restarts an existing instance: name and quota checks are skipped. Facility staff (VISA's rule)
+    may create an instance without a proposal: it then mounts no data.
     """
     if new:
         check_quota(int(entitlements.get("quota", 2)), len(existing))
@@ -122,8 +124,9 @@ def validate_request(
     proposal = first(form, "proposal").strip()
     mine = {p["id"]: p for p in entitlements.get("proposals", [])}
     if not proposal:
-        raise OptionError("Choose the proposal this instance is for.")
-    if proposal not in mine:
+        if not set(entitlements.get("roles", [])) & set(roles_without_proposal):
+            raise OptionError("Choose the proposal this instance is for.")
+    elif proposal not in mine:
         raise OptionError(f"Proposal “{proposal[:64]}” is not one you can use.")
 
     usable = allowed_plans(plans, entitlements.get("roles", []))

@@ -44,6 +44,10 @@ class VisaSpawner(Spawner):
     )
     screens = List(Unicode(), default_value=list(SCREENS), config=True, help="Screen sizes offered (WxH).")
     keyboards = Dict(KEYBOARDS, config=True, help="Keyboard layouts offered: XKB layout → label.")
+    roles_without_proposal = List(
+        Unicode(), default_value=["STAFF", "ADMIN"], config=True,
+        help="Facility roles that may create an instance attached to no proposal (no data mounted).",
+    )
 
     backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
     _backends: dict[str, Backend] = {}  # shared per hub process: backends hold process handles
@@ -124,7 +128,7 @@ class VisaSpawner(Spawner):
             request = validate_request(
                 self.user_options, entitlements=await self.entitlements(),
                 plans=self.plan_catalogue(), existing={}, screens=self.screens,
-                keyboards=self.keyboards, new=False,
+                keyboards=self.keyboards, roles_without_proposal=self.roles_without_proposal, new=False,
             )
         except OptionError as e:
             raise SpawnException(str(e), reason="options") from None
@@ -140,7 +144,7 @@ class VisaSpawner(Spawner):
             owner=self.user.name, server_name=self.name, instance_id=f"{self.user.name}/{self.name}",
             display_name=self.display_name or self.name, proposal=request.proposal, plan=plan,
             command=tuple(self.cmd + self.get_args()), env=env, port=self.port,
-            data_path=f"{self.data_root}/{request.proposal}", screen=request.screen,
+            data_path=f"{self.data_root}/{request.proposal}" if request.proposal else "", screen=request.screen,
             keyboard=request.keyboard,
         )
         try:

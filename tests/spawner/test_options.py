@@ -89,3 +89,13 @@ def test_slugify(name, taken, slug):
     got = slugify(name, taken)
     assert got == slug
     assert 1 <= len(got) <= 30
+
+
+@pytest.mark.parametrize("roles, allowed", [(["STAFF"], True), (["ADMIN"], True), (["USER"], False), (["GUEST"], False)])
+def test_only_staff_may_create_an_instance_without_a_proposal(roles, allowed):
+    ent = {**ALICE, "roles": roles}
+    if allowed:
+        assert validate_request(form(proposal=""), entitlements=ent, plans=PLANS, existing={}).proposal == ""
+    else:
+        with pytest.raises(OptionError, match="Choose the proposal"):
+            validate_request(form(proposal=""), entitlements=ent, plans=PLANS, existing={})
