@@ -69,7 +69,7 @@ class VisaSpawner(Spawner):
         """The hub-wide backend instance for `name` (created once, configured from the hub config)."""
         if name not in self._backends:
             cls = import_item(self.backend_classes[name])
-            VisaSpawner._backends[name] = cls(parent=self, config=self.config, log=self.log)
+            VisaSpawner._backends[name] = cls(config=self.config, log=self.log)  # hub-wide, not tied to one spawner
         return self._backends[name]
 
     async def entitlements(self) -> dict[str, Any]:
