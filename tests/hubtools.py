@@ -37,6 +37,10 @@ class SpawnFailed(AssertionError):
     """The hub reports the spawn as failed: stop waiting."""
 
 
+class HubExited(RuntimeError):
+    """The hub process ended while we waited for it: stop waiting and show its log."""
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1,
              reraise: type[BaseException] | tuple = ()):
     """Poll `predicate` until it returns something truthy; fail loudly with `what` on timeout."""
@@ -93,12 +97,12 @@ class Hub:
             [str(VENV_BIN / "jupyterhub"), "-f", str(self.config)],
             cwd=self.state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_for(self._up, timeout, f"hub on {self.url} (log: {self.log_path})")
+        wait_for(self._up, timeout, f"hub on {self.url} (log: {self.log_path})", reraise=HubExited)
         return self
 
     def _up(self) -> bool:
         if self.proc and self.proc.poll() is not None:
-            raise RuntimeError(f"hub exited with {self.proc.returncode}; log: {self.log_tail()}")
+            raise HubExited(f"hub exited with {self.proc.returncode}; log: {self.log_tail()}")
         return requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200
 
     def log_tail(self, lines: int = 40) -> str:

@@ -33,8 +33,12 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
         page.select_option("#visa-keyboard", "fr")
         page.screenshot(path=str(artifacts / "flow-2-new-instance.png"))
         page.click("#visa-create")
-        page.wait_for_url("**/spawn-pending/alice/browser-flow**")
-        page.wait_for_url("**/user/alice/browser-flow/lab**", timeout=120_000)  # progress page redirects when ready
+        page.wait_for_url("**/spawn-pending/alice/browser-flow**", wait_until="commit")
+        try:  # the progress page follows the spawn and goes on to the instance when it is ready
+            page.wait_for_url("**/user/alice/browser-flow/**", wait_until="commit", timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(artifacts / "flow-2b-pending-failed.png"))
+            raise AssertionError(f"no redirect to the instance; hub log:\n{hub.log_tail(30)}")
 
         page.goto(f"{hub.url}/user/alice/browser-flow/lab/tree/data/{PROPOSAL}")
         for name in data_files:

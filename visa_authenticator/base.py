@@ -8,8 +8,9 @@ entitlements (in `auth_state["visa"]`, read by the spawner) and the groups.
 logged-in user within `auth_refresh_age` and always before a spawn.
 
 Subclasses implement `authenticate()` and end it with `await self.visa_auth_model(name)`.
-It cooperates with OAuthenticator: `refresh_user` calls `super()` first, so
-token refresh still happens, then adds fresh entitlements.
+It cooperates with OAuthenticator: `refresh_user` first calls `refresh_identity`
+(by default the next class's `refresh_user`), so token refresh still happens,
+then adds fresh entitlements.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from traitlets import Callable, Dict, Integer, Type, default, validate
 
 from . import rules
 from .cache import CachedCatalogue
-from .catalogue import Catalogue, Role
+from .catalogue import Catalogue, CatalogueUnavailable, Role
 from .facts import gather_facts
 from .file_catalogue import FileCatalogue
+
+
+CATALOGUE_DOWN = "The facility catalogue is unavailable. Please try again in a few minutes."
 
 
 def _utc_now() -> datetime:
@@ -160,11 +164,13 @@ class VisaAuthenticator(Authenticator):
     async def _facts(self, username: str, now: datetime) -> rules.Facts | None:
         try:
             return await gather_facts(self.catalogue, username, now.date(), self.open_data_limit)
+        except CatalogueUnavailable as e:
+            # an outage, not a bug: one clear line, no traceback
+            self.log.error("Catalogue unavailable for %s: %s", username, e)
+            raise web.HTTPError(503, CATALOGUE_DOWN, reason="Catalogue unavailable") from None
         except Exception:
             self.log.exception("Catalogue query failed for %s", username)
-            raise web.HTTPError(
-                503, "The facility catalogue is unavailable. Please try again in a few minutes."
-            ) from None
+            raise web.HTTPError(503, CATALOGUE_DOWN, reason="Catalogue unavailable") from None
 
     async def visa_auth_model(
         self, username: str, auth_state: dict[str, Any] | None = None
@@ -183,11 +189,12 @@ class VisaAuthenticator(Authenticator):
                 403,
                 f"The facility has no account named '{username}'. If you registered recently, "
                 "try again later; otherwise contact the user office.",
+                reason="Login refused",  # the error page's heading; the message follows
             )
         reason = rules.refusal(facts.person, now.date())
         if reason:
             self.log.warning("Login refused for %s: %s", username, reason)
-            raise web.HTTPError(403, reason)
+            raise web.HTTPError(403, reason, reason="Login refused")
         entitlements = rules.entitlements(facts, now, self.policy)
         return {
             "name": username,
@@ -196,13 +203,27 @@ class VisaAuthenticator(Authenticator):
             "auth_state": {**(auth_state or {}), "visa": entitlements},
         }
 
+    async def refresh_identity(self, user: Any, handler: Any = None) -> bool | dict[str, Any]:
+        """Step one of `refresh_user`: is the login itself still valid?
+
+        The next class in the MRO answers (OAuthenticator refreshes its tokens;
+        plain Authenticator says True). A subclass overrides this step, not
+        `refresh_user`, to handle its identity provider's failures.
+        """
+        return await super().refresh_user(user, handler)
+
     async def refresh_user(self, user: Any, handler: Any = None) -> bool | dict[str, Any]:
         """Recompute entitlements; False (log in again) if the account is gone or expired.
 
         A catalogue outage keeps the current entitlements rather than logging
         everybody out.
         """
-        upstream = await super().refresh_user(user, handler)
+        if handler is not None and not hasattr(handler, "_token_authenticated"):
+            # JupyterHub 6.1.1 reads this flag when a refresh says "log in again" but
+            # sets it only on token-authenticated requests: on a cookie request the
+            # redirect to the login page still happens, after an AttributeError traceback.
+            handler._token_authenticated = False
+        upstream = await self.refresh_identity(user, handler)
         if upstream is False:
             return False
         if isinstance(upstream, dict) and "auth_state" in upstream:

@@ -229,6 +229,7 @@ class _Context:
     experiments: dict[str, Experiment] = field(default_factory=dict)
     demo_passwords: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    numbered: bool = True  # label records by list position (files) or by id only (SQL rows)
 
 
 _PARSERS: dict[str, Callable[[_Fields, _Context], Any]] = {
@@ -239,9 +240,10 @@ _PARSERS: dict[str, Callable[[_Fields, _Context], Any]] = {
 }
 
 
-def _label(section: str, index: int, raw: Any) -> str:
+def _label(section: str, index: int, raw: Any, numbered: bool = True) -> str:
     rid = raw.get("id") if isinstance(raw, dict) else None
-    return f"{section}[{index}]" + (f" {str(rid)!r}" if rid is not None else "")
+    where = f"{section}[{index}]" if numbered or rid is None else section
+    return where + (f" {str(rid)!r}" if rid is not None else "")
 
 
 def _section(doc: Mapping[str, Any], section: str, source: str, ctx: _Context) -> None:
@@ -251,7 +253,7 @@ def _section(doc: Mapping[str, Any], section: str, source: str, ctx: _Context) -
         return
     accepted: dict[str, Any] = getattr(ctx, section)
     for index, raw in enumerate(raw_list):
-        label = _label(section, index, raw)
+        label = _label(section, index, raw, ctx.numbered)
         if not isinstance(raw, dict):
             ctx.problems.append(f"{source}: {label}: not a mapping; record skipped")
             continue
@@ -269,13 +271,20 @@ def _section(doc: Mapping[str, Any], section: str, source: str, ctx: _Context) -
         accepted[record.id] = record
 
 
-def parse_catalogue(doc: Any, source: str) -> tuple[CatalogueData, list[str]]:
-    """Validate a loaded YAML document; returns the good records and the problems."""
+def parse_catalogue(
+    doc: Any, source: str, *, numbered: bool = True
+) -> tuple[CatalogueData, list[str]]:
+    """Validate a loaded YAML document; returns the good records and the problems.
+
+    The SQL provider validates its rows with this same function (so both providers
+    accept and refuse exactly the same records); it passes `numbered=False`
+    because a row's position in a query result means nothing to an administrator.
+    """
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise CatalogueFormatError(f"the top level must be a mapping, not {type(doc).__name__}")
-    ctx = _Context()
+    ctx = _Context(numbered=numbered)
     for key in sorted(set(map(str, doc)) - set(SECTIONS)):
         known = ", ".join(SECTIONS)
         ctx.problems.append(f"{source}: unknown section '{key}' ignored (known: {known})")

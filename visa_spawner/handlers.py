@@ -45,11 +45,17 @@ class NewInstanceHandler(BaseHandler):
             return
         options = request.user_options()
         options["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        user.get_or_create_spawner(request.server_name, request.display_name)
-        # the pending page follows the spawn and shows its progress or why it failed
-        asyncio.ensure_future(
+        spawner = user.get_or_create_spawner(request.server_name, request.display_name)
+        spawn = asyncio.ensure_future(
             self.spawn_single_user(user, request.server_name, request.display_name, options=options)
         )
+        # the progress page shows "not running" unless the spawn is already pending: wait for
+        # that (a few ms), or for an immediate failure, before sending the person there
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (spawner.pending or spawner.ready or spawn.done()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
         self.redirect(
             url_path_join(self.hub.base_url, "spawn-pending", user.escaped_name, url_escape_path(request.server_name))
         )

@@ -1,0 +1,71 @@
+"""Hub and instance settings every VISA Hub profile shares (network, proxy, named servers,
+pages, sandbox instances), so the demo and production profiles differ only in identity,
+catalogue and database.
+
+Why a function and not a config file to `load_subconfig`: its inputs (state dir, repository,
+environment) are explicit, and it can be applied to a bare `Config()` in a test.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import visa_authenticator
+import visa_spawner
+from visa_spawner.handlers import handlers as visa_handlers
+from visa_spawner.handlers import named_server_limit
+
+
+def secret_file(state: Path, name: str, nbytes: int = 32) -> str:
+    """A secret made once and kept in the state dir (0600), never logged."""
+    path = state / name
+    if not path.exists():
+        path.write_text(secrets.token_hex(nbytes))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def prepare_state_dir(state: Path) -> Path:
+    """The hub's own directory: traversable (sandbox homes live below), not listable."""
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o711)
+    return state
+
+
+def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, str]) -> None:
+    """Hub process, proxy, named servers, VISA pages and sandbox instances.
+
+    Environment: VISA_HUB_PORT (8000), VISA_HUB_API_PORT (8081), VISA_PROXY_API_PORT (8001),
+    VISA_BIND_URL (overrides the public bind URL), VISA_INSTANCE_ENV, VISA_DATA_ROOT.
+    """
+    # -- hub -------------------------------------------------------------------------------
+    c.JupyterHub.bind_url = env.get("VISA_BIND_URL") or f"http://127.0.0.1:{env.get('VISA_HUB_PORT', '8000')}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env.get('VISA_HUB_API_PORT', '8081')}"
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+    c.ConfigurableHTTPProxy.command = [str(repo / "node_modules" / ".bin" / "configurable-http-proxy")]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env.get('VISA_PROXY_API_PORT', '8001')}"
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    c.ConfigurableHTTPProxy.auth_token = secret_file(state, "proxy_token")
+    c.JupyterHub.cleanup_servers = False  # instances survive a hub restart and are found again
+
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = named_server_limit
+    c.JupyterHub.redirect_to_server = False
+    c.JupyterHub.default_url = "/hub/home"
+    c.JupyterHub.extra_handlers = visa_handlers
+    c.JupyterHub.template_paths = [
+        str(Path(visa_spawner.__file__).parent / "templates"),
+        visa_authenticator.TEMPLATES_DIR,
+    ]
+
+    # -- instances ---------------------------------------------------------------------------
+    c.JupyterHub.spawner_class = "visa"
+    c.VisaSpawner.data_root = env.get("VISA_DATA_ROOT") or str(state / "data")
+    c.VisaSpawner.start_timeout = 90
+    c.VisaSpawner.http_timeout = 60
+    c.SandboxBackend.state_dir = str(state / "sandbox")
+    c.SandboxBackend.instance_env = env.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")

@@ -1,0 +1,26 @@
+"""Production profile: the facility's OpenID Connect login, the user office's SQL catalogue,
+PostgreSQL for the hub database, sandbox instances.
+
+Everything is configured from environment variables, listed with their defaults in
+docs/identity.md; a missing or invalid one stops the hub at start with a message naming it.
+State (cookie secret, proxy token, pid files, sandbox homes) goes under $VISA_STATE_DIR
+(default /var/lib/visahub/production).
+"""
+import os
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here.parent))
+from hub_common import apply_hub_and_instances, prepare_state_dir  # noqa: E402
+
+from visa_authenticator.production import SettingsError, production_config  # noqa: E402
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+state = prepare_state_dir(Path(os.environ.get("VISA_STATE_DIR", "/var/lib/visahub/production")))
+apply_hub_and_instances(c, state, here.parent.parent, os.environ)
+try:
+    c.merge(production_config(os.environ))
+except SettingsError as e:
+    sys.exit(f"VISA Hub production profile: {e}. See docs/identity.md.")

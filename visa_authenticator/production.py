@@ -1,0 +1,151 @@
+"""The production profile's identity settings, from environment variables (pure).
+
+Operators configure a container or a systemd unit with environment variables; this
+maps them onto traitlets in one place, checks them all at once and reports every
+problem in one message, so a hub with a typo refuses to start instead of starting
+half-configured. Documented in docs/identity.md (one row per variable).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config
+
+REQUIRED = (
+    "VISA_HUB_DB_URL",
+    "JUPYTERHUB_CRYPT_KEY",
+    "VISA_OIDC_ISSUER",
+    "VISA_OIDC_CLIENT_ID",
+    "VISA_CATALOGUE_DB_URL",
+)
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are missing or invalid (all listed)."""
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def installed_pg_driver() -> str:
+    """The PostgreSQL driver this environment has: psycopg (3) if present, else psycopg2."""
+    return "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+
+
+def with_pg_driver(url: str, driver: str) -> str:
+    """`postgresql://…` with the installed driver named (pure).
+
+    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3; naming the driver
+    lets operators write the usual URL whichever driver is installed.
+    """
+    return f"postgresql+{driver}://{url[len('postgresql://'):]}" if url.startswith("postgresql://") else url
+
+
+class _Env:
+    """Reads variables, collecting problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env, self.problems = env, []  # type: ignore[var-annotated]
+
+    def get(self, name: str, default: str = "") -> str:
+        return (self.env.get(name) or default).strip()
+
+    def number(self, name: str, default: float, minimum: float = 0) -> float:
+        raw = self.get(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            self.problems.append(f"{name}={raw!r} must be a number >= {minimum:g}")
+            return default
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.get(name).lower()
+        if not raw:
+            return default
+        if raw not in ("1", "0", "true", "false", "yes", "no"):
+            self.problems.append(f"{name}={raw!r} must be 1/0, true/false or yes/no")
+            return default
+        return raw in ("1", "true", "yes")
+
+
+def production_config(
+    env: Mapping[str, str], read_file: Callable[[str], str] = _read, pg_driver: str | None = None
+) -> Config:
+    """Config for OIDC login, the SQL catalogue and the PostgreSQL hub database.
+
+    Raises SettingsError listing every missing or invalid variable.
+    """
+    driver = pg_driver or installed_pg_driver()
+    e = _Env(env)
+    e.problems += [f"{name} is required" for name in REQUIRED if not e.get(name)]
+    c = Config()
+
+    # -- hub database: PostgreSQL (several hubs' worth of users, real transactions, backups)
+    db_url = e.get("VISA_HUB_DB_URL")
+    if db_url and not db_url.startswith(("postgresql://", "postgresql+")):
+        e.problems.append("VISA_HUB_DB_URL must be a PostgreSQL URL (postgresql://user:password@host/db)")
+    c.JupyterHub.db_url = with_pg_driver(db_url, driver)
+    # JUPYTERHUB_CRYPT_KEY is read by JupyterHub itself; auth_state (tokens, entitlements) needs it
+    c.Authenticator.enable_auth_state = True
+
+    # -- identity: the facility's OpenID provider
+    c.JupyterHub.authenticator_class = "visa_authenticator.oidc.VisaOAuthenticator"
+    a = c.VisaOAuthenticator
+    a.oidc_issuer = e.get("VISA_OIDC_ISSUER")
+    a.client_id = e.get("VISA_OIDC_CLIENT_ID")
+    secret, secret_file = e.get("VISA_OIDC_CLIENT_SECRET"), e.get("VISA_OIDC_CLIENT_SECRET_FILE")
+    if secret_file:
+        try:
+            secret = read_file(secret_file)
+        except OSError as err:
+            e.problems.append(f"VISA_OIDC_CLIENT_SECRET_FILE: cannot read {secret_file} ({err.strerror})")
+    if not secret:
+        e.problems.append("VISA_OIDC_CLIENT_SECRET or VISA_OIDC_CLIENT_SECRET_FILE is required")
+    a.client_secret = secret
+    if e.get("VISA_OIDC_CALLBACK_URL"):
+        a.oauth_callback_url = e.get("VISA_OIDC_CALLBACK_URL")
+    a.username_claim = e.get("VISA_OIDC_USERNAME_CLAIM", "preferred_username")
+    a.scope = e.get("VISA_OIDC_SCOPES", "openid profile email").split()
+    a.login_service = e.get("VISA_OIDC_LOGIN_SERVICE", "your facility account")
+    c.Authenticator.auto_login = e.flag("VISA_OIDC_AUTO_LOGIN", True)
+    if e.get("VISA_OIDC_LOGOUT_URL"):
+        a.logout_redirect_url = e.get("VISA_OIDC_LOGOUT_URL")
+    if e.get("VISA_OIDC_CA_CERTS"):
+        a.http_request_kwargs = {"connect_timeout": 5.0, "request_timeout": 15.0,
+                                 "ca_certs": e.get("VISA_OIDC_CA_CERTS")}  # fmt: skip
+    c.Authenticator.auth_refresh_age = int(e.number("VISA_AUTH_REFRESH_AGE", 300, minimum=1))
+    a.keep_session_if_provider_down = e.flag("VISA_OIDC_KEEP_SESSION_IF_DOWN", True)
+
+    # -- catalogue: the user office's database, asked live
+    a.catalogue_class = "visa_authenticator.sql_catalogue.SqlCatalogue"
+    c.SqlCatalogue.url = with_pg_driver(e.get("VISA_CATALOGUE_DB_URL"), driver)
+    if e.get("VISA_CATALOGUE_DB_SCHEMA"):
+        c.SqlCatalogue.db_schema = e.get("VISA_CATALOGUE_DB_SCHEMA")
+    c.SqlCatalogue.query_timeout = e.number("VISA_CATALOGUE_QUERY_TIMEOUT", 10, minimum=0.1)
+    c.CachedCatalogue.ttl = e.number("VISA_CATALOGUE_CACHE_TTL", 60)
+
+    # -- rules
+    if e.get("VISA_DEFAULT_QUOTA"):
+        a.default_quota = int(e.number("VISA_DEFAULT_QUOTA", 2, minimum=-1))
+    if e.get("VISA_ROLE_QUOTAS"):
+        try:
+            quotas: Any = json.loads(e.get("VISA_ROLE_QUOTAS"))
+            assert isinstance(quotas, dict)
+            a.role_quotas = quotas
+        except (ValueError, AssertionError):
+            e.problems.append('VISA_ROLE_QUOTAS must be a JSON object, e.g. {"STAFF": 5, "ADMIN": -1}')
+
+    if e.problems:
+        raise SettingsError("; ".join(e.problems))
+    return c
