@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 VENV=${VENV:-$here/.venv}
-INSTANCE_ENV=${INSTANCE_ENV:-/opt/visahub/instance-env}
+INSTANCE_ENV=${VISA_INSTANCE_ENV:-/opt/visahub/instance-env}  # same variable the hub configs read
 STAMPS=$here/.setup-stamps
 mkdir -p "$STAMPS"
 
