@@ -231,7 +231,12 @@ def test_a_sandbox_that_cannot_start_says_why_and_leaves_nothing(hub, hub_state,
 
 
 def test_hub_stays_responsive_while_instances_start(hub, login):
-    """Spawning runs no blocking work on the hub's event loop: its API keeps answering quickly."""
+    """Spawning runs no blocking work on the hub's event loop: its API keeps answering.
+
+    The bound is loose (2 s) so a loaded CI machine does not fail it; what it catches is a
+    blocking wait in a spawn (a synchronous subprocess, sleep or socket wait), which stalls
+    every request for the whole wait. Latency figures belong to bench/, not here.
+    """
     import concurrent.futures
     import time
 
@@ -256,7 +261,7 @@ def test_hub_stays_responsive_while_instances_start(hub, login):
         hub.delete_server("admin", name)
     latencies.sort()
     assert len(latencies) > 20
-    assert latencies[-1] < 0.5, f"slowest hub API answer during 3 spawns: {latencies[-1]:.3f}s"
+    assert latencies[-1] < 2.0, f"slowest hub API answer during 3 spawns: {latencies[-1]:.3f}s"
 
 
 def test_staff_instance_without_proposal_mounts_no_data(hub, login):
