@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import visa_authenticator
+import visa_collab.hub_config
 import visa_spawner
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
@@ -69,3 +70,6 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.VisaSpawner.http_timeout = 60
     c.SandboxBackend.state_dir = str(state / "sandbox")
     c.SandboxBackend.instance_env = env.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")
+
+    # -- collaboration: member roles, invitations, access requests, audit (docs/collaboration.md)
+    visa_collab.hub_config.apply(c, state_dir=state)

@@ -5,9 +5,10 @@ to its unix socket (``raw_socket_proxy``: no websockify process, no TCP port any
 could reach). The Lab launcher tile opens our page (``visa/desktop``, served by
 :mod:`visa_instance.extension`), not the bare websocket.
 
-The bridge is jupyter-server-proxy's for now; the page takes its websocket path from
-``VisaDesktop.websocket_path``, so a handler that filters input for view-only guests can replace
-it without touching the launcher or the page.
+The browser never reaches that raw bridge: `visa_instance.desktop_socket` builds a subclass of
+the very handler jupyter-server-proxy makes from this configuration (same launcher, supervision
+and socket), which checks the member's role and filters their input, and registers it ahead of
+jupyter-server-proxy's route for ``desktop/``.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import Unicode, validate
+from jupyter_server.utils import url_path_join
+from traitlets import Float, Unicode, default, validate
 from traitlets.config import Configurable
 
-from .handlers import desktop_handlers
+from .authorizer import install_gate
+from .desktop_socket import desktop_socket_handler
+from .handlers import RoomHandler, desktop_handlers
+from .room import Room
 
 
 class VisaDesktop(Configurable):
@@ -44,6 +48,54 @@ class VisaDesktop(Configurable):
             self.log.warning("VisaDesktop.novnc_path %s has no core/rfb.js", path)
         return path
 
+    collab_url = Unicode(
+        help="""
+        URL of the VISA collaboration service as this server reaches it (its API and the
+        instance channel), e.g. ``http://127.0.0.1:8090/services/visa-collab/``. Default:
+        ``$VISA_COLLAB_URL``, set by the hub. Empty: no service (owner-away policy "lock",
+        no audit of connections).
+        """,
+    ).tag(config=True)
+
+    @default("collab_url")
+    def _default_collab_url(self) -> str:
+        return os.environ.get("VISA_COLLAB_URL", "")
+
+    collab_prefix = Unicode(
+        help="""
+        Path of the collaboration service as browsers reach it (same origin), e.g.
+        ``/services/visa-collab/``: the desktop page shows its access-request prompt to the
+        owner. Default: ``$VISA_COLLAB_PREFIX``.
+        """,
+    ).tag(config=True)
+
+    @default("collab_prefix")
+    def _default_collab_prefix(self) -> str:
+        return os.environ.get("VISA_COLLAB_PREFIX", "")
+
+    presence_timeout = Float(
+        help="""
+        Seconds after a person's last JupyterLab request (with no websocket open) before they
+        count as gone. JupyterLab keeps websockets open while its page is open, so this mostly
+        matters for pages that were closed. Default: ``$VISA_PRESENCE_TIMEOUT`` or 60.
+        """,
+    ).tag(config=True)
+
+    @default("presence_timeout")
+    def _default_presence_timeout(self) -> float:
+        return _env_seconds("VISA_PRESENCE_TIMEOUT", 60.0)
+
+    owner_away_grace = Float(
+        help="""
+        Seconds after the owner's last connection closes before the owner-away policy applies
+        (a page reload does not lock the room). Default: ``$VISA_OWNER_AWAY_GRACE`` or 10.
+        """,
+    ).tag(config=True)
+
+    @default("owner_away_grace")
+    def _default_owner_away_grace(self) -> float:
+        return _env_seconds("VISA_OWNER_AWAY_GRACE", 10.0)
+
     @validate("websocket_path")
     def _valid_websocket_path(self, proposal: Any) -> str:
         value = proposal["value"].strip()
@@ -52,13 +104,61 @@ class VisaDesktop(Configurable):
         return value.lstrip("/")
 
 
+def _env_seconds(name: str, default: float) -> float:
+    """A duration from the hub's environment; a bad value is logged and replaced by the default."""
+    import logging
+
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+        if not 0 <= value <= 86400:
+            raise ValueError(raw)
+        return value
+    except ValueError:
+        logging.getLogger("visa_instance").warning("%s=%r is not a duration in seconds; using %g", name, raw[:20], default)
+        return default
+
+
+def _add_handlers_first(web_app: Any, handlers: list) -> None:
+    """Add routes that win over every route added before (tornado tries rules in order).
+
+    ``add_handlers`` inserts its rule just before tornado's final catch-all rule; we move it
+    to the front so our ``desktop/`` websocket shadows jupyter-server-proxy's raw bridge.
+    """
+    web_app.add_handlers(".*", handlers)
+    rules = web_app.default_router.rules
+    rules.insert(0, rules.pop(len(rules) - 2))
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Register the routes (jupyter-server calls this once at start-up)."""
+    """Register the routes and the room (jupyter-server calls this once at start-up)."""
     config = VisaDesktop(parent=serverapp)
-    base_url = serverapp.web_app.settings["base_url"]
-    serverapp.web_app.add_handlers(
+    web_app = serverapp.web_app
+    base_url = web_app.settings["base_url"]
+    web_app.add_handlers(
         ".*", desktop_handlers(base_url, config.novnc_path, config.websocket_path)
     )
+
+    identity_provider = serverapp.identity_provider
+    hub_auth = getattr(identity_provider, "hub_auth", None)
+    room = Room.from_env(hub_auth, config.collab_url, presence_timeout=config.presence_timeout,
+                         owner_away_grace=config.owner_away_grace, logger=serverapp.log)
+    web_app.settings["visa_room"] = room
+    web_app.settings["visa_collab_prefix"] = config.collab_prefix if room.link else ""
+    gated = install_gate(identity_provider, room, base_url)
+
+    socket_class, socket_kwargs = desktop_socket_handler()
+    _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])
+    web_app.add_handlers(".*", [(url_path_join(base_url, r"visa/api/room/?"), RoomHandler)])
     serverapp.log.info(
-        "VISA desktop page at %svisa/desktop (noVNC from %s)", base_url, config.novnc_path
+        "VISA desktop page at %svisa/desktop (noVNC from %s); member roles %s; collaboration service %s",
+        base_url, config.novnc_path, "enforced" if gated else "off (not under JupyterHub)",
+        config.collab_url or "not configured",
     )
+
+
+async def _start_jupyter_server_extension(serverapp: Any) -> None:
+    """Start the room's background work once the server's event loop runs."""
+    room = serverapp.web_app.settings.get("visa_room")
+    if room is not None:
+        room.start()

@@ -1,14 +1,18 @@
 """Authenticated handlers for the desktop page and the files it loads.
 
 Every route goes through jupyter-server's login check *and* its Authorizer (resource
-``visa-desktop``), so a deployment can later give view-only guests a narrower answer than owners.
+``visa-desktop``): `visa_instance.authorizer.VisaAuthorizer` lets view-only members read the
+page (not ``write``, which the page shows as "view only"). The room API tells the page, while it
+is open, when that changes and — for the owner — when someone asks to join.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from typing import Any, Awaitable
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyter_server.auth.decorator import authorized
@@ -16,6 +20,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
 
+from .authorizer import hub_model
 from .desktop_env import DEFAULT_NAME, clean_name
 
 AUTH_RESOURCE = "visa-desktop"
@@ -46,7 +51,13 @@ class DesktopPageHandler(JupyterHandler):
             "websocketPath": self.websocket_path,
             "instanceName": name,
             "viewOnly": not can_write,
+            "roomPath": "visa/api/room",
+            "xsrf": self.xsrf_token.decode("ascii") if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
         }
+        collab = self.settings.get("visa_collab_prefix")
+        if collab:
+            server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+            config["collabPrompt"] = url_path_join(collab, "prompt") + "?server=" + quote(server, safe="")
         self.set_header("Cache-Control", "no-store")
         self.finish(
             _jinja.get_template("desktop.html").render(
@@ -55,6 +66,22 @@ class DesktopPageHandler(JupyterHandler):
                 config=config,
             )
         )
+
+
+class RoomHandler(JupyterHandler):
+    """``{base_url}visa/api/room``: the room as the current person may see it.
+
+    Everyone learns their own role and level (so the page can show "view only" when the room
+    locks); the owner also sees who is connected and whether access requests are waiting.
+    """
+
+    @web.authenticated
+    def get(self) -> None:
+        room = self.settings["visa_room"]
+        model = hub_model(self.current_user) or {"kind": "user", "name": room.owner, "scopes": []}
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(room.room_model(model)))
 
 
 class PublicStaticHandler(JupyterHandler, web.StaticFileHandler):

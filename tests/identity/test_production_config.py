@@ -102,6 +102,7 @@ def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     """hub_common (shared with the demo profile) sets only real traits."""
     from jupyterhub.app import JupyterHub
     from jupyterhub.proxy import ConfigurableHTTPProxy
+    from jupyterhub.spawner import Spawner
 
     from visa_spawner.backends.sandbox import SandboxBackend
     from visa_spawner.spawner import VisaSpawner
@@ -112,6 +113,7 @@ def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     c = Config()
     hub_common.apply_hub_and_instances(c, tmp_path, REPO, {"VISA_HUB_PORT": "9000", "VISA_DATA_ROOT": "/data"})
     _traits_exist(c, {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
-                      "VisaSpawner": VisaSpawner, "SandboxBackend": SandboxBackend})  # fmt: skip
+                      "VisaSpawner": VisaSpawner, "SandboxBackend": SandboxBackend,
+                      "Spawner": Spawner})  # fmt: skip
     assert c.JupyterHub.bind_url == "http://127.0.0.1:9000" and c.VisaSpawner.data_root == "/data"
     assert (tmp_path / "proxy_token").stat().st_mode & 0o777 == 0o600

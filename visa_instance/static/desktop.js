@@ -8,6 +8,8 @@ const stateEl = document.getElementById("visa-state");
 const stateText = document.getElementById("visa-state-text");
 const reconnectButton = document.getElementById("visa-reconnect");
 const fullscreenButton = document.getElementById("visa-fullscreen");
+const peopleEl = document.getElementById("visa-people");
+const promptFrame = document.getElementById("visa-prompt");
 
 const AUTO_RETRIES = 3; // drops retried on their own (1 s, 2 s, 4 s), then the user decides
 
@@ -21,6 +23,8 @@ const desktop = {
   lastDisconnect: null,
   securityFailure: null,
   rfb: null,
+  room: null, // {role, level, view_only, owner_present, ...} from visa/api/room
+  promptShown: false,
   reconnect: () => connect(),
 };
 window.visaDesktop = desktop;
@@ -69,7 +73,7 @@ function connect() {
     if (desktop.rfb !== rfb) return;
     desktop.connects += 1;
     desktop.retries = 0;
-    setState("connected", desktop.viewOnly ? "Connected (view only)" : "Connected");
+    setState("connected", connectedText());
     rfb.focus();
   });
   rfb.addEventListener("disconnect", (event) => {
@@ -99,9 +103,65 @@ function onDisconnect(reason) {
   setState("disconnected", `Disconnected (${reason})`);
 }
 
+function connectedText() {
+  if (!desktop.viewOnly) return "Connected";
+  const room = desktop.room;
+  if (room && room.role === "user" && !room.owner_present) return "Connected (view only: the owner is away)";
+  return "Connected (view only)";
+}
+
+// The room: the server decides what each person may do and enforces it (input from view-only
+// members is dropped on the websocket); the page follows, so people see why.
+async function pollRoom() {
+  if (!config.roomPath) return;
+  try {
+    const r = await fetch(new URL(config.roomPath, new URL(config.baseUrl, window.location.href)),
+      { credentials: "same-origin", headers: { "X-XSRFToken": config.xsrf || "" } });
+    if (!r.ok) return;
+    const room = await r.json();
+    desktop.room = room;
+    if (room.view_only !== desktop.viewOnly) {
+      desktop.viewOnly = room.view_only;
+      if (desktop.rfb) desktop.rfb.viewOnly = room.view_only;
+    }
+    stateEl.dataset.viewOnly = String(desktop.viewOnly);
+    if (desktop.state === "connected") stateText.textContent = connectedText();
+    if (desktop.state === "disconnected" && room.level === "none") {
+      stateText.textContent = room.role && !room.owner_present
+        ? "Disconnected: the owner is away and the room is closed"
+        : "Disconnected: your access to this desktop has ended";
+    }
+    if (room.is_owner) {
+      const others = (room.present || []).filter((p) => p.user !== room.owner);
+      peopleEl.hidden = others.length === 0;
+      peopleEl.textContent = others.length ? `· with ${[...new Set(others.map((p) => p.user))].join(", ")}` : "";
+      peopleEl.title = others.map((p) => `${p.user} (${p.role || "?"}, ${p.channel}${p.view_only ? ", view only" : ""})`).join("\n");
+      if (room.pending_requests > 0 && config.collabPrompt) showPrompt();
+    }
+  } catch (e) {
+    /* the next poll will tell */
+  }
+}
+
+function showPrompt() {
+  if (desktop.promptShown) return;
+  desktop.promptShown = true;
+  if (!promptFrame.src) promptFrame.src = config.collabPrompt;
+  promptFrame.hidden = false;
+}
+
+window.addEventListener("message", (event) => {
+  if (event.origin !== window.location.origin || !event.data || !("visaCollabPending" in event.data)) return;
+  const pending = Number(event.data.visaCollabPending);
+  desktop.promptShown = pending > 0;
+  promptFrame.hidden = pending === 0;
+});
+
 reconnectButton.addEventListener("click", () => {
   desktop.retries = 0;
   connect();
+pollRoom();
+setInterval(pollRoom, 2000);
 });
 fullscreenButton.addEventListener("click", () => {
   if (document.fullscreenElement) document.exitFullscreen();
@@ -109,3 +169,5 @@ fullscreenButton.addEventListener("click", () => {
 });
 
 connect();
+pollRoom();
+setInterval(pollRoom, 2000);
