@@ -1,0 +1,194 @@
+"""Owner-away policy, presence and access requests of each instance's room.
+
+Part of `Collaboration` (collab.py), split by responsibility; it uses that class's helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from . import db
+from .collab_types import CollabError, _parse_time
+from .roles import (
+    DEFAULT_OWNER_AWAY, OWNER_AWAY_POLICIES, Role, may_request_support,
+)
+
+log = logging.getLogger("visa_collab")
+
+
+
+class RoomsMixin:
+    """Mixed into `Collaboration`."""
+
+
+    # -- owner-away policy ------------------------------------------------------------------
+    def policy(self, owner: str, server: str) -> str:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.settings.c.owner_away).where(
+                db.settings.c.owner == owner, db.settings.c.server == server)).first()
+        return row[0] if row else DEFAULT_OWNER_AWAY
+
+    async def set_policy(self, actor: str, owner: str, server: str, owner_away: Any) -> dict:
+        inst = await self.instance(owner, server)
+        if actor != owner:
+            raise self.refuse(inst.key, actor, "set-policy", CollabError(403, "Only the owner can change this."))
+        if owner_away not in OWNER_AWAY_POLICIES:
+            raise self.refuse(inst.key, actor, "set-policy", CollabError(
+                400, f"Unknown policy {str(owner_away)[:30]!r}: choose one of {', '.join(OWNER_AWAY_POLICIES)}."))
+        at = self.now()
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(func.count()).select_from(db.settings).where(
+                db.settings.c.owner == owner, db.settings.c.server == server)).scalar()
+            values = dict(owner_away=owner_away, updated_at=at, updated_by=actor)
+            if exists:
+                conn.execute(db.settings.update().where(
+                    db.settings.c.owner == owner, db.settings.c.server == server).values(**values))
+            else:
+                conn.execute(db.settings.insert().values(owner=owner, server=server, **values))
+            self.audit(conn, inst.key, actor, "set-policy", detail={"owner_away": owner_away}, at=at)
+        self.room(owner, server).bump()
+        return {"owner_away": owner_away}
+
+    # -- presence (reported by the instance) ------------------------------------------------
+    def presence(self, owner: str, server: str) -> list[dict]:
+        room = self.room(owner, server)
+        if self.monotonic() - room.reported_at > self.presence_ttl:
+            return []
+        return list(room.sessions)
+
+    def owner_present(self, owner: str, server: str) -> bool:
+        return any(s.get("user") == owner for s in self.presence(owner, server))
+
+    def report(self, owner: str, server: str, sessions: Any, events: Any) -> dict:
+        """The instance's presence snapshot and its connection events (audited)."""
+        room = self.room(owner, server)
+        room.sessions = [
+            {**{k: str(s.get(k, ""))[:255] for k in ("user", "role", "channel", "since")},
+             "view_only": bool(s.get("view_only"))}
+            for s in (sessions if isinstance(sessions, list) else [])[:500] if isinstance(s, dict)
+        ]
+        room.reported_at = self.monotonic()
+        if isinstance(events, list) and events:
+            grants = {g["member"]: g for g in self.active_grants(owner, server)}
+            with self.engine.begin() as conn:
+                for ev in events[:500]:
+                    if not isinstance(ev, dict):
+                        continue
+                    member = str(ev.get("user", ""))[:255]
+                    grant = grants.get(member)
+                    self.audit(
+                        conn, (owner, server), member or "?", str(ev.get("event", "event"))[:48],
+                        member=member, role=str(ev.get("role", ""))[:16] or None,
+                        granted_by=grant["granted_by"] if grant else None,
+                        detail={k: ev[k] for k in ("channel", "reason", "dropped_input") if k in ev},
+                        source="instance", at=_parse_time(ev.get("at")) or self.now(),
+                    )
+        return self.room_state(owner, server)
+
+    def room_state(self, owner: str, server: str) -> dict:
+        return {"version": self.room_version(owner, server), "owner_away": self.policy(owner, server)}
+
+    async def wait_room(self, owner: str, server: str, version: str | None, timeout: float) -> dict:
+        room = self.room(owner, server)
+        if version == self.room_version(owner, server):
+            try:
+                await asyncio.wait_for(room.changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.room_state(owner, server)
+
+    # -- access requests --------------------------------------------------------------------
+    def _request_model(self, r) -> dict:
+        status = r["status"]
+        if status == "pending" and r["created_at"] + timedelta(seconds=self.request_ttl) <= self.now():
+            status = "expired"
+        return {"id": r["id"], "owner": r["owner"], "server": r["server"], "requester": r["requester"],
+                "status": status, "created_at": db.iso(r["created_at"]), "decided_at": db.iso(r["decided_at"]),
+                "decided_by": r["decided_by"]}
+
+    def requests_for(self, owner: str, server: str, status: str | None = None) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.requests).where(
+                db.requests.c.owner == owner, db.requests.c.server == server,
+            ).order_by(db.requests.c.id)).mappings().all()
+        out = [self._request_model(r) for r in rows]
+        return [r for r in out if status is None or r["status"] == status]
+
+    async def request_access(self, actor: str, owner: str, server: str) -> dict:
+        """A support person opens an instance: in directly if the owner is away, else ask."""
+        inst = await self.instance(owner, server)
+        action = "request-access"
+        if actor == owner:
+            return {"status": "owner", "instance": inst.model()}
+        with self.engine.connect() as conn:
+            current = self._active_grant(conn, owner, server, actor)
+        if current:
+            return {"status": "member", "role": current["role"], "instance": inst.model()}
+        model = await self.person(actor)
+        if not model or not may_request_support(model.get("groups", []), inst.proposal):
+            raise self.refuse(inst.key, actor, action, CollabError(
+                403, "Only facility support staff for this proposal can ask to join this instance."), member=actor)
+        if not inst.ready:
+            raise self.refuse(inst.key, actor, action, CollabError(409, "This instance is not running."), member=actor)
+        if not self.owner_present(owner, server):
+            grant = await self._grant(inst, actor, Role.SUPPORT, actor=actor, granted_by="facility role",
+                                      source="policy", action=action, detail={"owner_connected": False})
+            return {"status": "full", "role": grant["role"], "instance": inst.model()}
+        pending = [r for r in self.requests_for(owner, server, "pending") if r["requester"] == actor]
+        if pending:
+            return {**pending[-1], "instance": inst.model()}
+        at = self.now()
+        with self.engine.begin() as conn:
+            rid = conn.execute(db.requests.insert().values(
+                owner=owner, server=server, requester=actor, status="pending", created_at=at,
+            )).inserted_primary_key[0]
+            self.audit(conn, inst.key, actor, action, member=actor, detail={"request": rid, "owner_connected": True}, at=at)
+        self.room(owner, server).bump()
+        return {**self.request(rid), "instance": inst.model()}
+
+    def request(self, rid: int) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.requests).where(db.requests.c.id == rid)).mappings().first()
+        if row is None:
+            raise CollabError(404, "No such access request.")
+        return self._request_model(row)
+
+    async def request_status(self, actor: str, rid: int) -> dict:
+        req = self.request(rid)
+        if actor not in (req["requester"], req["owner"]) and not await self.is_admin(actor):
+            raise CollabError(404, "No such access request.")
+        return req
+
+    async def decide(self, actor: str, rid: int, decision: Any) -> dict:
+        req = self.request(rid)
+        inst_key = (req["owner"], req["server"])
+        action = "decide-request"
+        if actor != req["owner"]:
+            raise self.refuse(inst_key, actor, action, CollabError(403, "Only the owner can answer this request."),
+                              member=req["requester"], detail={"request": rid})
+        roles = {"full": Role.SUPPORT, "read-only": Role.GUEST, "reject": None}
+        if decision not in roles:
+            raise self.refuse(inst_key, actor, action, CollabError(
+                400, "Answer with full, read-only or reject."), member=req["requester"], detail={"request": rid})
+        if req["status"] != "pending":
+            raise self.refuse(inst_key, actor, action, CollabError(409, f"This request is already {req['status']}."),
+                              member=req["requester"], detail={"request": rid})
+        role = roles[decision]
+        if role is not None:
+            inst = await self.instance(*inst_key)
+            await self._grant(inst, req["requester"], role, actor=actor, granted_by=actor, source="request",
+                              action=action, detail={"request": rid, "decision": decision})
+        else:
+            with self.engine.begin() as conn:
+                self.audit(conn, inst_key, actor, action, member=req["requester"],
+                           detail={"request": rid, "decision": decision})
+        with self.engine.begin() as conn:
+            conn.execute(db.requests.update().where(db.requests.c.id == rid).values(
+                status="rejected" if role is None else decision, decided_at=self.now(), decided_by=actor))
+        self.room(*inst_key).bump()
+        return self.request(rid)
