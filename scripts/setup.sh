@@ -20,6 +20,7 @@ apt_packages=(
   chromium fonts-dejavu-core
   postgresql
   python3-venv python3-dev
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -48,11 +49,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "venv: creating $VENV"
   python3 -m venv "$VENV"
 fi
-if [ setup.cfg -nt "$STAMPS/hub-venv" ] || [ requirements.txt -nt "$STAMPS/hub-venv" ] || [ ! -f "$STAMPS/hub-venv" ]; then
+# keyed on content, not mtimes: an edit during a running install must not be marked as installed
+hub_hash=$(cat requirements.txt setup.cfg | sha256sum | cut -c1-16)
+if [ "$(cat "$STAMPS/hub-venv" 2>/dev/null)" != "$hub_hash" ]; then
   log "venv: installing requirements"
   pip_q "$VENV/bin/pip" install --upgrade pip
   pip_q "$VENV/bin/pip" install -r requirements.txt -e .
-  touch "$STAMPS/hub-venv"
+  echo "$hub_hash" > "$STAMPS/hub-venv"
 else
   log "venv: up to date"
 fi

@@ -34,7 +34,12 @@ class VisaSpawner(Spawner):
         "empty = all).",
     )
     backend_classes = Dict(
-        {"sandbox": "visa_spawner.backends.sandbox.SandboxBackend"}, config=True,
+        {
+            "sandbox": "visa_spawner.backends.sandbox.SandboxBackend",
+            "qemu": "visa_spawner.backends.qemu.QemuBackend",
+            "openstack": "visa_spawner.backends.openstack.OpenStackBackend",
+        },
+        config=True,
         help="Backend name → import path of its class. A plan names its backend.",
     )
     data_root = Unicode(
@@ -124,15 +129,18 @@ class VisaSpawner(Spawner):
     async def start(self) -> tuple[str, int]:
         self._progress_events = []
         self.emit(5, "Checking the request against your proposals and plans")
+        entitlements = await self.entitlements()
         try:
             request = validate_request(
-                self.user_options, entitlements=await self.entitlements(),
+                self.user_options, entitlements=entitlements,
                 plans=self.plan_catalogue(), existing={}, screens=self.screens,
                 keyboards=self.keyboards, roles_without_proposal=self.roles_without_proposal, new=False,
             )
         except OptionError as e:
             raise SpawnException(str(e), reason="options") from None
         plan = next(p for p in self.plan_catalogue() if p.id == request.plan)
+        title = next((str(p.get("title", "")) for p in entitlements.get("proposals", [])
+                      if p.get("id") == request.proposal), "")
         backend = self.backend(plan.backend)
         self.port = random_port()
         env = self.get_env()
@@ -145,7 +153,7 @@ class VisaSpawner(Spawner):
             display_name=self.display_name or self.name, proposal=request.proposal, plan=plan,
             command=tuple(self.cmd + self.get_args()), env=env, port=self.port,
             data_path=f"{self.data_root}/{request.proposal}" if request.proposal else "", screen=request.screen,
-            keyboard=request.keyboard,
+            keyboard=request.keyboard, proposal_title=title,
         )
         try:
             state = await backend.create(spec, self.emit)
@@ -164,7 +172,8 @@ class VisaSpawner(Spawner):
             return 0
         backend = self.backend(self.backend_state.get("backend", "sandbox"))
         status = await backend.status(self.backend_state)
-        return None if status is InstanceStatus.RUNNING else 0
+        # UNKNOWN (the cloud did not answer) is not "stopped": the hub would drop a live instance
+        return 0 if status is InstanceStatus.STOPPED else None
 
     async def stop(self, now: bool = False) -> None:
         if self.backend_state:

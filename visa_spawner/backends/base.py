@@ -68,6 +68,7 @@ class InstanceSpec:
     data_path: str = ""  # host directory of the proposal's data, mounted read-only; "" if none
     screen: str = "1280x720"
     keyboard: str = "us"
+    proposal_title: str = ""  # free text from the catalogue: only ever a value, never code
 
 
 class Backend(LoggingConfigurable):
