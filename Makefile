@@ -3,27 +3,39 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 STATE ?= /var/lib/visahub/demo
 PY := $(VENV)/bin/python
+# the analysis image (images/): built once per recipe change, cached on the machine
+IMAGE_CACHE ?= /var/cache/visahub/images
+IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
-.PHONY: setup demo demo-data test test-fast bench clean-demo
+.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst clean-demo
 
 setup:
 	bash scripts/setup.sh
+
+image: setup
+	$(PY) images/build.py --cache-dir $(IMAGE_CACHE)
 
 demo-data: setup
 	$(VENV)/bin/visa-make-demo-data --catalogue hub_config/demo/catalogue.yaml --out $(STATE)/data
 
 demo: demo-data
 	@echo "VISA Hub demo on http://127.0.0.1:8000 (accounts listed on the login page); Ctrl-C stops it."
-	cd $(STATE) && VISA_STATE_DIR=$(STATE) $(VENV)/bin/jupyterhub -f $(CURDIR)/hub_config/demo/jupyterhub_config.py
+	cd $(STATE) && VISA_STATE_DIR=$(STATE) VISA_IMAGE_DIR=$(IMAGE_DIR) $(VENV)/bin/jupyterhub -f $(CURDIR)/hub_config/demo/jupyterhub_config.py
 
-test: setup
-	$(VENV)/bin/pytest -q -rfE
+test: setup image
+	VISA_IMAGE_DIR=$(IMAGE_DIR) $(VENV)/bin/pytest -q -rfE --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m fast
 
 bench: setup
 	$(PY) bench/spawn_latency.py
+
+bench-vm: setup image
+	VISA_IMAGE_DIR=$(IMAGE_DIR) $(PY) bench/vm_boot.py
+
+bench-burst: setup
+	$(PY) bench/burst.py
 
 clean-demo:
 	rm -rf $(STATE)

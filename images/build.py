@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Build the VISA analysis VM image: `python images/build.py --cache-dir /var/cache/visahub/images`.
+
+See docs/images.md (what is inside, how to add a package, the Ubuntu/Mantid production variant) and
+`python images/build.py --help-all` for every option.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from imagebuild.builder import ImageBuilder  # noqa: E402
+
+if __name__ == "__main__":
+    ImageBuilder.launch_instance()

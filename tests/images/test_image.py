@@ -1,0 +1,130 @@
+"""The built image (`make image`): its manifest, the files inside, and real TCG boots of it.
+
+Needs the image at /var/cache/visahub/images/debian-bookworm/current (or $VISA_IMAGE_DIR); a
+missing or stale image fails with the command that builds it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "images"))
+from imagebuild.recipe import load_recipe  # noqa: E402
+
+import probe  # noqa: E402  (images/probe.py)
+from visa_spawner.backends import cloudinit  # noqa: E402
+
+IMAGE = Path(os.environ.get("VISA_IMAGE_DIR", "/var/cache/visahub/images/debian-bookworm")) / "current"
+RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"
+BUILD = "make image  (or: .venv/bin/python images/build.py --cache-dir /var/cache/visahub/images)"
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    if not (IMAGE / "manifest.json").exists():
+        pytest.fail(f"no image at {IMAGE}: build it with `{BUILD}`")
+    return json.loads((IMAGE / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def rootfs(manifest, tmp_path_factory):
+    """The image's root file system as a raw ext4 file, read with debugfs (nothing is mounted)."""
+    raw = tmp_path_factory.mktemp("image") / "root.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(IMAGE / "base.qcow2"), str(raw)], check=True)
+
+    def debugfs(request: str) -> str:
+        return subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True, text=True, check=True).stdout
+
+    yield debugfs
+    raw.unlink()
+
+
+def test_manifest_matches_the_recipe(manifest: dict):
+    recipe = load_recipe(RECIPE, manifest.get("extras", []))
+    assert manifest["recipe_hash"] == recipe.stage_hashes(REPO)["image"], f"the image is stale: run `{BUILD}`"
+    assert IMAGE.resolve().name == manifest["recipe_hash"]
+    for f in ("base.qcow2", "vmlinuz", "initrd.img"):
+        assert (IMAGE / f).stat().st_size > 1_000_000, f
+    assert manifest["kernel_cmdline"].startswith("root=/dev/vda ") and "console=ttyS0" in manifest["kernel_cmdline"]
+    assert manifest["packages"][recipe.kernel["package"]]
+    assert manifest["kernel_version"] in manifest["packages"].get(f"linux-image-{manifest['kernel_version']}", "") \
+        or f"linux-image-{manifest['kernel_version']}" in manifest["packages"]
+    for pkg in ("systemd", "tigervnc-standalone-server", "openbox", "xterm", "novnc", "python3"):
+        assert pkg in manifest["packages"], pkg
+    py = {k.lower().replace("_", "-"): v for k, v in manifest["python_packages"].items()}
+    for pin in recipe.python["packages"]:
+        name, version = pin.split("==")
+        assert py.get(name.lower()) == version, pin
+    for name in ("jupyterhub", "jupyterlab", "jupyter-server-proxy", "jupyter-collaboration", "visa-hub"):
+        assert name in py, name
+    assert py["jupyterhub"] == "6.1.1"
+    for name in recipe.python.get("remove", []):
+        assert name not in py, f"{name} should have been removed"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(IMAGE / "base.qcow2")],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+
+
+def test_image_files(manifest: dict, rootfs):
+    agent = rootfs("cat /usr/local/lib/visa/visa_agent.py")
+    assert agent == (REPO / "images/agent/visa_agent.py").read_text()
+    assert "visa-agent.service" in rootfs("ls /etc/systemd/system/sysinit.target.wants")
+    assert "/dev/null" in rootfs("stat /etc/systemd/system/apt-daily.timer")
+    assert rootfs("cat /etc/machine-id") == ""
+    assert rootfs("cat /etc/fstab").startswith("/dev/vda / ext4")
+    assert "Address=10.0.2.15/24" in rootfs("cat /etc/systemd/network/10-visa-qemu.network")
+    assert "Type: regular" in rootfs("stat /opt/visahub/instance-env/bin/jupyterhub-singleuser")
+    assert "Type: regular" in rootfs("stat /usr/share/novnc/vnc.html")
+    site = "/opt/visahub/instance-env/lib/python3.11/site-packages"
+    assert "desktop_launcher.py" in rootfs(f"ls {site}/visa_instance")  # a real copy, not an editable link
+    assert "/work/" not in rootfs(f"ls {site}") + "".join(
+        rootfs(f"cat {site}/{n}") for n in rootfs(f"ls -p {site}").split("/") if n.endswith(".pth"))
+    version = manifest["kernel_version"]
+    for module in ("fs/9p/9p.ko", "net/9p/9pnet_virtio.ko", "drivers/firmware/qemu_fw_cfg.ko",
+                   "drivers/char/virtio_console.ko"):
+        assert "Type: regular" in rootfs(f"stat /lib/modules/{version}/kernel/{module}"), module
+    # nothing of the build host is left: CA bundle, pip config, caches, policy-rc.d
+    for gone in ("/run/visa-build", "/etc/pip.conf", "/root/.cache/pip", "/root/.config/pip",
+                 "/usr/sbin/policy-rc.d", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"):
+        assert "not found" in rootfs(f"stat {gone}").lower() or rootfs(f"stat {gone}") == "", gone
+
+
+def _jupyter_answers(port: int) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/user/probe-user/api", timeout=20).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_boot_runs_jupyter_as_the_owner_with_read_only_data(manifest: dict, mode: str):
+    status, port = {}, probe.free_port()
+
+    def on_stage(ts):
+        if ts[1]["stage"] == "jupyter-up":
+            status["http"] = _jupyter_answers(port)
+
+    r = probe.boot(IMAGE, mode=mode, timeout=300, host_port=port, on_stage=on_stage)
+    print(f"\n{mode} boot: " + ", ".join(f"{s['stage']} {t:.1f}s" for t, s in r.stages))
+    stages = [s["stage"] for _, s in r.stages]
+    assert r.first("jupyter-up"), f"no jupyter-up; stages {stages}; console tail:\n" + "\n".join(r.console[-30:])
+    expected = ["agent-started", "fw-cfg"] if mode == "cold" else ["agent-started", "waiting-config", "identity"]
+    assert stages[:len(expected)] == expected
+    assert stages[len(expected):] == ["configured", "started", "account", "data", "jupyter-up"]
+    if mode == "warm":
+        ident = r.get("identity")
+        assert ident["hostname"] == "visa-probe" and len(ident["machine_id"]) == 32
+    # the start script phoned home with the instance's token (its first reports may precede the
+    # network: the agent waits for it only briefly), and Jupyter answers HTTP on the forward
+    phoned = [p["stage"] for p in r.phoned]
+    assert phoned and phoned == [s for s in cloudinit.STAGES if s in phoned], phoned
+    assert all(p["auth"] == f"token {r.token}" for p in r.phoned)
+    assert status.get("http") in (200, 302, 401, 403, 404), status

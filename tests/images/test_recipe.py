@@ -1,0 +1,170 @@
+"""The recipe parser, stage hashes, lock pins, host apt sources and pip wheel tags (pure logic)."""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "images"))
+from imagebuild import recipe as rcp  # noqa: E402
+from imagebuild.chroot import host_mirrors, sources_list  # noqa: E402
+from imagebuild.stages import target_tags  # noqa: E402
+
+RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"
+
+
+@pytest.fixture
+def recipe() -> rcp.Recipe:
+    return rcp.load_recipe(RECIPE)
+
+
+def variant(recipe: rcp.Recipe, edit) -> rcp.Recipe:
+    data = copy.deepcopy(dict(recipe.data))
+    edit(data)
+    rcp._check(data, ())
+    return rcp.Recipe(name=recipe.name, path=recipe.path, data=data, lock=recipe.lock)
+
+
+@pytest.mark.fast
+def test_the_shipped_recipe_loads_with_what_the_backend_needs(recipe: rcp.Recipe):
+    assert recipe.name == "debian-bookworm"
+    assert "root=/dev/vda" in recipe.kernel["cmdline"] and "console=ttyS0" in recipe.kernel["cmdline"]
+    assert {"9p", "9pnet_virtio", "qemu_fw_cfg", "virtio_console"} <= set(recipe.kernel["boot_modules"])
+    assert recipe.python["env"] == "/opt/visahub/instance-env"
+    assert {"tigervnc-standalone-server", "openbox", "xterm", "systemd", recipe.kernel["package"]} <= set(recipe.apt_packages)
+    names = {p.split("==")[0] for p in recipe.python["packages"]}
+    assert {"numpy", "scipy", "h5py", "matplotlib", "silx", "nexusformat", "scippneutron"} <= names
+    assert all("==" in p for p in recipe.python["packages"]), "scientific packages must be pinned"
+    assert "cloud-init" not in recipe.apt_packages
+    assert "cloud-init" in rcp.load_recipe(RECIPE, ["openstack"]).apt_packages
+
+
+@pytest.mark.fast
+def test_stage_hashes_are_stable_and_only_downstream_stages_change(recipe: rcp.Recipe):
+    base = recipe.stage_hashes(REPO)
+    assert base == recipe.stage_hashes(REPO)
+    assert list(base) == list(rcp.STAGES)
+    changed = variant(recipe, lambda d: d["system"]["mask"].append("foo.service")).stage_hashes(REPO)
+    same = ["debootstrap", "packages", "python", "visa"]
+    assert [changed[s] == base[s] for s in rcp.STAGES] == [s in same for s in rcp.STAGES]
+    changed = variant(recipe, lambda d: d["apt"]["packages"].append("git")).stage_hashes(REPO)
+    assert changed["debootstrap"] == base["debootstrap"] and changed["packages"] != base["packages"]
+    assert changed["image"] != base["image"]
+
+
+@pytest.mark.fast
+def test_repo_packages_hash_only_their_own_files(recipe: rcp.Recipe, tmp_path: Path):
+    repo = tmp_path / "repo"
+    for f in ("setup.cfg", "requirements-instance.txt", "visa_instance/a.py", "visa_spawner/b.py"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text("x")
+    first = recipe.stage_hashes(repo)
+    (repo / "visa_spawner/b.py").write_text("hub-side edit")
+    assert recipe.stage_hashes(repo) == first
+    (repo / "visa_instance/a.py").write_text("instance edit")
+    second = recipe.stage_hashes(repo)
+    assert second["python"] == first["python"] and second["visa"] != first["visa"]
+
+
+@pytest.mark.fast
+def test_lock_pins_top_level_packages(recipe: rcp.Recipe):
+    pinned = rcp.Recipe(name=recipe.name, path=recipe.path, data=recipe.data,
+                        lock={"apt": {"xterm": "379-1"}, "python": {}})
+    assert "xterm=379-1" in pinned.pinned_apt() and "openbox" in pinned.pinned_apt()
+    assert pinned.stage_hashes(REPO)["packages"] != recipe.stage_hashes(REPO)["packages"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("kernel"), r"missing section \[kernel\]"),
+    (lambda d: d["apt"].update(packages=[]), "non-empty list"),
+    (lambda d: d["apt"]["packages"].append("bad name; rm"), "not a Debian package name"),
+    (lambda d: d["kernel"].update(cmdline="console=ttyS0"), "root="),
+    (lambda d: d["system"]["mask"].append("../../etc/passwd"), "not a systemd unit"),
+    (lambda d: d["image"].update(size="lots"), "8G"),
+    (lambda d: d["python"].update(env="relative/env"), "absolute"),
+    (lambda d: d["python"].update(repo_packages=["../x"]), "repo_packages"),
+    (lambda d: d["python"].update(remove=["x; rm -rf /"]), "distribution names"),
+])
+def test_bad_recipes_are_refused_with_the_field_named(recipe: rcp.Recipe, edit, message):
+    with pytest.raises(rcp.RecipeError, match=message):
+        variant(recipe, edit)
+
+
+@pytest.mark.fast
+def test_bad_files_and_extras_give_clear_errors(tmp_path: Path):
+    with pytest.raises(rcp.RecipeError, match="no recipe"):
+        rcp.load_recipe(tmp_path / "missing.toml")
+    (tmp_path / "x.toml").write_text("[base\n")
+    with pytest.raises(rcp.RecipeError, match="x.toml"):
+        rcp.load_recipe(tmp_path / "x.toml")
+    with pytest.raises(rcp.RecipeError, match="unknown extra 'gpu'.*openstack"):
+        rcp.load_recipe(RECIPE, ["gpu"])
+    (tmp_path / "y.toml").write_text(RECIPE.read_text())
+    (tmp_path / "y.lock.json").write_text("{nope")
+    with pytest.raises(rcp.RecipeError, match="y.lock.json"):
+        rcp.load_recipe(tmp_path / "y.toml")
+
+
+@pytest.mark.fast
+def test_lock_round_trip(tmp_path: Path):
+    (tmp_path / "r.toml").write_text(RECIPE.read_text())
+    rcp.write_lock(rcp.lock_path(tmp_path / "r.toml"), {"xterm": "1"}, {"numpy": "2.4.6"})
+    r = rcp.load_recipe(tmp_path / "r.toml")
+    assert r.lock == {"apt": {"xterm": "1"}, "python": {"numpy": "2.4.6"}}
+
+
+@pytest.mark.fast
+def test_host_mirrors_read_deb822_and_one_line_sources(tmp_path: Path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(
+        "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb-src\nURIs: http://src.example\nSuites: bookworm-backports\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n")
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian trixie main\n")
+    mirrors = host_mirrors(tmp_path)
+    assert mirrors == {"bookworm": "http://mirror.example/debian", "bookworm-updates": "http://mirror.example/debian",
+                       "bookworm-security": "http://mirror.example/debian-security",
+                       "trixie": "http://other.example/debian"}
+    text = sources_list(["bookworm", "bookworm-security"], ["main"], {"bookworm": "http://m/debian"})
+    assert text == "deb http://m/debian bookworm main\ndeb http://deb.debian.org/debian-security bookworm-security main\n"
+
+
+@pytest.mark.fast
+def test_wheel_tags_follow_the_image_interpreter_and_glibc():
+    opts = target_tags("3.11.2", "2.36")
+    assert opts[:2] == ["--python-version", "3.11.2"] and "cp311" in opts and "--only-binary=:all:" in opts
+    plats = [opts[i + 1] for i, o in enumerate(opts) if o == "--platform"]
+    assert plats[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in plats
+    assert "manylinux_2_37_x86_64" not in plats and "manylinux2014_x86_64" in plats and plats[-1] == "any"
+
+
+@pytest.mark.fast
+def test_extras_override_system_settings():
+    plain = rcp.load_recipe(RECIPE)
+    openstack = rcp.load_recipe(RECIPE, ["openstack"])
+    assert "Address=10.0.2.15/24" in plain.system["network"] and "DHCP" not in plain.system["network"]
+    assert "DHCP=ipv4" in openstack.system["network"] and "extras" not in openstack.system
+    assert openstack.system["mask"] == plain.system["mask"]
+    assert (plain.variant, openstack.variant) == ("debian-bookworm", "debian-bookworm+openstack")
+    assert openstack.stage_hashes(REPO)["packages"] != plain.stage_hashes(REPO)["packages"]
+
+
+@pytest.mark.fast
+def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path: Path):
+    from imagebuild.chroot import mounts_under
+    root = tmp_path / "work"
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        f"proc {root}/root/proc proc rw 0 0\n"
+        f"udev {root}/root/dev devtmpfs rw 0 0\n"
+        f"devpts {root}/root/dev/pts devpts rw 0 0\n"
+        f"tmpfs {root}/root/run\\040x tmpfs rw 0 0\n"
+        f"other {root}2/root/proc proc rw 0 0\n"
+        "/dev/vda / ext4 rw 0 0\n")
+    found = mounts_under(root, mounts)
+    assert found[0] == f"{root}/root/dev/pts"
+    assert set(found) == {f"{root}/root/proc", f"{root}/root/dev", f"{root}/root/dev/pts", f"{root}/root/run x"}
