@@ -16,8 +16,14 @@ from typing import Any
 import visa_authenticator
 import visa_collab.hub_config
 import visa_spawner
+from visa_spawner.backends import phonehome
+from visa_spawner.backends.qemu_image import DEFAULT_IMAGE_DIR, availability
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
+from visa_spawner.spawner import DEFAULT_PLANS
+
+VM_PLAN = {"id": "vm", "display_name": "Virtual machine", "backend": "qemu", "cpus": 2, "memory_mb": 2048,
+           "description": "A full virtual machine: 2 CPUs, 2 GB, its own desktop"}
 
 
 def secret_file(state: Path, name: str, nbytes: int = 32) -> str:
@@ -57,7 +63,7 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.JupyterHub.named_server_limit_per_user = named_server_limit
     c.JupyterHub.redirect_to_server = False
     c.JupyterHub.default_url = "/hub/home"
-    c.JupyterHub.extra_handlers = visa_handlers
+    c.JupyterHub.extra_handlers = [*visa_handlers, *phonehome.handlers]  # VMs report boot stages
     c.JupyterHub.template_paths = [
         str(Path(visa_spawner.__file__).parent / "templates"),
         visa_authenticator.TEMPLATES_DIR,
@@ -70,6 +76,26 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.VisaSpawner.http_timeout = 60
     c.SandboxBackend.state_dir = str(state / "sandbox")
     c.SandboxBackend.instance_env = env.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")
+    apply_vm_plan(c, state, env)
 
     # -- collaboration: member roles, invitations, access requests, audit (docs/collaboration.md)
     visa_collab.hub_config.apply(c, state_dir=state)
+
+
+def apply_vm_plan(c: Any, state: Path, env: Mapping[str, str]) -> None:
+    """Offer the "Virtual machine" plan (qemu backend) when an image is built and QEMU is usable;
+    otherwise say why on the home page, so an admin knows to run `make image`.
+
+    Environment: VISA_IMAGE_DIR (the image's directory, holding `current`).
+    """
+    image_dir = env.get("VISA_IMAGE_DIR") or DEFAULT_IMAGE_DIR
+    ok, why = availability(image_dir)
+    c.QemuBackend.image_dir = image_dir
+    c.QemuBackend.state_dir = str(state / "qemu")
+    if not ok:
+        c.VisaSpawner.plans = list(DEFAULT_PLANS)
+        c.JupyterHub.template_vars = {"visa_plans_note": f"Virtual machines are not offered here: {why}."}
+        return
+    c.VisaSpawner.plans = [*DEFAULT_PLANS, VM_PLAN]
+    c.VisaSpawner.start_timeout = 600  # a cold TCG boot on a busy host takes minutes
+    c.QemuBackend.boot_timeout = 570  # below start_timeout: the backend's own message reaches the person

@@ -15,13 +15,27 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "desktop.svg")
 PAGE_PATH = "visa/desktop"
 # jupyter-server-proxy's readiness budget; the launcher's own deadline is a little shorter so
 # that it reports its own failure (and cleans up) before jupyter-server-proxy gives up.
-READY_TIMEOUT = 20.0
+# VISA_DESKTOP_TIMEOUT (set by the hub's backend) raises it where the machine is slow to start
+# a desktop, e.g. a VM under TCG emulation.
+DEFAULT_READY_TIMEOUT = 20.0
+
+
+def ready_timeout(env: Mapping[str, str] = os.environ) -> float:
+    """The readiness budget in seconds: VISA_DESKTOP_TIMEOUT if it is a sane number, else 20."""
+    try:
+        value = float(env.get("VISA_DESKTOP_TIMEOUT", DEFAULT_READY_TIMEOUT))
+    except ValueError:
+        return DEFAULT_READY_TIMEOUT
+    return min(max(value, 5.0), 600.0) if value == value else DEFAULT_READY_TIMEOUT
+
+
+READY_TIMEOUT = ready_timeout()
 
 
 def launcher_command(timeout: float = READY_TIMEOUT) -> list[str]:
@@ -42,11 +56,12 @@ def setup_desktop() -> dict[str, Any]:
     check with a bare connect to the socket. The launcher only renames the socket into place once
     the desktop is dressed, so "connectable" means "ready".
     """
+    timeout = ready_timeout()
     return {
-        "command": launcher_command(),
+        "command": launcher_command(timeout),
         "unix_socket": True,
         "raw_socket_proxy": True,
-        "timeout": READY_TIMEOUT,
+        "timeout": timeout,
         "new_browser_tab": True,
         "launcher_entry": {
             "enabled": True,

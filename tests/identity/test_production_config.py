@@ -98,22 +98,49 @@ def test_postgres_driver_named(url: str, driver: str, expected: str) -> None:
     assert with_pg_driver(url, driver) == expected
 
 
+def _hub_common():
+    spec = importlib.util.spec_from_file_location("hub_common", REPO / "hub_config" / "hub_common.py")
+    hub_common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub_common)
+    return hub_common
+
+
+def test_vm_plan_only_with_a_built_image(tmp_path: Path) -> None:
+    """No image: sandbox plans only, and the home page says why and what an admin runs."""
+    hub_common = _hub_common()
+    c = Config()
+    hub_common.apply_vm_plan(c, tmp_path, {"VISA_IMAGE_DIR": str(tmp_path / "images")})
+    assert [p["backend"] for p in c.VisaSpawner.plans] == ["sandbox", "sandbox"]
+    assert "make image" in c.JupyterHub.template_vars["visa_plans_note"]
+
+    build = tmp_path / "images" / "b1"
+    build.mkdir(parents=True)
+    for name in ("base.qcow2", "vmlinuz", "initrd.img"):
+        (build / name).write_bytes(b"x")
+    (build / "manifest.json").write_text('{"recipe_hash": "abc"}')
+    (tmp_path / "images" / "current").symlink_to(build)
+    c = Config()
+    hub_common.apply_vm_plan(c, tmp_path, {"VISA_IMAGE_DIR": str(tmp_path / "images")})
+    assert [p["id"] for p in c.VisaSpawner.plans][-1] == "vm"
+    assert c.QemuBackend.boot_timeout < c.VisaSpawner.start_timeout
+    assert "template_vars" not in c.JupyterHub
+
+
 def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     """hub_common (shared with the demo profile) sets only real traits."""
     from jupyterhub.app import JupyterHub
     from jupyterhub.proxy import ConfigurableHTTPProxy
     from jupyterhub.spawner import Spawner
 
+    from visa_spawner.backends.qemu import QemuBackend
     from visa_spawner.backends.sandbox import SandboxBackend
     from visa_spawner.spawner import VisaSpawner
 
-    spec = importlib.util.spec_from_file_location("hub_common", REPO / "hub_config" / "hub_common.py")
-    hub_common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hub_common)
+    hub_common = _hub_common()
     c = Config()
     hub_common.apply_hub_and_instances(c, tmp_path, REPO, {"VISA_HUB_PORT": "9000", "VISA_DATA_ROOT": "/data"})
     _traits_exist(c, {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
                       "VisaSpawner": VisaSpawner, "SandboxBackend": SandboxBackend,
-                      "Spawner": Spawner})  # fmt: skip
+                      "QemuBackend": QemuBackend, "Spawner": Spawner})  # fmt: skip
     assert c.JupyterHub.bind_url == "http://127.0.0.1:9000" and c.VisaSpawner.data_root == "/data"
     assert (tmp_path / "proxy_token").stat().st_mode & 0o777 == 0o600

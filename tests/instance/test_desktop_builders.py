@@ -11,7 +11,7 @@ from traitlets.config import Config
 
 from visa_instance import _jupyter_server_extension_points
 from visa_instance._procs import read_proc
-from visa_instance.desktop import PAGE_PATH, launcher_command, setup_desktop
+from visa_instance.desktop import PAGE_PATH, launcher_command, ready_timeout, setup_desktop
 from visa_instance.desktop_env import DesktopSettings, Keyboard
 from visa_instance.desktop_launcher import (
     build_setxkbmap_command,
@@ -146,6 +146,20 @@ def test_setup_desktop_is_a_valid_server_process() -> None:
 def test_launcher_deadline_is_inside_jsp_timeout() -> None:
     cmd = launcher_command(20.0)
     assert float(cmd[cmd.index("--timeout") + 1]) < 20.0
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, 20.0), ("120", 120.0), ("1", 5.0), ("100000", 600.0), ("soon", 20.0), ("nan", 20.0),
+])
+def test_ready_timeout_from_environment(raw: str | None, expected: float) -> None:
+    assert ready_timeout({} if raw is None else {"VISA_DESKTOP_TIMEOUT": raw}) == expected
+
+
+def test_slow_machine_timeout_reaches_jupyter_server_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISA_DESKTOP_TIMEOUT", "120")
+    config = setup_desktop()
+    assert config["timeout"] == 120.0
+    assert float(config["command"][config["command"].index("--timeout") + 1]) == 118.0
 
 
 def test_extension_points() -> None:

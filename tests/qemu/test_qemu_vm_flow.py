@@ -1,0 +1,101 @@
+"""One real VM through a real hub: Lab answers, the proposal's data is there and read-only, the
+desktop connects in Chromium, a hub restart keeps the VM, stop leaves no QEMU process and delete
+no disk."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.browser import CANVAS_COLOURS, chromium
+from tests.hubtools import run_code, wait_for
+from tests.qemu.conftest import PROPOSAL, create_vm, qemu_pids
+from visa_spawner.backends.qemu import vm_name
+
+pytestmark = [pytest.mark.qemu, pytest.mark.hub, pytest.mark.browser]
+
+INSIDE = """
+import getpass, json, os, socket, subprocess
+d = "/data/%s"
+try:
+    open(d + "/written-by-vm", "w")
+    write = "succeeded"
+except OSError as e:
+    write = e.strerror
+procs = set()
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            procs.add(open(f"/proc/{p}/comm").read().strip())
+        except OSError:
+            pass
+print(json.dumps({"user": getpass.getuser(), "files": sorted(os.listdir(d)), "write": write,
+                  "vendor": open("/sys/class/dmi/id/sys_vendor").read().strip(),
+                  "procs": sorted(procs), "hostname": socket.gethostname()}))
+""" % PROPOSAL
+
+
+def desktop_connected(page) -> bool:
+    """Connected yet? A desktop that gave up starting (a slow TCG guest) is retried the way a
+    person does: with the page's Reconnect button."""
+    state = page.evaluate("window.visaDesktop ? window.visaDesktop.state : ''")
+    if state == "disconnected":
+        page.click("#visa-reconnect")
+    return state == "connected"
+
+
+def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_state, artifacts):
+    alice = login("alice")
+    t0 = time.monotonic()
+    name = create_vm(alice, "Cold VM")
+    hub.wait_ready("alice", name, timeout=420)
+    boot = time.monotonic() - t0
+    log = hub.log_path.read_text(errors="replace")
+    for stage in ("QEMU started", "boot agent started", "Jupyter answers"):
+        assert stage in log, f"no progress stage {stage!r} in the hub log"
+
+    r = alice.instance_get("alice", name, "lab")
+    assert r.status_code == 200 and "JupyterLab" in r.text, (r.status_code, r.url)
+    facts = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))
+    assert facts["vendor"] == "QEMU", facts  # a real VM, not the host
+    assert facts["user"] == "alice"
+    assert facts["files"] == sorted(os.listdir(hub_state / "data" / PROPOSAL))
+    assert facts["write"] == "Read-only file system", facts
+    assert not (hub_state / "data" / PROPOSAL / "written-by-vm").exists()
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.set_default_timeout(120_000)
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "alice-demo")
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/home")
+        page.goto(f"{hub.url}/user/alice/{name}/visa/desktop")
+        try:
+            wait_for(lambda: desktop_connected(page), 300, "the desktop connected", interval=1)
+            page.wait_for_function(f"({CANVAS_COLOURS})() >= 6")
+        finally:
+            page.screenshot(path=str(artifacts / "qemu-desktop.png"))
+        assert page.evaluate("document.querySelector('#visa-screen canvas').width") == 1280
+    procs = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))["procs"]
+    assert "openbox" in procs and any(p.startswith("Xvnc") or p.startswith("Xtigervnc") for p in procs), procs
+
+    (pid,) = qemu_pids(qemu_state)
+    hub.stop()
+    assert qemu_pids(qemu_state) == [pid], "the VM must outlive the hub"
+    hub.start()
+    assert hub.wait_ready("alice", name, timeout=60)
+    assert alice.instance_get("alice", name, "api/status").status_code == 200
+    assert qemu_pids(qemu_state) == [pid]
+
+    disk = qemu_state / "instances" / vm_name("alice", name) / "disk.qcow2"
+    assert disk.exists()
+    hub.stop_server("alice", name, timeout=120)
+    assert qemu_pids(qemu_state) == [], "stop must leave no QEMU process"
+    assert disk.exists(), "stop keeps the VM's disk (like a sandbox's home)"
+    hub.delete_server("alice", name, timeout=120)
+    assert not disk.parent.exists(), "delete must remove the overlay"
+    print(f"cold boot through the hub: {boot:.1f} s")

@@ -1,0 +1,344 @@
+"""The `qemu` backend: a full virtual machine per instance on the hub's own host.
+
+Each instance is a QEMU process started directly (no libvirt) and controlled over QMP, on a
+qcow2 overlay of the analysis image (`make image`; the base is never written). The guest gets its
+instance config (the one renderer in `cloudinit`) over fw_cfg at a cold boot, or over the boot
+agent's virtio-serial port after a warm start from a memory snapshot (`qemu_warm`). Progress comes
+from real stages: QEMU up, kernel lines on the serial console, the agent's stage lines, the start
+script phoning home, and finally Jupyter answering HTTP through the forwarded port.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
+
+from . import cloudinit, qemu_relay
+from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from .phonehome import BOARD
+from .qemu_accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
+from .qemu_boot import BootWatcher
+from .qemu_command import (
+    GUEST_JUPYTER_PORT, VmLayout, guest_env, hub_port_of, vm_size, mount_templates, overlay_argv, qemu_argv,
+    relay_command,
+)
+from .qemu_image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
+from .qemu_vm import launch, tail, terminate, wait_qmp
+from .qemu_warm import Snapshot, SnapshotPool
+
+
+def vm_name(owner: str, server_name: str) -> str:
+    """Deterministic per (owner, server): a restarted hub, and `delete`, find the same files."""
+    return "vm-" + hashlib.sha256(json.dumps([owner, server_name]).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    """The files of one instance under `<state_dir>/instances/<vm>/` (0700, root's only)."""
+
+    dir: Path
+
+    overlay = property(lambda self: self.dir / "disk.qcow2")
+    qmp = property(lambda self: self.dir / "qmp.sock")
+    agent = property(lambda self: self.dir / "agent.sock")
+    console = property(lambda self: self.dir / "console.log")
+    log = property(lambda self: self.dir / "qemu.log")
+    state = property(lambda self: self.dir / "state.json")
+
+    def fw_cfg(self) -> list[tuple[str, Path]]:
+        """(fw_cfg name, file) of the instance config and start script (the config holds the token)."""
+        return [(name, self.dir / ("fwcfg-" + name.rsplit("/", 1)[1])) for name in cloudinit.fw_cfg_files({})]
+
+
+class QemuBackend(Backend):
+    """Runs each instance as a QEMU virtual machine on this host."""
+
+    state_dir = Unicode("/var/lib/visahub/qemu", config=True,
+                        help="Where instance disks (overlays), sockets, logs and memory snapshots live.")
+    image_dir = Unicode(DEFAULT_IMAGE_DIR, config=True,
+                        help="The analysis image made by `make image` (its `current` build is used).")
+    qemu_binary = Unicode("qemu-system-x86_64", config=True, help="QEMU system emulator (name on PATH or path).")
+    qemu_img = Unicode("qemu-img", config=True, help="qemu-img (name on PATH or path), to make overlays.")
+    acceleration = CaselessStrEnum(
+        ["auto", "kvm", "tcg"], "auto", config=True,
+        help="auto: KVM only when real hardware virtualisation works (not the PVM /dev/kvm), else TCG.",
+    )
+    boot_timeout = Float(300, config=True, help="Seconds from QEMU's start until Jupyter must answer.")
+    desktop_timeout = Float(
+        120, config=True,
+        help="Seconds the desktop may take to start inside the VM (VISA_DESKTOP_TIMEOUT): TCG guests are "
+        "slow to start Xvnc and the window manager on first use.")
+    stop_grace = Float(20, config=True, help="Seconds between ACPI power-off and SIGKILL on stop.")
+    max_vms = Integer(4, config=True, help="At most this many VMs run at once on this host.")
+    memory_overhead_mb = Integer(
+        256, config=True, help="QEMU's own memory per VM, added to the plan's memory for the capacity check.")
+    memory_reserve_mb = Integer(
+        1024, config=True, help="Memory (MB) always left to the host (hub, proxy, page cache).")
+    warm_start = Bool(
+        False, config=True,
+        help="Start new instances from a memory snapshot of a booted, unconfigured VM when one matches "
+        "(python -m visa_spawner.backends.qemu_warm builds it); cold boot otherwise.",
+    )
+    hub_relay = List(Unicode(), config=True,
+                     help="Command run per guest connection to the hub ({port}: the hub API port).")
+    extra_args = List(Unicode(), config=True, help="Extra QEMU arguments appended to every VM's command line.")
+
+    @default("hub_relay")
+    def _hub_relay_default(self) -> list[str]:
+        return list(relay_command(shutil.which("socat"), sys.executable, qemu_relay.__file__))
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, int] = {}  # vm → MB reserved while it boots
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._accel: Acceleration | None = None
+        self.pool = SnapshotPool(Path(self.state_dir) / "snapshots")
+
+    # -- host checks ---------------------------------------------------------------------------
+    def image(self) -> VmImage:
+        try:
+            return load_image(self.image_dir)
+        except ImageError as e:
+            raise BackendError(f"Virtual machines are not available: {e}.", reason="image") from None
+
+    def binaries(self) -> tuple[str, str]:
+        found = shutil.which(self.qemu_binary), shutil.which(self.qemu_img)
+        for path, name, package in ((found[0], self.qemu_binary, "qemu-system-x86"), (found[1], self.qemu_img, "qemu-utils")):
+            if not path:
+                raise BackendError(f"Virtual machines are not available: QEMU is not installed on this host "
+                                   f"({name} not found; an admin installs the Debian package {package}).",
+                                   reason="no-qemu")
+        return found  # type: ignore[return-value]
+
+    async def accel(self) -> Acceleration:
+        if self._accel is None:
+            self._accel = await choose_acceleration(self.binaries()[0], self.acceleration)
+            self.log.info("QEMU acceleration: %s (%s)", self._accel.name, self._accel.reason)
+        return self._accel
+
+    def _check_capacity(self, memory_mb: int, live: int) -> None:
+        """Raise 'This host is full' when the VM would not fit; called under the lock."""
+        total, available = host_memory()
+        problem = capacity_problem(
+            memory_mb, running=live + len(self._pending), max_vms=self.max_vms, total_mb=total,
+            available_mb=available - sum(self._pending.values()), overhead_mb=self.memory_overhead_mb,
+            reserve_mb=self.memory_reserve_mb)
+        if problem:
+            raise BackendError(problem, reason="capacity")
+
+    # -- protocol ------------------------------------------------------------------------------
+    async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        qemu, qemu_img = self.binaries()
+        image = self.image()
+        accel = await self.accel()
+        cpus, memory = vm_size(spec.plan.cpus, spec.plan.memory_mb)
+        vm = vm_name(spec.owner, spec.server_name)
+        paths = VmPaths(Path(self.state_dir) / "instances" / vm)
+        data_dir = await self._data_dir(spec)
+        async with self._lock:
+            live = len(await self._live())
+            self._check_capacity(memory, live)
+            self._pending[vm] = memory
+        fresh, started = not paths.overlay.exists(), False
+        try:
+            snapshot = self.pool.find(image.identity, cpus, memory, accel.name) if fresh and self.warm_start else None
+            progress(10, "Preparing the virtual machine's disk" + (" (warm start)" if snapshot else ""))
+            await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
+            config = self._instance_config(spec, vm)
+            layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot)
+            if snapshot is None:
+                await self._run_blocking(self._write_fw_cfg, paths, config)
+            proc = await launch(qemu_argv(qemu, layout), paths.log)
+            started = True
+            self._procs[vm] = proc
+            state = {"backend": "qemu", "vm": vm, "owner": spec.owner, "server_name": spec.server_name,
+                     "pid": proc.pid, "port": spec.port, "overlay": str(paths.overlay), "qmp": str(paths.qmp),
+                     "accel": accel.name, "warm": snapshot is not None, "image": image.name, "started": time.time()}
+            await self._run_blocking(self._write_state, paths, state)
+            how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
+            progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
+            await self._boot(spec, paths, proc, config, vm, snapshot, progress)
+            return state
+        except BaseException as e:
+            await self._abandon(vm, paths, fresh=fresh, started=started)
+            if isinstance(e, (BackendError, asyncio.CancelledError)):
+                raise
+            self.log.exception("QEMU VM %s of %s: start failed", vm, spec.owner)
+            raise BackendError("The virtual machine could not be started; ask an admin (details in the hub log).",
+                               reason="qemu", log_detail=type(e).__name__) from None
+        finally:
+            self._pending.pop(vm, None)
+            for _, leftover in paths.fw_cfg():  # the config holds the API token
+                leftover.unlink(missing_ok=True)
+
+    async def address(self, state: dict) -> tuple[str, int]:
+        return "127.0.0.1", int(state["port"])
+
+    async def status(self, state: dict) -> InstanceStatus:
+        pid, overlay = state.get("pid"), state.get("overlay")
+        if not pid or not overlay:
+            return InstanceStatus.STOPPED
+        proc = self._procs.get(state.get("vm", ""))
+        if proc is not None and proc.returncode is not None:
+            return InstanceStatus.STOPPED
+        return InstanceStatus.RUNNING if pid_runs(int(pid), overlay) else InstanceStatus.STOPPED
+
+    async def stop(self, state: dict, now: bool = False) -> None:
+        vm = state.get("vm") or vm_name(state["owner"], state["server_name"])
+        paths = VmPaths(Path(self.state_dir) / "instances" / vm)
+        saved = await self._run_blocking(self._read_state, paths) or {}
+        pid = int(state.get("pid") or saved.get("pid") or 0)
+        if pid:
+            await terminate(pid, str(paths.overlay), str(paths.qmp), 0 if now else self.stop_grace,
+                            self._procs.get(vm), self.log)
+        self._procs.pop(vm, None)
+        for runtime in (paths.qmp, paths.agent, paths.state, *(f for _, f in paths.fw_cfg())):
+            runtime.unlink(missing_ok=True)
+
+    async def delete(self, state: dict) -> None:
+        vm = state.get("vm") or vm_name(state["owner"], state["server_name"])
+        await self.stop({**state, "vm": vm}, now=True)
+        await self._run_blocking(shutil.rmtree, Path(self.state_dir) / "instances" / vm, True)
+
+    async def list_managed(self) -> list[dict]:
+        def scan() -> list[dict]:
+            out = []
+            for d in sorted((Path(self.state_dir) / "instances").glob("vm-*")):
+                out.append(self._read_state(VmPaths(d)) or {"backend": "qemu", "vm": d.name})
+            return out
+        return await self._run_blocking(scan)
+
+    # -- steps ---------------------------------------------------------------------------------
+    async def _boot(self, spec: InstanceSpec, paths: VmPaths, proc: asyncio.subprocess.Process, config: dict,
+                    vm: str, snapshot: Snapshot | None, progress: ProgressCallback) -> None:
+        token = spec.env.get("JUPYTERHUB_API_TOKEN", "")
+        inbox = BOARD.register(token) if token else None
+        watcher = BootWatcher(paths.console, paths.agent, proc, progress, vm=vm,
+                              probe_path=spec.env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), port=spec.port,
+                              inbox=inbox, timeout=self.boot_timeout, log=self.log, has_data=bool(spec.data_path))
+        try:
+            await wait_qmp(str(paths.qmp), proc, timeout=60)
+            for _, blob in paths.fw_cfg():  # QEMU has read them: the token leaves the disk
+                blob.unlink(missing_ok=True)
+            if snapshot is not None:
+                await watcher.restore_and_configure({
+                    "config": config, "script": cloudinit.START_SCRIPT, "seed": secrets.token_hex(64),
+                    "hostname": _hostname(spec.server_name), "time": time.time(),
+                }, str(paths.qmp))
+            await watcher.wait_ready()
+        except ProcessLookupError:
+            raise BackendError(f"The virtual machine stopped during start. Last QEMU messages:\n{tail(paths.log, 4)}"
+                               f"\nLast console lines:\n{tail(paths.console, 6)}", reason="exited") from None
+        finally:
+            if inbox is not None:
+                BOARD.unregister(inbox)
+
+    def _instance_config(self, spec: InstanceSpec, vm: str) -> dict:
+        hub_port = hub_port_of(spec.env)
+        try:
+            return cloudinit.instance_config(
+                owner=spec.owner, server_name=spec.server_name, display_name=spec.display_name,
+                proposal=spec.proposal, command=spec.command,
+                env={**guest_env(spec.env, hub_port), "VISA_DESKTOP_TIMEOUT": f"{self.desktop_timeout:g}"},
+                port=GUEST_JUPYTER_PORT, screen=spec.screen, keyboard=spec.keyboard,
+                proposal_title=spec.proposal_title, mount_templates=mount_templates(bool(spec.data_path)),
+                data_path=spec.data_path, bind_address="0.0.0.0", start_timeout=self.boot_timeout,
+            )
+        except ValueError as e:
+            raise BackendError("This proposal's data cannot be mounted.", reason="data", log_detail=str(e)) from None
+
+    def _layout(self, vm: str, paths: VmPaths, image: VmImage, accel: Acceleration, cpus: int, memory: int,
+                spec: InstanceSpec, data_dir: str, snapshot: Snapshot | None) -> VmLayout:
+        fw_cfg = () if snapshot else tuple((name, str(path)) for name, path in paths.fw_cfg())
+        try:
+            return VmLayout(
+                name=vm, overlay=str(paths.overlay), kernel=image.kernel, initrd=image.initrd,
+                kernel_cmdline=image.kernel_cmdline, qmp_socket=str(paths.qmp), agent_socket=str(paths.agent),
+                console_log=str(paths.console), cpus=cpus, memory_mb=memory, host_port=spec.port,
+                data_dir=data_dir, hub_port=hub_port_of(spec.env), hub_relay=tuple(self.hub_relay),
+                accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
+                incoming=snapshot.incoming_uri if snapshot else "", extra_args=tuple(self.extra_args),
+            )
+        except ValueError as e:
+            raise BackendError("The virtual machine is misconfigured on this host; ask an admin.",
+                               reason="config", log_detail=str(e)) from None
+
+    async def _data_dir(self, spec: InstanceSpec) -> str:
+        if spec.data_path:
+            if not os.path.isdir(spec.data_path):
+                raise BackendError(f"The data of proposal {spec.proposal} is not available on this host.",
+                                   reason="data", log_detail=f"missing {spec.data_path}")
+            return spec.data_path
+        empty = Path(self.state_dir) / "empty"  # the 9p device is always there (snapshots need it)
+        await self._run_blocking(lambda: empty.mkdir(parents=True, exist_ok=True))
+        return str(empty)
+
+    async def _prepare_disk(self, qemu_img: str, paths: VmPaths, backing: str, fresh: bool) -> None:
+        """A new overlay over `backing`, or a check of the instance's existing one."""
+        await self._run_blocking(lambda: (paths.dir.mkdir(parents=True, exist_ok=True), os.chmod(paths.dir, 0o700)))
+        if fresh:
+            rc, out = await _run(*overlay_argv(qemu_img, backing, str(paths.overlay)))
+            if rc:
+                raise BackendError("The virtual machine's disk could not be created; ask an admin.",
+                                   reason="disk", log_detail=out[-400:])
+            return
+        rc, out = await _run(qemu_img, "check", "-f", "qcow2", "-q", str(paths.overlay))
+        if rc not in (0, 3):  # 3: leaked clusters only (harmless); else unreadable, corrupt, backing gone
+            await self._run_blocking(shutil.rmtree, paths.dir, True)
+            raise BackendError("This instance's disk was damaged and could not be used; it has been removed. "
+                               "Start the instance again to get a fresh disk.", reason="disk", log_detail=out[-400:])
+
+    def _write_fw_cfg(self, paths: VmPaths, config: dict) -> None:
+        blobs = cloudinit.fw_cfg_files(config)
+        for name, path in paths.fw_cfg():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blobs[name])
+
+    async def _abandon(self, vm: str, paths: VmPaths, *, fresh: bool, started: bool) -> None:
+        """Undo a failed create: no process; no disk either if the disk was new."""
+        if started:
+            await self.stop({"vm": vm}, now=True)
+        if fresh:
+            await self._run_blocking(shutil.rmtree, paths.dir, True)
+
+    async def _live(self) -> list[dict]:
+        return [s for s in await self.list_managed()
+                if s.get("pid") and pid_runs(int(s["pid"]), str(s.get("overlay", "")))]
+
+    @staticmethod
+    def _write_state(paths: VmPaths, state: dict) -> None:
+        paths.state.write_text(json.dumps(state))
+
+    @staticmethod
+    def _read_state(paths: VmPaths) -> dict | None:
+        try:
+            return json.loads(paths.state.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    async def _run_blocking(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _hostname(server_name: str) -> str:
+    return (re.sub(r"[^a-z0-9-]+", "-", server_name.lower()).strip("-")[:63] or "visa").strip("-") or "visa"
