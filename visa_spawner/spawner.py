@@ -139,8 +139,7 @@ class VisaSpawner(Spawner):
         except OptionError as e:
             raise SpawnException(str(e), reason="options") from None
         plan = next(p for p in self.plan_catalogue() if p.id == request.plan)
-        title = next((str(p.get("title", "")) for p in entitlements.get("proposals", [])
-                      if p.get("id") == request.proposal), "")
+        proposal = next((p for p in entitlements.get("proposals", []) if p.get("id") == request.proposal), {})
         backend = self.backend(plan.backend)
         self.port = random_port()
         env = self.get_env()
@@ -153,7 +152,9 @@ class VisaSpawner(Spawner):
             display_name=self.display_name or self.name, proposal=request.proposal, plan=plan,
             command=tuple(self.cmd + self.get_args()), env=env, port=self.port,
             data_path=f"{self.data_root}/{request.proposal}" if request.proposal else "", screen=request.screen,
-            keyboard=request.keyboard, proposal_title=title,
+            keyboard=request.keyboard, proposal_title=str(proposal.get("title", "")),
+            roles=tuple(map(str, entitlements.get("roles", []))),
+            instruments=tuple(map(str, proposal.get("instruments", []))),
         )
         try:
             state = await backend.create(spec, self.emit)

@@ -69,6 +69,8 @@ class InstanceSpec:
     screen: str = "1280x720"
     keyboard: str = "us"
     proposal_title: str = ""  # free text from the catalogue: only ever a value, never code
+    roles: tuple[str, ...] = ()  # the owner's facility roles (e.g. security groups by role)
+    instruments: tuple[str, ...] = ()  # the proposal's instruments (e.g. instrument-control networks)
 
 
 class Backend(LoggingConfigurable):

@@ -1,0 +1,428 @@
+"""The OpenStack backend: one Nova server per instance, in the facility's cloud.
+
+Why it looks the way it does (see docs/openstack.md):
+- every SDK call runs in a small thread pool with retries (`openstack_cloud.CloudCalls`), so a
+  burst of spawns or a slow cloud never blocks the hub;
+- servers have deterministic names and a hub tag (`openstack_model`), so a restarted hub finds
+  its servers again with one server-side filtered listing; a server left by a start the hub
+  never finished is reused (rebuilt with fresh user-data) rather than duplicated;
+- progress is real: Nova's build states, then the stages the instance itself reports through
+  the hub's phone-home handler (`phonehome.BOARD`);
+- any failure deletes what was created and ends as a `BackendError` a person can read.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any, ClassVar
+
+from openstack import exceptions as sdk_exc
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
+
+from . import cloudinit
+from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from .openstack_cloud import CloudCalls, CloudSettings, poll_until
+from .openstack_errors import fault_error, is_transient, to_backend_error
+from .openstack_model import (
+    STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
+)
+from .openstack_security import SecurityGroups
+from .openstack_watch import ServerWatch
+from .phonehome import BOARD, Inbox, Report
+
+GONE_STATES = {"DELETED", "SOFT_DELETED", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF", "ERROR"}
+ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}
+
+
+# blocking SDK steps, each run in the pool as fn(conn, ...) --------------------------------------
+def _get(conn, server_id: str):
+    try:
+        return conn.compute.get_server(server_id)
+    except sdk_exc.NotFoundException:
+        return None
+
+
+def _find(conn, name: str, tag: str) -> list:
+    return list(conn.compute.servers(details=True, name=f"^{name}$", tags=tag))
+
+
+def _delete(conn, server_id: str) -> None:
+    try:
+        conn.compute.delete_server(server_id)
+    except sdk_exc.NotFoundException:
+        pass
+
+
+class OpenStackBackend(Backend):
+    """Instances as Nova servers, configured by cloud-init user-data from `cloudinit`."""
+
+    # -- the cloud ----------------------------------------------------------------------------
+    cloud = Unicode("", config=True, help="Cloud name in clouds.yaml (OS_CLOUD if empty).")
+    clouds_yaml = Unicode("", config=True, help="Path of clouds.yaml (OS_CLIENT_CONFIG_FILE / standard places if empty).")
+    auth = Dict(config=True, help="Explicit auth options, e.g. application credentials "
+                "{'auth_url':…, 'application_credential_id':…, 'application_credential_secret':…} "
+                "with auth_type set through clouds.yaml; merged over the cloud entry.")
+    region = Unicode("", config=True, help="Region name (the cloud entry's if empty).")
+    compute_microversion = Unicode("2.90", config=True, help="Nova microversion (>= 2.57: tags, "
+                                   "networks='none', user_data on rebuild).")
+    endpoint_overrides = Dict(config=True, help="Service type → URL to use instead of the catalogue's "
+                              "(identity = auth_url). For internal endpoints, or a test proxy.")
+    request_timeout = Float(30, config=True, help="Seconds before one HTTP request to the cloud is abandoned.")
+    max_concurrent_calls = Integer(8, config=True, help="Cloud calls in flight at once (threads); "
+                                   "more spawns queue, the hub's event loop never waits.")
+    call_attempts = Integer(6, config=True, help="Attempts of an idempotent call on 5xx/timeouts/connection errors.")
+    retry_backoff = Float(0.5, config=True, help="First retry delay in seconds (doubles, with jitter, cap 30 s).")
+
+    # -- what to create ----------------------------------------------------------------------------
+    hub_id = Unicode("visa", config=True, help="Names this hub's servers (tag visa-hub-<id>, names "
+                     "visa-<id>-<hash>); unique per hub sharing a project.")
+    flavors = Dict(config=True, help="Plan id → flavour name or id. Plans not listed use the smallest "
+                   "flavour with at least the plan's CPUs and memory.")
+    images = Dict(config=True, help="Plan image → Glance image name or id (default: the plan image itself).")
+    networks = Unicode("auto", config=True, help="'auto', 'none' (tests only) or a network name/id.")
+    security_group_policies = List(Dict(), config=True, help="Security groups chosen per instance: "
+                                   "[{name, description, when: {roles|instruments|flavors: [...]}, rules: "
+                                   "[{direction, protocol, port_range_min, port_range_max, remote_ip_prefix}]}]. "
+                                   "Ensured (created, missing rules added) through Neutron.")
+    floating_ip_network = Unicode("", config=True, help="External network for a floating IP per instance; empty = none.")
+    address_source = Enum(["fixed-ip", "floating-ip", "phone-home"], "fixed-ip", config=True,
+                          help="Where the hub reaches Jupyter: the fixed IP on `networks`, the floating IP, "
+                          "or the address the instance reports when it phones home (tests).")
+    mount_templates = List(List(Unicode()), config=True, help="Site mount commands (argv lists with "
+                           "{proposal} {mount_point} {data_path} {account}) run in the instance.")
+    instance_data_root = Unicode("/data", config=True, help="Where proposals' data are mounted in the instance.")
+    instance_path = List(Unicode(), ["/opt/visahub/instance-env/bin"], config=True,
+                         help="PATH prefix of the single-user server inside the image.")
+    hub_connect_url = Unicode("", config=True, help="Hub API URL instances use to phone home "
+                              "(default: JUPYTERHUB_API_URL given to the instance).")
+
+    # -- timing and lifecycle ---------------------------------------------------------------------
+    build_timeout = Float(300, config=True, help="Seconds for Nova to make the server ACTIVE.")
+    boot_timeout = Float(600, config=True, help="Seconds from ACTIVE to Jupyter up (phone-home). "
+                         "Keep build + boot below VisaSpawner.start_timeout.")
+    boot_check_interval = Float(15, config=True, help="While waiting for the instance's reports, "
+                                "re-check the server this often (seconds) for ERROR or deletion.")
+    poll_interval = Float(1.0, config=True, help="Seconds between the listings that follow servers "
+                          "being built or deleted (one call per interval for all of them).")
+    delete_timeout = Float(300, config=True, help="Seconds to wait for a deleted server to be gone.")
+    stop_action = Enum(["delete", "shelve"], "delete", config=True,
+                       help="What stop does: delete the server, or shelve it (next start reuses it).")
+    adopt_servers = Bool(True, config=True, help="Reuse (rebuild with fresh user-data) a server this "
+                         "hub left from an interrupted start instead of deleting and creating one.")
+
+    #: names being created in this process, hub-wide (the reconciler must not delete them)
+    inflight: ClassVar[set[str]] = set()
+    #: names this process started successfully and has not stopped (late sweeps must spare them)
+    running: ClassVar[set[str]] = set()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        settings = CloudSettings(
+            cloud=self.cloud, config_file=self.clouds_yaml, auth=dict(self.auth), region=self.region,
+            compute_microversion=self.compute_microversion, endpoint_overrides=dict(self.endpoint_overrides),
+            request_timeout=self.request_timeout,
+        )
+        self.cloud_calls = CloudCalls(settings, workers=self.max_concurrent_calls, attempts=self.call_attempts,
+                                      backoff=self.retry_backoff, log=self.log)
+        self.security = SecurityGroups(self.cloud_calls, self.security_group_policies, log=self.log)
+        self._ids: dict[tuple[str, str], str] = {}
+        self._flavors: list | None = None
+        self.watch = ServerWatch(self.cloud_calls, hub_tag(self.hub_id), self.poll_interval, self.log)
+        self.tag = hub_tag(self.hub_id)
+
+    def name_for(self, owner: str, server: str) -> str:
+        return server_name(self.hub_id, owner, server)
+
+    # -- protocol -------------------------------------------------------------------------------------
+    async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        name = self.name_for(spec.owner, spec.server_name)
+        token = spec.env.get("JUPYTERHUB_API_TOKEN", "")
+        if not token:
+            raise BackendError("The hub gave this instance no API token; it could not report back.", reason="config")
+        inbox = BOARD.register(token)
+        OpenStackBackend.inflight.add(name)
+        created = False
+        try:
+            progress(8, "Preparing the instance's configuration")
+            user_data = self.user_data(spec)
+            flavor_id, flavor_name = await self._flavor(spec.plan)
+            image_id = await self._lookup("image", self.images.get(spec.plan.image, spec.plan.image))
+            groups = await self.security.ensure_for(
+                roles=spec.roles, instruments=spec.instruments, flavor=flavor_name)
+            progress(10, f"Requesting a server ({flavor_name}) from the facility cloud")
+            fields = dict(
+                name=name, flavor_id=flavor_id, image_id=image_id, user_data=user_data,
+                metadata=server_metadata(hub_id=self.hub_id, owner=spec.owner, server=spec.server_name,
+                                         proposal=spec.proposal, plan=spec.plan.id),
+                tags=[self.tag], networks=await self._networks(),
+                **({"security_groups": [{"name": g} for g in groups]} if groups else {}),
+            )
+            created = True  # from here on, a failure must delete whatever exists under `name`
+            server = await self._obtain(spec, fields, progress)
+            server = await self._wait_active(server, progress)
+            floating = await self._floating_ip(server) if self.floating_ip_network else ""
+            report = await self._wait_booted(server, inbox, progress)
+            address = await self._address(server, report, floating)
+            state = {"backend": "openstack", "server_id": server.id, "name": name, "owner": spec.owner,
+                     "server_name": spec.server_name, "address": address, "port": report.port or spec.port}
+            OpenStackBackend.running.add(name)
+            self.log.info("%s/%s: server %s (%s) ready at %s:%s", spec.owner, spec.server_name, name,
+                          server.id, address, state["port"])
+            return state
+        except BaseException as e:
+            if created:
+                reason = getattr(e, "reason", type(e).__name__)
+                self.log.warning("%s/%s: start failed (%s); deleting server %s", spec.owner, spec.server_name,
+                                 reason, name)
+                await asyncio.shield(self._delete_named(name, wait=True, quiet=True))
+                asyncio.ensure_future(self._late_sweep(name))
+            if isinstance(e, BackendError) or not isinstance(e, Exception):
+                raise
+            raise to_backend_error(e, "starting the instance") from None
+        finally:
+            BOARD.unregister(inbox)
+            OpenStackBackend.inflight.discard(name)
+
+    async def address(self, state: dict) -> tuple[str, int]:
+        return state["address"], int(state["port"])
+
+    async def status(self, state: dict) -> InstanceStatus:
+        if not state.get("server_id"):
+            return InstanceStatus.STOPPED
+        try:
+            server = await self.cloud_calls.call(_get, state["server_id"], doing="checking the server", attempts=2)
+        except BackendError:
+            return InstanceStatus.UNKNOWN
+        if server is None or server.status in GONE_STATES:
+            return InstanceStatus.STOPPED
+        return InstanceStatus.RUNNING
+
+    async def stop(self, state: dict, now: bool = False) -> None:
+        name = state.get("name") or self.name_for(state["owner"], state["server_name"])
+        OpenStackBackend.running.discard(name)
+        if self.stop_action == "shelve" and state.get("server_id"):
+            await self._shelve(state["server_id"])
+        else:
+            await self._delete_named(name, wait=True)
+
+    async def delete(self, state: dict) -> None:
+        name = state.get("name") or self.name_for(state["owner"], state["server_name"])
+        OpenStackBackend.running.discard(name)
+        await self._delete_named(name, wait=True)
+
+    async def list_managed(self) -> list[dict]:
+        """Every server of this hub: one listing call, filtered by tag on the server side."""
+        servers = await self.cloud_calls.call(
+            lambda conn: list(conn.compute.servers(details=True, tags=self.tag)), doing="listing servers")
+        out = []
+        for s in servers:
+            owner, server = owner_of(s.metadata or {})
+            out.append({"backend": "openstack", "server_id": s.id, "name": s.name, "status": s.status,
+                        "owner": owner, "server_name": server, "created": s.created_at})
+        return out
+
+    # -- steps --------------------------------------------------------------------------------------
+    def user_data(self, spec: InstanceSpec) -> str:
+        """cloud-init user-data (base64) from the one shared renderer; the token lives only here."""
+        try:
+            config = cloudinit.instance_config(
+                owner=spec.owner, server_name=spec.server_name, display_name=spec.display_name,
+                proposal=spec.proposal, proposal_title=spec.proposal_title, command=spec.command,
+                env=spec.env, port=spec.port, screen=spec.screen, keyboard=spec.keyboard,
+                mount_templates=self.mount_templates, data_root=self.instance_data_root,
+                data_path=spec.data_path, path_prefix=self.instance_path,
+                phone_home_url=(self.hub_connect_url.rstrip("/") + "/visa/phone-home") if self.hub_connect_url else "",
+                start_timeout=self.boot_timeout,
+            )
+            text = cloudinit.render_cloud_config(config)
+        except ValueError as e:
+            raise BackendError("This instance's settings cannot be turned into a server configuration.",
+                               reason="config", log_detail=str(e)) from None
+        return base64.b64encode(text.encode()).decode()
+
+    async def _lookup(self, kind: str, ref: str) -> str:
+        """Image/network name or id → id (cached: these do not change under a running hub)."""
+        if (kind, ref) not in self._ids:
+            finder = {"image": lambda c: c.image.find_image(ref, ignore_missing=True),
+                      "network": lambda c: c.network.find_network(ref, ignore_missing=True)}[kind]
+            found = await self.cloud_calls.call(finder, doing=f"looking up the {kind}")
+            if found is None:
+                raise BackendError(f"The {kind} “{ref}” does not exist in the facility cloud; ask an admin.",
+                                   reason="config")
+            self._ids[(kind, ref)] = found.id
+        return self._ids[(kind, ref)]
+
+    async def _flavor(self, plan) -> tuple[str, str]:
+        wanted = self.flavors.get(plan.id)
+        if self._flavors is None:  # flavours do not change under a running hub
+            self._flavors = await self.cloud_calls.call(lambda c: list(c.compute.flavors()), doing="listing flavours")
+        flavors = self._flavors
+        if wanted:
+            match = [f for f in flavors if wanted in (f.name, f.id)]
+        else:
+            match = sorted((f for f in flavors if f.vcpus >= plan.cpus and f.ram >= plan.memory_mb),
+                           key=lambda f: (f.vcpus, f.ram))
+        if not match:
+            raise BackendError(f"No flavour of the facility cloud fits plan “{plan.display_name}”; ask an admin.",
+                               reason="config", log_detail=f"wanted {wanted or (plan.cpus, plan.memory_mb)}")
+        return match[0].id, match[0].name
+
+    async def _networks(self) -> Any:
+        if self.networks in ("auto", "none"):
+            return self.networks
+        return [{"uuid": await self._lookup("network", self.networks)}]
+
+    async def _obtain(self, spec: InstanceSpec, fields: dict, progress: ProgressCallback):
+        """Reuse this instance's server if a previous start left one (safe states only), else
+        create one. Creation is idempotent: after a failed POST, look before posting again."""
+        name = fields["name"]
+        existing = await self.cloud_calls.call(_find, name, self.tag, doing="looking for an existing server")
+        for server in existing:
+            if (self.adopt_servers and server.status in ADOPTABLE
+                    and owner_of(server.metadata or {}) == (spec.owner, spec.server_name)):
+                progress(12, "Reusing this instance's server left by an interrupted start")
+                return await self._rebuild(server, fields)
+            await self._delete_named(name, wait=True)
+            break
+        for attempt in range(1, self.call_attempts + 1):
+            try:
+                return await self.cloud_calls.once(lambda c: c.compute.create_server(**fields))
+            except Exception as e:
+                if not is_transient(e) or attempt == self.call_attempts:
+                    raise to_backend_error(e, "creating the server") from None
+                await asyncio.sleep(self.cloud_calls.delay(attempt))
+                found = await self.cloud_calls.call(_find, name, self.tag, doing="looking for the new server")
+                if found:
+                    return found[0]
+        raise AssertionError("unreachable")
+
+    async def _rebuild(self, server, fields: dict):
+        if server.status.startswith("SHELVED"):
+            await self.cloud_calls.call(lambda c: c.compute.unshelve_server(server.id), doing="unshelving")
+            await poll_until(lambda: self._is(server.id, {"ACTIVE"}), timeout=self.build_timeout)
+        await self.cloud_calls.once(lambda c: c.compute.rebuild_server(
+            server.id, fields["image_id"], name=fields["name"], metadata=fields["metadata"],
+            user_data=fields["user_data"]))
+        return server
+
+    async def _is(self, server_id: str, statuses: set[str]) -> bool:
+        server = await self.cloud_calls.call(_get, server_id, doing="checking the server")
+        return bool(server and server.status in statuses and not server.task_state)
+
+    async def _wait_active(self, server, progress: ProgressCallback):
+        """Follow Nova's real states until ACTIVE; ERROR shows the fault; timeouts fail."""
+        deadline = time.monotonic() + self.build_timeout
+        shown = None
+        while True:
+            current = await self.watch.next(server.id)
+            if current is None:  # not listed (yet, or any more): ask for this one server
+                current = await self.cloud_calls.call(_get, server.id, doing="following the server's build")
+            if current is None:
+                raise BackendError("The server disappeared while the cloud was building it.", reason="vanished")
+            if current.status == "ERROR":
+                raise fault_error(current.fault, current.status)
+            if current.status == "ACTIVE" and not current.task_state:
+                progress(50, "The server is ACTIVE; waiting for the instance to boot")
+                return current
+            step = (current.status, current.task_state)
+            if step != shown:
+                shown = step
+                percent, text = build_progress(current.task_state)
+                progress(percent, f"{text} ({current.status.lower()})")
+            if time.monotonic() > deadline:
+                raise BackendError(f"The cloud did not build the server within {self.build_timeout:g} s.",
+                                   reason="build-timeout")
+
+    async def _wait_booted(self, server, inbox: Inbox, progress: ProgressCallback) -> Report:
+        """The instance's own reports (phone-home) until Jupyter is up; the server is re-checked
+        now and then so an ERROR or a deletion during boot ends the wait at once."""
+        deadline = time.monotonic() + self.boot_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendError(f"The instance did not finish booting within {self.boot_timeout:g} s; "
+                                   "its server was deleted.", reason="boot-timeout")
+            try:
+                report = await asyncio.wait_for(inbox.queue.get(), min(remaining, self.boot_check_interval))
+            except asyncio.TimeoutError:
+                current = await self.watch.next(server.id)
+                if current is None:
+                    raise BackendError("The server was deleted while the instance booted.", reason="vanished")
+                if current.status == "ERROR":
+                    raise fault_error(current.fault, current.status)
+                continue
+            if report.stage == "failed":
+                raise BackendError(f"The instance could not start: {report.message or 'no reason given'}",
+                                   reason="instance-failed")
+            percent, text = STAGES[report.stage]
+            progress(percent, text)
+            if report.stage == "jupyter-up":
+                return report
+
+    async def _address(self, server, report: Report, floating: str) -> str:
+        if self.address_source == "phone-home":
+            address = report.address
+        elif self.address_source == "floating-ip":
+            address = floating
+        else:
+            current = await self.cloud_calls.call(_get, server.id, doing="reading the server's address")
+            net = "" if self.networks in ("auto", "none") else self.networks
+            address = server_address((current.addresses if current else {}) or {}, network=net)
+        if not address:
+            raise BackendError("The instance has no address the hub can reach.", reason="no-address",
+                               log_detail=f"address_source={self.address_source}")
+        return address
+
+    async def _floating_ip(self, server) -> str:
+        net_id = await self._lookup("network", self.floating_ip_network)
+
+        def attach(conn) -> str:
+            ports = list(conn.network.ports(device_id=server.id))
+            ip = conn.network.create_ip(floating_network_id=net_id, description=server.name,
+                                        **({"port_id": ports[0].id} if ports else {}))
+            return ip.floating_ip_address
+
+        return await self.cloud_calls.call(attach, doing="attaching a floating IP", attempts=1)
+
+    async def _shelve(self, server_id: str) -> None:
+        await self.cloud_calls.call(lambda c: c.compute.shelve_server(server_id), doing="shelving the server")
+        await poll_until(lambda: self._is(server_id, {"SHELVED", "SHELVED_OFFLOADED"}), timeout=self.delete_timeout)
+
+    async def _delete_named(self, name: str, *, wait: bool, quiet: bool = False) -> None:
+        """Delete every server called `name` (and its floating IPs); wait until Nova forgets them."""
+        try:
+            servers = await self.cloud_calls.call(_find, name, self.tag, doing="finding the server to delete")
+            for server in servers:
+                await self.cloud_calls.call(_delete, server.id, doing="deleting the server")
+            if self.floating_ip_network:
+                await self.cloud_calls.call(lambda c: [c.network.delete_ip(ip) for ip in c.network.ips(
+                    description=name)], doing="releasing the floating IP")
+            if wait and servers:
+                gone = await poll_until(lambda: self._all_gone([s.id for s in servers]), timeout=self.delete_timeout,
+                                        first=0, longest=0)  # the watch paces the checks
+                if not gone:
+                    raise BackendError(f"The cloud did not delete server {name} within {self.delete_timeout:g} s.",
+                                       reason="delete-timeout")
+        except BackendError as e:
+            if not quiet:
+                raise
+            self.log.error("Server %s may be left behind (the reconciler will retry): %s %s", name,
+                           e.message, e.log_detail)
+
+    async def _late_sweep(self, name: str) -> None:
+        """A create the client gave up on (timeout) may still complete in Nova after the cleanup
+        looked: look once more when any such request has surely ended. Servers of a newer start
+        of the same instance are spared; the reconciler is the backstop after a hub restart."""
+        await asyncio.sleep(self.request_timeout * 2 + self.poll_interval)
+        if name not in OpenStackBackend.inflight and name not in OpenStackBackend.running:
+            await self._delete_named(name, wait=False, quiet=True)
+
+    async def _all_gone(self, ids: list[str]) -> bool:
+        for server_id in ids:
+            server = await self.watch.next(server_id)
+            if server is not None and server.status != "DELETED":
+                if server.status == "ERROR" and not server.task_state:
+                    await self.cloud_calls.call(_delete, server_id, doing="deleting the server again")
+                return False
+        return True

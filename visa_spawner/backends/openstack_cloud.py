@@ -1,0 +1,131 @@
+"""Every openstacksdk call off the hub's event loop, bounded, timed out and retried.
+
+openstacksdk is blocking (requests underneath). A hub serving hundreds of people must never wait
+on the cloud in its event loop, and a burst of spawns must not open hundreds of connections at
+once. So every call goes through `CloudCalls.call`: one attempt = one job on a small thread pool
+(each worker thread has its own `Connection`, all sharing one keystoneauth session and token), each HTTP
+request has a timeout, and transient failures are retried here, in the event loop, with
+exponential backoff and jitter — a sleeping retry never holds a worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import openstack
+
+from .openstack_errors import cloud_message, is_transient, to_backend_error
+
+T = TypeVar("T")
+
+
+@dataclass
+class CloudSettings:
+    """How to reach the cloud: a clouds.yaml entry and/or explicit auth (application credentials)."""
+
+    cloud: str = ""
+    config_file: str = ""
+    auth: dict = field(default_factory=dict)  # e.g. auth_type=v3applicationcredential + auth dict
+    region: str = ""
+    compute_microversion: str = "2.90"
+    endpoint_overrides: dict = field(default_factory=dict)  # service type -> URL
+    request_timeout: float = 30.0
+
+    def region_config(self):
+        """The cloud region (blocking to build). Connections made from the same region object
+        share its keystoneauth session, hence one token for the whole pool: Keystone password
+        authentication is expensive and a burst must not repeat it per thread."""
+        kwargs: dict[str, Any] = {
+            "compute_api_version": self.compute_microversion,
+            "api_timeout": self.request_timeout,
+            "connect_retries": 0, "status_code_retries": 0,  # we retry, without holding a thread
+        }
+        if self.region:
+            kwargs["region_name"] = self.region
+        for service, url in self.endpoint_overrides.items():
+            if service != "identity":
+                kwargs[f"{service.replace('-', '_')}_endpoint_override"] = url
+        auth = dict(self.auth)
+        if "identity" in self.endpoint_overrides:
+            auth["auth_url"] = self.endpoint_overrides["identity"]
+        if auth:
+            kwargs["auth"] = auth
+        config = openstack.config.OpenStackConfig(config_files=[self.config_file] if self.config_file else None)
+        return config.get_one(cloud=self.cloud or None, **kwargs)
+
+
+class CloudCalls:
+    """Run blocking SDK functions `fn(conn, *args)` in a bounded pool with retries."""
+
+    def __init__(self, settings: CloudSettings, *, workers: int, attempts: int, backoff: float,
+                 log: logging.Logger) -> None:
+        self.settings = settings
+        self.attempts, self.backoff, self.log = attempts, backoff, log
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openstack")
+        self._local = threading.local()
+        self._region = None
+        self._region_lock = threading.Lock()
+        self.calls = 0  # for tests and metrics: how many attempts were made
+
+    def _conn(self) -> openstack.connection.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._region_lock:
+                if self._region is None:
+                    self._region = self.settings.region_config()
+            conn = self._local.conn = openstack.connection.Connection(config=self._region)
+        return conn
+
+    def _run(self, fn: Callable[..., T], args: tuple) -> T:
+        self.calls += 1
+        return fn(self._conn(), *args)
+
+    async def once(self, fn: Callable[..., T], *args: Any) -> T:
+        """One attempt, off the event loop (for callers that handle failures themselves)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+
+    async def call(self, fn: Callable[..., T], *args: Any, doing: str, attempts: int | None = None) -> T:
+        """`fn(conn, *args)` with retries on transient failures; BackendError after the last one.
+
+        Only for idempotent calls (GET, DELETE, PUT-like actions); creation is made idempotent
+        by the caller (deterministic name: look before creating again).
+        """
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.once(fn, *args)
+            except Exception as e:
+                if not is_transient(e) or attempt == attempts:
+                    raise to_backend_error(e, doing) from None
+                delay = self.delay(attempt)
+                self.log.info("OpenStack: %s failed (%s: %s); retry %d/%d in %.1fs", doing,
+                              type(e).__name__, cloud_message(e)[:120], attempt, attempts - 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter, capped at 30 s."""
+        return random.uniform(0.5, 1.0) * min(30.0, self.backoff * 2 ** (attempt - 1))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def poll_until(check: Callable[[], Any], *, timeout: float, first: float = 0.2,
+                     longest: float = 3.0) -> Any:
+    """Await `check()` until it returns something truthy; growing intervals; None on timeout."""
+    deadline, interval = time.monotonic() + timeout, first
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 1.5, longest)

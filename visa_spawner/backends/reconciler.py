@@ -1,0 +1,171 @@
+"""The reconciler: the hub's records and the cloud's servers agree, whatever crashed in between.
+
+Runs periodically inside the hub process (started by `install` from the hub config). Each cycle:
+one listing call by the hub's tag (through the backend's bounded pool), and the hub's own view of
+its servers through its REST API (a service token with read-only scopes plus `admin:servers` to
+stop a record). Then:
+
+- a server no hub record owns (no ready or pending named server maps to its name) and older than
+  the grace period is deleted — e.g. one left by a hub killed in the middle of `start()`;
+- a ready record of an OpenStack plan whose server vanished is stopped through the REST API, so
+  the person sees it stopped instead of a dead link.
+
+Every action is logged; counts are Prometheus metrics (they appear on the hub's /hub/metrics).
+A failing cycle logs and carries on; no token ever reaches a log line.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from prometheus_client import Counter, Gauge
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import Float, Unicode
+from traitlets.config import Config, LoggingConfigurable
+
+from .openstack import OpenStackBackend
+
+SERVERS = Gauge("visa_openstack_servers", "Servers of this hub in the cloud at the last reconcile", ["kind"])
+DELETED = Counter("visa_openstack_orphans_deleted", "Servers deleted because no hub record owned them")
+MARKED = Counter("visa_openstack_records_stopped", "Hub records stopped because their server vanished")
+CYCLES = Counter("visa_openstack_reconcile_cycles", "Reconciler cycles", ["result"])
+DURATION = Gauge("visa_openstack_reconcile_seconds", "Duration of the last reconciler cycle")
+
+SERVICE = "visa-reconciler"
+
+
+class Reconciler(LoggingConfigurable):
+    """Periodic agreement between hub records and the cloud's servers."""
+
+    interval = Float(60, config=True, help="Seconds between reconciler cycles.")
+    grace = Float(300, config=True, help="Minimum age (s) of a server before it can be deleted as an "
+                  "orphan (a spawn in another request may not be recorded yet).")
+    hub_api_url = Unicode("", config=True, help="The hub's REST API URL (…/hub/api).")
+    api_token = Unicode("", config=True, help="Token of the visa-reconciler service (set by install()).")
+
+    def __init__(self, backend: OpenStackBackend, openstack_plans: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backend, self.openstack_plans = backend, openstack_plans
+        self._task: asyncio.Task | None = None
+
+    # -- hub side ----------------------------------------------------------------------------------
+    async def _api(self, method: str, path: str) -> Any:
+        req = HTTPRequest(self.hub_api_url.rstrip("/") + path, method=method, request_timeout=30,
+                          headers={"Authorization": f"token {self.api_token}"},
+                          body=b"{}" if method == "DELETE" else None, allow_nonstandard_methods=True)
+        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        if resp.code >= 400 and resp.code != 404:
+            raise RuntimeError(f"hub API {method} {path.split('?')[0]} answered {resp.code}")
+        return json.loads(resp.body or b"null") if resp.code < 300 and resp.body else None
+
+    async def hub_records(self) -> list[tuple[str, str, dict]]:
+        """(owner, server name, server model) of every named server, stopped ones included."""
+        out, offset = [], 0
+        while True:
+            page = await self._api("GET", f"/users?include_stopped_servers=1&offset={offset}&limit=200")
+            for user in page or []:
+                for name, model in (user.get("servers") or {}).items():
+                    out.append((user["name"], name, model))
+            if not page or len(page) < 200:
+                return out
+            offset += len(page)
+
+    # -- one cycle -----------------------------------------------------------------------------------
+    async def reconcile(self) -> dict[str, int]:
+        t0 = time.monotonic()
+        records = await self.hub_records()
+        servers = await self.backend.list_managed()
+        owned = {self.backend.name_for(u, s) for u, s, m in records if m.get("ready") or m.get("pending")}
+        by_name = {s["name"]: s for s in servers}
+        now = dt.datetime.now(dt.timezone.utc)
+        counts = {"servers": len(servers), "orphans": 0, "deleted": 0, "stopped": 0}
+        for server in servers:
+            if server["name"] in owned or server["name"] in OpenStackBackend.inflight:
+                continue
+            counts["orphans"] += 1
+            age = (now - _parse_time(server["created"])).total_seconds()
+            if age < self.grace:
+                continue
+            self.log.warning("Reconciler: deleting server %s (%s) of %s/%s: no hub record owns it (age %.0fs)",
+                             server["name"], server["server_id"], server["owner"], server["server_name"], age)
+            await self.backend.delete({"name": server["name"]})
+            DELETED.inc()
+            counts["deleted"] += 1
+        for user, name, model in records:
+            plan = (model.get("user_options") or {}).get("plan")
+            if (model.get("ready") and not model.get("pending") and plan in self.openstack_plans
+                    and self.backend.name_for(user, name) not in by_name):
+                self.log.warning("Reconciler: %s/%s is ready in the hub but its server is gone; stopping it",
+                                 user, name)
+                await self._api("DELETE", f"/users/{quote(user)}/servers/{quote(name)}")
+                MARKED.inc()
+                counts["stopped"] += 1
+        SERVERS.labels("managed").set(len(servers) - counts["orphans"])
+        SERVERS.labels("orphan").set(counts["orphans"] - counts["deleted"])
+        DURATION.set(time.monotonic() - t0)
+        self.log.info("Reconciler: %(servers)d servers, %(orphans)d orphans, %(deleted)d deleted, "
+                      "%(stopped)d records stopped", counts)
+        return counts
+
+    async def run_forever(self) -> None:
+        """Cycle every `interval`; a failing cycle is logged (without secrets) and retried."""
+        while True:
+            try:
+                await self.reconcile()
+                CYCLES.labels("ok").inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                CYCLES.labels("error").inc()
+                self.log.error("Reconciler cycle failed: %s: %s", type(e).__name__, str(e)[:300])
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self.run_forever())
+
+
+def _parse_time(value: str | None) -> dt.datetime:
+    if not value:
+        return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+
+
+def install(c: Config, *, token_file: Path, first_delay: float = 5.0) -> None:
+    """Hub config: a service token for the reconciler and its role; start it once the hub runs.
+
+    Call after `c.OpenStackBackend`, `c.Reconciler`, `c.VisaSpawner.plans` and
+    `c.JupyterHub.hub_bind_url` are set. The loop is scheduled on the hub's running event loop
+    (JupyterHub loads its config inside it); nothing is scheduled when the config is only read.
+    """
+    import secrets
+
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(32))
+        token_file.chmod(0o600)
+    token = token_file.read_text().strip()
+    services = c.JupyterHub.services if "services" in c.JupyterHub else []
+    c.JupyterHub.services = [*services, {"name": SERVICE, "api_token": token}]
+    roles = c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []
+    c.JupyterHub.load_roles = [*roles, {"name": SERVICE, "services": [SERVICE], "scopes": [
+        "list:users", "read:users:name", "read:servers", "admin:servers"]}]
+    bind = c.JupyterHub.hub_bind_url if "hub_bind_url" in c.JupyterHub else "http://127.0.0.1:8081"
+    c.Reconciler.api_token = token
+    if "hub_api_url" not in c.Reconciler:
+        c.Reconciler.hub_api_url = bind.rstrip("/") + "/hub/api"
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    plans = c.VisaSpawner.plans if "plans" in c.VisaSpawner else []
+    openstack_plans = {p["id"] for p in plans if p.get("backend") == "openstack"}
+
+    def start() -> None:
+        Reconciler(OpenStackBackend(config=c), openstack_plans, config=c).start()
+
+    loop.call_later(first_delay, start)
