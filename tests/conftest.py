@@ -1,23 +1,19 @@
 """Session fixtures: one real demo hub (npm proxy, SQLite, demo catalogue, sandbox backend)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.hubtools import DEMO_CONFIG, Browserless, Hub, make_demo_data, make_state_dir
+from tests.hubtools import Hub, demo_state, login_factory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def hub_state() -> Iterator[Path]:
-    state = make_state_dir()
-    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
-    yield state
-    shutil.rmtree(state, ignore_errors=True)
+    yield from demo_state()
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +27,7 @@ def hub(hub_state: Path) -> Iterator[Hub]:
 
 @pytest.fixture(scope="session")
 def login(hub: Hub):
-    """login("alice") → a logged-in requests-driven browser session (demo password)."""
-    sessions: dict[str, Browserless] = {}
-
-    def _login(user: str) -> Browserless:
-        if user not in sessions:
-            sessions[user] = Browserless(hub, user, f"{user}-demo")
-            assert sessions[user].logged_in, f"demo login of {user} failed"
-        return sessions[user]
-
-    return _login
+    return login_factory(hub)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,3 +281,24 @@ def run_code(client: Browserless, owner: str, name: str, code: str, timeout: flo
         ws.close()
         client.instance_api("DELETE", owner, name, f"api/kernels/{kernel}")
     return "".join(out)
+
+
+def demo_state() -> Iterator[Path]:
+    """A new hub state dir with the demo data; removed afterwards."""
+    state = make_state_dir()
+    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def login_factory(hub: Hub):
+    """login("alice") → a logged-in requests-driven browser session (demo password)."""
+    sessions: dict[str, Browserless] = {}
+
+    def _login(user: str) -> Browserless:
+        if user not in sessions:
+            sessions[user] = Browserless(hub, user, f"{user}-demo")
+            assert sessions[user].logged_in, f"demo login of {user} failed"
+        return sessions[user]
+
+    return _login

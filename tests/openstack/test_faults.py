@@ -126,17 +126,24 @@ def test_20_faulted_spawns_through_the_hub_show_their_reason(openstack_lab, lab_
             wait_until(lambda: not any(m.get("pending") for m in servers().values()), 300, "spawns settle")
         faults.off()
         failed = [n for n, m in servers().items() if not m.get("ready")]
-        reasons = []
+        reasons, stopped_while_running = [], []
         for name in failed:
             events = progress_events(hub, "admin", name, timeout=30)
+            if events and events[-1].get("http") == 404:
+                # JupyterHub keeps a spawner's progress only when its *spawn* failed: this one came
+                # up, then an injected ERROR state made poll() report it stopped, and the hub
+                # stopped it. Not a failed spawn; it must still have no server left (checked below).
+                stopped_while_running.append(name)
+                continue
             assert events and events[-1].get("failed"), (name, events)
             message = events[-1]["message"]
             assert message.startswith("Spawn failed: ") and "Traceback" not in message, message
             assert len(message) > 30, message
             reasons.append(message)
-        print(f"\n20 spawns through the hub: {20 - len(failed)} ready, {len(failed)} failed:",
+        print(f"\n20 spawns through the hub: {20 - len(failed)} ready, {len(failed)} not ready "
+              f"({len(stopped_while_running)} of them stopped while running):",
               *sorted(set(m[:110] for m in reasons)), sep="\n  ")
-        assert failed, "the faults (quota 12 for 20 spawns) should have failed some spawns"
+        assert reasons, "the faults (quota 12 for 20 spawns) should have failed some spawns"
         assert any("quota" in m for m in reasons), reasons
         for name in names:
             if name not in failed:

@@ -96,8 +96,10 @@ def test_hub_killed_during_50_spawns_leaves_no_orphan(openstack_lab, lab_admin):
                              if line.startswith("visa_openstack_orphans_deleted_total ")))
         print(f"after restart: {len(ready)} running and reachable, {len(stopped)} stopped, "
               f"{deleted:g} orphans deleted by the reconciler")
-        # the restarted hub has no state for the spawns it lost: only the reconciler deletes their servers
-        assert deleted >= len(in_cloud) - len(ready) > 0, (deleted, len(in_cloud), len(ready))
+        # the restarted hub has no state for the spawns it lost: the reconciler deletes their
+        # servers (a few may also go through the restarted hub's own stop of a not-ready record),
+        # and it never deletes more than the servers no ready record owns
+        assert 0 < deleted <= len(in_cloud) - len(ready), (deleted, len(in_cloud), len(ready))
     finally:
         emulator.stop()
         hub.stop()

@@ -1,7 +1,9 @@
 """A real hub whose plans include the qemu backend ("Virtual machine"), and host-side probes.
 
-The hub fixture overrides the session hub of tests/conftest.py for tests in this directory, so
-the shared autouse clean-up (every instance deleted after each hub test) applies to VMs too.
+The hub, hub_state and login fixtures override those of tests/conftest.py for tests in this
+directory only (so the shared autouse clean-up applies to VMs too). This hub has its own state
+dir: session fixtures live until the session ends, so it runs beside the root hub, never on its
+database.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.hubtools import Browserless, Hub
+from tests.hubtools import Browserless, Hub, demo_state, login_factory
 from visa_spawner.backends.qemu_image import DEFAULT_IMAGE_DIR, availability
 
 QEMU_CONFIG = Path(__file__).resolve().parent / "hub_qemu_config.py"
@@ -29,6 +31,16 @@ def pinned_image_dir(image_dir: str, under: Path) -> str:
     (pinned / "current").unlink(missing_ok=True)
     (pinned / "current").symlink_to((Path(image_dir) / "current").resolve())
     return str(pinned)
+
+
+@pytest.fixture(scope="session")
+def hub_state() -> Iterator[Path]:
+    yield from demo_state()
+
+
+@pytest.fixture(scope="session")
+def login(hub: Hub):
+    return login_factory(hub)
 
 
 @pytest.fixture(scope="session")
