@@ -140,7 +140,7 @@ class Hub:
             if model and model.get("pending"):
                 seen_pending.append(True)
             if seen_pending and model and not model.get("ready") and not model.get("pending"):
-                raise SpawnFailed(f"spawn of {user}/{name} failed: {self.log_tail(15)}")
+                raise SpawnFailed(f"spawn of {user}/{name} failed: {self.log_tail(80)}")
             return model if model and model.get("ready") else None
 
         return wait_for(ready, timeout, f"{user}/{name} ready", reraise=SpawnFailed)
