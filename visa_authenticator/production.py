@@ -47,7 +47,7 @@ def with_pg_driver(url: str, driver: str) -> str:
     return f"postgresql+{driver}://{url[len('postgresql://'):]}" if url.startswith("postgresql://") else url
 
 
-class _Env:
+class EnvReader:
     """Reads variables, collecting problems instead of stopping at the first."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -87,7 +87,7 @@ def production_config(
     Raises SettingsError listing every missing or invalid variable.
     """
     driver = pg_driver or installed_pg_driver()
-    e = _Env(env)
+    e = EnvReader(env)
     e.problems += [f"{name} is required" for name in REQUIRED if not e.get(name)]
     c = Config()
 

@@ -1,8 +1,10 @@
 """Production profile: the facility's OpenID Connect login, the user office's SQL catalogue,
-PostgreSQL for the hub database, sandbox instances.
+PostgreSQL for the hub database, sandbox instances, and OpenStack instances when
+VISA_OPENSTACK_CLOUD is set.
 
 Everything is configured from environment variables, listed with their defaults in
-docs/identity.md; a missing or invalid one stops the hub at start with a message naming it.
+docs/identity.md and docs/openstack.md; a missing or invalid one stops the hub at start with a
+message naming it.
 State (cookie secret, proxy token, pid files, sandbox homes) goes under $VISA_STATE_DIR
 (default /var/lib/visahub/production).
 """
@@ -15,6 +17,8 @@ sys.path.insert(0, str(here.parent))
 from hub_common import apply_hub_and_instances, prepare_state_dir  # noqa: E402
 
 from visa_authenticator.production import SettingsError, production_config  # noqa: E402
+from visa_spawner.backends import reconciler  # noqa: E402
+from visa_spawner.backends.openstack_settings import openstack_config, openstack_enabled  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -24,3 +28,9 @@ try:
     c.merge(production_config(os.environ))
 except SettingsError as e:
     sys.exit(f"VISA Hub production profile: {e}. See docs/identity.md.")
+if openstack_enabled(os.environ):
+    try:
+        c.merge(openstack_config(os.environ, list(c.VisaSpawner.plans)))
+    except SettingsError as e:
+        sys.exit(f"VISA Hub production profile: {e}. See docs/openstack.md.")
+    reconciler.install(c, token_file=state / "reconciler_token")

@@ -14,6 +14,7 @@ from .recipe import Recipe
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = {  # file in images/agent/ -> (path in the image, mode)
     "visa_agent.py": ("/usr/local/lib/visa/visa_agent.py", 0o755),
+    "visa_zygote.py": ("/usr/local/lib/visa/visa_zygote.py", 0o755),
     "visa-agent.service": ("/etc/systemd/system/visa-agent.service", 0o644),
 }
 FSTAB = "/dev/vda / ext4 rw,noatime,errors=remount-ro 0 0\ntmpfs /tmp tmpfs rw,nosuid,nodev,mode=1777 0 0\n"

@@ -74,8 +74,8 @@ def test_manifest_matches_the_recipe(manifest: dict):
 
 
 def test_image_files(manifest: dict, rootfs):
-    agent = rootfs("cat /usr/local/lib/visa/visa_agent.py")
-    assert agent == (REPO / "images/agent/visa_agent.py").read_text()
+    for name in ("visa_agent.py", "visa_zygote.py"):
+        assert rootfs(f"cat /usr/local/lib/visa/{name}") == (REPO / "images/agent" / name).read_text(), name
     assert "visa-agent.service" in rootfs("ls /etc/systemd/system/sysinit.target.wants")
     assert "/dev/null" in rootfs("stat /etc/systemd/system/apt-daily.timer")
     assert rootfs("cat /etc/machine-id") == ""
@@ -116,7 +116,8 @@ def test_boot_runs_jupyter_as_the_owner_with_read_only_data(manifest: dict, mode
     print(f"\n{mode} boot: " + ", ".join(f"{s['stage']} {t:.1f}s" for t, s in r.stages))
     stages = [s["stage"] for _, s in r.stages]
     assert r.first("jupyter-up"), f"no jupyter-up; stages {stages}; console tail:\n" + "\n".join(r.console[-30:])
-    expected = ["agent-started", "fw-cfg"] if mode == "cold" else ["agent-started", "waiting-config", "identity"]
+    expected = (["agent-started", "fw-cfg"] if mode == "cold"
+                else ["agent-started", "zygote", "waiting-config", "identity"])
     assert stages[:len(expected)] == expected
     assert stages[len(expected):] == ["configured", "started", "account", "data", "jupyter-up"]
     if mode == "warm":

@@ -18,9 +18,11 @@ c.JupyterHub.tornado_settings = {**(c.JupyterHub.tornado_settings if "tornado_se
                                  "slow_spawn_timeout": 0}  # POST answers 202 at once: bursts are concurrent
 c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {"name": "visa-tests-metrics", "scopes": ["read:metrics"],
                                                        "services": ["visa-tests"]}]
-c.VisaSpawner.start_timeout = 300  # > OpenStackBackend build_timeout + boot_timeout
+settings = json.loads(os.environ["VISA_TEST_OPENSTACK"])
+c.OpenStackBackend.update(settings)
+# the backend's own timeouts (build, boot) fail a spawn with a reason; JupyterHub's must come later
+c.VisaSpawner.start_timeout = int(settings.get("build_timeout", 120) + settings.get("boot_timeout", 150) + 30)
 c.VisaSpawner.http_timeout = 60
-c.OpenStackBackend.update(json.loads(os.environ["VISA_TEST_OPENSTACK"]))
 c.Reconciler.interval = float(os.environ.get("VISA_TEST_RECONCILE_INTERVAL", "60"))
 c.Reconciler.grace = float(os.environ.get("VISA_TEST_RECONCILE_GRACE", "300"))
 reconciler.install(c, token_file=Path(os.environ["VISA_STATE_DIR"]) / "reconciler_token", first_delay=1)

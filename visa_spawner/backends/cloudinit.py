@@ -187,11 +187,13 @@ WantedBy=multi-user.target
 # test boot emulator gives each instance its own loopback address.
 START_SCRIPT = r'''#!/usr/bin/python3
 """VISA instance start (rendered by visa_spawner.backends.cloudinit; identical on every instance)."""
-import json, os, pwd, re, shlex, socket, subprocess, sys, time, urllib.parse, urllib.request
+import json, os, pwd, re, select, shlex, socket, subprocess, sys, time, urllib.parse, urllib.request
 
 CONFIG = os.environ.get("VISA_INSTANCE_CONFIG", "/etc/visa/instance.json")
 LOG = os.environ.get("VISA_INSTANCE_LOG", "/var/log/visa-instance.log")
 SECRETISH = re.compile(r"(token|secret|password|key)=\S+", re.I)
+# a warm-started VM's zygote (images/agent/visa_zygote.py) has Jupyter's modules imported already
+ZYGOTE = os.environ.get("VISA_ZYGOTE_SOCKET", "/run/visa/zygote.sock")
 
 
 def log(msg):
@@ -260,6 +262,64 @@ def outbound_address(url):
         return s.getsockname()[0]
 
 
+class ZygoteChild:
+    """Jupyter run by the zygote as the owner; the zygote says its pid, then its exit status."""
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.returncode = sock, b"", None
+        self.pid = int(json.loads(self._line(30))["pid"])
+
+    def _line(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = None if deadline is None else max(0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left)[0]:
+                return None
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                return b'{"exit": 1}'  # the zygote died with its child
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def poll(self, timeout=0):
+        if self.returncode is None:
+            line = self._line(timeout)
+            if line is not None:
+                self.returncode = int(json.loads(line).get("exit", 1))
+        return self.returncode
+
+    def wait(self):
+        return self.poll(None)
+
+    def kill(self):
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def launch(argv, env, pw, out):
+    """Jupyter as the owner, in its own session: through the zygote when there is one, else Popen."""
+    if os.path.exists(ZYGOTE):
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(ZYGOTE)
+            request = json.dumps({"argv": argv, "env": env, "cwd": pw.pw_dir, "uid": pw.pw_uid,
+                                  "gid": pw.pw_gid}).encode() + b"\n"
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                sent = socket.send_fds(sock, [request], [devnull, out.fileno(), out.fileno()])
+            finally:
+                os.close(devnull)
+            sock.sendall(request[sent:])
+            return ZygoteChild(sock)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log("zygote not usable (%s): starting Jupyter directly" % type(e).__name__)
+    return subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def main():
     with open(CONFIG) as f:
         cfg = json.load(f)
@@ -279,8 +339,7 @@ def main():
     os.makedirs(os.path.dirname(LOG), exist_ok=True)
     out = open(LOG, "ab")
     os.chmod(LOG, 0o600)
-    proc = subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = launch(argv, env, pw, out)
     probe = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
     deadline = time.monotonic() + float(cfg.get("start_timeout", 300))
     while True:

@@ -25,7 +25,7 @@ from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressC
 from .openstack_cloud import CloudCalls, CloudSettings, poll_until
 from .openstack_errors import fault_error, is_transient, to_backend_error
 from .openstack_model import (
-    STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
+    LIST_PAGE, STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
 )
 from .openstack_security import SecurityGroups
 from .openstack_watch import ServerWatch
@@ -44,7 +44,7 @@ def _get(conn, server_id: str):
 
 
 def _find(conn, name: str, tag: str) -> list:
-    return list(conn.compute.servers(details=True, name=f"^{name}$", tags=tag))
+    return list(conn.compute.servers(details=True, name=f"^{name}$", tags=tag, limit=LIST_PAGE))
 
 
 def _delete(conn, server_id: str) -> None:
@@ -214,7 +214,7 @@ class OpenStackBackend(Backend):
     async def list_managed(self) -> list[dict]:
         """Every server of this hub: one listing call, filtered by tag on the server side."""
         servers = await self.cloud_calls.call(
-            lambda conn: list(conn.compute.servers(details=True, tags=self.tag)), doing="listing servers")
+            lambda conn: list(conn.compute.servers(details=True, tags=self.tag, limit=LIST_PAGE)), doing="listing servers")
         out = []
         for s in servers:
             owner, server = owner_of(s.metadata or {})

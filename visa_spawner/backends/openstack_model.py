@@ -30,6 +30,13 @@ STAGES = {
 }
 
 
+#: servers per listing page. Nova answers a page of server details with one Neutron query naming
+#: every server's ports in its URL: a whole-project listing can exceed the API servers' request
+#: line limit (the lab's Neutron refuses over 4094 bytes, ~85 servers) and fail with a 500. Pages
+#: keep each query small, and openstacksdk follows the `next` links.
+LIST_PAGE = 50
+
+
 def hub_tag(hub_id: str) -> str:
     """The one tag that finds every server of this hub in a single server-side filtered listing."""
     return f"visa-hub-{_TAG_SAFE.sub('-', hub_id)[:48]}"

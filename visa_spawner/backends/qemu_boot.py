@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+from qemu.qmp import QMPError
+
 from .base import BackendError, ProgressCallback
 from .phonehome import Inbox
 from .qemu_command import console_stage
@@ -54,12 +56,17 @@ class BootWatcher:
         """Warm start: wait until the saved memory is loaded and the VM runs, then hand the
         waiting agent its configuration (identity, owner, token) over the port."""
         while True:
-            status = await qmp(qmp_socket, "query-status")
-            if status.get("status") == "running":  # type: ignore[union-attr]
+            if self.proc.returncode is not None:
+                raise ProcessLookupError(f"QEMU exited with status {self.proc.returncode}")
+            try:  # while it loads the memory, QEMU's monitor can be slow to answer on a busy host
+                state = (await qmp(qmp_socket, "query-status", timeout=5)).get("status")  # type: ignore[union-attr]
+            except (asyncio.TimeoutError, OSError, EOFError, QMPError) as e:
+                state = None
+                self.log.debug("VM %s: monitor busy during restore (%s)", self.vm, type(e).__name__)
+            if state == "running":
                 break
-            if status.get("status") not in ("inmigrate", "prelaunch", "paused"):  # type: ignore[union-attr]
-                raise BackendError(f"Restoring the virtual machine failed ({status.get('status')}).",  # type: ignore[union-attr]
-                                   reason="restore")
+            if state not in (None, "inmigrate", "prelaunch", "paused"):
+                raise BackendError(f"Restoring the virtual machine failed ({state}).", reason="restore")
             if time.monotonic() > self.deadline:
                 raise BackendError("Restoring the virtual machine took too long.", reason="timeout")
             await asyncio.sleep(0.05)

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""VISA zygote: Jupyter's modules imported once, in the template VM, before its memory is saved.
+
+Under TCG emulation a cold `jupyterhub-singleuser` spends most of its start importing Python
+modules. A warm-start snapshot is taken while the boot agent waits for its configuration; if this
+process has already imported Jupyter then, every restored clone gets those modules for free.
+
+Started by the boot agent (as root, with the instance env's Python) only on the warm-start path. It
+imports, prints one JSON line `{"ready": ...}` on stdout, and serves ONE request on a root-only Unix
+socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT): a JSON line
+`{"argv", "env", "cwd", "uid", "gid"}` with stdin/stdout/stderr passed as file descriptors. It
+forks; the child drops to the owner (groups, gid, uid: the same as the start script's own Popen
+would do), reseeds what the snapshot shares with every clone, and runs the command's Python script
+in-process. The parent answers `{"pid": N}`, then `{"exit": code}` when the child ends, and forwards
+SIGTERM. Anything it cannot run in-process (not a Python script of this interpreter, or an env var
+that modules read at import time has another value) is exec'd: slower, never wrong.
+
+Stdlib only; nothing of the config or environment is ever printed.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib
+import json
+import os
+import random
+import runpy
+import shutil
+import signal
+import socket
+import sys
+import time
+
+SOCKET = "/run/visa/zygote.sock"
+# what jupyterhub-singleuser imports on every start (extensions are added from the env's config)
+PRELOAD = ("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyter_server.serverapp",
+           "jupyter_client.manager", "ipykernel", "terminado")
+# env vars that installed modules read when they are imported (grep of the instance env): a request
+# with other values than the template's is exec'd, not run with stale modules
+IMPORT_TIME_ENV = ("JUPYTERHUB_SINGLEUSER_APP", "JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_METRICS_PREFIX",
+                   "JUPYTER_ALLOW_INSECURE_WRITES", "TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR",
+                   "GATEWAY_WS_PING_INTERVAL_SECS")
+PR_SET_DUMPABLE = 4
+MAX_REQUEST = 1 << 20
+
+
+def log(msg: str) -> None:
+    sys.stderr.write("visa-zygote: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def extension_modules(prefix: str) -> list[str]:
+    """Server extensions enabled in the env (`etc/jupyter/jupyter_server_config.d/*.json`)."""
+    names = []
+    for path in sorted(glob.glob(os.path.join(prefix, "etc/jupyter/jupyter_server_config.d/*.json"))):
+        try:
+            with open(path) as f:
+                enabled = json.load(f).get("ServerApp", {}).get("jpserver_extensions", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        names += [name for name, on in enabled.items() if on]
+    return names
+
+
+def preload(prefix: str) -> tuple[list[str], list[str]]:
+    """Import Jupyter and each extension with its extension points' apps; (loaded, failed)."""
+    loaded, failed = [], []
+    for name in [*PRELOAD, *extension_modules(prefix)]:
+        try:
+            module = importlib.import_module(name)
+            for point in getattr(module, "_jupyter_server_extension_points", lambda: [])():
+                importlib.import_module(point.get("module", name))
+            loaded.append(name)
+        except Exception as e:  # a broken extension fails later, in Jupyter, with its own message
+            failed.append("%s: %s" % (name, type(e).__name__))
+    return loaded, failed
+
+
+def recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+    while b"\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk or len(data) > MAX_REQUEST:
+            raise ValueError("incomplete request")
+        data += chunk
+    request = json.loads(data.split(b"\n", 1)[0])
+    if len(fds) != 3 or not isinstance(request.get("argv"), list) or not request["argv"] \
+            or not isinstance(request.get("env"), dict):
+        raise ValueError("a request is argv, env, cwd, uid, gid and three file descriptors")
+    return request, fds
+
+
+def in_process_script(request: dict, template_env: dict) -> str | None:
+    """The path of the command if it is a Python script this interpreter can run in-process."""
+    env = request["env"]
+    if any(env.get(k) != template_env.get(k) for k in IMPORT_TIME_ENV):
+        return None
+    path = shutil.which(request["argv"][0], path=env.get("PATH", os.defpath))
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            shebang = f.readline(256)
+    except OSError:
+        return None
+    interpreter = shebang[2:].split()[0].decode(errors="replace") if shebang.startswith(b"#!") and shebang[2:].split() else ""
+    same = interpreter and os.path.realpath(interpreter) == os.path.realpath(sys.executable)
+    return path if same else None
+
+
+def become(request: dict, fds: list[int], template_env: dict) -> None:
+    """The child: the owner's process running the command (never returns)."""
+    code = 127
+    try:
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        script = in_process_script(request, template_env)
+        os.setgroups([])
+        os.setgid(int(request["gid"]))
+        os.setuid(int(request["uid"]))
+        if os.getuid() == 0 and int(request["uid"]) != 0:
+            raise PermissionError("still root after setuid")
+        # setuid made the process non-dumpable: /proc/self/* would belong to root
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        os.chdir(request.get("cwd") or "/")
+        env = {str(k): str(v) for k, v in request["env"].items()}
+        if not script:
+            os.execve(shutil.which(request["argv"][0], path=env.get("PATH", os.defpath)) or request["argv"][0],
+                      request["argv"], env)
+        os.environ.clear()
+        os.environ.update(env)
+        random.seed()  # the template's generator state is in every clone's memory
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.argv = [script, *request["argv"][1:]]
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException as e:  # noqa: BLE001 - the child must never return into the zygote
+        log("could not run %s: %s" % (os.path.basename(str(request["argv"][0])), type(e).__name__))
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def listen(path: str) -> socket.socket:
+    """A root-only socket (0600 in a 0700 directory): only root, i.e. the start script, asks."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    server.bind(path)
+    os.umask(old)
+    server.listen(1)
+    return server
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    loaded, failed = preload(sys.prefix)
+    template_env = dict(os.environ)
+    path = SOCKET if len(sys.argv) < 2 else sys.argv[1]
+    server = listen(path)
+    print(json.dumps({"ready": round(time.monotonic() - t0, 2), "modules": len(loaded), "failed": failed}),
+          flush=True)
+    conn, _ = server.accept()
+    server.close()
+    os.unlink(path)
+    try:
+        request, fds = recv_request(conn)
+    except (ValueError, OSError) as e:
+        log("bad request: %s" % e)
+        conn.sendall(b'{"error": "bad request"}\n')
+        return 2
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        become(request, fds, template_env)
+    for fd in fds:
+        os.close(fd)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    try:
+        conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

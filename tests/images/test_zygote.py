@@ -1,0 +1,178 @@
+"""The warm-start zygote (images/agent/visa_zygote.py) with the real start script (cloudinit.START_SCRIPT),
+natively: the zygote runs with the instance env's Python (as it does in the image), the start script
+in bubblewrap with its own /etc (it writes the keyboard file), as the boot emulator runs it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from visa_spawner.backends import cloudinit
+
+ZYGOTE = Path(__file__).resolve().parents[2] / "images" / "agent" / "visa_zygote.py"
+INSTANCE_PYTHON = Path(os.environ.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")) / "bin" / "python"
+# stands in for jupyterhub-singleuser: a script of the instance env's Python that says how it runs
+COMMAND = """#!{python}
+import json, os, random, socket, sys
+state = {{"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "sid": os.getsid(0) == os.getpid(),
+         "preloaded": "jupyter_server.serverapp" in sys.modules, "argv": sys.argv[1:], "cwd": os.getcwd(),
+         "token": os.environ.get("JUPYTERHUB_API_TOKEN"), "random": random.random(), "pid": os.getpid(),
+         "dumpable": os.access("/proc/self/fd", os.R_OK)}}
+port = int([a for a in sys.argv if a.startswith("--ServerApp.port=")][0].split("=")[1])
+srv = socket.create_server(("127.0.0.1", port))
+while True:  # "state" -> the state; "exit" -> exit; nothing (the start script's probe) -> next
+    conn, _ = srv.accept()
+    asked = conn.recv(16)
+    state["probed"] = state.get("probed", False) or asked == b""
+    if asked == b"state":
+        conn.sendall(json.dumps(state).encode())
+    conn.close()
+    if asked == b"exit":
+        sys.exit(int(os.environ.get("EXIT_WITH", "0")))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def zygote(tmp_path: Path):
+    """A zygote that has imported Jupyter, serving a socket in tmp_path."""
+    assert INSTANCE_PYTHON.exists(), f"no instance env at {INSTANCE_PYTHON}: run scripts/setup.sh"
+    sock = tmp_path / "run" / "zygote.sock"
+    proc = subprocess.Popen([str(INSTANCE_PYTHON), str(ZYGOTE), str(sock)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={"PATH": os.defpath, "LANG": "C.UTF-8"})
+    ready = json.loads(proc.stdout.readline() or "null") or {}
+    yield proc, sock, ready
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def command_dir(tmp_path: Path):
+    """pytest's tmp dirs are root-only: the owner (daemon) must be able to read its command."""
+    d = Path(tempfile.mkdtemp(prefix="visa-zygote-", dir="/var/tmp"))
+    d.chmod(0o755)
+    (tmp_path / "cmd").symlink_to(d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def run_start_script(tmp: Path, sock: Path, port: int, **env) -> tuple[subprocess.Popen, dict]:
+    command = tmp / "cmd" / "fake-singleuser"
+    command.write_text(COMMAND.format(python=INSTANCE_PYTHON))
+    command.chmod(0o755)
+    config = cloudinit.instance_config(
+        owner="daemon", server_name="s1", display_name="S1", proposal="", command=[str(command.resolve())],
+        env={"JUPYTERHUB_API_TOKEN": "tok-123", **env}, port=port, screen="1280x800", keyboard="us",
+        bind_address="127.0.0.1")
+    (tmp / "instance.json").write_text(cloudinit.config_json(config))
+    (tmp / "instance.json").chmod(0o600)
+    (tmp / "visa-start").write_text(cloudinit.START_SCRIPT)
+    shutil.copytree("/etc", tmp / "etc", symlinks=True, ignore_dangling_symlinks=True)
+    argv = ["bwrap", "--dev-bind", "/", "/", "--bind", str(tmp / "etc"), "/etc", "--proc", "/proc",
+            "--unshare-pid", "--die-with-parent",
+            "--setenv", "VISA_INSTANCE_CONFIG", str(tmp / "instance.json"),
+            "--setenv", "VISA_INSTANCE_LOG", str(tmp / "jupyter.log"),
+            "--setenv", "VISA_ZYGOTE_SOCKET", str(sock),
+            "/usr/bin/python3", str(tmp / "visa-start")]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True), config
+
+
+def started(port: int, timeout: float = 60) -> dict:
+    """The command's state once the start script has seen it listen (so it counts as started)."""
+    deadline = time.monotonic() + timeout
+    while not (state := ask(port))["probed"]:
+        assert time.monotonic() < deadline, "the start script never probed the port"
+        time.sleep(0.1)
+    return state
+
+
+def ask(port: int, what: str = "state", timeout: float = 60) -> dict | None:
+    """The command's state (and, with "exit", make it exit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(what.encode())
+                data = b""
+                while chunk := c.recv(65536):
+                    data += chunk
+                return json.loads(data) if what == "state" else None
+        except (OSError, ValueError):
+            assert time.monotonic() < deadline, f"nothing answered on port {port}"
+            time.sleep(0.1)
+
+
+def test_zygote_imports_jupyter_and_its_extensions(zygote):
+    proc, sock, ready = zygote
+    assert ready, proc.stderr.read()
+    assert ready["failed"] == [] and ready["modules"] >= 8, ready
+    assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
+
+
+def test_start_script_runs_jupyter_through_the_zygote_as_the_owner(zygote, tmp_path: Path):
+    _, sock, ready = zygote
+    port = free_port()
+    script, _ = run_start_script(tmp_path, sock, port)
+    state = started(port)
+    daemon = (1, 1)  # `daemon` in Debian's base passwd
+    assert (state["uid"], state["gid"], state["groups"]) == (*daemon, []), state
+    assert state["preloaded"], "the command ran inside the zygote, with Jupyter already imported"
+    assert state["sid"] and state["token"] == "tok-123" and state["cwd"] == "/usr/sbin"
+    assert "--ServerApp.port=%d" % port in state["argv"]
+    assert state["dumpable"], "after setuid the process can read its own /proc entries"
+    ask(port, "exit")
+    assert script.wait(60) == 0, script.stderr.read()
+    assert not sock.exists(), "one request per zygote"
+
+
+def test_the_exit_status_comes_back_through_the_zygote(zygote, tmp_path: Path):
+    _, sock, _ = zygote
+    port = free_port()
+    script, _ = run_start_script(tmp_path, sock, port, EXIT_WITH="7")
+    started(port)
+    ask(port, "exit")
+    assert script.wait(60) == 7
+
+
+def test_without_a_zygote_the_start_script_starts_jupyter_itself(tmp_path: Path):
+    port = free_port()
+    script, _ = run_start_script(tmp_path, tmp_path / "no-zygote.sock", port)
+    state = started(port)
+    assert state["uid"] == 1 and not state["preloaded"]
+    ask(port, "exit")
+    assert script.wait(60) == 0
+
+
+def test_an_env_var_read_at_import_time_makes_the_zygote_exec(zygote, tmp_path: Path):
+    """Modules imported with the template's env would be wrong: the command is exec'd instead."""
+    _, sock, _ = zygote
+    port = free_port()
+    script, _ = run_start_script(tmp_path, sock, port, JUPYTERHUB_SINGLEUSER_APP="notebook")
+    state = started(port)
+    assert state["uid"] == 1 and not state["preloaded"]
+    ask(port, "exit")
+    assert script.wait(60) == 0
+
+
+def test_a_bad_request_is_refused_and_nothing_runs(zygote):
+    proc, sock, _ = zygote
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.sendall(b'{"argv": "not a list"}\n')
+        assert b"bad request" in s.recv(100)
+    assert proc.wait(30) == 2
+    assert "bad request" in proc.stderr.read()
