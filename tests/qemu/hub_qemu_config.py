@@ -31,3 +31,4 @@ c.QemuBackend.boot_timeout = 570  # below start_timeout, so the backend's own me
 c.QemuBackend.state_dir = str(state / "qemu")
 c.QemuBackend.image_dir = image_dir
 c.QemuBackend.warm_start = os.environ.get("VISA_QEMU_WARM") == "1"
+c.QemuBackend.build_snapshots = False  # the tests build the snapshot themselves (and count QEMU processes)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from visa_spawner.backends.qemu import _hostname, vm_name
-from visa_spawner.backends.qemu_accel import capacity_problem, detect_acceleration, host_memory
+from visa_spawner.backends.qemu_accel import capacity_problem, detect_acceleration, host_memory, pid_runs
 from visa_spawner.backends.qemu_command import (
     VmLayout, console_stage, guest_env, hub_port_of, mount_templates, netdev_arg, qemu_argv, vm_size,
 )
 from visa_spawner.backends.qemu_image import availability, load_image, ImageError
-from visa_spawner.backends.qemu_warm import Snapshot, snapshot_key
+from visa_spawner.backends.qemu_warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
 
 pytestmark = [pytest.mark.fast, pytest.mark.qemu]
 
@@ -186,3 +186,42 @@ def test_names_and_sizes():
 def test_snapshot_keys_and_incoming_uri():
     assert snapshot_key("r1:b", 2, 2048, "tcg") != snapshot_key("r1:b", 2, 4096, "tcg")
     assert Snapshot(Path("/s/snap's")).incoming_uri == "exec:cat '/s/snap'\"'\"'s/memory.state'"
+
+
+def _snapshot(root: Path, name: str, identity: str) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"identity": identity}))
+    return d
+
+
+def test_snapshots_of_old_builds_go_unless_an_instance_is_built_on_them(tmp_path):
+    current = _snapshot(tmp_path, "aaaa000000000001", "build-2")
+    old_used = _snapshot(tmp_path, "bbbb000000000002", "build-1")
+    old_free = _snapshot(tmp_path, "cccc000000000003", "build-1")
+    broken = tmp_path / "dddd000000000004"
+    broken.mkdir()  # no meta: not a snapshot this code made; left alone
+    assert prune_snapshots(tmp_path, "build-2", in_use={old_used.name}) == [old_free.name]
+    assert current.exists() and old_used.exists() and broken.exists() and not old_free.exists()
+
+
+def test_half_built_snapshots_of_dead_builders_are_removed_with_their_qemu(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = tmp_path / ".abcd.999999999.tmp"  # no such builder process
+    dead.mkdir()
+    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(dead)])  # stands in for QEMU
+    (dead / "qemu.pid").write_text(str(qemu.pid))
+    while not pid_runs(qemu.pid, str(dead)):  # until it has exec'd (its command line names the dir)
+        assert qemu.poll() is None
+        time.sleep(0.01)
+    live = tmp_path / f".abcd.{os.getppid()}.tmp"  # a builder that still runs (pytest's parent)
+    live.mkdir()
+    try:
+        assert clean_stale_builds(tmp_path) == [dead.name]
+        assert qemu.wait(10) == -9 and not dead.exists() and live.exists()
+    finally:
+        qemu.kill()

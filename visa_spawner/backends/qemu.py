@@ -34,7 +34,7 @@ from .qemu_command import (
 )
 from .qemu_image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
 from .qemu_vm import launch, tail, terminate, wait_qmp
-from .qemu_warm import Snapshot, SnapshotPool
+from .qemu_warm import Snapshot, SnapshotPool, build_snapshot, prune_snapshots
 
 
 def vm_name(owner: str, server_name: str) -> str:
@@ -85,9 +85,15 @@ class QemuBackend(Backend):
     memory_reserve_mb = Integer(
         1024, config=True, help="Memory (MB) always left to the host (hub, proxy, page cache).")
     warm_start = Bool(
-        False, config=True,
+        True, config=True,
         help="Start new instances from a memory snapshot of a booted, unconfigured VM when one matches "
-        "(python -m visa_spawner.backends.qemu_warm builds it); cold boot otherwise.",
+        "their size; cold boot otherwise.",
+    )
+    build_snapshots = Bool(
+        True, config=True,
+        help="With warm_start: when no snapshot matches a new instance's size, build one in the background "
+        "(one at a time, only if the host has room for one more VM) and prune those of older image "
+        "builds that no instance uses. Off: only `python -m visa_spawner.backends.qemu_warm` builds them.",
     )
     hub_relay = List(Unicode(), config=True,
                      help="Command run per guest connection to the hub ({port}: the hub API port).")
@@ -104,6 +110,7 @@ class QemuBackend(Backend):
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._accel: Acceleration | None = None
         self.pool = SnapshotPool(Path(self.state_dir) / "snapshots")
+        self._snapshot_build: asyncio.Task | None = None
 
     # -- host checks ---------------------------------------------------------------------------
     def image(self) -> VmImage:
@@ -127,13 +134,17 @@ class QemuBackend(Backend):
             self.log.info("QEMU acceleration: %s (%s)", self._accel.name, self._accel.reason)
         return self._accel
 
-    def _check_capacity(self, memory_mb: int, live: int) -> None:
-        """Raise 'This host is full' when the VM would not fit; called under the lock."""
+    def _capacity_problem(self, memory_mb: int, live: int) -> str:
+        """Why one more VM would not fit ('' if it does), counting VMs still booting."""
         total, available = host_memory()
-        problem = capacity_problem(
+        return capacity_problem(
             memory_mb, running=live + len(self._pending), max_vms=self.max_vms, total_mb=total,
             available_mb=available - sum(self._pending.values()), overhead_mb=self.memory_overhead_mb,
             reserve_mb=self.memory_reserve_mb)
+
+    def _check_capacity(self, memory_mb: int, live: int) -> None:
+        """Raise 'This host is full' when the VM would not fit; called under the lock."""
+        problem = self._capacity_problem(memory_mb, live)
         if problem:
             raise BackendError(problem, reason="capacity")
 
@@ -153,6 +164,8 @@ class QemuBackend(Backend):
         fresh, started = not paths.overlay.exists(), False
         try:
             snapshot = self.pool.find(image.identity, cpus, memory, accel.name) if fresh and self.warm_start else None
+            if fresh and self.warm_start and snapshot is None and self.build_snapshots:
+                self.prepare_snapshot(cpus, memory, live)  # for the next instances; this one boots cold
             progress(10, "Preparing the virtual machine's disk" + (" (warm start)" if snapshot else ""))
             await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
             config = self._instance_config(spec, vm)
@@ -164,7 +177,8 @@ class QemuBackend(Backend):
             self._procs[vm] = proc
             state = {"backend": "qemu", "vm": vm, "owner": spec.owner, "server_name": spec.server_name,
                      "pid": proc.pid, "port": spec.port, "overlay": str(paths.overlay), "qmp": str(paths.qmp),
-                     "accel": accel.name, "warm": snapshot is not None, "image": image.name, "started": time.time()}
+                     "accel": accel.name, "warm": snapshot is not None, "image": image.name, "started": time.time(),
+                     "snapshot": snapshot.dir.name if snapshot else ""}
             await self._run_blocking(self._write_state, paths, state)
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
@@ -312,6 +326,37 @@ class QemuBackend(Backend):
             await self.stop({"vm": vm}, now=True)
         if fresh:
             await self._run_blocking(shutil.rmtree, paths.dir, True)
+
+    # -- warm-start snapshots ------------------------------------------------------------------
+    def prepare_snapshot(self, cpus: int, memory_mb: int, live: int = 0) -> asyncio.Task | None:
+        """Build the snapshot for this size in the background (the running build's task if one
+        runs; None when the host has no room for the template VM now: a later start tries again)."""
+        if self._snapshot_build is not None and not self._snapshot_build.done():
+            return self._snapshot_build
+        problem = self._capacity_problem(memory_mb, live=max(live, len(self._procs)))
+        if problem:
+            self.log.info("Warm-start snapshot (%d CPU, %d MB) not built now: %s", cpus, memory_mb, problem)
+            return None
+        self._pending["snapshot"] = memory_mb
+        self._snapshot_build = asyncio.ensure_future(self._build_snapshot(cpus, memory_mb))
+        return self._snapshot_build
+
+    async def _build_snapshot(self, cpus: int, memory_mb: int) -> dict | None:
+        try:
+            meta = await build_snapshot(self, cpus, memory_mb, say=lambda m: self.log.info("Warm-start snapshot: %s", m))
+            states = await self.list_managed()
+            if any(s.get("warm") and "snapshot" not in s for s in states):
+                return meta  # a warm VM from before snapshots were recorded: its base is unknown, keep all
+            in_use = {s.get("snapshot", "") for s in states}
+            pruned = await self._run_blocking(prune_snapshots, self.pool.root, meta["identity"], in_use)
+            if pruned:
+                self.log.info("Warm-start snapshots of older image builds removed: %s", ", ".join(pruned))
+            return meta
+        except Exception as e:  # noqa: BLE001 - instances still boot cold; the admin reads why here
+            self.log.warning("Warm-start snapshot (%d CPU, %d MB) could not be built: %s", cpus, memory_mb, e)
+            return None
+        finally:
+            self._pending.pop("snapshot", None)
 
     async def _live(self) -> list[dict]:
         return [s for s in await self.list_managed()

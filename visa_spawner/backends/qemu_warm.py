@@ -20,11 +20,13 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .qemu_accel import pid_runs
 from .qemu_command import VmLayout, overlay_argv, qemu_argv
 from .qemu_vm import AgentChannel, launch, qmp, tail, terminate, wait_qmp
 
@@ -73,6 +75,7 @@ async def build_snapshot(backend: Any, cpus: int, memory_mb: int, say: Callable[
     final = backend.pool.root / key
     if backend.pool.find(image.identity, cpus, memory_mb, accel.name):
         return json.loads((final / "meta.json").read_text())
+    clean_stale_builds(backend.pool.root)
     work = backend.pool.root / f".{key}.{os.getpid()}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -89,6 +92,7 @@ async def build_snapshot(backend: Any, cpus: int, memory_mb: int, say: Callable[
     t0 = time.monotonic()
     say(f"booting a template VM ({cpus} CPU, {memory_mb} MB, {accel.name}) from {image.name}")
     proc = await launch(qemu_argv(qemu, layout), work / "qemu.log")
+    (work / "qemu.pid").write_text(str(proc.pid))  # a builder killed mid-way leaves it: see clean_stale_builds
     try:
         await wait_qmp(layout.qmp_socket, proc, timeout=60)
         agent = AgentChannel(layout.agent_socket)
@@ -120,7 +124,7 @@ async def build_snapshot(backend: Any, cpus: int, memory_mb: int, say: Callable[
             "accel": accel.name, "boot_seconds": round(booted, 1), "save_seconds": round(saved, 1),
             "state_mb": os.path.getsize(snap.memory) // (1 << 20), "created": time.time()}
     (work / "meta.json").write_text(json.dumps(meta))
-    for leftover in ("qmp.sock", "agent.sock"):
+    for leftover in ("qmp.sock", "agent.sock", "qemu.pid"):
         (work / leftover).unlink(missing_ok=True)
     os.chmod(snap.disk, 0o400)  # frozen: overlays of instances are built on it
     os.rename(work, final)
@@ -140,6 +144,53 @@ async def _run_ok(*argv: str) -> None:
     out, _ = await proc.communicate()
     if proc.returncode:
         raise SnapshotError(f"{argv[0]} failed: {out.decode(errors='replace')[-300:]}")
+
+
+def clean_stale_builds(root: Path) -> list[str]:
+    """Remove half-built snapshots whose builder process is gone (a hub restarted mid-build),
+    killing their template QEMU; builds of live processes are left alone."""
+    removed = []
+    for work in root.glob(".*.tmp"):
+        try:
+            builder = int(work.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if builder != os.getpid() and _alive(builder):
+            continue
+        try:
+            qemu_pid = int((work / "qemu.pid").read_text())
+        except (OSError, ValueError):
+            qemu_pid = 0
+        if qemu_pid and pid_runs(qemu_pid, str(work)):
+            os.kill(qemu_pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(work.name)
+    return removed
+
+
+def prune_snapshots(root: Path, keep_identity: str, in_use: set[str]) -> list[str]:
+    """Remove complete snapshots of other image builds that no instance overlay is built on
+    (`in_use`: snapshot directory names recorded in instances' state)."""
+    removed = []
+    for snap_dir in root.glob("[0-9a-f]*"):
+        try:
+            identity = json.loads((snap_dir / "meta.json").read_text()).get("identity")
+        except (OSError, ValueError):
+            continue
+        if identity != keep_identity and snap_dir.name not in in_use:
+            shutil.rmtree(snap_dir, ignore_errors=True)
+            removed.append(snap_dir.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def _free_port() -> int:
