@@ -10,7 +10,10 @@ user_data needs it) for ACTIVE servers with the hub's tag and, after `boot_delay
   straight onto the in-process board for backend-level tests, then answers HTTP 200 on its own
   loopback address) where Jupyter itself is not what is tested (bursts, fault storms).
 
-An instance stops when its server is deleted, shelved or rebuilt (a rebuild boots it again).
+An instance stops when its server is deleted, shelved or rebuilt (a rebuild boots it again). In
+mode "real" each server has a disk (its /etc, /home and the start script's files) that lasts as long
+as the server and its user-data: a shelved server that becomes ACTIVE again boots from it, as a
+real one does (cloud-init does not run again; the enabled unit runs the start script).
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ class BootEmulator:
         self.board_loop = board_loop  # set: stand-ins post to phonehome.BOARD in that loop (no hub)
         self.interval = interval
         self.instances: dict[str, _Instance] = {}  # server id -> instance
+        self.disks: dict[str, tuple[str, Path]] = {}  # server id -> (user-data key, its disk)
+        self.standin_booted: set[str] = set()  # server ids a stand-in has booted (a next boot resumes)
         self.booted = 0
         self.errors: list[str] = []
         self._next = 0
@@ -89,22 +94,31 @@ class BootEmulator:
             for sid, inst in list(self.instances.items()):
                 if live.get(sid) != inst.key:
                     await self._halt(self.instances.pop(sid))
+            listed = {s.id: hashlib.sha256((s.user_data or "").encode()).hexdigest() for s in servers}
+            for sid, (key, disk) in list(self.disks.items()):
+                if listed.get(sid, key) != key or (sid not in listed and sid not in self.instances):
+                    shutil.rmtree(disk, ignore_errors=True)  # deleted or rebuilt: the disk is gone
+                    del self.disks[sid]
+            self.standin_booted &= set(listed)
             for sid, key in live.items():
                 if sid not in self.instances:
                     user_data = next(s.user_data for s in servers if s.id == sid)
                     inst = self.instances[sid] = _Instance(key, self._address())
-                    inst.task = asyncio.ensure_future(self._boot(inst, user_data))
+                    inst.task = asyncio.ensure_future(self._boot(inst, user_data, sid))
             await asyncio.sleep(self.interval)
         for inst in list(self.instances.values()):
             await self._halt(inst)
         self.instances.clear()
+        for _, disk in self.disks.values():
+            shutil.rmtree(disk, ignore_errors=True)
+        self.disks.clear()
 
     def _address(self) -> str:
         self._next += 1
         return f"127.0.{1 + self._next // 250}.{1 + self._next % 250}"
 
     # -- one instance ------------------------------------------------------------------------
-    async def _boot(self, inst: _Instance, user_data: str) -> None:
+    async def _boot(self, inst: _Instance, user_data: str, sid: str = "") -> None:
         await asyncio.sleep(self.boot_delay)
         doc = cloudinit.parse_cloud_config(base64.b64decode(user_data).decode())
         files = {f["path"]: f["content"] for f in doc["write_files"]}
@@ -112,24 +126,35 @@ class BootEmulator:
         self.booted += 1
         try:
             if self.mode == "real":
-                self._start_script(inst, files)
+                self._start_script(inst, files, sid)
             else:
-                await self._standin(inst, config)
+                if config.get("resume_key") and sid in self.standin_booted:  # a reboot after shelving
+                    config = await self._resume(config)
+                self.standin_booted.add(sid)
+                if config:
+                    await self._standin(inst, config)
         except Exception as e:
             self.errors.append(f"boot: {e!r}"[:300])
 
-    def _start_script(self, inst: _Instance, files: dict) -> None:
-        inst.dir = Path(tempfile.mkdtemp(prefix="visa-vm-", dir="/var/tmp"))
-        (inst.dir / "instance.json").write_text(files[cloudinit.CONFIG_PATH])
-        (inst.dir / "instance.json").chmod(0o600)
-        (inst.dir / "visa-start").write_text(files[cloudinit.SCRIPT_PATH])
-        shutil.copytree("/etc", inst.dir / "etc", symlinks=True, ignore_dangling_symlinks=True)
+    def _start_script(self, inst: _Instance, files: dict, sid: str) -> None:
+        if sid in self.disks and self.disks[sid][0] == inst.key:  # a reboot: the disk as it was left
+            inst.dir = self.disks[sid][1]
+        else:  # first boot: what cloud-init's write_files does
+            inst.dir = Path(tempfile.mkdtemp(prefix="visa-vm-", dir="/var/tmp"))
+            self.disks[sid] = (inst.key, inst.dir)
+            (inst.dir / "instance.json").write_text(files[cloudinit.CONFIG_PATH])
+            (inst.dir / "instance.json").chmod(0o600)
+            (inst.dir / "visa-start").write_text(files[cloudinit.SCRIPT_PATH])
+            shutil.copytree("/etc", inst.dir / "etc", symlinks=True, ignore_dangling_symlinks=True)
+            (inst.dir / "home").mkdir()
         argv = [
             "bwrap", "--dev-bind", "/", "/", "--bind", str(inst.dir / "etc"), "/etc",
-            "--tmpfs", "/home", "--tmpfs", "/tmp", "--proc", "/proc", "--unshare-pid", "--die-with-parent",
+            "--bind", str(inst.dir / "home"), "/home", "--tmpfs", "/tmp", "--proc", "/proc", "--unshare-pid",
+            "--die-with-parent",
             "--setenv", "VISA_INSTANCE_CONFIG", str(inst.dir / "instance.json"),
             "--setenv", "VISA_BIND_ADDRESS", inst.address,
             "--setenv", "VISA_INSTANCE_LOG", str(inst.dir / "jupyter.log"),
+            "--setenv", "VISA_STARTED_MARKER", str(inst.dir / "started"),
             "/usr/bin/python3", str(inst.dir / "visa-start"),
         ]
         with open(inst.dir / "console.log", "ab") as out:
@@ -153,6 +178,19 @@ class BootEmulator:
         inst.server = await asyncio.start_server(answer, inst.address, int(config["port"]))
         await self._phone(config, "jupyter-up", address=inst.address, port=int(config["port"]))
 
+    async def _resume(self, config: dict) -> dict | None:
+        """What the start script does on a later boot: this start's config, asked with the key."""
+        key = config["resume_key"]
+        if self.board_loop is not None:
+            async def ask():
+                return phonehome.BOARD.resume_config(key)
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ask(), self.board_loop))
+        import requests
+        url = config["phone_home_url"].rsplit("/", 1)[0] + "/resume"
+        r = await asyncio.get_running_loop().run_in_executor(None, lambda: requests.post(
+            url, json={}, headers={"Authorization": f"visa-resume {key}"}, timeout=10))
+        return r.json() if r.status_code == 200 else None
+
     async def _phone(self, config: dict, stage: str, **extra) -> None:
         token = config["env"]["JUPYTERHUB_API_TOKEN"]
         report = phonehome.Report(stage=stage, **extra)
@@ -172,8 +210,6 @@ class BootEmulator:
         if inst.proc and inst.proc.poll() is None:
             inst.proc.send_signal(signal.SIGKILL)  # --die-with-parent + pid namespace: all of it dies
             await asyncio.get_running_loop().run_in_executor(None, inst.proc.wait)
-        if inst.dir:
-            shutil.rmtree(inst.dir, ignore_errors=True)
 
     def running(self) -> int:
         return sum(1 for i in self.instances.values()

@@ -104,3 +104,56 @@ def test_hub_killed_during_50_spawns_leaves_no_orphan(openstack_lab, lab_admin):
         emulator.stop()
         hub.stop()
         lab.delete_all(lab_admin, hub_tag(hub_id))
+
+
+def test_a_shelved_server_starts_again_with_its_files(openstack_lab, lab_admin):
+    """stop_action=shelve: stop shelves the server, start unshelves the same one (no rebuild), the
+    instance fetches this start's config (new token) with its resume key, the person's files are
+    still there; the reconciler leaves a shelved server of a stopped instance alone."""
+    hub_id = new_hub_id()
+    tag = hub_tag(hub_id)
+    hub = make_hub(hub_id, stop_action="shelve", interval=2, grace=0).start()
+    emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="real", boot_delay=1).start()
+    try:
+        alice = Browserless(hub, "alice", "alice-demo")
+        r = alice.new_instance(name="Shelved VM", proposal="P-2026-011", plan="openstack-small",
+                               screen="1280x720", keyboard="us")
+        assert r.status_code == 302, r.text[:300]
+        server = r.headers["location"].rsplit("/", 1)[1]
+        assert progress_events(hub, "alice", server)[-1].get("ready"), (hub.log_tail(30), emulator.errors)
+        put = alice.instance_api("PUT", "alice", server, "api/contents/home/alice/notes.txt",  # root_dir is /
+                                 json={"type": "file", "format": "text", "content": "kept across shelving"})
+        assert put.status_code in (200, 201), put.text[:300]
+        [first] = lab.servers_with_tag(lab_admin, tag)
+        assert "visa-resume" in first.metadata and "resume_key" not in str(first.metadata)
+
+        hub.stop_server("alice", server, timeout=180)
+        [shelved] = lab.servers_with_tag(lab_admin, tag)
+        assert shelved.id == first.id and shelved.status.startswith("SHELVED"), shelved.status
+        wait_until(lambda: emulator.running() == 0, 30, "the emulated instance to halt")
+        cycles = hub.log_path.read_text().count("Reconciler: ")
+        wait_until(lambda: hub.log_path.read_text().count("Reconciler: ") >= cycles + 2, 60, "two reconciler cycles")
+        assert [s.id for s in lab.servers_with_tag(lab_admin, tag)] == [first.id], "the reconciler deleted it"
+        wrong = requests.post(f"{hub.url}/hub/api/visa/resume", timeout=10,
+                              headers={"Authorization": "visa-resume " + "x" * 43})
+        assert wrong.status_code == 404
+
+        r = spawn(hub, "alice", server, proposal="P-2026-011")
+        assert r.status_code in (201, 202), r.text[:300]
+        events = progress_events(hub, "alice", server)
+        messages = [e.get("message", "") for e in events]
+        assert events[-1].get("ready"), (messages, hub.log_tail(40), emulator.errors)
+        assert any("shelved server again" in m for m in messages), messages
+        [again] = lab.servers_with_tag(lab_admin, tag)
+        assert again.id == first.id and again.status == "ACTIVE"
+        # the browser's cookies of the server's first run are refused: a page load logs in again
+        assert alice.instance_get("alice", server, "lab").status_code == 200
+        notes = alice.instance_api("GET", "alice", server, "api/contents/home/alice/notes.txt")
+        assert notes.status_code == 200 and notes.json()["content"] == "kept across shelving", notes.text[:300]
+
+        hub.delete_server("alice", server, timeout=180)
+        wait_until(lambda: not lab.servers_with_tag(lab_admin, tag), 120, "the server deleted with the instance")
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, tag)

@@ -34,7 +34,8 @@ def test_hostile_values_never_change_the_user_data_structure(owner, server, titl
     doc = cloudinit.parse_cloud_config(text)
     assert list(doc) == ["write_files", "runcmd"]
     assert [f["path"] for f in doc["write_files"]] == [cloudinit.CONFIG_PATH, cloudinit.SCRIPT_PATH, cloudinit.UNIT_PATH]
-    assert doc["runcmd"] == [["systemctl", "daemon-reload"], ["systemctl", "start", "--no-block", "visa-instance.service"]]
+    assert doc["runcmd"] == [["systemctl", "daemon-reload"],
+                             ["systemctl", "enable", "--now", "--no-block", "visa-instance.service"]]
     files = {f["path"]: f for f in doc["write_files"]}
     assert files[cloudinit.SCRIPT_PATH]["content"] == cloudinit.START_SCRIPT  # the script never varies
     config = json.loads(files[cloudinit.CONFIG_PATH]["content"])

@@ -89,6 +89,7 @@ def instance_config(
     phone_home_url: str = "",
     bind_address: str = "0.0.0.0",
     start_timeout: float = 300,
+    resume_key: str = "",
 ) -> dict:
     """The JSON-able instance config (pure). Raises ValueError for a proposal id that is not a
     safe path segment (ids come from the catalogue; titles and names are free text and are only
@@ -123,6 +124,8 @@ def instance_config(
         "env": env,
         "phone_home_url": phone_home_url,
         "start_timeout": float(start_timeout),
+        # a server that is shelved and started again asks the hub for that start's config with it
+        **({"resume_key": resume_key} if resume_key else {}),
     }
 
 
@@ -140,9 +143,9 @@ def render_cloud_config(config: Mapping) -> str:
             {"path": SCRIPT_PATH, "owner": "root:root", "permissions": "0755", "content": START_SCRIPT},
             {"path": UNIT_PATH, "owner": "root:root", "permissions": "0644", "content": SYSTEMD_UNIT},
         ],
-        "runcmd": [
+        "runcmd": [  # enabled: a server started again after shelving runs it at boot (and resumes)
             ["systemctl", "daemon-reload"],
-            ["systemctl", "start", "--no-block", "visa-instance.service"],
+            ["systemctl", "enable", "--now", "--no-block", "visa-instance.service"],
         ],
     }
     text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, allow_unicode=False, width=4096)
@@ -187,13 +190,15 @@ WantedBy=multi-user.target
 # test boot emulator gives each instance its own loopback address.
 START_SCRIPT = r'''#!/usr/bin/python3
 """VISA instance start (rendered by visa_spawner.backends.cloudinit; identical on every instance)."""
-import json, os, pwd, re, select, shlex, socket, subprocess, sys, time, urllib.parse, urllib.request
+import json, os, pwd, re, select, shlex, socket, subprocess, sys, time, urllib.error, urllib.parse, urllib.request
 
 CONFIG = os.environ.get("VISA_INSTANCE_CONFIG", "/etc/visa/instance.json")
 LOG = os.environ.get("VISA_INSTANCE_LOG", "/var/log/visa-instance.log")
 SECRETISH = re.compile(r"(token|secret|password|key)=\S+", re.I)
 # a warm-started VM's zygote (images/agent/visa_zygote.py) has Jupyter's modules imported already
 ZYGOTE = os.environ.get("VISA_ZYGOTE_SOCKET", "/run/visa/zygote.sock")
+# written once Jupyter first came up: a later boot is a server started again after shelving
+STARTED = os.environ.get("VISA_STARTED_MARKER", "/var/lib/visa/started")
 
 
 def log(msg):
@@ -320,9 +325,41 @@ def launch(argv, env, pw, out):
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def resume(cfg):
+    """A later boot: this start's config (new token, options) comes from the hub, asked with the
+    server's resume key. No start waiting for it (404): the server stays idle, Jupyter is not run."""
+    url = cfg["phone_home_url"].rsplit("/", 1)[0] + "/resume"
+    for attempt in range(60):
+        try:
+            req = urllib.request.Request(url, data=b"{}", method="POST", headers={
+                "Authorization": "visa-resume " + cfg["resume_key"], "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                new = json.load(r)
+            break
+        except urllib.error.HTTPError as e:
+            if e.code in (403, 404):
+                log("the hub has no start waiting for this server (%d): not starting Jupyter" % e.code)
+                sys.exit(0)
+            log("resume: hub answered %d" % e.code)
+        except Exception as e:  # the hub may be restarting
+            log("resume: %s" % type(e).__name__)
+        time.sleep(min(1 + attempt, 5))
+    else:
+        log("resume: the hub did not answer; not starting Jupyter")
+        sys.exit(1)
+    new["resume_key"] = cfg["resume_key"]  # the hub keeps only its fingerprint
+    tmp = CONFIG + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(new, f)
+    os.replace(tmp, CONFIG)
+    return new
+
+
 def main():
     with open(CONFIG) as f:
         cfg = json.load(f)
+    if cfg.get("resume_key") and os.path.exists(STARTED):
+        cfg = resume(cfg)
     phone(cfg, "started", "booted")
     pw = ensure_account(cfg["account"])
     phone(cfg, "account")
@@ -355,6 +392,8 @@ def main():
             time.sleep(0.1)
     address = probe if probe != "127.0.0.1" or bind == "127.0.0.1" else outbound_address(cfg["phone_home_url"])
     phone(cfg, "jupyter-up", tries=5, address=address, port=port)
+    os.makedirs(os.path.dirname(STARTED), exist_ok=True)
+    open(STARTED, "w").close()
     sys.exit(proc.wait())
 
 

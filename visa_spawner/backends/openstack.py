@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import time
 from typing import Any, ClassVar
 
@@ -29,10 +30,11 @@ from .openstack_model import (
 )
 from .openstack_security import SecurityGroups
 from .openstack_watch import ServerWatch
-from .phonehome import BOARD, Inbox, Report
+from .phonehome import BOARD, Inbox, Report, resume_fingerprint
 
 GONE_STATES = {"DELETED", "SOFT_DELETED", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF", "ERROR"}
 ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}
+RESUME_META = "visa-resume"  # fingerprint of the server's resume key (phonehome.resume_fingerprint)
 
 
 # blocking SDK steps, each run in the pool as fn(conn, ...) --------------------------------------
@@ -142,10 +144,12 @@ class OpenStackBackend(Backend):
             raise BackendError("The hub gave this instance no API token; it could not report back.", reason="config")
         inbox = BOARD.register(token)
         OpenStackBackend.inflight.add(name)
-        created = False
+        created, resumed = False, ""
         try:
             progress(8, "Preparing the instance's configuration")
-            user_data = self.user_data(spec)
+            resume_key = secrets.token_urlsafe(32) if self.stop_action == "shelve" else ""
+            config = self.instance_config(spec, resume_key)
+            user_data = self.render_user_data(config)
             flavor_id, flavor_name = await self._flavor(spec.plan)
             image_id = await self._lookup("image", self.images.get(spec.plan.image, spec.plan.image))
             groups = await self.security.ensure_for(
@@ -153,13 +157,14 @@ class OpenStackBackend(Backend):
             progress(10, f"Requesting a server ({flavor_name}) from the facility cloud")
             fields = dict(
                 name=name, flavor_id=flavor_id, image_id=image_id, user_data=user_data,
-                metadata=server_metadata(hub_id=self.hub_id, owner=spec.owner, server=spec.server_name,
-                                         proposal=spec.proposal, plan=spec.plan.id),
+                metadata={**server_metadata(hub_id=self.hub_id, owner=spec.owner, server=spec.server_name,
+                                            proposal=spec.proposal, plan=spec.plan.id),
+                          **({RESUME_META: resume_fingerprint(resume_key)} if resume_key else {})},
                 tags=[self.tag], networks=await self._networks(),
                 **({"security_groups": [{"name": g} for g in groups]} if groups else {}),
             )
             created = True  # from here on, a failure must delete whatever exists under `name`
-            server = await self._obtain(spec, fields, progress)
+            server, resumed = await self._obtain(spec, fields, config, progress)
             server = await self._wait_active(server, progress)
             floating = await self._floating_ip(server) if self.floating_ip_network else ""
             report = await self._wait_booted(server, inbox, progress)
@@ -171,7 +176,11 @@ class OpenStackBackend(Backend):
                           server.id, address, state["port"])
             return state
         except BaseException as e:
-            if created:
+            if resumed:  # the server holds the person's files: shelve it again, never delete it
+                self.log.warning("%s/%s: start of shelved server %s failed (%s); shelving it again", spec.owner,
+                                 spec.server_name, name, getattr(e, "reason", type(e).__name__))
+                await asyncio.shield(self._shelve_quietly(name))
+            elif created:
                 reason = getattr(e, "reason", type(e).__name__)
                 self.log.warning("%s/%s: start failed (%s); deleting server %s", spec.owner, spec.server_name,
                                  reason, name)
@@ -182,6 +191,8 @@ class OpenStackBackend(Backend):
             raise to_backend_error(e, "starting the instance") from None
         finally:
             BOARD.unregister(inbox)
+            if resumed:
+                BOARD.withdraw_resume(resumed)
             OpenStackBackend.inflight.discard(name)
 
     async def address(self, state: dict) -> tuple[str, int]:
@@ -223,18 +234,28 @@ class OpenStackBackend(Backend):
         return out
 
     # -- steps --------------------------------------------------------------------------------------
-    def user_data(self, spec: InstanceSpec) -> str:
+    def user_data(self, spec: InstanceSpec, resume_key: str = "") -> str:
         """cloud-init user-data (base64) from the one shared renderer; the token lives only here."""
+        return self.render_user_data(self.instance_config(spec, resume_key))
+
+    def instance_config(self, spec: InstanceSpec, resume_key: str = "") -> dict:
         try:
-            config = cloudinit.instance_config(
+            return cloudinit.instance_config(
                 owner=spec.owner, server_name=spec.server_name, display_name=spec.display_name,
                 proposal=spec.proposal, proposal_title=spec.proposal_title, command=spec.command,
                 env=spec.env, port=spec.port, screen=spec.screen, keyboard=spec.keyboard,
                 mount_templates=self.mount_templates, data_root=self.instance_data_root,
                 data_path=spec.data_path, path_prefix=self.instance_path,
                 phone_home_url=(self.hub_connect_url.rstrip("/") + "/visa/phone-home") if self.hub_connect_url else "",
-                start_timeout=self.boot_timeout,
+                start_timeout=self.boot_timeout, resume_key=resume_key,
             )
+        except ValueError as e:
+            raise BackendError("This instance's settings cannot be turned into a server configuration.",
+                               reason="config", log_detail=str(e)) from None
+
+    @staticmethod
+    def render_user_data(config: dict) -> str:
+        try:
             text = cloudinit.render_cloud_config(config)
         except ValueError as e:
             raise BackendError("This instance's settings cannot be turned into a server configuration.",
@@ -273,28 +294,35 @@ class OpenStackBackend(Backend):
             return self.networks
         return [{"uuid": await self._lookup("network", self.networks)}]
 
-    async def _obtain(self, spec: InstanceSpec, fields: dict, progress: ProgressCallback):
-        """Reuse this instance's server if a previous start left one (safe states only), else
-        create one. Creation is idempotent: after a failed POST, look before posting again."""
+    async def _obtain(self, spec: InstanceSpec, fields: dict, config: dict, progress: ProgressCallback):
+        """(server, resume fingerprint or ""): this instance's shelved server started again with its
+        disk, or a server a previous start left (safe states only) rebuilt, or a new one. Creation
+        is idempotent: after a failed POST, look before posting again."""
         name = fields["name"]
         existing = await self.cloud_calls.call(_find, name, self.tag, doing="looking for an existing server")
         for server in existing:
-            if (self.adopt_servers and server.status in ADOPTABLE
-                    and owner_of(server.metadata or {}) == (spec.owner, spec.server_name)):
+            mine = owner_of(server.metadata or {}) == (spec.owner, spec.server_name)
+            resume = (server.metadata or {}).get(RESUME_META, "")
+            if mine and resume and self.stop_action == "shelve" and server.status.startswith("SHELVED"):
+                progress(12, "Starting your shelved server again (its files are kept)")
+                BOARD.offer_resume(resume, {k: v for k, v in config.items() if k != "resume_key"})
+                await self.cloud_calls.call(lambda c: c.compute.unshelve_server(server.id), doing="unshelving")
+                return server, resume
+            if self.adopt_servers and server.status in ADOPTABLE and mine:
                 progress(12, "Reusing this instance's server left by an interrupted start")
-                return await self._rebuild(server, fields)
+                return await self._rebuild(server, fields), ""
             await self._delete_named(name, wait=True)
             break
         for attempt in range(1, self.call_attempts + 1):
             try:
-                return await self.cloud_calls.once(lambda c: c.compute.create_server(**fields))
+                return await self.cloud_calls.once(lambda c: c.compute.create_server(**fields)), ""
             except Exception as e:
                 if not is_transient(e) or attempt == self.call_attempts:
                     raise to_backend_error(e, "creating the server") from None
                 await asyncio.sleep(self.cloud_calls.delay(attempt))
                 found = await self.cloud_calls.call(_find, name, self.tag, doing="looking for the new server")
                 if found:
-                    return found[0]
+                    return found[0], ""
         raise AssertionError("unreachable")
 
     async def _rebuild(self, server, fields: dict):
@@ -384,6 +412,14 @@ class OpenStackBackend(Backend):
             return ip.floating_ip_address
 
         return await self.cloud_calls.call(attach, doing="attaching a floating IP", attempts=1)
+
+    async def _shelve_quietly(self, name: str) -> None:
+        try:
+            for server in await self.cloud_calls.call(_find, name, self.tag, doing="looking for the server"):
+                if server.status != "ERROR" and not server.status.startswith("SHELVED"):
+                    await self._shelve(server.id)
+        except Exception as e:  # noqa: BLE001 - the reconciler and the next start see it as it is
+            self.log.warning("Shelving %s again failed: %s", name, e)
 
     async def _shelve(self, server_id: str) -> None:
         await self.cloud_calls.call(lambda c: c.compute.shelve_server(server_id), doing="shelving the server")

@@ -9,6 +9,12 @@ The instance's start script (`cloudinit.START_SCRIPT`) POSTs each stage it reach
 - `BOARD`: a process-wide mailbox. A backend's `create` registers an inbox for the token it put in
   the user-data (kept as a SHA-256 fingerprint, never the token) and reads the stages from it. A
   report for a token nobody waits for (a hub that restarted since) is answered 404 and dropped.
+
+A server started again after shelving boots with its first user-data, whose token the hub revoked
+at the stop. Its start script POSTs `/hub/api/visa/resume` with `Authorization: visa-resume <key>`
+(a random key of that server's user-data; the hub keeps its fingerprint in the server's metadata):
+while a start of that server is waiting, the backend has offered this start's instance config
+under the fingerprint and `ResumeHandler` answers it; otherwise 404 and the server stays idle.
 """
 from __future__ import annotations
 
@@ -26,6 +32,11 @@ from .cloudinit import STAGES
 
 def fingerprint(token: str) -> str:
     return hashlib.sha256(b"visa-phone-home\0" + token.encode()).hexdigest()
+
+
+def resume_fingerprint(key: str) -> str:
+    """What the hub keeps of a resume key (in the server's metadata: visible to the project)."""
+    return hashlib.sha256(b"visa-resume\0" + key.encode()).hexdigest()[:40]
 
 
 @dataclass
@@ -70,6 +81,7 @@ class PhoneHomeBoard:
 
     def __init__(self) -> None:
         self._inboxes: dict[str, Inbox] = {}
+        self._resumes: dict[str, dict] = {}
 
     def register(self, token: str) -> Inbox:
         inbox = Inbox(fingerprint(token))
@@ -79,6 +91,16 @@ class PhoneHomeBoard:
     def unregister(self, inbox: Inbox) -> None:
         if self._inboxes.get(inbox.key) is inbox:
             del self._inboxes[inbox.key]
+
+    def offer_resume(self, key_fingerprint: str, config: dict) -> None:
+        """This start's instance config, for the server holding the key (until withdrawn)."""
+        self._resumes[key_fingerprint] = config
+
+    def withdraw_resume(self, key_fingerprint: str) -> None:
+        self._resumes.pop(key_fingerprint, None)
+
+    def resume_config(self, key: str) -> dict | None:
+        return self._resumes.get(resume_fingerprint(key))
 
     def post(self, token: str, report: Report) -> bool:
         inbox = self._inboxes.get(fingerprint(token))
@@ -108,4 +130,22 @@ class PhoneHomeHandler(APIHandler):
         self.finish()
 
 
-handlers = [(r"/api/visa/phone-home", PhoneHomeHandler)]
+class ResumeHandler(APIHandler):
+    """POST /hub/api/visa/resume with `Authorization: visa-resume <key>`: the waiting start's config."""
+
+    def check_xsrf_cookie(self) -> None:
+        """Called by a server's start script, never by a browser: the key is the credential."""
+
+    async def post(self) -> None:
+        scheme, _, key = (self.request.headers.get("Authorization") or "").partition(" ")
+        if scheme != "visa-resume" or not 20 <= len(key.strip()) <= 200:
+            raise web.HTTPError(403, "a resume key is required")
+        config = BOARD.resume_config(key.strip())
+        if config is None:
+            raise web.HTTPError(404, "no start is waiting for this server")
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(config))
+
+
+handlers = [(r"/api/visa/phone-home", PhoneHomeHandler), (r"/api/visa/resume", ResumeHandler)]

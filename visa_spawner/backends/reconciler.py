@@ -81,6 +81,9 @@ class Reconciler(LoggingConfigurable):
         records = await self.hub_records()
         servers = await self.backend.list_managed()
         owned = {self.backend.name_for(u, s) for u, s, m in records if m.get("ready") or m.get("pending")}
+        # a shelved server is the disk of a stopped instance: owned while its hub record exists
+        recorded = {self.backend.name_for(u, s) for u, s, _ in records}
+        owned |= {s["name"] for s in servers if str(s.get("status", "")).startswith("SHELVED") and s["name"] in recorded}
         by_name = {s["name"]: s for s in servers}
         now = dt.datetime.now(dt.timezone.utc)
         counts = {"servers": len(servers), "orphans": 0, "deleted": 0, "stopped": 0}
