@@ -86,6 +86,8 @@ def test_errors_become_readable_reasons():
     assert e.reason == "quota" and "(2 of 2 in use)" in e.message
     assert is_transient(sdk_exc.HttpException(message="x", http_status=503))
     assert is_transient(ksa_exc.ConnectTimeout())
+    assert is_transient(sdk_exc.SDKException("Endless pagination loop detected, aborting"))
+    assert not is_transient(sdk_exc.SDKException("Invalid flavor"))
     assert not is_transient(sdk_exc.HttpException(message="x", http_status=400))
     assert to_backend_error(ksa_exc.ConnectFailure(), "listing").reason == "cloud-unavailable"
     fault = fault_error({"message": "No valid host was found. password=hunter2", "code": 500}, "ERROR")

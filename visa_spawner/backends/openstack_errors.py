@@ -32,9 +32,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, ksa_exc.HttpError) or isinstance(exc, sdk_exc.HttpException):
         return status_code(exc) in TRANSIENT_STATUS
-    # openstacksdk wraps some transport failures in a bare SDKException
+    # openstacksdk wraps some transport failures in a bare SDKException; its "Endless pagination
+    # loop" comes from a listing that changed between two pages: the next listing is fine
     if isinstance(exc, sdk_exc.SDKException) and not isinstance(exc, sdk_exc.HttpException):
-        return "timed out" in str(exc).lower() or "connection" in str(exc).lower()
+        return any(word in str(exc).lower() for word in ("timed out", "connection", "pagination loop"))
     return False
 
 
