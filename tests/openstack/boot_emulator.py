@@ -31,6 +31,7 @@ from pathlib import Path
 
 
 from lab import PAGE
+from visa_spawner.backends.openstack_cloud import list_servers
 from visa_spawner.backends import cloudinit, phonehome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ class BootEmulator:
         while not self._stop.is_set():
             try:
                 servers = await loop.run_in_executor(
-                    None, lambda: list(conn.compute.servers(details=True, tags=self.tag, all_projects=True, limit=PAGE)))
+                    None, lambda: list_servers(conn, PAGE, tags=self.tag, all_projects=True))
             except Exception as e:  # the lab may be briefly busy: try again next round
                 self.errors.append(f"list: {e!r}"[:200])
                 await asyncio.sleep(self.interval)

@@ -13,6 +13,9 @@ from pathlib import Path
 import openstack
 import requests
 
+from visa_spawner.backends.openstack_cloud import list_servers
+from visa_spawner.backends.openstack_model import LIST_PAGE
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "openstack"
 LAB_DIR = Path(os.environ.get("OPENSTACK_LAB_DIR", "/var/tmp/visahub-openstack-lab"))
@@ -85,13 +88,11 @@ def set_instance_quota(admin, instances: int) -> None:
     admin.compute.update_quota_set(demo_project_id(admin), instances=instances, cores=-1, ram=-1, force=True)
 
 
-#: servers per listing page: Nova asks Neutron for the ports of a whole page in one URL, and the
-#: lab's Neutron refuses request lines over 4094 bytes (~85 servers): bigger pages answer 500
-PAGE = 50
+PAGE = LIST_PAGE  # servers per listing page (why: openstack_cloud.list_servers)
 
 
 def servers_with_tag(admin, tag: str) -> list:
-    return list(admin.compute.servers(details=True, all_projects=True, tags=tag, limit=PAGE))
+    return list_servers(admin, PAGE, all_projects=True, tags=tag)
 
 
 def delete_all(admin, tag: str, timeout: float = 180) -> None:

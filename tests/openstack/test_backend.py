@@ -178,3 +178,19 @@ async def test_floating_ip_is_allocated_and_released(standin_cloud, lab_admin):
         for ip in lab_admin.network.ips(floating_network_id=net.id):
             lab_admin.network.delete_ip(ip)
         lab_admin.network.delete_network(net)
+
+
+def test_listings_come_in_pages_and_each_server_once(openstack_lab, lab_admin):
+    """list_servers against real Nova: 7 servers read 3 at a time are 7 distinct servers."""
+    from visa_spawner.backends.openstack_cloud import list_servers
+
+    tag = f"visa-pages-{new_hub_id()}"
+    flavor, image = lab_admin.compute.find_flavor("visa.small"), lab_admin.image.find_image(lab.IMAGE)
+    try:
+        assert list_servers(lab_admin, 3, all_projects=True, tags=tag) == []
+        created = {lab_admin.compute.create_server(name=f"page-{i}", flavor_id=flavor.id, image_id=image.id,
+                                                   networks="none", tags=[tag]).id for i in range(7)}
+        listed = list_servers(lab_admin, 3, all_projects=True, tags=tag)
+        assert len(listed) == 7 and {s.id for s in listed} == created
+    finally:
+        lab.delete_all(lab_admin, tag)

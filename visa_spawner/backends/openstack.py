@@ -23,7 +23,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from . import cloudinit
 from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
-from .openstack_cloud import CloudCalls, CloudSettings, poll_until
+from .openstack_cloud import CloudCalls, CloudSettings, list_servers, poll_until
 from .openstack_errors import fault_error, is_transient, to_backend_error
 from .openstack_model import (
     LIST_PAGE, STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
@@ -228,7 +228,7 @@ class OpenStackBackend(Backend):
     async def list_managed(self) -> list[dict]:
         """Every server of this hub: one listing call, filtered by tag on the server side."""
         servers = await self.cloud_calls.call(
-            lambda conn: list(conn.compute.servers(details=True, tags=self.tag, limit=LIST_PAGE)), doing="listing servers")
+            lambda conn: list_servers(conn, LIST_PAGE, tags=self.tag), doing="listing servers")
         out = []
         for s in servers:
             owner, server = owner_of(s.metadata or {})

@@ -10,6 +10,7 @@ exponential backoff and jitter — a sleeping retry never holds a worker thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
@@ -129,3 +130,27 @@ async def poll_until(check: Callable[[], Any], *, timeout: float, first: float =
             return None
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 1.5, longest)
+
+
+def list_servers(conn: Any, page: int = 50, **query: Any) -> list:
+    """Server details matching `query`, `page` at a time, in a blocking thread.
+
+    Why pages: Nova answers a page with one Neutron query naming every listed server's ports in its
+    URL; a whole-project listing can exceed the API servers' request-line limit (the lab's Neutron
+    refuses over 4094 bytes, about 85 servers) and fail with a 500. Why not openstacksdk's own
+    paging (`limit=`): it asks once more after every page, and that request sometimes came back
+    with its own marker ("Endless pagination loop detected") while servers were being created and
+    deleted. Here a page shorter than `page`, or one with nothing new, ends the listing.
+    """
+    out: list = []
+    seen: set[str] = set()
+    marker = None
+    while True:
+        pages = conn.compute.servers(details=True, limit=page, **({"marker": marker} if marker else {}), **query)
+        batch = list(itertools.islice(pages, page))  # stop before the SDK asks for another page
+        new = [s for s in batch if s.id not in seen]
+        out += new
+        seen.update(s.id for s in new)
+        if len(batch) < page or not new:
+            return out
+        marker = batch[-1].id

@@ -30,10 +30,7 @@ STAGES = {
 }
 
 
-#: servers per listing page. Nova answers a page of server details with one Neutron query naming
-#: every server's ports in its URL: a whole-project listing can exceed the API servers' request
-#: line limit (the lab's Neutron refuses over 4094 bytes, ~85 servers) and fail with a 500. Pages
-#: keep each query small, and openstacksdk follows the `next` links.
+#: servers per listing page (why pages: openstack_cloud.list_servers)
 LIST_PAGE = 50
 
 

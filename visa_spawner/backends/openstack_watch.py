@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .openstack_cloud import CloudCalls
+from .openstack_cloud import CloudCalls, list_servers
 from .openstack_model import LIST_PAGE
 
 
@@ -38,7 +38,7 @@ class ServerWatch:
         while any(self._waiters.values()):
             try:
                 servers = await self.calls.once(
-                    lambda conn: {s.id: s for s in conn.compute.servers(details=True, tags=self.tag, limit=LIST_PAGE)})
+                    lambda conn: {s.id: s for s in list_servers(conn, LIST_PAGE, tags=self.tag)})
                 self.listings += 1
             except Exception as e:  # a failed listing: everyone waits for the next one
                 self.log.info("OpenStack: listing servers failed (%s); retrying", type(e).__name__)
