@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 
 import lab
-from boot_emulator import BootEmulator
+from boot_emulator import BootEmulator, wait_until
 from support import Progress, make_backend, new_hub_id, spec
 from visa_spawner.backends.base import BackendError, InstanceStatus
 from visa_spawner.backends.openstack_model import hub_tag
@@ -190,6 +190,10 @@ def test_listings_come_in_pages_and_each_server_once(openstack_lab, lab_admin):
         assert list_servers(lab_admin, 3, all_projects=True, tags=tag) == []
         created = {lab_admin.compute.create_server(name=f"page-{i}", flavor_id=flavor.id, image_id=image.id,
                                                    networks="none", tags=[tag]).id for i in range(7)}
+        # while servers are being built Nova's pages can miss one (build requests and instances are
+        # paged apart: the reconciler confirms by name before it acts); once built, the pages are exact
+        wait_until(lambda: all(s.status == "ACTIVE" for s in lab.servers_with_tag(lab_admin, tag))
+                   and len(lab.servers_with_tag(lab_admin, tag)) == 7, 120, "7 ACTIVE servers")
         listed = list_servers(lab_admin, 3, all_projects=True, tags=tag)
         assert len(listed) == 7 and {s.id for s in listed} == created
     finally:

@@ -236,6 +236,12 @@ class OpenStackBackend(Backend):
                         "owner": owner, "server_name": server, "created": s.created_at})
         return out
 
+    async def exists(self, name: str) -> bool:
+        """Is a server of this name there (not deleted)? Asked directly: a listing made while
+        servers are being built can miss one (Nova pages build requests and instances apart)."""
+        found = await self.cloud_calls.call(_find, name, self.tag, doing="looking for the server")
+        return any(s.status not in ("DELETED", "SOFT_DELETED") for s in found)
+
     # -- steps --------------------------------------------------------------------------------------
     def user_data(self, spec: InstanceSpec, resume_key: str = "") -> str:
         """cloud-init user-data (base64) from the one shared renderer; the token lives only here."""

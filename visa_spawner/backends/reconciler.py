@@ -102,7 +102,8 @@ class Reconciler(LoggingConfigurable):
         for user, name, model in records:
             plan = (model.get("user_options") or {}).get("plan")
             if (model.get("ready") and not model.get("pending") and plan in self.openstack_plans
-                    and self.backend.name_for(user, name) not in by_name):
+                    and self.backend.name_for(user, name) not in by_name
+                    and not await self.backend.exists(self.backend.name_for(user, name))):
                 self.log.warning("Reconciler: %s/%s is ready in the hub but its server is gone; stopping it",
                                  user, name)
                 await self._api("DELETE", f"/users/{quote(user)}/servers/{quote(name)}")
