@@ -45,6 +45,11 @@ def _get(conn, server_id: str):
         return None
 
 
+def _config_error(e: ValueError) -> BackendError:
+    return BackendError("This instance's settings cannot be turned into a server configuration.",
+                        reason="config", log_detail=str(e))
+
+
 def _find(conn, name: str, tag: str) -> list:
     """The servers of one name: a few at most, so one page. Not paged on purpose: with `limit`,
     openstacksdk asks once more after every page, and under fault injection that extra request
@@ -259,16 +264,14 @@ class OpenStackBackend(Backend):
                 start_timeout=self.boot_timeout, resume_key=resume_key,
             )
         except ValueError as e:
-            raise BackendError("This instance's settings cannot be turned into a server configuration.",
-                               reason="config", log_detail=str(e)) from None
+            raise _config_error(e) from None
 
     @staticmethod
     def render_user_data(config: dict) -> str:
         try:
             text = cloudinit.render_cloud_config(config)
         except ValueError as e:
-            raise BackendError("This instance's settings cannot be turned into a server configuration.",
-                               reason="config", log_detail=str(e)) from None
+            raise _config_error(e) from None
         return base64.b64encode(text.encode()).decode()
 
     async def _lookup(self, kind: str, ref: str) -> str:
