@@ -3,7 +3,8 @@
 
 It finds the instance config, in this order:
 1. QEMU fw_cfg blobs `opt/org.visahub/instance.json` and `opt/org.visahub/visa-start` (cold boot by
-   the qemu backend);
+   the qemu backend): it starts the zygote (visa_zygote.py) at once, so Jupyter's imports run while
+   the start script creates the account and mounts the data;
 2. the virtio-serial port `org.visahub.agent` (warm start: this VM was restored from a memory
    snapshot taken while the agent waited here): it writes `{"stage": "waiting-config"}` and reads ONE
    JSON line `{"config": {...}, "script": "...", "seed": "<hex>", "hostname": "...", "time": <unix s>}`,
@@ -213,6 +214,8 @@ class Agent:
         self.report("agent-started")
         self.modprobe("qemu_fw_cfg", "virtio_console")
         found = self.fw_cfg()
+        if found:  # cold boot: Jupyter's imports start now and run beside the rest of the boot
+            self.start_zygote(wait=False)
         port = self.find_port(0 if found else self.a.port_wait)
         if port:
             self.port_fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
@@ -220,7 +223,7 @@ class Agent:
         if found:
             self.report("fw-cfg")
         elif port:
-            self.start_zygote()
+            self.start_zygote(wait=True)
             found = self.wait_for_config(port)
         else:
             log("no fw_cfg config and no %s port: leaving the start to cloud-init" % PORT_NAME)
@@ -235,17 +238,32 @@ class Agent:
         self.report.flush()
         return code
 
-    def start_zygote(self) -> None:
-        """Warm path: import Jupyter now, so the snapshot taken while we wait holds it imported
-        (images/agent/visa_zygote.py). Without it the start is the same, only slower."""
+    def start_zygote(self, wait: bool) -> None:
+        """Import Jupyter in the zygote (images/agent/visa_zygote.py). Warm path (`wait`): before the
+        snapshot, so the saved memory holds it imported. Cold boot: at once, reported when ready,
+        while the agent goes on. Without a zygote the start is the same, only slower.
+
+        The agent binds the zygote's socket and hands it over (as systemd socket activation does):
+        it exists before the zygote's Python has started, so the start script never misses it, and
+        a request made during the imports waits in its queue."""
         python, script = self.a.zygote_python, self.path(self.a.zygote)
         if not (os.path.exists(python) and os.path.exists(script)):
             return
         t0 = time.monotonic()
+        server = listen_private(self.path(ZYGOTE_SOCKET))
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "HOME": "/root"}
-        proc = subprocess.Popen([python, script, self.path(ZYGOTE_SOCKET)], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, close_fds=True)
+               "HOME": "/root", "VISA_ZYGOTE_FD": str(server.fileno())}
+        try:
+            proc = subprocess.Popen([python, script, self.path(ZYGOTE_SOCKET)], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, pass_fds=[server.fileno()])
+        finally:
+            server.close()  # the zygote's copy only: if it dies, asking it fails at once
+        if wait:
+            self._report_zygote(proc, t0)
+        else:
+            threading.Thread(target=self._report_zygote, args=(proc, t0), daemon=True).start()
+
+    def _report_zygote(self, proc: subprocess.Popen, t0: float) -> None:
         line = b""
         if select.select([proc.stdout], [], [], self.a.zygote_wait)[0]:
             line = proc.stdout.readline()
@@ -353,6 +371,21 @@ def check_message(msg) -> tuple[dict, str]:
     if "time" in msg and not isinstance(msg["time"], (int, float)):
         raise ValueError("time must be seconds since the epoch")
     return config, script
+
+
+def listen_private(path: str) -> socket.socket:
+    """A listening Unix socket only root may use (0600 in a 0700 directory)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old)
+    server.listen(1)
+    return server
 
 
 def write_file(path: str, data, mode: int) -> None:

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""VISA zygote: Jupyter's modules imported once, in the template VM, before its memory is saved.
+"""VISA zygote: Jupyter's modules imported early, once: in the template VM before its memory is
+saved, and on a cold boot while the rest of the boot goes on.
 
 Under TCG emulation a cold `jupyterhub-singleuser` spends most of its start importing Python
 modules. A warm-start snapshot is taken while the boot agent waits for its configuration; if this
 process has already imported Jupyter then, every restored clone gets those modules for free.
 
-Started by the boot agent (as root, with the instance env's Python) only on the warm-start path. It
-imports, prints one JSON line `{"ready": ...}` on stdout, and serves ONE request on a root-only Unix
-socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT): a JSON line
+Started by the boot agent (as root, with the instance env's Python). On the warm-start path the
+agent waits for it before the snapshot; on a cold boot it starts it first thing and goes on, so the
+imports run while the rest of the boot (account, data mounts, network) does. It serves a root-only
+Unix socket that exists before its imports (the agent binds it and passes it), imports, prints one JSON line `{"ready": ...}` on stdout, and serves ONE
+request on the socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT): a JSON line
 `{"argv", "env", "cwd", "uid", "gid"}` with stdin/stdout/stderr passed as file descriptors. It
 forks; the child drops to the owner (groups, gid, uid: the same as the start script's own Popen
 would do), reseeds what the snapshot shares with every clone, and runs the command's Python script
@@ -31,6 +34,8 @@ import signal
 import socket
 import sys
 import time
+
+from visa_agent import listen_private  # beside this file, in the image and in the repository
 
 SOCKET = "/run/visa/zygote.sock"
 # what jupyterhub-singleuser imports on every start (extensions are added from the env's config)
@@ -152,25 +157,15 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
         os._exit(code)
 
 
-def listen(path: str) -> socket.socket:
-    """A root-only socket (0600 in a 0700 directory): only root, i.e. the start script, asks."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    if os.path.exists(path):
-        os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    server.bind(path)
-    os.umask(old)
-    server.listen(1)
-    return server
-
-
 def main() -> int:
     t0 = time.monotonic()
+    path = SOCKET if len(sys.argv) < 2 else sys.argv[1]
+    # before the imports: a start script that asks meanwhile waits for them. The boot agent binds
+    # it and passes it (VISA_ZYGOTE_FD), so it exists before this Python has even started
+    inherited = os.environ.pop("VISA_ZYGOTE_FD", "")
+    server = socket.socket(fileno=int(inherited)) if inherited.isdigit() else listen_private(path)
     loaded, failed = preload(sys.prefix)
     template_env = dict(os.environ)
-    path = SOCKET if len(sys.argv) < 2 else sys.argv[1]
-    server = listen(path)
     print(json.dumps({"ready": round(time.monotonic() - t0, 2), "modules": len(loaded), "failed": failed}),
           flush=True)
     conn, _ = server.accept()
@@ -189,7 +184,13 @@ def main() -> int:
     for fd in fds:
         os.close(fd)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
-    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    try:
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    except OSError:  # the start script gave up waiting and starts Jupyter itself: only one may run
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        log("the start script left before the zygote was ready; nothing runs")
+        return 1
     _, status = os.waitpid(pid, 0)
     try:
         conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")

@@ -213,6 +213,7 @@ class ImageBuilder(Application):
         import json
         manifest = json.loads((out / "manifest.json").read_text())
         apt = {p: manifest["packages"][p] for p in recipe.apt_packages if p in manifest["packages"]}
+        apt.update({p: v for p, v in manifest.get("unpacked", {}).items() if p in recipe.unpacked_packages})
         python = {n: v for n, v in manifest["python_packages"].items() if n.lower().replace("_", "-") != "visa-hub"}
         for name in recipe.python.get("remove", []):  # pinned too: the version that was removed
             python.setdefault(name, recipe.lock.get("python", {}).get(name, ""))

@@ -51,10 +51,15 @@ class Recipe:
             pkgs += self.data["apt"].get("extras", {})[extra]
         return list(dict.fromkeys(pkgs))
 
-    def pinned_apt(self) -> list[str]:
+    @property
+    def unpacked_packages(self) -> list[str]:
+        """Packages whose files are unpacked without their dependencies ([apt] unpacked)."""
+        return list(self.data["apt"].get("unpacked", []))
+
+    def pinned_apt(self, packages: list[str] | None = None) -> list[str]:
         """`name=version` for packages the lock pins, plain names for the others."""
         pins = self.lock.get("apt", {})
-        return [f"{p}={pins[p]}" if p in pins else p for p in self.apt_packages]
+        return [f"{p}={pins[p]}" if p in pins else p for p in (self.apt_packages if packages is None else packages)]
 
     @property
     def python(self) -> Mapping[str, Any]:
@@ -86,7 +91,8 @@ class Recipe:
         if stage == "debootstrap":
             return d["base"]
         if stage == "packages":
-            return {"apt": self.pinned_apt(), "kernel": d["kernel"]["package"]}
+            return {"apt": self.pinned_apt(), "kernel": d["kernel"]["package"],
+                    "unpacked": self.pinned_apt(self.unpacked_packages)}
         if stage == "python":
             files = [repo / f for f in self.python.get("requirement_files", [])]
             python = {k: v for k, v in self.python.items() if k != "repo_packages"}
@@ -149,7 +155,10 @@ def _check(data: Mapping[str, Any], extras: Iterable[str]) -> None:
     for extra in data["system"].get("extras", {}):
         if extra not in available:
             raise RecipeError(f"recipe: [system.extras.{extra}] names no [apt.extras] entry")
-    for p in pkgs + [data["kernel"].get("package", "")] + [x for e in available.values() for x in e]:
+    unpacked = data["apt"].get("unpacked", [])
+    if not isinstance(unpacked, list):
+        raise RecipeError("recipe: [apt] unpacked must be a list of package names")
+    for p in pkgs + unpacked + [data["kernel"].get("package", "")] + [x for e in available.values() for x in e]:
         if not isinstance(p, str) or not _PKG.match(p):
             raise RecipeError(f"recipe: {p!r} is not a Debian package name")
     if not isinstance(data["kernel"].get("cmdline"), str) or "root=" not in data["kernel"]["cmdline"]:

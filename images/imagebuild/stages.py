@@ -5,6 +5,7 @@ builder archives the result under the stage's hash.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -27,6 +28,8 @@ path-include=/usr/share/locale/locale.alias
 path-exclude=/usr/share/lintian/*
 """
 WHEELS_IN_ROOT = "/run/visa-build/wheels"
+#: [apt] unpacked packages and their versions, as unpacked (dpkg does not know them)
+UNPACKED_RECORD = "/var/lib/visa/unpacked-packages.json"
 
 
 def debootstrap(recipe: Recipe, root: Path, cache: Path, log: Path) -> None:
@@ -62,9 +65,35 @@ def install_packages(recipe: Recipe, root: Path, log: Path) -> None:
                 raise BuildError(f"{e}\nThe mirror no longer has a version pinned in "
                                  f"{recipe.path.stem}.lock.json: run `build.py --update-lock`.") from None
             raise
+        unpack_packages(recipe, root, log)
         in_root(root, ["apt-get", "clean"], log=log)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True)
+
+
+def unpack_packages(recipe: Recipe, root: Path, log: Path) -> None:
+    """[apt] unpacked: each pinned .deb downloaded and its files unpacked into the root, without its
+    dependencies and without telling dpkg; name and version are kept in UNPACKED_RECORD for the
+    manifest. Needs the chroot mounted (its /run is a tmpfs)."""
+    versions = {}
+    for pinned in recipe.pinned_apt(recipe.unpacked_packages):
+        name = pinned.split("=", 1)[0]
+        shutil.rmtree(root / "run/visa-unpack", ignore_errors=True)
+        (root / "run/visa-unpack").mkdir(parents=True)
+        # apt-get download writes into the working directory, which chroot cannot set: a fixed
+        # `sh -c` changes it, the arguments stay separate ("$@")
+        in_root(root, ["sh", "-c", 'cd /run/visa-unpack && apt-get "$@"', "sh", *APT_OPTS, "download", "-q", pinned],
+                log=log)
+        debs = list((root / "run/visa-unpack").glob(f"{name}_*.deb"))
+        if len(debs) != 1:
+            raise BuildError(f"apt-get download {pinned} gave {len(debs)} files")
+        deb = f"/run/visa-unpack/{debs[0].name}"
+        versions[name] = in_root(root, ["dpkg-deb", "-f", deb, "Version"], capture=True).strip()
+        in_root(root, ["dpkg-deb", "-x", deb, "/"], log=log)
+        shutil.rmtree(root / "run/visa-unpack")
+    record = root / UNPACKED_RECORD.lstrip("/")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(versions, indent=1, sort_keys=True) + "\n")
 
 
 def _requirements(recipe: Recipe, repo: Path) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .chroot import BuildError, in_root, mounted, run
 from .recipe import Recipe
+from .stages import UNPACKED_RECORD
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = {  # file in images/agent/ -> (path in the image, mode)
@@ -107,6 +108,12 @@ def installed_packages(root: Path) -> dict[str, str]:
     return out
 
 
+def unpacked_packages(root: Path) -> dict[str, str]:
+    """[apt] unpacked packages (files without dpkg's record), as stages.unpack_packages kept them."""
+    record = root / UNPACKED_RECORD.lstrip("/")
+    return json.loads(record.read_text()) if record.exists() else {}
+
+
 def python_packages(root: Path, env: str) -> dict[str, str]:
     """{distribution: version} read from the env's dist-info directories (no interpreter needed)."""
     out = {}
@@ -140,6 +147,7 @@ def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str]
                   "fw_cfg": ["opt/org.visahub/instance.json", "opt/org.visahub/visa-start"]},
         "boot_modules": list(recipe.kernel.get("boot_modules", [])),
         "packages": installed_packages(root),
+        "unpacked": unpacked_packages(root),
         "python_packages": python_packages(root, recipe.python["env"]),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

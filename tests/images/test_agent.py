@@ -28,8 +28,10 @@ TOKEN = "s3cr3t-token-value"
 FAKE_SCRIPT = """#!/usr/bin/python3
 import json, os, sys
 cfg = json.load(open(os.environ["VISA_INSTANCE_CONFIG"]))
-open(os.path.join(os.path.dirname(os.environ["VISA_INSTANCE_CONFIG"]), "ran"), "w").write(
-    json.dumps({"uid": os.getuid(), "account": cfg["account"]}))
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.environ["VISA_INSTANCE_CONFIG"])))
+open(os.path.join(os.path.dirname(os.environ["VISA_INSTANCE_CONFIG"]), "ran"), "w").write(json.dumps(
+    {"uid": os.getuid(), "account": cfg["account"],
+     "zygote_listens": os.path.exists(os.path.join(root, "run/visa/zygote.sock"))}))
 if cfg["command"] == ["listen"]:  # stands in for Jupyter: listens until told to stop
     import socket, time
     s = socket.create_server(("127.0.0.1", cfg["port"]))
@@ -77,11 +79,11 @@ class Guest:
         (self.sysfs / "class/virtio-ports/vport0p1/name").write_text(visa_agent.PORT_NAME + "\n")
         (self.dev / "vport0p1").symlink_to(os.ttyname(slave))
 
-    def start(self, port_wait: float = 5) -> subprocess.Popen:
+    def start(self, port_wait: float = 5, *extra: str) -> subprocess.Popen:
         self.proc_ = subprocess.Popen(
             [sys.executable, str(AGENT), "--root", str(self.root), "--sysfs", str(self.sysfs),
              "--proc", str(self.proc), "--dev", str(self.dev), "--urandom", str(self.tmp / "urandom"),
-             "--console", str(self.console), "--port-wait", str(port_wait), "--network-wait", "5"],
+             "--console", str(self.console), "--port-wait", str(port_wait), "--network-wait", "5", *extra],
             stderr=subprocess.PIPE, text=True)
         return self.proc_
 
@@ -131,9 +133,47 @@ def test_cold_boot_from_fw_cfg_runs_the_script_and_reports_stages(guest: Guest):
     assert stat.S_IMODE(cfg_file.stat().st_mode) == 0o600
     assert json.loads(cfg_file.read_text())["env"]["JUPYTERHUB_API_TOKEN"] == TOKEN
     assert stat.S_IMODE((guest.root / "usr/local/sbin/visa-start").stat().st_mode) == 0o755
-    assert json.loads((guest.root / "etc/visa/ran").read_text()) == {"uid": 0, "account": "daemon"}
+    ran = json.loads((guest.root / "etc/visa/ran").read_text())
+    assert ran == {"uid": 0, "account": "daemon", "zygote_listens": False}
     # a cold boot keeps the machine-id systemd made at first boot
     assert (guest.root / "etc/machine-id").read_text() == "0" * 32 + "\n"
+
+
+# stands in for visa_zygote.py: slow to start (Python on a VM), then "imports", on the socket it was given
+FAKE_ZYGOTE = """import json, os, socket, stat, sys, time
+server = socket.socket(fileno=int(os.environ["VISA_ZYGOTE_FD"]))
+assert stat.S_IMODE(os.stat(sys.argv[1]).st_mode) == 0o600 and server.getsockname() == sys.argv[1]
+time.sleep(1.5)
+print(json.dumps({"ready": 1.5, "modules": 9, "failed": []}), flush=True)
+server.settimeout(10)
+server.accept()
+"""
+
+
+def test_cold_boot_starts_the_zygote_first_with_its_socket_ready_for_the_script(guest: Guest):
+    """Jupyter's imports run beside the rest of a cold boot: the zygote is started before anything
+    else, on a root-only socket the agent bound, so the start script finds it however slowly the
+    zygote starts (a request made during the imports waits in the socket's queue)."""
+    zygote = guest.root / "usr/local/lib/visa/visa_zygote.py"
+    zygote.parent.mkdir(parents=True)
+    zygote.write_text(FAKE_ZYGOTE)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    guest.fw_cfg(config(["listen"], port), FAKE_SCRIPT)
+    guest.start(5, "--zygote-python", sys.executable)
+    deadline = time.monotonic() + 30
+    while not {"zygote", "jupyter-up"} <= set(stages := guest.console_stages()):
+        assert time.monotonic() < deadline and guest.proc_.poll() is None, stages
+        time.sleep(0.05)
+    (guest.root / "etc/visa/stop").write_text("")
+    code, err = guest.wait()
+    assert code == 0, err
+    assert json.loads((guest.root / "etc/visa/ran").read_text())["zygote_listens"] is True
+    stages = guest.console_stages()
+    assert [s for s in stages if s != "zygote"] == [
+        "agent-started", "fw-cfg", "configured", "started", "account", "data", "jupyter-up", "exited"]
+    assert "zygote" in stages[stages.index("configured"):], "reported when its imports are done, not waited for"
 
 
 def test_warm_start_waits_on_the_port_and_gives_each_clone_its_identity(guest: Guest):

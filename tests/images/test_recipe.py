@@ -78,6 +78,18 @@ def test_lock_pins_top_level_packages(recipe: rcp.Recipe):
 
 
 @pytest.mark.fast
+def test_unpacked_packages_are_pinned_apart_and_never_installed(recipe: rcp.Recipe):
+    """noVNC's files come without its nodejs dependency: with node in the image, JupyterLab runs it
+    on every import. Its pin is in the lock like the others and changes the packages stage."""
+    assert recipe.unpacked_packages == ["novnc"]
+    assert not any(p.split("=")[0] == "novnc" for p in recipe.pinned_apt())
+    assert recipe.pinned_apt(recipe.unpacked_packages) == [f"novnc={recipe.lock['apt']['novnc']}"]
+    repinned = rcp.Recipe(name=recipe.name, path=recipe.path, data=recipe.data,
+                          lock={"apt": {**recipe.lock["apt"], "novnc": "1:9.9-1"}, "python": recipe.lock["python"]})
+    assert repinned.stage_hashes(REPO)["packages"] != recipe.stage_hashes(REPO)["packages"]
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("kernel"), r"missing section \[kernel\]"),
     (lambda d: d["apt"].update(packages=[]), "non-empty list"),
@@ -88,6 +100,8 @@ def test_lock_pins_top_level_packages(recipe: rcp.Recipe):
     (lambda d: d["python"].update(env="relative/env"), "absolute"),
     (lambda d: d["python"].update(repo_packages=["../x"]), "repo_packages"),
     (lambda d: d["python"].update(remove=["x; rm -rf /"]), "distribution names"),
+    (lambda d: d["apt"].update(unpacked=["novnc; rm -rf /"]), "not a Debian package name"),
+    (lambda d: d["apt"].update(unpacked="novnc"), "unpacked must be a list"),
 ])
 def test_bad_recipes_are_refused_with_the_field_named(recipe: rcp.Recipe, edit, message):
     with pytest.raises(rcp.RecipeError, match=message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -45,13 +46,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def zygote(tmp_path: Path):
-    """A zygote that has imported Jupyter, serving a socket in tmp_path."""
+def start_zygote(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A zygote starting (it binds its socket, then imports), as the boot agent starts it."""
     assert INSTANCE_PYTHON.exists(), f"no instance env at {INSTANCE_PYTHON}: run scripts/setup.sh"
     sock = tmp_path / "run" / "zygote.sock"
     proc = subprocess.Popen([str(INSTANCE_PYTHON), str(ZYGOTE), str(sock)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={"PATH": os.defpath, "LANG": "C.UTF-8"})
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the zygote never bound its socket"
+        time.sleep(0.01)
+    return proc, sock
+
+
+@pytest.fixture
+def zygote(tmp_path: Path):
+    """A zygote that has imported Jupyter, serving a socket in tmp_path."""
+    proc, sock = start_zygote(tmp_path)
     ready = json.loads(proc.stdout.readline() or "null") or {}
     yield proc, sock, ready
     if proc.poll() is None:
@@ -176,3 +187,41 @@ def test_a_bad_request_is_refused_and_nothing_runs(zygote):
         assert b"bad request" in s.recv(100)
     assert proc.wait(30) == 2
     assert "bad request" in proc.stderr.read()
+
+
+def test_a_start_script_that_asks_during_the_imports_is_served_after_them(tmp_path: Path):
+    """A cold boot: the agent starts the zygote and the start script at once; the script's request
+    waits in the socket's queue until Jupyter is imported, then runs in the zygote."""
+    proc, sock = start_zygote(tmp_path)
+    try:
+        port = free_port()
+        script, _ = run_start_script(tmp_path, sock, port)
+        importing = not select.select([proc.stdout], [], [], 0)[0]
+        state = started(port)
+        assert state["uid"] == 1 and state["preloaded"], state
+        assert importing, "the zygote was ready before the script asked: the wait was not exercised"
+        assert json.loads(proc.stdout.readline())["failed"] == []
+        ask(port, "exit")
+        assert script.wait(60) == 0, script.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_start_script_gone_before_the_imports_end_gets_nothing_run(tmp_path: Path, command_dir: Path):
+    """The start script gave up waiting (and starts Jupyter itself): the zygote must not start a
+    second one when its imports are done."""
+    proc, sock = start_zygote(tmp_path)
+    port = free_port()
+    command = command_dir / "fake-singleuser"
+    command.write_text(COMMAND.format(python=INSTANCE_PYTHON))
+    command.chmod(0o755)
+    request = json.dumps({"argv": [str(command), f"--ServerApp.port={port}"], "env": {"PATH": os.defpath},
+                          "cwd": "/", "uid": 1, "gid": 1}).encode() + b"\n"
+    with socket.socket(socket.AF_UNIX) as s, open(os.devnull, "rb") as null:
+        s.connect(str(sock))
+        socket.send_fds(s, [request], [null.fileno()] * 3)
+    assert proc.wait(60) == 1, proc.stderr.read()
+    assert "left before the zygote was ready" in proc.stderr.read()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -270,9 +270,9 @@ def outbound_address(url):
 class ZygoteChild:
     """Jupyter run by the zygote as the owner; the zygote says its pid, then its exit status."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, timeout):
         self.sock, self.buf, self.returncode = sock, b"", None
-        self.pid = int(json.loads(self._line(30))["pid"])
+        self.pid = int(json.loads(self._line(timeout))["pid"])  # after its imports, on a cold boot
 
     def _line(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -304,11 +304,11 @@ class ZygoteChild:
             pass
 
 
-def launch(argv, env, pw, out):
+def launch(argv, env, pw, out, timeout):
     """Jupyter as the owner, in its own session: through the zygote when there is one, else Popen."""
     if os.path.exists(ZYGOTE):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(ZYGOTE)
             request = json.dumps({"argv": argv, "env": env, "cwd": pw.pw_dir, "uid": pw.pw_uid,
                                   "gid": pw.pw_gid}).encode() + b"\n"
@@ -318,8 +318,9 @@ def launch(argv, env, pw, out):
             finally:
                 os.close(devnull)
             sock.sendall(request[sent:])
-            return ZygoteChild(sock)
+            return ZygoteChild(sock, timeout)
         except (OSError, ValueError, KeyError, TypeError) as e:
+            sock.close()  # a zygote that answers later finds nobody and kills what it started
             log("zygote not usable (%s): starting Jupyter directly" % type(e).__name__)
     return subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -376,9 +377,9 @@ def main():
     os.makedirs(os.path.dirname(LOG), exist_ok=True)
     out = open(LOG, "ab")
     os.chmod(LOG, 0o600)
-    proc = launch(argv, env, pw, out)
-    probe = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
     deadline = time.monotonic() + float(cfg.get("start_timeout", 300))
+    proc = launch(argv, env, pw, out, deadline - time.monotonic())
+    probe = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
     while True:
         if proc.poll() is not None:
             fail(cfg, "Jupyter exited during start (status %d)." % proc.returncode)
