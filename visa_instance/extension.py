@@ -1,7 +1,8 @@
 """jupyter-server extension: the desktop page and noVNC, served by the single-user server.
 
 Enabled by ``jupyter-config/jupyter_server_config.d/visa_instance.json`` (installed to
-``etc/jupyter/jupyter_server_config.d``), configured as ``c.VisaDesktop.*``.
+``etc/jupyter/jupyter_server_config.d``; the package's other settings are in
+``etc/jupyter/jupyter_server_config.json``), configured as ``c.VisaDesktop.*``.
 """
 
 from __future__ import annotations

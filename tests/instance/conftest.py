@@ -23,6 +23,7 @@ ARTIFACTS = REPO / "test-artifacts"
 SHIPPED_CONFIG = (
     REPO / "visa_instance" / "jupyter-config" / "jupyter_server_config.d" / "visa_instance.json"
 )
+SHIPPED_SETTINGS = REPO / "visa_instance" / "jupyter-config" / "jupyter_server_config.json"
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -113,6 +114,9 @@ class JupyterServer:
     port: int = 0
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen | None = None
+    # the hub venv's Python with the shipped config copied in, or an installed env's own Python
+    python: str = sys.executable
+    copy_shipped_config: bool = True
 
     @property
     def url(self) -> str:
@@ -123,7 +127,9 @@ class JupyterServer:
         config_d = self.root / "config" / "jupyter_server_config.d"
         config_d.mkdir(parents=True)
         home.mkdir()
-        shutil.copy(SHIPPED_CONFIG, config_d / SHIPPED_CONFIG.name)
+        if self.copy_shipped_config:
+            shutil.copy(SHIPPED_CONFIG, config_d / SHIPPED_CONFIG.name)
+            shutil.copy(SHIPPED_SETTINGS, config_d.parent / SHIPPED_SETTINGS.name)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY", "VISA_"))}
         env.update(
             HOME=str(home),
@@ -135,7 +141,7 @@ class JupyterServer:
         env.update(self.env_extra)
         self.port = free_port()
         cmd = [
-            sys.executable, "-m", "jupyter_server",
+            self.python, "-m", "jupyter_server",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
             "--ServerApp.port_retries=0", "--ServerApp.open_browser=False",
             f"--ServerApp.root_dir={home}", f"--IdentityProvider.token={self.token}",
