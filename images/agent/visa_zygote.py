@@ -57,15 +57,14 @@ def log(msg: str) -> None:
 
 def extension_modules(prefix: str) -> list[str]:
     """Server extensions enabled in the env (`etc/jupyter/jupyter_server_config.d/*.json`)."""
-    names = []
+    enabled: dict = {}
     for path in sorted(glob.glob(os.path.join(prefix, "etc/jupyter/jupyter_server_config.d/*.json"))):
-        try:
+        try:  # merged in name order, as jupyter-server does: a later file may turn one off
             with open(path) as f:
-                enabled = json.load(f).get("ServerApp", {}).get("jpserver_extensions", {})
-        except (OSError, ValueError, AttributeError):
+                enabled.update(json.load(f).get("ServerApp", {}).get("jpserver_extensions", {}))
+        except (OSError, ValueError, AttributeError, TypeError):
             continue
-        names += [name for name, on in enabled.items() if on]
-    return names
+    return [name for name, on in enabled.items() if on]
 
 
 def preload(prefix: str) -> tuple[list[str], list[str]]:

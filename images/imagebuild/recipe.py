@@ -161,6 +161,11 @@ def _check(data: Mapping[str, Any], extras: Iterable[str]) -> None:
     for p in pkgs + unpacked + [data["kernel"].get("package", "")] + [x for e in available.values() for x in e]:
         if not isinstance(p, str) or not _PKG.match(p):
             raise RecipeError(f"recipe: {p!r} is not a Debian package name")
+    for key in ("initramfs_modules", "boot_modules", "no_autoload"):
+        modules = data["kernel"].get(key, [])
+        if not isinstance(modules, list) or not all(isinstance(m, str) and re.fullmatch(r"[a-z0-9_-]+", m)
+                                                    for m in modules):
+            raise RecipeError(f"recipe: [kernel] {key} must be a list of kernel module names")
     if not isinstance(data["kernel"].get("cmdline"), str) or "root=" not in data["kernel"]["cmdline"]:
         raise RecipeError("recipe: [kernel] cmdline must be a string with root=")
     for unit in data["system"].get("mask", []) + data["system"].get("enable", []):

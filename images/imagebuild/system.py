@@ -40,6 +40,8 @@ def configure_system(recipe: Recipe, root: Path, log: Path) -> None:
     _write(root, "/etc/systemd/network/10-visa-qemu.network", sysconf["network"].lstrip())
     _write(root, "/etc/systemd/journald.conf.d/visa.conf", JOURNALD)
     _write(root, "/etc/modules-load.d/visa.conf", "\n".join(recipe.kernel.get("boot_modules", [])) + "\n")
+    _write(root, "/etc/modprobe.d/visa-no-autoload.conf", "".join(
+        f"blacklist {m}\n" for m in recipe.kernel.get("no_autoload", [])))
     # QEMU's DNS forwarder (unreachable under `restrict=on`: fail fast rather than stall a start)
     resolv = root / "etc/resolv.conf"
     if resolv.is_symlink():
@@ -146,6 +148,7 @@ def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str]
         "agent": {"virtio_serial_port": "org.visahub.agent", "console_prefix": "VISA-STAGE ",
                   "fw_cfg": ["opt/org.visahub/instance.json", "opt/org.visahub/visa-start"]},
         "boot_modules": list(recipe.kernel.get("boot_modules", [])),
+        "no_autoload": list(recipe.kernel.get("no_autoload", [])),
         "packages": installed_packages(root),
         "unpacked": unpacked_packages(root),
         "python_packages": python_packages(root, recipe.python["env"]),

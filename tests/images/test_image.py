@@ -88,6 +88,8 @@ def test_image_files(manifest: dict, rootfs):
     assert "Type: regular" in rootfs("stat /opt/visahub/instance-env/bin/jupyterhub-singleuser")
     assert "Type: regular" in rootfs("stat /usr/share/novnc/vnc.html")
     assert "Type: regular" in rootfs("stat /usr/share/novnc/core/rfb.js")
+    blacklist = rootfs("cat /etc/modprobe.d/visa-no-autoload.conf").split("\n")
+    assert "blacklist floppy" in blacklist and "blacklist button" not in blacklist, blacklist
     for node in ("/usr/bin/node", "/usr/bin/nodejs", "/usr/bin/npm"):
         assert "Type:" not in rootfs(f"stat {node}"), f"{node} is in the image"
     site = "/opt/visahub/instance-env/lib/python3.11/site-packages"

@@ -225,3 +225,19 @@ def test_a_start_script_gone_before_the_imports_end_gets_nothing_run(tmp_path: P
     assert "left before the zygote was ready" in proc.stderr.read()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+@pytest.mark.fast
+def test_extensions_to_preload_follow_the_merged_config(tmp_path: Path):
+    """Files are merged in name order like jupyter-server does: visa_instance.json turns notebook_shim off."""
+    import sys
+    sys.path.insert(0, str(ZYGOTE.parent))
+    import visa_zygote
+    d = tmp_path / "etc/jupyter/jupyter_server_config.d"
+    d.mkdir(parents=True)
+    (d / "notebook_shim.json").write_text('{"ServerApp": {"jpserver_extensions": {"notebook_shim": true}}}')
+    (d / "jupyterlab.json").write_text('{"ServerApp": {"jpserver_extensions": {"jupyterlab": true}}}')
+    (d / "visa_instance.json").write_text(
+        '{"ServerApp": {"jpserver_extensions": {"visa_instance": true, "notebook_shim": false}}}')
+    (d / "broken.json").write_text("{not json")
+    assert sorted(visa_zygote.extension_modules(str(tmp_path))) == ["jupyterlab", "visa_instance"]

@@ -51,6 +51,7 @@ class BootWatcher:
         self._seen: set[str] = set()
         self._percent = 20
         self._agent_connected = False
+        self._jupyter_up = asyncio.Event()  # the agent saw the port open: probe HTTP now
 
     async def restore_and_configure(self, line: dict, qmp_socket: str) -> None:
         """Warm start: wait until the saved memory is loaded and the VM runs, then hand the
@@ -113,6 +114,8 @@ class BootWatcher:
         if stage in self._seen or stage not in STAGE_PROGRESS:
             return
         self._seen.add(stage)
+        if stage == "jupyter-up":
+            self._jupyter_up.set()
         percent, text = STAGE_PROGRESS[stage]
         if stage == "agent-started" and isinstance(message.get("uptime"), (int, float)):
             text = f"Kernel booted in {message['uptime']:.1f} s; boot agent started"
@@ -153,9 +156,17 @@ class BootWatcher:
             self._events.put_nowait(("stage", {"stage": report.stage, "message": report.message}))
 
     async def _probe_http(self) -> None:
+        """Backs off to one probe a second while the VM boots, and probes at once (then every
+        0.1 s) when the agent reports Jupyter's port open: a probe is a request in the guest."""
         delay = 0.2
         while not await http_answers(self.port, self.probe_path):
-            await asyncio.sleep(delay)
+            if self._jupyter_up.is_set():
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await asyncio.wait_for(self._jupyter_up.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             delay = min(delay * 1.5, 1.0)
         self._events.put_nowait(("http", True))
 
