@@ -101,7 +101,7 @@ class Recipe:
             return files_digest(repo_source_files(repo, self.python.get("repo_packages", [])), repo)
         if stage == "system":  # the agent's files and the code of the last two stages
             images = Path(__file__).resolve().parent.parent
-            files = sorted((images / "agent").glob("*")) + [images / "imagebuild" / "system.py"]
+            files = system_files(images)
             return {"system": dict(self.system), "kernel": dict(self.kernel), "files": files_digest(files, images)}
         if stage == "image":
             return dict(self.image)
@@ -114,6 +114,12 @@ class Recipe:
             blob = json.dumps([previous, stage, self.stage_inputs(stage, repo)], sort_keys=True, default=str)
             previous = out[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return out
+
+
+def system_files(images: Path) -> list[Path]:
+    """What the system stage copies in: the agent's files (not a __pycache__ that running the
+    tests leaves beside them, or the hash would depend on whether they ran) and its own code."""
+    return sorted(f for f in (images / "agent").glob("*") if f.is_file()) + [images / "imagebuild" / "system.py"]
 
 
 def files_digest(files: Iterable[Path], root: Path) -> dict[str, str]:

@@ -183,3 +183,15 @@ def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path: Path):
     found = mounts_under(root, mounts)
     assert found[0] == f"{root}/root/dev/pts"
     assert set(found) == {f"{root}/root/proc", f"{root}/root/dev", f"{root}/root/dev/pts", f"{root}/root/run x"}
+
+
+@pytest.mark.fast
+def test_the_system_stage_ignores_bytecode_beside_the_agent(tmp_path: Path):
+    """Tests import the agent and leave __pycache__ beside it: that must not make the image stale."""
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "visa_agent.py").write_text("x")
+    before = rcp.system_files(tmp_path)
+    (tmp_path / "agent" / "__pycache__").mkdir()
+    (tmp_path / "agent" / "__pycache__" / "visa_agent.cpython-311.pyc").write_bytes(b"\0")
+    assert rcp.system_files(tmp_path) == before == [tmp_path / "agent" / "visa_agent.py",
+                                                   tmp_path / "imagebuild" / "system.py"]
