@@ -196,7 +196,12 @@ def test_hub_restart_finds_the_running_sandbox(hub, login):
     alice = login("alice")
     server = create(alice, unique("Survivor"))
     hub.wait_ready("alice", server)
-    pids = cgroup_pids("alice", server)
+    # Jupyter's extensions start short-lived helpers just after it is up (e.g. jupyter_lsp's
+    # `npm prefix -g`): compare the instance's processes once they have settled
+    seen = [cgroup_pids("alice", server)]
+    wait_for(lambda: seen.append(cgroup_pids("alice", server)) or seen[-1] == seen[-2], 30,
+             "the instance's processes to settle", interval=0.5)
+    pids = seen[-1]
     hub.stop()
     assert cgroup_pids("alice", server) == pids  # the hub going away does not kill instances
     hub.start()
