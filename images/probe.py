@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from visa_spawner.backends import cloudinit  # noqa: E402
+from visa_spawner.backends.qemu_image import direct_boot_files  # noqa: E402
 
 PREFIX = "VISA-STAGE "
 PORT_NAME = "org.visahub.agent"
@@ -92,11 +93,13 @@ def probe_config(hub_port: int, token: str, owner: str = "probe-user") -> dict:
         mount_templates=[["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,ro", "visa-data", "{mount_point}"]])
 
 
-def qemu_argv(image: Path, tmp: Path, host_port: int, accel: str, fw_cfg: dict[str, Path]) -> list[str]:
+def qemu_argv(image: Path, tmp: Path, host_port: int, accel: str, fw_cfg: dict[str, Path],
+              extra: tuple[str, ...] = ()) -> list[str]:
     manifest = json.loads((image / "manifest.json").read_text())
+    kernel, initrd = direct_boot_files(image, manifest)
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc",
             "-accel", accel, "-cpu", "max", "-m", "2048", "-smp", "2",
-            "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+            "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", manifest["kernel_cmdline"],
             "-drive", f"file={tmp / 'overlay.qcow2'},if=virtio,format=qcow2,cache=writeback",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{GUEST_PORT}",
@@ -107,11 +110,12 @@ def qemu_argv(image: Path, tmp: Path, host_port: int, accel: str, fw_cfg: dict[s
             "-serial", "stdio", "-device", "virtio-rng-pci", "-device", "vmgenid,guid=auto", "-no-reboot"]
     for name, path in fw_cfg.items():
         argv += ["-fw_cfg", f"name={name},file={path}"]
-    return argv
+    return argv + list(extra)
 
 
 def boot(image: Path, mode: str = "cold", accel: str = "tcg", until: str = "jupyter-up",
-         timeout: float = 240, host_port: int = 0, on_stage=None, keep: str = "") -> BootResult:
+         timeout: float = 240, host_port: int = 0, on_stage=None, keep: str = "",
+         extra: tuple[str, ...] = ()) -> BootResult:
     """Boot once and collect stages until `until` (or "failed", or the timeout); `on_stage` is
     called for each stage while the VM runs (Jupyter is reachable on 127.0.0.1:host_port)."""
     image = image.resolve()
@@ -134,7 +138,7 @@ def boot(image: Path, mode: str = "cold", accel: str = "tcg", until: str = "jupy
                 path.write_bytes(data)
                 fw_cfg[name] = path
         started = time.monotonic()
-        proc = subprocess.Popen(qemu_argv(image, tmp, result.host_port, accel, fw_cfg), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(qemu_argv(image, tmp, result.host_port, accel, fw_cfg, extra), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -181,8 +185,9 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=240)
     p.add_argument("--keep", default="", help="keep the overlay and console in this directory (to debug)")
     p.add_argument("--until", default="jupyter-up", help="stop at this stage (e.g. agent-started)")
+    p.add_argument("--qemu-arg", action="append", default=[], help="one more QEMU argument (repeatable)")
     a = p.parse_args()
-    r = boot(Path(a.image_dir), a.mode, a.accel, until=a.until, timeout=a.timeout, keep=a.keep,
+    r = boot(Path(a.image_dir), a.mode, a.accel, until=a.until, timeout=a.timeout, keep=a.keep, extra=tuple(a.qemu_arg),
              on_stage=lambda ts: print(f"{ts[0]:7.2f}s  {json.dumps(ts[1])}", flush=True))
     print(f"phone-home posts: {[x.get('stage') for x in r.phoned]}")
     if not r.first(a.until):

@@ -3,13 +3,13 @@
 
 It finds the instance config, in this order:
 1. QEMU fw_cfg blobs `opt/org.visahub/instance.json` and `opt/org.visahub/visa-start` (cold boot by
-   the qemu backend): it starts the zygote (visa_zygote.py) at once, so Jupyter's imports run while
-   the start script creates the account and mounts the data;
+   the qemu backend): it goes on at once while the zygote (visa_zygote.py, started by systemd beside
+   this agent) imports Jupyter, and reports the zygote's stage when its imports are done;
 2. the virtio-serial port `org.visahub.agent` (warm start: this VM was restored from a memory
    snapshot taken while the agent waited here): it writes `{"stage": "waiting-config"}` and reads ONE
    JSON line `{"config": {...}, "script": "...", "seed": "<hex>", "hostname": "...", "time": <unix s>}`,
    then gives the clone its own identity (machine-id, random seed, hostname, clock) before anything
-   user-specific runs. Before it waits there it starts the zygote (visa_zygote.py), so the saved
+   user-specific runs. Before it waits there it waits for the zygote's imports, so the saved
    memory holds Jupyter already imported;
 3. neither: cloud-init (OpenStack) writes the files and starts visa-instance.service; the agent exits.
 
@@ -29,7 +29,6 @@ import os
 import pwd
 import queue
 import re
-import select
 import socket
 import struct
 import subprocess
@@ -46,7 +45,8 @@ RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SECRETISH = re.compile(r"(token|secret|password|key)(=|\":\s*\")[^\s\"]+", re.I)
 MAX_LINE = 1 << 20
-ZYGOTE_SOCKET = "/run/visa/zygote.sock"  # the start script looks for it here
+ZYGOTE_SOCKET = "/run/visa/zygote.sock"  # made by visa-zygote.socket; the start script asks there
+ZYGOTE_STATUS = "/run/visa/zygote.json"  # visa_zygote.py writes its state here
 
 
 def log(msg: str) -> None:
@@ -214,8 +214,8 @@ class Agent:
         self.report("agent-started")
         self.modprobe("qemu_fw_cfg", "virtio_console")
         found = self.fw_cfg()
-        if found:  # cold boot: Jupyter's imports start now and run beside the rest of the boot
-            self.start_zygote(wait=False)
+        if found:  # cold boot: the zygote's imports run beside the rest of the boot, reported when done
+            threading.Thread(target=self.report_zygote, daemon=True).start()
         port = self.find_port(0 if found else self.a.port_wait)
         if port:
             self.port_fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
@@ -223,7 +223,7 @@ class Agent:
         if found:
             self.report("fw-cfg")
         elif port:
-            self.start_zygote(wait=True)
+            self.report_zygote()  # before the snapshot is taken
             found = self.wait_for_config(port)
         else:
             log("no fw_cfg config and no %s port: leaving the start to cloud-init" % PORT_NAME)
@@ -238,43 +238,37 @@ class Agent:
         self.report.flush()
         return code
 
-    def start_zygote(self, wait: bool) -> None:
-        """Import Jupyter in the zygote (images/agent/visa_zygote.py). Warm path (`wait`): before the
-        snapshot, so the saved memory holds it imported. Cold boot: at once, reported when ready,
-        while the agent goes on. Without a zygote the start is the same, only slower.
-
-        The agent binds the zygote's socket and hands it over (as systemd socket activation does):
-        it exists before the zygote's Python has started, so the start script never misses it, and
-        a request made during the imports waits in its queue."""
-        python, script = self.a.zygote_python, self.path(self.a.zygote)
-        if not (os.path.exists(python) and os.path.exists(script)):
+    def report_zygote(self) -> None:
+        """Wait until the zygote (images/agent/visa_zygote.py; visa-zygote.service, started by systemd
+        beside this agent on a socket systemd made) has imported Jupyter, and report it. On the warm
+        path the agent waits so the saved memory holds Jupyter imported; a cold boot goes on meanwhile.
+        No zygote (not in the image, disabled, died): nothing to wait for; Jupyter only starts slower."""
+        status = self.zygote_status(self.a.zygote_wait)
+        if status is None:
+            log("no zygote ready: Jupyter will start without it")
             return
+        self.report("zygote", seconds=status.get("seconds"), modules=status.get("modules"),
+                    failed=status.get("failed", []))
+
+    def zygote_status(self, timeout: float) -> dict | None:
+        """The zygote's status once it says ready; None if there is no zygote socket, it wrote no
+        status within `zygote_start` seconds, its process is gone, or `timeout` passed."""
         t0 = time.monotonic()
-        server = listen_private(self.path(ZYGOTE_SOCKET))
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "HOME": "/root", "VISA_ZYGOTE_FD": str(server.fileno())}
-        try:
-            proc = subprocess.Popen([python, script, self.path(ZYGOTE_SOCKET)], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, pass_fds=[server.fileno()])
-        finally:
-            server.close()  # the zygote's copy only: if it dies, asking it fails at once
-        if wait:
-            self._report_zygote(proc, t0)
-        else:
-            threading.Thread(target=self._report_zygote, args=(proc, t0), daemon=True).start()
-
-    def _report_zygote(self, proc: subprocess.Popen, t0: float) -> None:
-        line = b""
-        if select.select([proc.stdout], [], [], self.a.zygote_wait)[0]:
-            line = proc.stdout.readline()
-        proc.stdout.close()
-        try:
-            info = json.loads(line)
-        except ValueError:
-            log("the zygote did not get ready (exit status %s): Jupyter will start cold" % proc.poll())
-            return
-        self.report("zygote", seconds=round(time.monotonic() - t0, 2), modules=info.get("modules"),
-                    failed=info.get("failed", []))
+        while time.monotonic() - t0 < timeout:
+            try:
+                with open(self.path(ZYGOTE_STATUS)) as f:
+                    status = json.load(f)
+            except (OSError, ValueError):
+                status = None
+            if status is None:  # systemd makes the socket before any service: none, no zygote
+                if not os.path.exists(self.path(ZYGOTE_SOCKET)) or time.monotonic() - t0 > self.a.zygote_start:
+                    return None
+            elif status.get("state") == "ready":
+                return status
+            elif not os.path.exists(os.path.join(self.a.proc, str(status.get("pid")))):
+                return None
+            time.sleep(0.05)
+        return None
 
     def wait_network(self, timeout: float) -> None:
         """The start script phones home at once: wait (bounded) for a default route."""
@@ -373,21 +367,6 @@ def check_message(msg) -> tuple[dict, str]:
     return config, script
 
 
-def listen_private(path: str) -> socket.socket:
-    """A listening Unix socket only root may use (0600 in a 0700 directory)."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    if os.path.lexists(path):
-        os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        server.bind(path)
-    finally:
-        os.umask(old)
-    server.listen(1)
-    return server
-
-
 def write_file(path: str, data, mode: int) -> None:
     """Atomic write with the mode set before the content is visible (the config is a secret)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -408,9 +387,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--urandom", default="/dev/urandom")
     p.add_argument("--console", default="/dev/ttyS0", help="serial console for VISA-STAGE lines ('' for none)")
     p.add_argument("--port-wait", type=float, default=3.0, help="seconds to wait for the virtio port")
-    p.add_argument("--zygote", default="/usr/local/lib/visa/visa_zygote.py",
-                   help="the zygote started before a warm-start wait (nothing if missing)")
-    p.add_argument("--zygote-python", default="/opt/visahub/instance-env/bin/python")
+    p.add_argument("--zygote-start", type=float, default=60,
+                   help="seconds for the zygote to write its status (none by then: there is no zygote)")
     p.add_argument("--zygote-wait", type=float, default=600, help="seconds for the zygote's imports")
     p.add_argument("--network-wait", type=float, default=3.0,
                    help="seconds to wait for a default route before the start (it phones home at once; "

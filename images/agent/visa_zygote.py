@@ -6,11 +6,13 @@ Under TCG emulation a cold `jupyterhub-singleuser` spends most of its start impo
 modules. A warm-start snapshot is taken while the boot agent waits for its configuration; if this
 process has already imported Jupyter then, every restored clone gets those modules for free.
 
-Started by the boot agent (as root, with the instance env's Python). On the warm-start path the
-agent waits for it before the snapshot; on a cold boot it starts it first thing and goes on, so the
-imports run while the rest of the boot (account, data mounts, network) does. It serves a root-only
-Unix socket that exists before its imports (the agent binds it and passes it), imports, prints one JSON line `{"ready": ...}` on stdout, and serves ONE
-request on the socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT): a JSON line
+Started by systemd at boot (visa-zygote.service, as root, with the instance env's Python, at a
+higher CPU priority: on a cold boot its imports are what Jupyter waits for), on the root-only Unix
+socket visa-zygote.socket made before any service started, so the start script never misses it and a
+request made during the imports waits in its queue. It writes its state to zygote.json beside the
+socket (`{"state": "importing", "pid"}`, then `{"state": "ready", "seconds", "modules", "failed"}`):
+the boot agent waits for "ready" before a warm-start snapshot and reports it on a cold boot. Then it
+serves ONE request on the socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT): a JSON line
 `{"argv", "env", "cwd", "uid", "gid"}` with stdin/stdout/stderr passed as file descriptors. It
 forks; the child drops to the owner (groups, gid, uid: the same as the start script's own Popen
 would do), reseeds what the snapshot shares with every clone, and runs the command's Python script
@@ -35,8 +37,6 @@ import socket
 import sys
 import time
 
-from visa_agent import listen_private  # beside this file, in the image and in the repository
-
 SOCKET = "/run/visa/zygote.sock"
 # what jupyterhub-singleuser imports on every start (extensions are added from the env's config)
 PRELOAD = ("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyter_server.serverapp",
@@ -48,6 +48,39 @@ IMPORT_TIME_ENV = ("JUPYTERHUB_SINGLEUSER_APP", "JUPYTERHUB_SINGLEUSER_EXTENSION
                    "GATEWAY_WS_PING_INTERVAL_SECS")
 PR_SET_DUMPABLE = 4
 MAX_REQUEST = 1 << 20
+
+
+def listen_private(path: str) -> socket.socket:
+    """A listening Unix socket only root may use (0600 in a 0700 directory)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old)
+    server.listen(1)
+    return server
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: fd 3, LISTEN_PID/LISTEN_FDS); the
+    variables are removed so Jupyter and its children never see them."""
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid == str(os.getpid()) and count.isdigit() and int(count) >= 1:
+        return socket.socket(fileno=3)
+    return None
+
+
+def write_status(path: str, **status) -> None:
+    """zygote.json, replaced atomically (the boot agent polls it)."""
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)
 
 
 def log(msg: str) -> None:
@@ -118,6 +151,7 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
     code = 127
     try:
         os.setsid()
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # the boot's priority (Nice= of the unit) ends here
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -159,14 +193,16 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
 def main() -> int:
     t0 = time.monotonic()
     path = SOCKET if len(sys.argv) < 2 else sys.argv[1]
-    # before the imports: a start script that asks meanwhile waits for them. The boot agent binds
-    # it and passes it (VISA_ZYGOTE_FD), so it exists before this Python has even started
-    inherited = os.environ.pop("VISA_ZYGOTE_FD", "")
-    server = socket.socket(fileno=int(inherited)) if inherited.isdigit() else listen_private(path)
+    status = os.path.splitext(path)[0] + ".json"
+    # before the imports: a start script that asks meanwhile waits for them (run by hand, without
+    # systemd's socket, the zygote binds it itself)
+    server = inherited_socket() or listen_private(path)
+    write_status(status, state="importing", pid=os.getpid())
     loaded, failed = preload(sys.prefix)
     template_env = dict(os.environ)
-    print(json.dumps({"ready": round(time.monotonic() - t0, 2), "modules": len(loaded), "failed": failed}),
-          flush=True)
+    ready = {"seconds": round(time.monotonic() - t0, 2), "modules": len(loaded), "failed": failed}
+    write_status(status, state="ready", pid=os.getpid(), **ready)
+    print(json.dumps(ready), flush=True)
     conn, _ = server.accept()
     server.close()
     os.unlink(path)

@@ -2,7 +2,7 @@
 
 Layout under `<cache-dir>/<recipe name>[+<extra>...]/` (a variant never replaces another's `current`):
     current -> <image hash>/            switched atomically once a build is complete
-    <image hash>/{base.qcow2, vmlinuz, initrd.img, manifest.json, build.log}
+    <image hash>/{base.qcow2, vmlinuz, initrd.img, vmlinux, initrd.cpio, manifest.json, build.log}
     stages/<stage>-<hash>.tar[.zst]     the root file system after each stage
     debs/, wheels/                      downloads (debootstrap's .debs, Python wheels)
     work/                               the tree being built (removed afterwards)

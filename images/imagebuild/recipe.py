@@ -119,7 +119,8 @@ class Recipe:
 def system_files(images: Path) -> list[Path]:
     """What the system stage copies in: the agent's files (not a __pycache__ that running the
     tests leaves beside them, or the hash would depend on whether they ran) and its own code."""
-    return sorted(f for f in (images / "agent").glob("*") if f.is_file()) + [images / "imagebuild" / "system.py"]
+    return sorted(f for f in (images / "agent").glob("*") if f.is_file()) + \
+        [images / "imagebuild" / "system.py", images / "imagebuild" / "bootfiles.py"]
 
 
 def files_digest(files: Iterable[Path], root: Path) -> dict[str, str]:

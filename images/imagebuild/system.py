@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .bootfiles import plain_initrd, pvh_kernel
 from .chroot import BuildError, in_root, mounted, run
 from .recipe import Recipe
 from .stages import UNPACKED_RECORD
@@ -17,6 +18,8 @@ AGENT_FILES = {  # file in images/agent/ -> (path in the image, mode)
     "visa_agent.py": ("/usr/local/lib/visa/visa_agent.py", 0o755),
     "visa_zygote.py": ("/usr/local/lib/visa/visa_zygote.py", 0o755),
     "visa-agent.service": ("/etc/systemd/system/visa-agent.service", 0o644),
+    "visa-zygote.service": ("/etc/systemd/system/visa-zygote.service", 0o644),
+    "visa-zygote.socket": ("/etc/systemd/system/visa-zygote.socket", 0o644),
 }
 FSTAB = "/dev/vda / ext4 rw,noatime,errors=remount-ro 0 0\ntmpfs /tmp tmpfs rw,nosuid,nodev,mode=1777 0 0\n"
 JOURNALD = "[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\nForwardToConsole=no\n"
@@ -128,7 +131,22 @@ def python_packages(root: Path, env: str) -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
 
 
-def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str], started: float) -> dict:
+def write_boot_files(root: Path, out: Path) -> dict[str, str]:
+    """vmlinuz and initrd.img as Debian built them, plus the uncompressed pair QEMU boots faster
+    (bootfiles.py says why); returns the manifest's `direct_boot` (which pair the backend uses)."""
+    vmlinuz, initrd, _ = kernel_files(root)
+    shutil.copyfile(vmlinuz, out / "vmlinuz")
+    shutil.copyfile(initrd, out / "initrd.img")
+    (out / "initrd.cpio").write_bytes(plain_initrd(initrd.read_bytes()))
+    elf = pvh_kernel(vmlinuz.read_bytes())
+    if elf is None:  # a kernel without CONFIG_PVH (or compressed with zstd): boot the bzImage
+        return {"kernel": "vmlinuz", "initrd": "initrd.cpio"}
+    (out / "vmlinux").write_bytes(elf)
+    return {"kernel": "vmlinux", "initrd": "initrd.cpio"}
+
+
+def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str], started: float,
+                   direct_boot: dict[str, str]) -> dict:
     """manifest.json: what is inside, and how the backend boots it."""
     _, _, version = kernel_files(root)
     info = json.loads(run(["qemu-img", "info", "--output=json", str(out / "base.qcow2")]))
@@ -141,6 +159,7 @@ def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str]
         "build_seconds": round(time.monotonic() - started, 1),
         "kernel_version": version,
         "kernel_cmdline": recipe.kernel["cmdline"],
+        "direct_boot": direct_boot,
         "root_device": "/dev/vda",
         "disk": {"format": "qcow2", "virtual_size": info["virtual-size"],
                  "file_size": (out / "base.qcow2").stat().st_size, "compressed": bool(recipe.image.get("compress"))},
@@ -159,11 +178,9 @@ def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str]
 
 def finish_image(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str], started: float, log: Path) -> dict:
     """Disk, kernel, initrd and manifest into `out` (a fresh directory)."""
-    vmlinuz, initrd, _ = kernel_files(root)
-    shutil.copyfile(vmlinuz, out / "vmlinuz")
-    shutil.copyfile(initrd, out / "initrd.img")
+    direct_boot = write_boot_files(root, out)
     make_disk(recipe, root, out, log)
-    manifest = write_manifest(recipe, root, out, hashes, started)
+    manifest = write_manifest(recipe, root, out, hashes, started, direct_boot)
     for f in out.iterdir():
         os.chmod(f, 0o644)
     return manifest

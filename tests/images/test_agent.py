@@ -139,41 +139,72 @@ def test_cold_boot_from_fw_cfg_runs_the_script_and_reports_stages(guest: Guest):
     assert (guest.root / "etc/machine-id").read_text() == "0" * 32 + "\n"
 
 
-# stands in for visa_zygote.py: slow to start (Python on a VM), then "imports", on the socket it was given
-FAKE_ZYGOTE = """import json, os, socket, stat, sys, time
-server = socket.socket(fileno=int(os.environ["VISA_ZYGOTE_FD"]))
-assert stat.S_IMODE(os.stat(sys.argv[1]).st_mode) == 0o600 and server.getsockname() == sys.argv[1]
-time.sleep(1.5)
-print(json.dumps({"ready": 1.5, "modules": 9, "failed": []}), flush=True)
-server.settimeout(10)
-server.accept()
-"""
+def zygote_state(guest: Guest, state: str | None, pid: int = 4242, alive: bool = True) -> None:
+    """What systemd and visa_zygote.py leave in the guest: the socket (made before any service)
+    and zygote.json; the zygote's process is a /proc entry of the fake proc tree."""
+    run = guest.root / "run/visa"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "zygote.sock").touch()
+    if alive:
+        (guest.proc / str(pid)).mkdir(exist_ok=True)
+    if state:
+        status = {"state": state, "pid": pid, **({"seconds": 14.2, "modules": 13, "failed": []} if state == "ready" else {})}
+        (run / "zygote.json.tmp").write_text(json.dumps(status))
+        (run / "zygote.json.tmp").replace(run / "zygote.json")
 
 
-def test_cold_boot_starts_the_zygote_first_with_its_socket_ready_for_the_script(guest: Guest):
-    """Jupyter's imports run beside the rest of a cold boot: the zygote is started before anything
-    else, on a root-only socket the agent bound, so the start script finds it however slowly the
-    zygote starts (a request made during the imports waits in the socket's queue)."""
-    zygote = guest.root / "usr/local/lib/visa/visa_zygote.py"
-    zygote.parent.mkdir(parents=True)
-    zygote.write_text(FAKE_ZYGOTE)
+def wait_console(guest: Guest, stage: str, timeout: float = 30) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while stage not in (stages := guest.console_stages()):
+        assert time.monotonic() < deadline and guest.proc_.poll() is None, stages
+        time.sleep(0.05)
+    return stages
+
+
+def test_cold_boot_goes_on_during_the_zygotes_imports_and_reports_them_when_done(guest: Guest):
+    """visa-zygote.service imports Jupyter beside the boot: the agent does not wait for it (the start
+    script's request waits in the zygote's socket), it reports the zygote's stage once it is ready."""
+    zygote_state(guest, "importing")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     guest.fw_cfg(config(["listen"], port), FAKE_SCRIPT)
-    guest.start(5, "--zygote-python", sys.executable)
-    deadline = time.monotonic() + 30
-    while not {"zygote", "jupyter-up"} <= set(stages := guest.console_stages()):
-        assert time.monotonic() < deadline and guest.proc_.poll() is None, stages
-        time.sleep(0.05)
+    guest.start()
+    assert "zygote" not in wait_console(guest, "jupyter-up")
+    zygote_state(guest, "ready")
+    wait_console(guest, "zygote")
     (guest.root / "etc/visa/stop").write_text("")
     code, err = guest.wait()
     assert code == 0, err
     assert json.loads((guest.root / "etc/visa/ran").read_text())["zygote_listens"] is True
     stages = guest.console_stages()
-    assert [s for s in stages if s != "zygote"] == [
-        "agent-started", "fw-cfg", "configured", "started", "account", "data", "jupyter-up", "exited"]
-    assert "zygote" in stages[stages.index("configured"):], "reported when its imports are done, not waited for"
+    assert stages == ["agent-started", "fw-cfg", "configured", "started", "account", "data", "jupyter-up",
+                      "zygote", "exited"]
+    lines = [json.loads(ln[len(visa_agent.CONSOLE_PREFIX):]) for ln in guest.console.read_text().splitlines() if ln]
+    zygote = lines[stages.index("zygote")]
+    assert (zygote["seconds"], zygote["modules"], zygote["failed"]) == (14.2, 13, [])
+
+
+def test_warm_template_waits_for_the_zygotes_imports_before_the_snapshot(guest: Guest):
+    """The snapshot is taken at waiting-config: Jupyter must be imported in the saved memory."""
+    zygote_state(guest, "importing")
+    guest.port()
+    guest.start()
+    assert [m["stage"] for m in guest.port_lines("agent-started")] == ["agent-started"]
+    zygote_state(guest, "ready")
+    assert [m["stage"] for m in guest.port_lines("waiting-config")] == ["zygote", "waiting-config"]
+
+
+@pytest.mark.parametrize("state, alive, extra", [
+    ("importing", False, ()),  # the zygote died during its imports
+    (None, True, ("--zygote-start", "0.5")),  # systemd made the socket, the zygote never started
+])
+def test_warm_template_without_a_working_zygote_goes_on_without_it(guest: Guest, state, alive, extra):
+    zygote_state(guest, state, alive=alive)
+    guest.port()
+    guest.start(5, *extra)
+    assert [m["stage"] for m in guest.port_lines("waiting-config", timeout=20)] == ["agent-started", "waiting-config"]
+    assert "no zygote ready" in guest.proc_.stderr.readline()
 
 
 def test_warm_start_waits_on_the_port_and_gives_each_clone_its_identity(guest: Guest):

@@ -194,4 +194,5 @@ def test_the_system_stage_ignores_bytecode_beside_the_agent(tmp_path: Path):
     (tmp_path / "agent" / "__pycache__").mkdir()
     (tmp_path / "agent" / "__pycache__" / "visa_agent.cpython-311.pyc").write_bytes(b"\0")
     assert rcp.system_files(tmp_path) == before == [tmp_path / "agent" / "visa_agent.py",
-                                                   tmp_path / "imagebuild" / "system.py"]
+                                                   tmp_path / "imagebuild" / "system.py",
+                                                   tmp_path / "imagebuild" / "bootfiles.py"]

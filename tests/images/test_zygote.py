@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -25,7 +26,8 @@ import json, os, random, socket, sys
 state = {{"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "sid": os.getsid(0) == os.getpid(),
          "preloaded": "jupyter_server.serverapp" in sys.modules, "argv": sys.argv[1:], "cwd": os.getcwd(),
          "token": os.environ.get("JUPYTERHUB_API_TOKEN"), "random": random.random(), "pid": os.getpid(),
-         "dumpable": os.access("/proc/self/fd", os.R_OK)}}
+         "dumpable": os.access("/proc/self/fd", os.R_OK), "nice": os.nice(0),
+         "listen_env": sorted(k for k in os.environ if k.startswith("LISTEN_"))}}
 port = int([a for a in sys.argv if a.startswith("--ServerApp.port=")][0].split("=")[1])
 srv = socket.create_server(("127.0.0.1", port))
 while True:  # "state" -> the state; "exit" -> exit; nothing (the start script's probe) -> next
@@ -47,7 +49,7 @@ def free_port() -> int:
 
 
 def start_zygote(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    """A zygote starting (it binds its socket, then imports), as the boot agent starts it."""
+    """A zygote started by hand (it binds its socket, then imports)."""
     assert INSTANCE_PYTHON.exists(), f"no instance env at {INSTANCE_PYTHON}: run scripts/setup.sh"
     sock = tmp_path / "run" / "zygote.sock"
     proc = subprocess.Popen([str(INSTANCE_PYTHON), str(ZYGOTE), str(sock)], stdout=subprocess.PIPE,
@@ -56,6 +58,25 @@ def start_zygote(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the zygote never bound its socket"
         time.sleep(0.01)
+    return proc, sock
+
+
+def start_activated_zygote(tmp_path: Path, nice: int) -> tuple[subprocess.Popen, Path]:
+    """A zygote as visa-zygote.service starts it: on a socket made before it (fd 3, LISTEN_PID and
+    LISTEN_FDS, as systemd's socket activation passes it), at another CPU priority (Nice=)."""
+    assert INSTANCE_PYTHON.exists(), f"no instance env at {INSTANCE_PYTHON}: run scripts/setup.sh"
+    sock = tmp_path / "run" / "zygote.sock"
+    sock.parent.mkdir(mode=0o700)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    sock.chmod(0o600)
+    server.listen(4)
+    shell = f'LISTEN_PID=$$ LISTEN_FDS=1 exec nice -n {nice} "$0" "$@"'  # the shell's pid is Python's
+    proc = subprocess.Popen(["sh", "-c", shell, str(INSTANCE_PYTHON), str(ZYGOTE), str(sock)],
+                            preexec_fn=lambda: os.dup2(server.fileno(), 3), pass_fds=[3],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"PATH": os.defpath, "LANG": "C.UTF-8"})
+    server.close()
     return proc, sock
 
 
@@ -190,8 +211,8 @@ def test_a_bad_request_is_refused_and_nothing_runs(zygote):
 
 
 def test_a_start_script_that_asks_during_the_imports_is_served_after_them(tmp_path: Path):
-    """A cold boot: the agent starts the zygote and the start script at once; the script's request
-    waits in the socket's queue until Jupyter is imported, then runs in the zygote."""
+    """A cold boot: the zygote and the start script run at once; the script's request waits in the
+    socket's queue until Jupyter is imported, then runs in the zygote."""
     proc, sock = start_zygote(tmp_path)
     try:
         port = free_port()
@@ -225,6 +246,27 @@ def test_a_start_script_gone_before_the_imports_end_gets_nothing_run(tmp_path: P
     assert "left before the zygote was ready" in proc.stderr.read()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_under_socket_activation_jupyter_runs_at_normal_priority_without_systemds_variables(tmp_path: Path):
+    """visa-zygote.service: systemd's socket, Nice=-10 for the boot; the owner's Jupyter gets neither.
+    The boot agent reads the zygote's state from zygote.json beside the socket."""
+    proc, sock = start_activated_zygote(tmp_path, nice=-5)
+    try:
+        status = tmp_path / "run" / "zygote.json"
+        port = free_port()
+        script, _ = run_start_script(tmp_path, sock, port)  # asks at once: waits in systemd's queue
+        state = started(port)
+        assert state["preloaded"] and state["uid"] == 1, state
+        assert state["nice"] == 0 and state["listen_env"] == [], state
+        ready = json.loads(status.read_text())
+        assert ready["state"] == "ready" and ready["pid"] == proc.pid and ready["failed"] == [], ready
+        assert ready["modules"] >= 8 and stat.S_IMODE(status.stat().st_mode) == 0o600
+        ask(port, "exit")
+        assert script.wait(60) == 0, script.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.fast

@@ -162,6 +162,21 @@ def test_image_is_resolved_to_its_build(tmp_path):
     assert image.kernel_cmdline == "root=/dev/vda quiet" and image.identity == "r1:build-abc"
 
 
+def test_image_boots_the_pair_its_manifest_names(tmp_path):
+    img = make_image(tmp_path, files=("base.qcow2", "vmlinuz", "initrd.img", "vmlinux", "initrd.cpio"))
+    manifest = {"recipe_hash": "r1", "direct_boot": {"kernel": "vmlinux", "initrd": "initrd.cpio"}}
+    (img / "build-abc" / "manifest.json").write_text(json.dumps(manifest))
+    image = load_image(str(img))
+    assert (image.kernel, image.initrd) == (str(img / "build-abc/vmlinux"), str(img / "build-abc/initrd.cpio"))
+    (img / "build-abc" / "vmlinux").unlink()
+    with pytest.raises(ImageError, match="its kernel 'vmlinux' is missing"):
+        load_image(str(img))
+    manifest["direct_boot"] = {"kernel": "../../etc/passwd"}
+    (img / "build-abc" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ImageError, match="make image"):
+        load_image(str(img))
+
+
 def test_availability_explains_what_is_missing(tmp_path):
     ok, reason = availability(str(tmp_path / "nothing"))
     assert not ok and "make image" in reason

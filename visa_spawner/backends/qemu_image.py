@@ -1,7 +1,8 @@
 """The analysis image as the QEMU backend sees it (built by `make image`, see docs/images.md).
 
 `<image_dir>/current` → a hashed build directory with base.qcow2, vmlinuz, initrd.img and
-manifest.json. Overlays are made over the *resolved* build directory, so an image rebuilt later
+manifest.json (and, named by the manifest's `direct_boot`, the uncompressed kernel and initrd that
+boot faster under TCG; images/imagebuild/bootfiles.py). Overlays are made over the *resolved* build directory, so an image rebuilt later
 never changes the disk under an existing instance.
 """
 from __future__ import annotations
@@ -51,12 +52,27 @@ def load_image(image_dir: str) -> VmImage:
     except ValueError as e:
         raise ImageError(f"the image manifest {build / 'manifest.json'} is not JSON ({e}); run `make image`") from None
     recipe = str(manifest.get("recipe_hash") or manifest.get("hash") or "")
+    kernel, initrd = direct_boot_files(build, manifest)
     return VmImage(
-        build_dir=str(build), base=str(build / "base.qcow2"), kernel=str(build / "vmlinuz"),
-        initrd=str(build / "initrd.img"),
+        build_dir=str(build), base=str(build / "base.qcow2"), kernel=str(kernel), initrd=str(initrd),
         kernel_cmdline=str(manifest.get("kernel_cmdline") or DEFAULT_CMDLINE),
         identity=f"{recipe}:{build.name}",
     )
+
+
+def direct_boot_files(build: Path, manifest: dict) -> tuple[Path, Path]:
+    """The kernel and initrd the manifest's `direct_boot` names (else the Debian pair)."""
+    boot = manifest.get("direct_boot") or {}
+    if not isinstance(boot, dict):
+        raise ImageError(f"the image manifest in {build} has a malformed direct_boot; run `make image`")
+    files = []
+    for key, default in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
+        name = boot.get(key, default)
+        if not isinstance(name, str) or "/" in name or not (build / name).is_file():
+            raise ImageError(f"the virtual machine image in {build} is incomplete (its {key} {name!r} is "
+                             "missing); an admin runs `make image` again")
+        files.append(build / name)
+    return files[0], files[1]
 
 
 def availability(image_dir: str = DEFAULT_IMAGE_DIR, qemu_binary: str = "qemu-system-x86_64",
