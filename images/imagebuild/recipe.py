@@ -173,6 +173,8 @@ def _check(data: Mapping[str, Any], extras: Iterable[str]) -> None:
         if not isinstance(modules, list) or not all(isinstance(m, str) and re.fullmatch(r"[a-z0-9_-]+", m)
                                                     for m in modules):
             raise RecipeError(f"recipe: [kernel] {key} must be a list of kernel module names")
+    if not isinstance(data["kernel"].get("initramfs_udev", True), bool):
+        raise RecipeError("recipe: [kernel] initramfs_udev must be true or false")
     if not isinstance(data["kernel"].get("cmdline"), str) or "root=" not in data["kernel"]["cmdline"]:
         raise RecipeError("recipe: [kernel] cmdline must be a string with root=")
     for unit in data["system"].get("mask", []) + data["system"].get("enable", []):

@@ -103,6 +103,7 @@ def test_unpacked_packages_are_pinned_apart_and_never_installed(recipe: rcp.Reci
     (lambda d: d["apt"].update(unpacked=["novnc; rm -rf /"]), "not a Debian package name"),
     (lambda d: d["apt"].update(unpacked="novnc"), "unpacked must be a list"),
     (lambda d: d["kernel"]["no_autoload"].append("floppy\ninstall ext4 /bin/sh"), "no_autoload must be a list of kernel"),
+    (lambda d: d["kernel"].update(initramfs_udev="no"), "initramfs_udev must be true or false"),
 ])
 def test_bad_recipes_are_refused_with_the_field_named(recipe: rcp.Recipe, edit, message):
     with pytest.raises(rcp.RecipeError, match=message):
