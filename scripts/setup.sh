@@ -21,6 +21,7 @@ apt_packages=(
   postgresql
   python3-venv python3-dev
   qemu-system-x86 qemu-utils debootstrap e2fsprogs zstd
+  socat
 )
 missing=()
 for p in "${apt_packages[@]}"; do
