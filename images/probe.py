@@ -138,8 +138,8 @@ def boot(image: Path, mode: str = "cold", accel: str = "tcg", until: str = "jupy
                 path.write_bytes(data)
                 fw_cfg[name] = path
         started = time.monotonic()
-        proc = subprocess.Popen(qemu_argv(image, tmp, result.host_port, accel, fw_cfg, extra), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(qemu_argv(image, tmp, result.host_port, accel, fw_cfg, extra),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -187,8 +187,8 @@ def main() -> int:
     p.add_argument("--until", default="jupyter-up", help="stop at this stage (e.g. agent-started)")
     p.add_argument("--qemu-arg", action="append", default=[], help="one more QEMU argument (repeatable)")
     a = p.parse_args()
-    r = boot(Path(a.image_dir), a.mode, a.accel, until=a.until, timeout=a.timeout, keep=a.keep, extra=tuple(a.qemu_arg),
-             on_stage=lambda ts: print(f"{ts[0]:7.2f}s  {json.dumps(ts[1])}", flush=True))
+    r = boot(Path(a.image_dir), a.mode, a.accel, until=a.until, timeout=a.timeout, keep=a.keep,
+             extra=tuple(a.qemu_arg), on_stage=lambda ts: print(f"{ts[0]:7.2f}s  {json.dumps(ts[1])}", flush=True))
     print(f"phone-home posts: {[x.get('stage') for x in r.phoned]}")
     if not r.first(a.until):
         print("\n".join(r.console[-40:]))

@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .bootfiles import write_initramfs_config
 from .chroot import CHROOT_CA, BuildError, host_mirrors, in_root, mounted, run, sources_list
 from .recipe import Recipe, repo_source_files
 
@@ -52,10 +53,8 @@ def install_packages(recipe: Recipe, root: Path, log: Path) -> None:
     base = recipe.data["base"]
     suites = [base["suite"], *base.get("extra_suites", [])]
     (root / "etc/apt/sources.list").write_text(sources_list(suites, base["components"], host_mirrors()))
-    conf = root / "etc/initramfs-tools"
-    (conf / "conf.d").mkdir(parents=True, exist_ok=True)
-    (conf / "modules").write_text("\n".join(recipe.kernel.get("initramfs_modules", [])) + "\n")
-    (conf / "conf.d/visa.conf").write_text("MODULES=list\nCOMPRESS=zstd\nRESUME=none\n")
+    write_initramfs_config(root, list(recipe.kernel.get("initramfs_modules", [])),
+                           udev=recipe.kernel.get("initramfs_udev", True))
     with mounted(root):
         in_root(root, ["apt-get", *APT_OPTS, "update", "-q"], log=log)
         try:

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .bootfiles import plain_initrd, pvh_kernel
+from .bootfiles import plain_initrd, pvh_kernel, write_initramfs_config
 from .chroot import BuildError, in_root, mounted, run
 from .recipe import Recipe
 from .stages import UNPACKED_RECORD
@@ -23,14 +23,6 @@ AGENT_FILES = {  # file in images/agent/ -> (path in the image, mode)
 }
 FSTAB = "/dev/vda / ext4 rw,noatime,errors=remount-ro 0 0\ntmpfs /tmp tmpfs rw,nosuid,nodev,mode=1777 0 0\n"
 JOURNALD = "[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\nForwardToConsole=no\n"
-# an initramfs-tools hook (/etc hooks run after the packages' ones, before the scripts are ordered)
-INITRAMFS_NO_UDEV = """#!/bin/sh
-# VISA image (images/imagebuild/system.py): no udev in the initramfs ([kernel] initramfs_udev = false)
-[ "$1" = prereqs ] && exit 0
-rm -f "$DESTDIR/scripts/init-top/udev" "$DESTDIR/scripts/init-bottom/udev" "$DESTDIR/usr/bin/udevadm" \\
-  "$DESTDIR/usr/lib/systemd/systemd-udevd"
-rm -rf "$DESTDIR/usr/lib/udev" "$DESTDIR/etc/udev"
-"""
 
 
 def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
@@ -88,16 +80,9 @@ def configure_system(recipe: Recipe, root: Path, log: Path) -> None:
 
 def configure_initramfs(recipe: Recipe, root: Path, log: Path) -> None:
     """The initramfs again, from this stage's [kernel] settings (the packages stage's hash does not
-    cover them). It only has to mount /dev/vda: it loads initramfs_modules itself (MODULES=list) and
-    devtmpfs makes the node as virtio_blk binds, so udev there only costs time (1.5 s of a cold
-    boot under TCG); systemd's udev coldplugs every device after the switch to the root fs."""
-    conf = root / "etc/initramfs-tools"
-    _write(root, "/etc/initramfs-tools/modules", "\n".join(recipe.kernel.get("initramfs_modules", [])) + "\n")
-    hook = conf / "hooks/visa-no-udev"
-    if recipe.kernel.get("initramfs_udev", True):
-        hook.unlink(missing_ok=True)
-    else:
-        _write(root, str(hook.relative_to(root)), INITRAMFS_NO_UDEV, 0o755)
+    cover them; bootfiles.write_initramfs_config says what they are)."""
+    write_initramfs_config(root, list(recipe.kernel.get("initramfs_modules", [])),
+                           udev=recipe.kernel.get("initramfs_udev", True))
     in_root(root, ["update-initramfs", "-u", "-k", kernel_files(root)[2]], log=log)
 
 

@@ -77,3 +77,26 @@ def test_the_initrd_is_exported_as_plain_cpio():
         plain_initrd(gzip.compress(cpio)[:20])
     with pytest.raises(BuildError, match="not a cpio archive"):
         plain_initrd(gzip.compress(b"hello"))
+
+
+def test_the_initramfs_config_lists_the_modules_and_its_hook_drops_udev(tmp_path: Path):
+    """The hook initramfs-tools runs last: what it leaves is what the initramfs contains."""
+    import subprocess
+    from imagebuild.bootfiles import write_initramfs_config
+    root = tmp_path / "root"
+    write_initramfs_config(root, ["virtio_blk", "ext4"], udev=False)
+    conf = root / "etc/initramfs-tools"
+    assert (conf / "modules").read_text() == "virtio_blk\next4\n"
+    assert "MODULES=list" in (conf / "conf.d/visa.conf").read_text()
+    dest = tmp_path / "initramfs"
+    kept = ["scripts/init-top/keymap", "usr/sbin/modprobe"]
+    for f in kept + ["scripts/init-top/udev", "scripts/init-bottom/udev", "usr/bin/udevadm",
+                     "usr/lib/systemd/systemd-udevd", "usr/lib/udev/rules.d/60-block.rules", "etc/udev/udev.conf"]:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        (dest / f).write_text("x")
+    hook = conf / "hooks/visa-no-udev"
+    assert subprocess.run([str(hook), "prereqs"], capture_output=True, text=True).stdout == ""
+    subprocess.run([str(hook)], env={"DESTDIR": str(dest), "PATH": "/usr/bin:/bin"}, check=True)
+    assert sorted(str(f.relative_to(dest)) for f in dest.rglob("*") if f.is_file()) == sorted(kept)
+    write_initramfs_config(root, ["virtio_blk"], udev=True)
+    assert not hook.exists()

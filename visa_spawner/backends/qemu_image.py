@@ -2,8 +2,8 @@
 
 `<image_dir>/current` → a hashed build directory with base.qcow2, vmlinuz, initrd.img and
 manifest.json (and, named by the manifest's `direct_boot`, the uncompressed kernel and initrd that
-boot faster under TCG; images/imagebuild/bootfiles.py). Overlays are made over the *resolved* build directory, so an image rebuilt later
-never changes the disk under an existing instance.
+boot faster under TCG; images/imagebuild/bootfiles.py). Overlays are made over the *resolved* build
+directory, so an image rebuilt later never changes the disk under an existing instance.
 """
 from __future__ import annotations
 
