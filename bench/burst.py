@@ -25,7 +25,7 @@ from boot_emulator import BootEmulator, wait_until  # noqa: E402
 from hubrun import LatencyProbe, make_hub, spawn  # noqa: E402
 from support import new_hub_id  # noqa: E402
 from tests.hubtools import Browserless  # noqa: E402
-from visa_spawner.backends.openstack_model import hub_tag  # noqa: E402
+from visa_spawner.backends.openstack.model import hub_tag  # noqa: E402
 
 
 def baseline(n: int, boot: float, workers: int) -> float:

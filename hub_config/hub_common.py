@@ -16,8 +16,8 @@ from typing import Any
 import visa_authenticator
 import visa_collab.hub_config
 import visa_spawner
-from visa_spawner.backends import phonehome
-from visa_spawner.backends.qemu_image import DEFAULT_IMAGE_DIR, availability
+from visa_spawner.backends.guest import phonehome
+from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
 from visa_spawner.spawner import DEFAULT_PLANS

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from visa_spawner.backends import cloudinit  # noqa: E402
-from visa_spawner.backends.qemu_image import direct_boot_files  # noqa: E402
+from visa_spawner.backends.guest import cloudinit  # noqa: E402
+from visa_spawner.backends.qemu.image import direct_boot_files  # noqa: E402
 
 PREFIX = "VISA-STAGE "
 PORT_NAME = "org.visahub.agent"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from visa_spawner.backends.cgroups import Cgroup
-from visa_spawner.backends.sandbox_command import account_name
+from visa_spawner.backends.sandbox.cgroups import Cgroup
+from visa_spawner.backends.sandbox.command import account_name
 
 
 def account(owner: str, server: str) -> str:

@@ -35,9 +35,9 @@ class VisaSpawner(Spawner):
     )
     backend_classes = Dict(
         {
-            "sandbox": "visa_spawner.backends.sandbox.SandboxBackend",
-            "qemu": "visa_spawner.backends.qemu.QemuBackend",
-            "openstack": "visa_spawner.backends.openstack.OpenStackBackend",
+            "sandbox": "visa_spawner.backends.sandbox.backend.SandboxBackend",
+            "qemu": "visa_spawner.backends.qemu.backend.QemuBackend",
+            "openstack": "visa_spawner.backends.openstack.backend.OpenStackBackend",
         },
         config=True,
         help="Backend name → import path of its class. A plan names its backend.",

@@ -17,8 +17,8 @@ sys.path.insert(0, str(here.parent))
 from hub_common import apply_hub_and_instances, prepare_state_dir  # noqa: E402
 
 from visa_authenticator.production import SettingsError, production_config  # noqa: E402
-from visa_spawner.backends import reconciler  # noqa: E402
-from visa_spawner.backends.openstack_settings import openstack_config, openstack_enabled  # noqa: E402
+from visa_spawner.backends.openstack import reconciler  # noqa: E402
+from visa_spawner.backends.openstack.settings import openstack_config, openstack_enabled  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 

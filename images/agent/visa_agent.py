@@ -13,7 +13,7 @@ It finds the instance config, in this order:
    memory holds Jupyter already imported;
 3. neither: cloud-init (OpenStack) writes the files and starts visa-instance.service; the agent exits.
 
-Then it runs the start script (`visa_spawner.backends.cloudinit.START_SCRIPT`) as root, which creates
+Then it runs the start script (`visa_spawner.backends.guest.cloudinit.START_SCRIPT`) as root, which creates
 the owner's account and runs Jupyter as the owner, and reports stages as JSON lines on the port and on
 the serial console (prefixed `VISA-STAGE `): agent-started, waiting-config, configured, then the start
 script's started / account / data / jupyter-up / failed, seen from outside the script. The config

@@ -12,7 +12,7 @@ socket visa-zygote.socket made before any service started, so the start script n
 request made during the imports waits in its queue. It writes its state to zygote.json beside the
 socket (`{"state": "importing", "pid"}`, then `{"state": "ready", "seconds", "modules", "failed"}`):
 the boot agent waits for "ready" before a warm-start snapshot and reports it on a cold boot. Then it
-serves ONE request on the socket, from the start script (visa_spawner.backends.cloudinit.START_SCRIPT):
+serves ONE request on the socket, from the start script (visa_spawner.backends.guest.cloudinit.START_SCRIPT):
 a JSON line `{"argv", "env", "cwd", "uid", "gid"}` with stdin/stdout/stderr passed as file descriptors. It
 forks; the child drops to the owner (groups, gid, uid: the same as the start script's own Popen
 would do), reseeds what the snapshot shares with every clone, and runs the command's Python script

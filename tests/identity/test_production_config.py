@@ -132,8 +132,8 @@ def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     from jupyterhub.proxy import ConfigurableHTTPProxy
     from jupyterhub.spawner import Spawner
 
-    from visa_spawner.backends.qemu import QemuBackend
-    from visa_spawner.backends.sandbox import SandboxBackend
+    from visa_spawner.backends.qemu.backend import QemuBackend
+    from visa_spawner.backends.sandbox.backend import SandboxBackend
     from visa_spawner.spawner import VisaSpawner
 
     hub_common = _hub_common()

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images" / "agent"))
 import visa_agent  # noqa: E402
 
-from visa_spawner.backends import cloudinit  # noqa: E402
+from visa_spawner.backends.guest import cloudinit  # noqa: E402
 
 AGENT = Path(visa_agent.__file__)
 TOKEN = "s3cr3t-token-value"

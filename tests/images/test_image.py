@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "images"))
 from imagebuild.recipe import load_recipe  # noqa: E402
 
 import probe  # noqa: E402  (images/probe.py)
-from visa_spawner.backends import cloudinit  # noqa: E402
+from visa_spawner.backends.guest import cloudinit  # noqa: E402
 
 IMAGE = Path(os.environ.get("VISA_IMAGE_DIR", "/var/cache/visahub/images/debian-bookworm")) / "current"
 RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"

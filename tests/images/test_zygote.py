@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from visa_spawner.backends import cloudinit
+from visa_spawner.backends.guest import cloudinit
 
 ZYGOTE = Path(__file__).resolve().parents[2] / "images" / "agent" / "visa_zygote.py"
 INSTANCE_PYTHON = Path(os.environ.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")) / "bin" / "python"

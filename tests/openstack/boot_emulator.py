@@ -31,8 +31,9 @@ from pathlib import Path
 
 
 from lab import PAGE
-from visa_spawner.backends.openstack_cloud import list_servers
-from visa_spawner.backends import cloudinit, phonehome
+from visa_spawner.backends.openstack.cloud import list_servers
+from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.guest import phonehome
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import openstack
 import requests
 
-from visa_spawner.backends.openstack_cloud import list_servers
-from visa_spawner.backends.openstack_model import LIST_PAGE
+from visa_spawner.backends.openstack.cloud import list_servers
+from visa_spawner.backends.openstack.model import LIST_PAGE
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "openstack"

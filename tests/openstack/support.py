@@ -8,7 +8,7 @@ from traitlets.config import Config
 
 import lab
 from visa_spawner.backends.base import InstanceSpec, Plan
-from visa_spawner.backends.openstack import OpenStackBackend
+from visa_spawner.backends.openstack.backend import OpenStackBackend
 
 PLAN = Plan(id="openstack-small", display_name="Small VM", backend="openstack", cpus=1, memory_mb=512,
             image="visa-analysis")

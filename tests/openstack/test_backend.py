@@ -11,7 +11,7 @@ import lab
 from boot_emulator import BootEmulator, wait_until
 from support import Progress, make_backend, new_hub_id, spec
 from visa_spawner.backends.base import BackendError, InstanceStatus
-from visa_spawner.backends.openstack_model import hub_tag
+from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.asyncio(loop_scope="session")]
 
@@ -182,7 +182,7 @@ async def test_floating_ip_is_allocated_and_released(standin_cloud, lab_admin):
 
 def test_listings_come_in_pages_and_each_server_once(openstack_lab, lab_admin):
     """list_servers against real Nova: 7 servers read 3 at a time are 7 distinct servers."""
-    from visa_spawner.backends.openstack_cloud import list_servers
+    from visa_spawner.backends.openstack.cloud import list_servers
 
     tag = f"visa-pages-{new_hub_id()}"
     flavor, image = lab_admin.compute.find_flavor("visa.small"), lab_admin.image.find_image(lab.IMAGE)

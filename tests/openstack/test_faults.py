@@ -20,7 +20,7 @@ from hubrun import make_hub, progress_events, spawn
 from support import Progress, make_backend, new_hub_id, spec
 from tests.hubtools import Browserless
 from visa_spawner.backends.base import BackendError
-from visa_spawner.backends.openstack_model import hub_tag
+from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.asyncio(loop_scope="session")]
 READABLE = {"quota", "capacity", "server-error", "cloud-unavailable", "boot-timeout", "build-timeout", "vanished"}

@@ -9,7 +9,7 @@ from boot_emulator import BootEmulator, wait_until
 from hubrun import LatencyProbe, make_hub, progress_events, spawn
 from support import new_hub_id
 from tests.hubtools import Browserless
-from visa_spawner.backends.openstack_model import hub_tag
+from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.hub]
 
@@ -74,7 +74,7 @@ def test_hub_killed_during_50_spawns_leaves_no_orphan(openstack_lab, lab_admin):
         hub.start()
         wait_until(lambda: not any(m.get("pending") for m in _servers(hub, "admin").values()), 120,
                    "no spawn pending after the restart")
-        from visa_spawner.backends.openstack_model import server_name
+        from visa_spawner.backends.openstack.model import server_name
 
         def consistent():
             ready = {n for n, m in _servers(hub, "admin").items() if m.get("ready")}

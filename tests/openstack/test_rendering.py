@@ -12,9 +12,9 @@ from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
 from support import PLAN, make_backend, spec
-from visa_spawner.backends import cloudinit
-from visa_spawner.backends.openstack_errors import fault_error, is_transient, to_backend_error
-from visa_spawner.backends.openstack_model import (
+from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
+from visa_spawner.backends.openstack.model import (
     hub_tag, missing_rules, select_security_groups, server_address, server_metadata, server_name,
 )
 

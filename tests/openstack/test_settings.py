@@ -11,9 +11,9 @@ import pytest
 from traitlets.config import Config
 
 from visa_authenticator.production import SettingsError
-from visa_spawner.backends.openstack import OpenStackBackend
-from visa_spawner.backends.openstack_settings import openstack_config, openstack_enabled
-from visa_spawner.backends.reconciler import Reconciler
+from visa_spawner.backends.openstack.backend import OpenStackBackend
+from visa_spawner.backends.openstack.settings import openstack_config, openstack_enabled
+from visa_spawner.backends.openstack.reconciler import Reconciler
 from visa_spawner.spawner import DEFAULT_PLANS, VisaSpawner
 
 pytestmark = [pytest.mark.openstack, pytest.mark.fast]

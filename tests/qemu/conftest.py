@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.hubtools import Browserless, Hub, demo_state, login_factory
-from visa_spawner.backends.qemu_image import DEFAULT_IMAGE_DIR, availability
+from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
 
 QEMU_CONFIG = Path(__file__).resolve().parent / "hub_qemu_config.py"
 IMAGE_DIR = os.environ.get("VISA_QEMU_IMAGE_DIR", DEFAULT_IMAGE_DIR)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_test_config.py"))  # noqa: F821
 
-from visa_spawner.backends.qemu_image import DEFAULT_IMAGE_DIR, availability  # noqa: E402
+from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability  # noqa: E402
 from visa_spawner.spawner import DEFAULT_PLANS  # noqa: E402
 
 c = get_config()  # noqa: F821

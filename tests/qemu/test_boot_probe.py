@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visa_spawner.backends.qemu_boot import BootWatcher
+from visa_spawner.backends.qemu.boot import BootWatcher
 
 
 def test_jupyter_up_from_the_agent_makes_the_probe_ask_at_once(tmp_path: Path):

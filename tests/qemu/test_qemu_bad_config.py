@@ -13,7 +13,7 @@ import pytest
 from tests.hubtools import free_port, make_state_dir, wait_for
 from tests.qemu.conftest import create_vm, qemu_pids
 from visa_spawner.backends.base import BackendError, InstanceSpec, Plan
-from visa_spawner.backends.qemu import QemuBackend, vm_name
+from visa_spawner.backends.qemu.backend import QemuBackend, vm_name
 
 pytestmark = [pytest.mark.qemu]
 

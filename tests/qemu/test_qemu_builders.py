@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from visa_spawner.backends.qemu import _hostname, vm_name
-from visa_spawner.backends.qemu_accel import capacity_problem, detect_acceleration, host_memory, pid_runs
-from visa_spawner.backends.qemu_command import (
+from visa_spawner.backends.qemu.backend import _hostname, vm_name
+from visa_spawner.backends.qemu.accel import capacity_problem, detect_acceleration, host_memory, pid_runs
+from visa_spawner.backends.qemu.command import (
     VmLayout, console_stage, guest_env, hub_port_of, mount_templates, netdev_arg, qemu_argv, vm_size,
 )
-from visa_spawner.backends.qemu_image import availability, load_image, ImageError
-from visa_spawner.backends.qemu_warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
+from visa_spawner.backends.qemu.image import availability, load_image, ImageError
+from visa_spawner.backends.qemu.warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
 
 pytestmark = [pytest.mark.fast, pytest.mark.qemu]
 

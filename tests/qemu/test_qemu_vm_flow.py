@@ -12,7 +12,7 @@ import pytest
 from tests.browser import CANVAS_COLOURS, chromium
 from tests.hubtools import run_code, wait_for
 from tests.qemu.conftest import PROPOSAL, create_vm, qemu_pids
-from visa_spawner.backends.qemu import vm_name
+from visa_spawner.backends.qemu.backend import vm_name
 
 pytestmark = [pytest.mark.qemu, pytest.mark.hub, pytest.mark.browser]
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.hubtools import run_code
 from tests.qemu.conftest import create_vm, qemu_pids
-from visa_spawner.backends.qemu import QemuBackend
+from visa_spawner.backends.qemu.backend import QemuBackend
 
 
 pytestmark = [pytest.mark.qemu, pytest.mark.hub]

@@ -1,8 +1,8 @@
 """Pure builders of the sandbox backend: account names, bwrap argv, cgroup files, plans."""
 import pytest
 
-from visa_spawner.backends.cgroups import Limits, limit_files
-from visa_spawner.backends.sandbox_command import (
+from visa_spawner.backends.sandbox.cgroups import Limits, limit_files
+from visa_spawner.backends.sandbox.command import (
     SandboxLayout,
     account_name,
     bwrap_argv,

@@ -189,7 +189,7 @@ WantedBy=multi-user.target
 # caller, never by a user) overrides where Jupyter listens: a VM listens on all interfaces; the
 # test boot emulator gives each instance its own loopback address.
 START_SCRIPT = r'''#!/usr/bin/python3
-"""VISA instance start (rendered by visa_spawner.backends.cloudinit; identical on every instance)."""
+"""VISA instance start (rendered by visa_spawner.backends.guest.cloudinit; identical on every instance)."""
 import json, os, pwd, re, select, shlex, socket, subprocess, sys, time, urllib.error, urllib.parse, urllib.request
 
 CONFIG = os.environ.get("VISA_INSTANCE_CONFIG", "/etc/visa/instance.json")

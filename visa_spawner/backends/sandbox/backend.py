@@ -18,9 +18,9 @@ from pathlib import Path
 
 from traitlets import Float, Integer, Unicode
 
-from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
-from .cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
-from .sandbox_command import (
+from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
+from visa_spawner.backends.sandbox.command import (
     SandboxLayout,
     account_name,
     bwrap_argv,

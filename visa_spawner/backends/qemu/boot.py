@@ -15,10 +15,10 @@ from pathlib import Path
 
 from qemu.qmp import QMPError
 
-from .base import BackendError, ProgressCallback
-from .phonehome import Inbox
-from .qemu_command import console_stage
-from .qemu_vm import AgentChannel, console_lines, http_answers, qmp, tail
+from visa_spawner.backends.base import BackendError, ProgressCallback
+from visa_spawner.backends.guest.phonehome import Inbox
+from visa_spawner.backends.qemu.command import console_stage
+from visa_spawner.backends.qemu.vm import AgentChannel, console_lines, http_answers, qmp, tail
 
 #: stage → (percent, message) shown in the progress bar
 STAGE_PROGRESS = {

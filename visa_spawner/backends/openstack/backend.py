@@ -21,16 +21,16 @@ from typing import Any, ClassVar
 from openstack import exceptions as sdk_exc
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
-from . import cloudinit
-from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
-from .openstack_cloud import CloudCalls, CloudSettings, list_servers, poll_until
-from .openstack_errors import fault_error, is_transient, to_backend_error
-from .openstack_model import (
+from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.openstack.cloud import CloudCalls, CloudSettings, list_servers, poll_until
+from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
+from visa_spawner.backends.openstack.model import (
     LIST_PAGE, STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
 )
-from .openstack_security import SecurityGroups
-from .openstack_watch import ServerWatch
-from .phonehome import BOARD, Inbox, Report, resume_fingerprint
+from visa_spawner.backends.openstack.security import SecurityGroups
+from visa_spawner.backends.openstack.watch import ServerWatch
+from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 
 GONE_STATES = {"DELETED", "SOFT_DELETED", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF", "ERROR"}
 ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}

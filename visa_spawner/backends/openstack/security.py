@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Any, Iterable, Mapping, Sequence
 
-from .openstack_cloud import CloudCalls
-from .openstack_model import missing_rules, select_security_groups
+from visa_spawner.backends.openstack.cloud import CloudCalls
+from visa_spawner.backends.openstack.model import missing_rules, select_security_groups
 
 
 class SecurityGroups:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 
-from .cloudinit import STAGES
+from visa_spawner.backends.guest.cloudinit import STAGES
 
 
 def fingerprint(token: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import openstack
 
-from .openstack_errors import cloud_message, is_transient, to_backend_error
+from visa_spawner.backends.openstack.errors import cloud_message, is_transient, to_backend_error
 
 T = TypeVar("T")
 

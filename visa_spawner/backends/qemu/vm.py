@@ -16,7 +16,7 @@ from typing import AsyncIterator, Sequence
 
 from qemu.qmp import QMPClient
 
-from .qemu_accel import pid_runs
+from visa_spawner.backends.qemu.accel import pid_runs
 
 #: QMPClient logs every exchange at DEBUG; keep it to warnings (commands carry paths, not secrets)
 logging.getLogger("qemu.qmp").setLevel(logging.WARNING)

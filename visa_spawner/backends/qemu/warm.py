@@ -9,7 +9,7 @@ new `vmgenid` (the guest kernel reseeds its random generator) and, over the agen
 identity (machine-id, seed, hostname) and config. The frozen disk stays as long as overlays
 built on it exist; an image rebuild gives new snapshots under new keys.
 
-    python -m visa_spawner.backends.qemu_warm --state-dir DIR [--image-dir DIR] [--cpus 2] [--memory 2048]
+    python -m visa_spawner.backends.qemu.warm --state-dir DIR [--image-dir DIR] [--cpus 2] [--memory 2048]
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .qemu_accel import pid_runs
-from .qemu_command import VmLayout, overlay_argv, qemu_argv
-from .qemu_vm import AgentChannel, launch, qmp, tail, terminate, wait_qmp
+from visa_spawner.backends.qemu.accel import pid_runs
+from visa_spawner.backends.qemu.command import VmLayout, overlay_argv, qemu_argv
+from visa_spawner.backends.qemu.vm import AgentChannel, launch, qmp, tail, terminate, wait_qmp
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .qemu import QemuBackend
+    from visa_spawner.backends.qemu.backend import QemuBackend
 
     p = argparse.ArgumentParser(description="Build the warm-start memory snapshot for one VM size.")
     p.add_argument("--state-dir", required=True, help="QemuBackend.state_dir of the hub")

@@ -28,7 +28,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Float, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from .openstack import OpenStackBackend
+from visa_spawner.backends.openstack.backend import OpenStackBackend
 
 SERVERS = Gauge("visa_openstack_servers", "Servers of this hub in the cloud at the last reconcile", ["kind"])
 DELETED = Counter("visa_openstack_orphans_deleted", "Servers deleted because no hub record owned them")

@@ -23,18 +23,19 @@ from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
 
-from . import cloudinit, qemu_relay
-from .base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
-from .phonehome import BOARD
-from .qemu_accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
-from .qemu_boot import BootWatcher
-from .qemu_command import (
+from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.qemu import relay as qemu_relay
+from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.guest.phonehome import BOARD
+from visa_spawner.backends.qemu.accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
+from visa_spawner.backends.qemu.boot import BootWatcher
+from visa_spawner.backends.qemu.command import (
     GUEST_JUPYTER_PORT, VmLayout, guest_env, hub_port_of, vm_size, mount_templates, overlay_argv, qemu_argv,
     relay_command,
 )
-from .qemu_image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
-from .qemu_vm import launch, tail, terminate, wait_qmp
-from .qemu_warm import Snapshot, SnapshotPool, build_snapshot, prune_snapshots
+from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
+from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
+from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, build_snapshot, prune_snapshots
 
 
 def vm_name(owner: str, server_name: str) -> str:
@@ -93,7 +94,7 @@ class QemuBackend(Backend):
         True, config=True,
         help="With warm_start: when no snapshot matches a new instance's size, build one in the background "
         "(one at a time, only if the host has room for one more VM) and prune those of older image "
-        "builds that no instance uses. Off: only `python -m visa_spawner.backends.qemu_warm` builds them.",
+        "builds that no instance uses. Off: only `python -m visa_spawner.backends.qemu.warm` builds them.",
     )
     hub_relay = List(Unicode(), config=True,
                      help="Command run per guest connection to the hub ({port}: the hub API port).")

@@ -12,7 +12,7 @@ import re
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
-from .base import BackendError
+from visa_spawner.backends.base import BackendError
 
 #: HTTP statuses worth another try: the service (or a proxy in front of it) was briefly unwell
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})

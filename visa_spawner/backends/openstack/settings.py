@@ -16,7 +16,7 @@ from traitlets.config import Config
 
 from visa_authenticator.production import EnvReader, SettingsError
 
-from ..plans import parse_plans
+from visa_spawner.plans import parse_plans
 
 #: a plan of the plans file without `backend` is an OpenStack plan; `flavor` names the Nova flavour
 PLAN_EXAMPLE = '[{"id": "vm-medium", "display_name": "Medium VM", "cpus": 4, "memory_mb": 16384, ' \

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .openstack_cloud import CloudCalls, list_servers
-from .openstack_model import LIST_PAGE
+from visa_spawner.backends.openstack.cloud import CloudCalls, list_servers
+from visa_spawner.backends.openstack.model import LIST_PAGE
 
 
 class ServerWatch:
