@@ -3,15 +3,14 @@
 Everything the hub writes goes under $VISA_STATE_DIR (default /var/lib/visahub/demo): the
 database, secrets, sandbox homes and the demo data. Ports come from the environment so tests
 can run several hubs side by side. Hub and instance settings are shared with the production
-profile (hub_config/hub_common.py); only identity, catalogue and database differ.
+profile (visa_profiles.common); only identity, catalogue and database differ.
 """
 import os
-import sys
 from pathlib import Path
 
+from visa_profiles.common import apply_hub_and_instances, prepare_state_dir, secret_file
+
 here = Path(__file__).resolve().parent
-sys.path.insert(0, str(here.parent))
-from hub_common import apply_hub_and_instances, prepare_state_dir, secret_file  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 

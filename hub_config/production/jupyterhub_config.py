@@ -12,13 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-here = Path(__file__).resolve().parent
-sys.path.insert(0, str(here.parent))
-from hub_common import apply_hub_and_instances, prepare_state_dir  # noqa: E402
+from visa_profiles.common import apply_hub_and_instances, prepare_state_dir
+from visa_profiles.env import SettingsError
+from visa_profiles.openstack import openstack_config, openstack_enabled
+from visa_profiles.production import production_config
+from visa_spawner.backends.openstack import reconciler
 
-from visa_authenticator.production import SettingsError, production_config  # noqa: E402
-from visa_spawner.backends.openstack import reconciler  # noqa: E402
-from visa_spawner.backends.openstack.settings import openstack_config, openstack_enabled  # noqa: E402
+here = Path(__file__).resolve().parent
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 

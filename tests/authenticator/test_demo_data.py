@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from visa_authenticator.demo_data import main
+from visa_demo.data import main
 
 from .conftest import DEMO_CATALOGUE
 

@@ -1,7 +1,6 @@
 """The production profile's environment mapping, applied to a bare Config (no hub started)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,10 @@ from traitlets.config import Config
 
 from visa_authenticator.cache import CachedCatalogue
 from visa_authenticator.oidc import VisaOAuthenticator
-from visa_authenticator.production import REQUIRED, SettingsError, production_config, with_pg_driver
 from visa_authenticator.sql_catalogue import SqlCatalogue
+from visa_profiles import common as hub_common
+from visa_profiles.env import SettingsError
+from visa_profiles.production import REQUIRED, production_config, with_pg_driver
 
 pytestmark = pytest.mark.fast
 
@@ -98,16 +99,8 @@ def test_postgres_driver_named(url: str, driver: str, expected: str) -> None:
     assert with_pg_driver(url, driver) == expected
 
 
-def _hub_common():
-    spec = importlib.util.spec_from_file_location("hub_common", REPO / "hub_config" / "hub_common.py")
-    hub_common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hub_common)
-    return hub_common
-
-
 def test_vm_plan_only_with_a_built_image(tmp_path: Path) -> None:
     """No image: sandbox plans only, and the home page says why and what an admin runs."""
-    hub_common = _hub_common()
     c = Config()
     hub_common.apply_vm_plan(c, tmp_path, {"VISA_IMAGE_DIR": str(tmp_path / "images")})
     assert [p["backend"] for p in c.VisaSpawner.plans] == ["sandbox", "sandbox"]
@@ -136,7 +129,6 @@ def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     from visa_spawner.backends.sandbox.backend import SandboxBackend
     from visa_spawner.spawner import VisaSpawner
 
-    hub_common = _hub_common()
     c = Config()
     hub_common.apply_hub_and_instances(c, tmp_path, REPO, {"VISA_HUB_PORT": "9000", "VISA_DATA_ROOT": "/data"})
     _traits_exist(c, {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from visa_authenticator.production import SettingsError
+from visa_profiles.env import SettingsError
+from visa_profiles.openstack import openstack_config, openstack_enabled
 from visa_spawner.backends.openstack.backend import OpenStackBackend
-from visa_spawner.backends.openstack.settings import openstack_config, openstack_enabled
 from visa_spawner.backends.openstack.reconciler import Reconciler
 from visa_spawner.spawner import DEFAULT_PLANS, VisaSpawner
 

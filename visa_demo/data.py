@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import h5py
 
-from .catalogue import Experiment, Proposal
-from .catalogue_data import CatalogueData
-from .demo_nexus import Run, runs_of, write_run
-from .file_catalogue import FileCatalogue
+from visa_authenticator.catalogue import Experiment, Proposal
+from visa_authenticator.catalogue_data import CatalogueData
+from visa_authenticator.file_catalogue import FileCatalogue
+
+from .nexus import Run, runs_of, write_run
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 DESCRIPTIONS = {

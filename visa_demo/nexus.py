@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import h5py
 import numpy as np
 
-from .catalogue import Experiment, Proposal
+from visa_authenticator.catalogue import Experiment, Proposal
 
 GENERATOR_VERSION = "1"
 # Which kind of measurement an instrument makes; anything else gets a powder pattern.

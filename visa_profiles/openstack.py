@@ -1,6 +1,6 @@
 """The production profile's OpenStack settings, from environment variables (pure).
 
-Same contract as the identity settings (`visa_authenticator.production`): every problem is
+Same contract as the identity settings (`visa_profiles.production`): every problem is
 listed at once and the hub refuses to start half-configured. Nothing here talks to the cloud:
 the backend finds a wrong cloud name or credentials at the first spawn and says so there.
 Documented in docs/openstack.md (one row per variable).
@@ -14,9 +14,9 @@ from typing import Any
 
 from traitlets.config import Config
 
-from visa_authenticator.production import EnvReader, SettingsError
-
 from visa_spawner.plans import parse_plans
+
+from .env import EnvReader, SettingsError
 
 #: a plan of the plans file without `backend` is an OpenStack plan; `flavor` names the Nova flavour
 PLAN_EXAMPLE = '[{"id": "vm-medium", "display_name": "Medium VM", "cpus": 4, "memory_mb": 16384, ' \

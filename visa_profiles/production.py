@@ -16,6 +16,8 @@ from typing import Any
 
 from traitlets.config import Config
 
+from .env import EnvReader, SettingsError
+
 REQUIRED = (
     "VISA_HUB_DB_URL",
     "JUPYTERHUB_CRYPT_KEY",
@@ -23,10 +25,6 @@ REQUIRED = (
     "VISA_OIDC_CLIENT_ID",
     "VISA_CATALOGUE_DB_URL",
 )
-
-
-class SettingsError(ValueError):
-    """One or more environment variables are missing or invalid (all listed)."""
 
 
 def _read(path: str) -> str:
@@ -45,38 +43,6 @@ def with_pg_driver(url: str, driver: str) -> str:
     lets operators write the usual URL whichever driver is installed.
     """
     return f"postgresql+{driver}://{url[len('postgresql://'):]}" if url.startswith("postgresql://") else url
-
-
-class EnvReader:
-    """Reads variables, collecting problems instead of stopping at the first."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env, self.problems = env, []  # type: ignore[var-annotated]
-
-    def get(self, name: str, default: str = "") -> str:
-        return (self.env.get(name) or default).strip()
-
-    def number(self, name: str, default: float, minimum: float = 0) -> float:
-        raw = self.get(name)
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            self.problems.append(f"{name}={raw!r} must be a number >= {minimum:g}")
-            return default
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.get(name).lower()
-        if not raw:
-            return default
-        if raw not in ("1", "0", "true", "false", "yes", "no"):
-            self.problems.append(f"{name}={raw!r} must be 1/0, true/false or yes/no")
-            return default
-        return raw in ("1", "true", "yes")
 
 
 def production_config(
