@@ -146,6 +146,17 @@ def action_allowed(level: str, action: str, resource: str) -> bool:
     return level == VIEW and resource == DESKTOP_RESOURCE and action == "read"
 
 
+def signed_in(model: Mapping[str, Any] | None) -> bool:
+    """Is this identity a person signed in at the hub right now, through OAuth?
+
+    The hub's whoami gives the ``session_id`` of the login session an OAuth token was issued
+    in, and None for API tokens: the server's own ``JUPYTERHUB_API_TOKEN`` (which every process
+    in the instance can read) and tokens made on the hub's token page. Only such a person
+    counts as *present*; code running in the instance holds no session.
+    """
+    return bool(model) and model.get("kind", "user") == "user" and bool(model.get("session_id"))
+
+
 def hub_model(user: Any) -> Mapping[str, Any] | None:
     """The hub's identity model behind a jupyter-server User (None outside JupyterHub)."""
     return getattr(user, "hub_user", None)
@@ -201,9 +212,15 @@ def install_gate(identity_provider: Any, room: Any, base_url: str) -> bool:
         if model is not None:
             path = handler.request.path
             rel = path[len(base_url):] if path.startswith(base_url) else path.lstrip("/")
-            await room.know(model)  # a member we have no role for yet: ask the hub first
-            level = room.level_for_model(model)
-            if route_allowed(level, rel):
+            if await room.accepts(model):
+                await room.know(model)  # a member we have no role for yet: ask the hub first
+                level = room.level_for_model(model)
+                allowed = route_allowed(level, rel)
+            else:
+                # the server's own token, which code in the instance reads from its environment:
+                # it stands for nobody, whoever holds it (a member removed since, for one)
+                level, allowed = NONE, False
+            if allowed:
                 room.observe(handler, model, rel, level)
             else:
                 room.log.info("Refused %s (%s) %s %s", model.get("name"), level, handler.request.method, rel)

@@ -131,6 +131,27 @@ def _add_handlers_first(web_app: Any, handlers: list) -> None:
     rules.insert(0, rules.pop(len(rules) - 2))
 
 
+def _keep_memory_private() -> bool:
+    """Make this server process non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``, Linux).
+
+    Kernels, terminals and everything a member starts run as the same Unix account as this
+    server. Without this, any of them could read the server's memory (``/proc/<pid>/mem``,
+    ``ptrace``), where the OAuth tokens of the people using the instance and the cookie secret
+    live: a member could then act as the owner after being removed. Processes exec'd from here
+    are dumpable again (the kernel resets the flag at execve), so debugging a kernel works.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    PR_SET_DUMPABLE = 4
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the routes and the room (jupyter-server calls this once at start-up)."""
     config = VisaDesktop(parent=serverapp)
@@ -147,6 +168,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app.settings["visa_room"] = room
     web_app.settings["visa_collab_prefix"] = config.collab_prefix if room.link else ""
     gated = install_gate(identity_provider, room, base_url)
+    if gated and not _keep_memory_private():
+        serverapp.log.warning("Could not make the server non-dumpable: code in the instance can read its memory")
 
     socket_class, socket_kwargs = desktop_socket_handler()
     _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .authorizer import FULL, NONE, VIEW, level_of, role_of, share_roles_from
+from .authorizer import FULL, NONE, VIEW, level_of, role_of, share_roles_from, signed_in
 from .rfb_filter import ClientStream
 
 log = logging.getLogger("visa_instance.room")
@@ -99,7 +99,12 @@ class HubShares:
 
     def __init__(self, api_url: str, owner: str, server: str, token: str) -> None:
         self.url = f"{api_url.rstrip('/')}/shares/{quote(owner, safe='')}/{quote(server, safe='')}"
+        self.whoami_url = f"{api_url.rstrip('/')}/user"
         self._token = token
+
+    async def own_token_id(self) -> str:
+        """The hub's id of the server's own token (JupyterHub >= 5 reports it in whoami)."""
+        return str((await _fetch_json(self.whoami_url, self._token)).get("token_id") or "")
 
     async def fetch(self) -> list[dict]:
         out: list[dict] = []
@@ -148,6 +153,7 @@ class Room:
         self.pending_requests = 0
         self.share_roles: dict[str, str] = {}
         self._shares_at: float | None = None
+        self._own_token_id: str | None = None
         self._shares_lock = asyncio.Lock()
         self.connections: list[Connection] = []
         self.last_request: dict[str, tuple[float, Mapping[str, Any]]] = {}  # name -> (when, model)
@@ -187,6 +193,23 @@ class Room:
                 self.log.info("Member roles now %s (%s)", roles or "{}", why)
                 self.share_roles = roles
 
+    async def accepts(self, model: Mapping[str, Any]) -> bool:
+        """False for the server's own token: it proves only that the caller runs in (or read
+        the environment of) this instance. Until the hub has told us that token's id, no API
+        token of the owner is accepted (OAuth tokens of a login session always are)."""
+        if model.get("kind", "user") != "user" or model.get("session_id"):
+            return True
+        if self._own_token_id is None and self.shares is not None:
+            try:
+                self._own_token_id = await self.shares.own_token_id()
+            except Exception as e:
+                self._warn("whoami", f"asking the hub for this server's token id failed ({_why(e)})")
+                return model.get("name") != self.owner
+        own = self._own_token_id
+        if own is None:  # outside JupyterHub's REST API (tests, no hub): nothing to compare with
+            return True
+        return bool(own) and model.get("token_id") != own
+
     async def know(self, model: Mapping[str, Any]) -> None:
         """Someone the hub let in but whose role we do not know: read the shares again
         (at most every 2 s), so a member granted a moment ago gets in at once."""
@@ -201,7 +224,9 @@ class Room:
 
     # -- who is here ----------------------------------------------------------------------------
     def _owner_connected(self) -> bool:
-        if any(c.name == self.owner and c.is_open() for c in self.connections):
+        """Only the owner in person counts: an OAuth token of a hub login session
+        (:func:`signed_in`), never an API token such as the server's own."""
+        if any(c.name == self.owner and signed_in(c.model) and c.is_open() for c in self.connections):
             return True
         seen = self.last_request.get(self.owner)
         return bool(seen and self.clock() - seen[0] < self.presence_timeout)
@@ -223,7 +248,8 @@ class Room:
             return
         name = str(model.get("name", "?"))
         if not rel_path.startswith(("visa/", "desktop/")):
-            self.last_request[name] = (self.clock(), model)
+            if signed_in(model):  # presence is people in their browsers, not scripts' tokens
+                self.last_request[name] = (self.clock(), model)
             if handler.request.headers.get("Upgrade", "").lower() == "websocket" and level == FULL:
                 self.connections.append(Connection(model, self.role(model), "lab", weakref.ref(handler)))
         self.tick()
@@ -269,7 +295,7 @@ class Room:
         """Recompute presence and levels; close or downgrade what changed. Cheap, idempotent."""
         self.connections = [c for c in self.connections if c.is_open() or (c.channel == "desktop" and not c.closed)]
         now = self.clock()
-        lab = {c.name for c in self.connections if c.channel == "lab" and c.is_open()}
+        lab = {c.name for c in self.connections if c.channel == "lab" and signed_in(c.model) and c.is_open()}
         lab |= {n for n, (t, _m) in self.last_request.items() if now - t < self.presence_timeout}
         for name in sorted(lab - self.lab_present):
             self._event("connect", name, self._role_of_name(name), channel="lab")

@@ -49,13 +49,23 @@ class FakeShares:
         self.items = shares
         self.fetches = 0
 
+    async def own_token_id(self) -> str:
+        return "a7"  # the server's own token, as the hub's whoami reports it
+
     async def fetch(self) -> list[dict]:
         self.fetches += 1
         return self.items
 
 
 def person(name: str, *scopes: str, groups=()) -> dict:
-    return {"kind": "user", "name": name, "scopes": [f"access:servers{F}", *scopes], "groups": list(groups)}
+    """Someone signed in at the hub, in their browser (an OAuth token of a login session)."""
+    return {"kind": "user", "name": name, "scopes": [f"access:servers{F}", *scopes], "groups": list(groups),
+            "token_id": f"o{len(name)}", "session_id": f"session-of-{name}"}
+
+
+def api_token(name: str, token_id: str) -> dict:
+    """The hub's whoami for an API token (no login session): the server's own, or a script's."""
+    return {**person(name), "token_id": token_id, "session_id": None}
 
 
 ALICE, BOB, DAVE, ERIN = person("alice"), person("bob"), person("dave"), person("erin")
@@ -191,3 +201,35 @@ async def test_start_and_stop_background_work(room: Room) -> None:
     assert room._tasks
     await room.stop()
     assert not room._tasks
+
+
+SERVER_TOKEN = api_token("alice", "a7")
+
+
+async def test_the_servers_own_token_is_nobody(room: Room) -> None:
+    """Code in the instance reads JUPYTERHUB_API_TOKEN; the hub says it is alice's, but it is
+    no person: refused everywhere, whoever holds it."""
+    assert not await room.accepts(SERVER_TOKEN)
+    assert await room.accepts(ALICE) and await room.accepts(BOB)
+    assert await room.accepts(api_token("alice", "a8"))  # her own API token from the hub's token page
+
+
+async def test_only_the_owner_in_person_makes_her_present(room: Room, clock: Clock) -> None:
+    room.observe(FakeHandler(websocket=False), api_token("alice", "a8"), "api/contents/", "full")
+    _h, script = open_desktop(room, api_token("alice", "a8"))
+    room.observe(FakeHandler(), api_token("alice", "a8"), "api/kernels/1/channels", "full")
+    room.tick()
+    assert not room.owner_present()
+    assert room.level_for_model(BOB) == "view"  # the room stays locked
+    room.observe(FakeHandler(websocket=False), ALICE, "api/contents/", "full")
+    assert room.owner_present() and room.level_for_model(BOB) == "full"
+
+
+async def test_without_the_hubs_answer_no_owner_api_token_is_accepted(clock: Clock) -> None:
+    class Down(FakeShares):
+        async def own_token_id(self) -> str:
+            raise OSError("hub down")
+
+    room = Room("alice", "run", shares=Down(SHARES), clock=clock)
+    assert not await room.accepts(SERVER_TOKEN)
+    assert await room.accepts(ALICE) and await room.accepts(api_token("bob", "b1"))
