@@ -12,7 +12,11 @@ import pytest
 from scripts import config_reference
 
 REPO = Path(__file__).resolve().parents[2]
-HUB_CLASSES = [c for c in config_reference.configurable_classes() if config_reference.is_hub_class(c)]
+
+
+def hub_classes() -> list[type]:
+    """Imported in the tests, not at collection: a broken module fails these tests, not the run."""
+    return [c for c in config_reference.configurable_classes() if config_reference.is_hub_class(c)]
 
 
 @pytest.mark.fast
@@ -39,7 +43,7 @@ def test_every_hub_class_is_in_jupyterhubs_classes() -> None:
     registered = {ep.load() for group in ("jupyterhub.authenticators", "jupyterhub.spawners")
                   for ep in entry_points(group=group) if ep.module.startswith("visa_")}
     listed = {parent for cls in JupyterHub().classes for parent in cls.__mro__}
-    missing = [c.__name__ for c in HUB_CLASSES if c not in listed]
+    missing = [c.__name__ for c in hub_classes() if c not in listed]
     assert not missing, f"add them to setup.cfg [options.entry_points], then pip install -e .: {missing}"
     assert {c for c in registered if not config_reference.is_hub_class(c)} == set()
 
@@ -59,6 +63,6 @@ def test_jupyterhub_help_all_lists_every_hub_class() -> None:
     jupyterhub = Path(sys.executable).parent / "jupyterhub"
     r = subprocess.run([str(jupyterhub), "--help-all"], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    for cls in HUB_CLASSES:
+    for cls in hub_classes():
         option = next(iter(sorted(cls.class_own_traits(config=True))))
         assert f"--{cls.__name__}.{option}=" in r.stdout, cls.__name__
