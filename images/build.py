@@ -7,7 +7,9 @@ See docs/images.md (what is inside, how to add a package, the Ubuntu/Mantid prod
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the guest protocol (visa_spawner/backends/guest/protocol.py)
 
 from imagebuild.builder import ImageBuilder  # noqa: E402
 

@@ -13,11 +13,13 @@ It finds the instance config, in this order:
    memory holds Jupyter already imported;
 3. neither: cloud-init (OpenStack) writes the files and starts visa-instance.service; the agent exits.
 
-Then it runs the start script (`visa_spawner.backends.guest.cloudinit.START_SCRIPT`) as root, which creates
+Then it runs the start script (`visa_spawner/backends/guest/start_script.py`) as root, which creates
 the owner's account and runs Jupyter as the owner, and reports stages as JSON lines on the port and on
 the serial console (prefixed `VISA-STAGE `): agent-started, waiting-config, configured, then the start
 script's started / account / data / jupyter-up / failed, seen from outside the script. The config
-holds the instance's API token: it is written 0600 and never logged.
+holds the instance's API token: it is written 0600 and never logged. The names it shares with the
+hub (port, fw_cfg, paths, stages, secret masking) come from visa_protocol.py beside it (the hub's
+visa_spawner/backends/guest/protocol.py, copied in by the image build).
 """
 from __future__ import annotations
 
@@ -36,21 +38,15 @@ import sys
 import threading
 import time
 
-PORT_NAME = "org.visahub.agent"
-FW_CFG = "opt/org.visahub"
-CONFIG_PATH = "/etc/visa/instance.json"
-SCRIPT_PATH = "/usr/local/sbin/visa-start"
-CONSOLE_PREFIX = "VISA-STAGE "
+import visa_protocol as protocol
+
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-SECRETISH = re.compile(r"(token|secret|password|key)(=|\":\s*\")[^\s\"]+", re.I)
 MAX_LINE = 1 << 20
-ZYGOTE_SOCKET = "/run/visa/zygote.sock"  # made by visa-zygote.socket; the start script asks there
-ZYGOTE_STATUS = "/run/visa/zygote.json"  # visa_zygote.py writes its state here
 
 
 def log(msg: str) -> None:
-    sys.stderr.write("visa-agent: %s\n" % SECRETISH.sub(r"\1\2[secret]", msg))
+    sys.stderr.write("visa-agent: %s\n" % protocol.mask_secrets(msg))
     sys.stderr.flush()
 
 
@@ -86,7 +82,7 @@ class Reporter:
                 try:
                     # own line: the console may hold another writer's partial output (systemd's
                     # terminal reset sequences), and readers match the prefix at a line's start
-                    os.write(fd, ("\n" + CONSOLE_PREFIX + line + "\n").encode())
+                    os.write(fd, ("\n" + protocol.CONSOLE_PREFIX + line + "\n").encode())
                 finally:
                     os.close(fd)
             except OSError as e:
@@ -127,10 +123,10 @@ class Agent:
             subprocess.run(["modprobe", "-q", "-a", *modules], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def fw_cfg(self) -> tuple[bytes, bytes] | None:
-        base = os.path.join(self.a.sysfs, "firmware/qemu_fw_cfg/by_name", FW_CFG)
+        base = os.path.join(self.a.sysfs, "firmware/qemu_fw_cfg/by_name")
         try:
-            with open(os.path.join(base, "instance.json/raw"), "rb") as c, \
-                    open(os.path.join(base, "visa-start/raw"), "rb") as s:
+            with open(os.path.join(base, protocol.FW_CFG_CONFIG, "raw"), "rb") as c, \
+                    open(os.path.join(base, protocol.FW_CFG_SCRIPT, "raw"), "rb") as s:
                 return c.read(), s.read()
         except FileNotFoundError:
             return None
@@ -142,7 +138,7 @@ class Agent:
             for name_file in glob.glob(os.path.join(self.a.sysfs, "class/virtio-ports/*/name")):
                 try:
                     with open(name_file) as f:
-                        if f.read().strip() == PORT_NAME:
+                        if f.read().strip() == protocol.AGENT_PORT_NAME:
                             dev = os.path.join(self.a.dev, os.path.basename(os.path.dirname(name_file)))
                             if os.path.exists(dev):
                                 return dev
@@ -226,13 +222,13 @@ class Agent:
             self.report_zygote()  # before the snapshot is taken
             found = self.wait_for_config(port)
         else:
-            log("no fw_cfg config and no %s port: leaving the start to cloud-init" % PORT_NAME)
+            log("no fw_cfg config and no %s port: leaving the start to cloud-init" % protocol.AGENT_PORT_NAME)
             self.report("no-config")
             self.report.flush()
             return 0
         config, script = found
-        write_file(self.path(CONFIG_PATH), config, 0o600)
-        write_file(self.path(SCRIPT_PATH), script, 0o755)
+        write_file(self.path(protocol.CONFIG_PATH), config, 0o600)
+        write_file(self.path(protocol.SCRIPT_PATH), script, 0o755)
         self.report("configured")
         code = self.start(json.loads(config))
         self.report.flush()
@@ -256,12 +252,12 @@ class Agent:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             try:
-                with open(self.path(ZYGOTE_STATUS)) as f:
+                with open(self.path(protocol.ZYGOTE_STATUS)) as f:
                     status = json.load(f)
             except (OSError, ValueError):
                 status = None
             if status is None:  # systemd makes the socket before any service: none, no zygote
-                if not os.path.exists(self.path(ZYGOTE_SOCKET)) or time.monotonic() - t0 > self.a.zygote_start:
+                if not os.path.exists(self.path(protocol.ZYGOTE_SOCKET)) or time.monotonic() - t0 > self.a.zygote_start:
                     return None
             elif status.get("state") == "ready":
                 return status
@@ -286,8 +282,8 @@ class Agent:
     def start(self, cfg: dict) -> int:
         self.wait_network(self.a.network_wait)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "VISA_INSTANCE_CONFIG": self.path(CONFIG_PATH)}
-        proc = subprocess.Popen([self.path(SCRIPT_PATH)], env=env, stdin=subprocess.DEVNULL,
+               "VISA_INSTANCE_CONFIG": self.path(protocol.CONFIG_PATH)}
+        proc = subprocess.Popen([self.path(protocol.SCRIPT_PATH)], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.report("started")
         last = []
@@ -342,7 +338,7 @@ class StageWatcher:
 
 def forward_stderr(stream, last: list) -> None:
     for line in stream:
-        line = SECRETISH.sub(r"\1\2[secret]", line.rstrip())
+        line = protocol.mask_secrets(line.rstrip())
         log(line)
         last[:] = [line.removeprefix("visa-start: ")[:300]]
 

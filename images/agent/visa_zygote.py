@@ -12,7 +12,7 @@ socket visa-zygote.socket made before any service started, so the start script n
 request made during the imports waits in its queue. It writes its state to zygote.json beside the
 socket (`{"state": "importing", "pid"}`, then `{"state": "ready", "seconds", "modules", "failed"}`):
 the boot agent waits for "ready" before a warm-start snapshot and reports it on a cold boot. Then it
-serves ONE request on the socket, from the start script (visa_spawner.backends.guest.cloudinit.START_SCRIPT):
+serves ONE request on the socket, from the start script (visa_spawner/backends/guest/start_script.py):
 a JSON line `{"argv", "env", "cwd", "uid", "gid"}` with stdin/stdout/stderr passed as file descriptors. It
 forks; the child drops to the owner (groups, gid, uid: the same as the start script's own Popen
 would do), reseeds what the snapshot shares with every clone, and runs the command's Python script
@@ -37,7 +37,8 @@ import socket
 import sys
 import time
 
-SOCKET = "/run/visa/zygote.sock"
+import visa_protocol as protocol  # beside this file (the hub's visa_spawner/backends/guest/protocol.py)
+
 # what jupyterhub-singleuser imports on every start (extensions are added from the env's config)
 PRELOAD = ("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyter_server.serverapp",
            "jupyter_client.manager", "ipykernel", "terminado")
@@ -192,7 +193,7 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
 
 def main() -> int:
     t0 = time.monotonic()
-    path = SOCKET if len(sys.argv) < 2 else sys.argv[1]
+    path = protocol.ZYGOTE_SOCKET if len(sys.argv) < 2 else sys.argv[1]
     status = os.path.splitext(path)[0] + ".json"
     # before the imports: a start script that asks meanwhile waits for them (run by hand, without
     # systemd's socket, the zygote binds it itself)

@@ -8,6 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
+from visa_spawner.backends.guest import protocol
+
 from .bootfiles import plain_initrd, pvh_kernel, write_initramfs_config
 from .chroot import BuildError, in_root, mounted, run
 from .recipe import Recipe
@@ -16,6 +18,8 @@ from .stages import UNPACKED_RECORD
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = {  # file in images/agent/ -> (path in the image, mode)
     "visa_agent.py": ("/usr/local/lib/visa/visa_agent.py", 0o755),
+    # a link to the hub's protocol module: the agent and the zygote import it from beside them
+    "visa_protocol.py": ("/usr/local/lib/visa/visa_protocol.py", 0o644),
     "visa_zygote.py": ("/usr/local/lib/visa/visa_zygote.py", 0o755),
     "visa-agent.service": ("/etc/systemd/system/visa-agent.service", 0o644),
     "visa-zygote.service": ("/etc/systemd/system/visa-zygote.service", 0o644),
@@ -173,8 +177,8 @@ def write_manifest(recipe: Recipe, root: Path, out: Path, hashes: dict[str, str]
         "disk": {"format": "qcow2", "virtual_size": info["virtual-size"],
                  "file_size": (out / "base.qcow2").stat().st_size, "compressed": bool(recipe.image.get("compress"))},
         "python_env": recipe.python["env"],
-        "agent": {"virtio_serial_port": "org.visahub.agent", "console_prefix": "VISA-STAGE ",
-                  "fw_cfg": ["opt/org.visahub/instance.json", "opt/org.visahub/visa-start"]},
+        "agent": {"virtio_serial_port": protocol.AGENT_PORT_NAME, "console_prefix": protocol.CONSOLE_PREFIX,
+                  "fw_cfg": [protocol.FW_CFG_CONFIG, protocol.FW_CFG_SCRIPT]},
         "boot_modules": list(recipe.kernel.get("boot_modules", [])),
         "no_autoload": list(recipe.kernel.get("no_autoload", [])),
         "packages": installed_packages(root),

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images" / "agent"))
 import visa_agent  # noqa: E402
 
-from visa_spawner.backends.guest import cloudinit  # noqa: E402
+from visa_spawner.backends.guest import cloudinit, protocol  # noqa: E402
 
 AGENT = Path(visa_agent.__file__)
 TOKEN = "s3cr3t-token-value"
@@ -65,8 +65,8 @@ class Guest:
         self.master: int | None = None
 
     def fw_cfg(self, cfg: dict, script: str) -> None:
-        base = self.sysfs / "firmware/qemu_fw_cfg/by_name" / visa_agent.FW_CFG
-        for name, data in (("instance.json", cloudinit.config_json(cfg)), ("visa-start", script)):
+        base = self.sysfs / "firmware/qemu_fw_cfg/by_name"
+        for name, data in ((protocol.FW_CFG_CONFIG, cloudinit.config_json(cfg)), (protocol.FW_CFG_SCRIPT, script)):
             (base / name).mkdir(parents=True)
             (base / name / "raw").write_text(data)
 
@@ -76,7 +76,7 @@ class Guest:
         tty.setraw(slave)
         self.slave = slave
         (self.sysfs / "class/virtio-ports/vport0p1").mkdir(parents=True)
-        (self.sysfs / "class/virtio-ports/vport0p1/name").write_text(visa_agent.PORT_NAME + "\n")
+        (self.sysfs / "class/virtio-ports/vport0p1/name").write_text(protocol.AGENT_PORT_NAME + "\n")
         (self.dev / "vport0p1").symlink_to(os.ttyname(slave))
 
     def start(self, port_wait: float = 5, *extra: str) -> subprocess.Popen:
@@ -106,8 +106,8 @@ class Guest:
 
     def console_stages(self) -> list[str]:
         lines = [ln for ln in self.console.read_text().splitlines() if ln]
-        assert all(ln.startswith(visa_agent.CONSOLE_PREFIX) for ln in lines), lines
-        return [json.loads(ln[len(visa_agent.CONSOLE_PREFIX):])["stage"] for ln in lines]
+        assert all(ln.startswith(protocol.CONSOLE_PREFIX) for ln in lines), lines
+        return [json.loads(ln[len(protocol.CONSOLE_PREFIX):])["stage"] for ln in lines]
 
     def wait(self) -> tuple[int, str]:
         _, err = self.proc_.communicate(timeout=60)
@@ -180,7 +180,7 @@ def test_cold_boot_goes_on_during_the_zygotes_imports_and_reports_them_when_done
     stages = guest.console_stages()
     assert stages == ["agent-started", "fw-cfg", "configured", "started", "account", "data", "jupyter-up",
                       "zygote", "exited"]
-    lines = [json.loads(ln[len(visa_agent.CONSOLE_PREFIX):]) for ln in guest.console.read_text().splitlines() if ln]
+    lines = [json.loads(ln[len(protocol.CONSOLE_PREFIX):]) for ln in guest.console.read_text().splitlines() if ln]
     zygote = lines[stages.index("zygote")]
     assert (zygote["seconds"], zygote["modules"], zygote["failed"]) == (14.2, 13, [])
 
@@ -276,7 +276,7 @@ def test_a_failing_start_script_is_reported_without_the_token(guest: Guest):
     guest.start()
     code, err = guest.wait()
     assert code == 3
-    last = json.loads(guest.console.read_text().rstrip().splitlines()[-1][len(visa_agent.CONSOLE_PREFIX):])
+    last = json.loads(guest.console.read_text().rstrip().splitlines()[-1][len(protocol.CONSOLE_PREFIX):])
     assert last["stage"] == "failed" and "mount failed" in last["message"]
     assert TOKEN not in guest.console.read_text() + err
 

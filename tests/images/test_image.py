@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "images"))
 from imagebuild.recipe import load_recipe  # noqa: E402
 
 import probe  # noqa: E402  (images/probe.py)
-from visa_spawner.backends.guest import cloudinit  # noqa: E402
+from visa_spawner.backends.guest import protocol  # noqa: E402
 
 IMAGE = Path(os.environ.get("VISA_IMAGE_DIR", "/var/cache/visahub/images/debian-bookworm")) / "current"
 RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"
@@ -104,7 +104,7 @@ def test_the_vm_boots_an_uncompressed_pvh_kernel_and_an_initramfs_without_udev(m
 
 
 def test_image_files(manifest: dict, rootfs):
-    for name in ("visa_agent.py", "visa_zygote.py"):
+    for name in ("visa_agent.py", "visa_zygote.py", "visa_protocol.py"):  # the protocol through its link
         assert rootfs(f"cat /usr/local/lib/visa/{name}") == (REPO / "images/agent" / name).read_text(), name
     early = rootfs("ls /etc/systemd/system/sysinit.target.wants")
     assert "visa-agent.service" in early and "visa-zygote.service" in early, early
@@ -168,6 +168,6 @@ def test_boot_runs_jupyter_as_the_owner_with_read_only_data(manifest: dict, mode
     # the start script phoned home with the instance's token (its first reports may precede the
     # network: the agent waits for it only briefly), and Jupyter answers HTTP on the forward
     phoned = [p["stage"] for p in r.phoned]
-    assert phoned and phoned == [s for s in cloudinit.STAGES if s in phoned], phoned
+    assert phoned and phoned == [s for s in protocol.SCRIPT_STAGES if s in phoned], phoned
     assert all(p["auth"] == f"token {r.token}" for p in r.phoned)
     assert status.get("http") in (200, 302, 401, 403, 404), status

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import sys
 from pathlib import Path
 
@@ -197,3 +198,17 @@ def test_the_system_stage_ignores_bytecode_beside_the_agent(tmp_path: Path):
     assert rcp.system_files(tmp_path) == before == [tmp_path / "agent" / "visa_agent.py",
                                                    tmp_path / "imagebuild" / "system.py",
                                                    tmp_path / "imagebuild" / "bootfiles.py"]
+
+
+@pytest.mark.fast
+def test_the_guest_protocol_goes_beside_the_agent_and_its_text_is_in_the_system_hash(recipe: rcp.Recipe):
+    """The agent and the zygote import visa_protocol from their own directory in the image; a change
+    to the hub's protocol module must rebuild the system stage (the link is read through)."""
+    from imagebuild.system import AGENT_FILES
+    images = REPO / "images"
+    assert AGENT_FILES["visa_protocol.py"][0] == str(Path(AGENT_FILES["visa_agent.py"][0]).parent / "visa_protocol.py")
+    assert AGENT_FILES["visa_zygote.py"][0].rsplit("/", 1)[0] == AGENT_FILES["visa_protocol.py"][0].rsplit("/", 1)[0]
+    protocol = REPO / "visa_spawner/backends/guest/protocol.py"
+    assert (images / "agent/visa_protocol.py").read_bytes() == protocol.read_bytes()
+    digest = rcp.files_digest(rcp.system_files(images), images)
+    assert digest["agent/visa_protocol.py"] == hashlib.sha256(protocol.read_bytes()).hexdigest()

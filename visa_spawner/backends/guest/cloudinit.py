@@ -8,7 +8,7 @@ names, titles or layouts can only ever be *values*.
 
 - OpenStack: `render_cloud_config` → cloud-init user-data (`#cloud-config`, YAML made by a YAML
   dumper) that writes the two files and starts the script through systemd.
-- QEMU (later): `fw_cfg_files` → the same two files as fw_cfg blobs.
+- QEMU: `fw_cfg_files` → the same two files as fw_cfg blobs.
 
 The instance config holds the hub's API token for the instance: it is a secret, written 0600 root.
 """
@@ -17,19 +17,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import yaml
 
-#: where the files land inside the instance
-CONFIG_PATH = "/etc/visa/instance.json"
-SCRIPT_PATH = "/usr/local/sbin/visa-start"
+from visa_spawner.backends.guest.protocol import (
+    CONFIG_PATH,
+    FW_CFG_CONFIG,
+    FW_CFG_SCRIPT,
+    SCRIPT_PATH,
+)
+
+#: the start script: constant, stdlib-only Python run as root at first boot (start_script.py, a
+#: real module so it is linted and tested; shipped as its text, the same bytes on every instance)
+START_SCRIPT = Path(__file__).with_name("start_script.py").read_text(encoding="utf-8")
+#: where the systemd unit lands inside the instance (the config and script: protocol.py)
 UNIT_PATH = "/etc/systemd/system/visa-instance.service"
 #: Nova's limit on user_data (base64 of it); we check the raw size with margin
 MAX_USER_DATA = 48 * 1024
-
-#: the stages an instance reports, in order (the hub shows its own text for each)
-STAGES = ("started", "account", "data", "jupyter-up", "failed")
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -164,8 +170,8 @@ def parse_cloud_config(text: str) -> dict:
 def fw_cfg_files(config: Mapping) -> dict[str, bytes]:
     """The same instance for QEMU's `-fw_cfg name=...,file=...` (names under opt/)."""
     return {
-        "opt/org.visahub/instance.json": config_json(config).encode(),
-        "opt/org.visahub/visa-start": START_SCRIPT.encode(),
+        FW_CFG_CONFIG: config_json(config).encode(),
+        FW_CFG_SCRIPT: START_SCRIPT.encode(),
     }
 
 
@@ -183,221 +189,3 @@ Restart=no
 [Install]
 WantedBy=multi-user.target
 """
-
-# The start script: constant, stdlib-only Python run as root at first boot. It reads every value
-# from the JSON config and runs commands as argv lists (no shell). VISA_BIND_ADDRESS (set by the
-# caller, never by a user) overrides where Jupyter listens: a VM listens on all interfaces; the
-# test boot emulator gives each instance its own loopback address.
-START_SCRIPT = r'''#!/usr/bin/python3
-"""VISA instance start (rendered by visa_spawner.backends.guest.cloudinit; identical on every instance)."""
-import json, os, pwd, re, select, shlex, socket, subprocess, sys, time, urllib.error, urllib.parse, urllib.request
-
-CONFIG = os.environ.get("VISA_INSTANCE_CONFIG", "/etc/visa/instance.json")
-LOG = os.environ.get("VISA_INSTANCE_LOG", "/var/log/visa-instance.log")
-SECRETISH = re.compile(r"(token|secret|password|key)=\S+", re.I)
-# a warm-started VM's zygote (images/agent/visa_zygote.py) has Jupyter's modules imported already
-ZYGOTE = os.environ.get("VISA_ZYGOTE_SOCKET", "/run/visa/zygote.sock")
-# written once Jupyter first came up: a later boot is a server started again after shelving
-STARTED = os.environ.get("VISA_STARTED_MARKER", "/var/lib/visa/started")
-
-
-def log(msg):
-    sys.stderr.write("visa-start: %s\n" % msg)
-    sys.stderr.flush()
-
-
-def phone(cfg, stage, message="", tries=1, **extra):
-    """Tell the hub how far the start got; never blocks the start for long, never fatal."""
-    url, token = cfg.get("phone_home_url"), cfg.get("env", {}).get("JUPYTERHUB_API_TOKEN")
-    if not url or not token:
-        return
-    body = json.dumps(dict(stage=stage, message=message[:500], **extra)).encode()
-    for attempt in range(tries):
-        try:
-            req = urllib.request.Request(url, data=body, method="POST", headers={
-                "Authorization": "token " + token, "Content-Type": "application/json"})
-            urllib.request.urlopen(req, timeout=5).close()
-            return
-        except Exception as e:  # the hub may be restarting: carry on
-            log("phone home %s failed: %s" % (stage, type(e).__name__))
-            time.sleep(min(1 + attempt, 5))
-
-
-def fail(cfg, message):
-    log(message)
-    phone(cfg, "failed", message, tries=3)
-    sys.exit(1)
-
-
-def ensure_account(name):
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", name],
-                       check=True, stdout=subprocess.DEVNULL)
-        return pwd.getpwnam(name)
-
-
-def mount_data(cfg):
-    for m in cfg["mounts"]:
-        os.makedirs(m["mount_point"], exist_ok=True)
-        for argv in m["commands"]:
-            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if r.returncode:
-                log("mount command %s failed: %s" % (argv[0], SECRETISH.sub(r"\1=[secret]", r.stdout)[-400:]))
-                fail(cfg, "The data of proposal %s could not be mounted (%s exited with %d)."
-                     % (m["proposal"], os.path.basename(argv[0]), r.returncode))
-        if not os.statvfs(m["mount_point"]).f_flag & os.ST_RDONLY:
-            fail(cfg, "The data of proposal %s is not mounted read-only; refusing to start." % m["proposal"])
-
-
-def set_keyboard(cfg):
-    try:
-        with open("/etc/default/keyboard", "w") as f:
-            f.write("XKBLAYOUT=%s\n" % shlex.quote(cfg["keyboard"]))
-    except OSError as e:
-        log("cannot write the keyboard layout: %s" % e)
-
-
-def outbound_address(url):
-    """The address this machine uses to reach the hub (what the hub will connect back to)."""
-    host = urllib.parse.urlparse(url).hostname or "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((host, 9))
-        return s.getsockname()[0]
-
-
-class ZygoteChild:
-    """Jupyter run by the zygote as the owner; the zygote says its pid, then its exit status."""
-
-    def __init__(self, sock, timeout):
-        self.sock, self.buf, self.returncode = sock, b"", None
-        self.pid = int(json.loads(self._line(timeout))["pid"])  # after its imports, on a cold boot
-
-    def _line(self, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = None if deadline is None else max(0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left)[0]:
-                return None
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                return b'{"exit": 1}'  # the zygote died with its child
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-    def poll(self, timeout=0):
-        if self.returncode is None:
-            line = self._line(timeout)
-            if line is not None:
-                self.returncode = int(json.loads(line).get("exit", 1))
-        return self.returncode
-
-    def wait(self):
-        return self.poll(None)
-
-    def kill(self):
-        try:
-            os.kill(self.pid, 9)
-        except ProcessLookupError:
-            pass
-
-
-def launch(argv, env, pw, out, timeout):
-    """Jupyter as the owner, in its own session: through the zygote when there is one, else Popen."""
-    if os.path.exists(ZYGOTE):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(ZYGOTE)
-            request = json.dumps({"argv": argv, "env": env, "cwd": pw.pw_dir, "uid": pw.pw_uid,
-                                  "gid": pw.pw_gid}).encode() + b"\n"
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            try:
-                sent = socket.send_fds(sock, [request], [devnull, out.fileno(), out.fileno()])
-            finally:
-                os.close(devnull)
-            sock.sendall(request[sent:])
-            return ZygoteChild(sock, timeout)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            sock.close()  # a zygote that answers later finds nobody and kills what it started
-            log("zygote not usable (%s): starting Jupyter directly" % type(e).__name__)
-    return subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def resume(cfg):
-    """A later boot: this start's config (new token, options) comes from the hub, asked with the
-    server's resume key. No start waiting for it (404): the server stays idle, Jupyter is not run."""
-    url = cfg["phone_home_url"].rsplit("/", 1)[0] + "/resume"
-    for attempt in range(60):
-        try:
-            req = urllib.request.Request(url, data=b"{}", method="POST", headers={
-                "Authorization": "visa-resume " + cfg["resume_key"], "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                new = json.load(r)
-            break
-        except urllib.error.HTTPError as e:
-            if e.code in (403, 404):
-                log("the hub has no start waiting for this server (%d): not starting Jupyter" % e.code)
-                sys.exit(0)
-            log("resume: hub answered %d" % e.code)
-        except Exception as e:  # the hub may be restarting
-            log("resume: %s" % type(e).__name__)
-        time.sleep(min(1 + attempt, 5))
-    else:
-        log("resume: the hub did not answer; not starting Jupyter")
-        sys.exit(1)
-    new["resume_key"] = cfg["resume_key"]  # the hub keeps only its fingerprint
-    tmp = CONFIG + ".tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        json.dump(new, f)
-    os.replace(tmp, CONFIG)
-    return new
-
-
-def main():
-    with open(CONFIG) as f:
-        cfg = json.load(f)
-    if cfg.get("resume_key") and os.path.exists(STARTED):
-        cfg = resume(cfg)
-    phone(cfg, "started", "booted")
-    pw = ensure_account(cfg["account"])
-    phone(cfg, "account")
-    mount_data(cfg)
-    phone(cfg, "data")
-    set_keyboard(cfg)
-    bind = os.environ.get("VISA_BIND_ADDRESS") or cfg.get("bind_address") or "0.0.0.0"
-    port = int(cfg["port"])
-    env = dict(cfg["env"])
-    env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell,
-               PATH=":".join(list(cfg.get("path_prefix", [])) + ["/usr/local/bin", "/usr/bin", "/bin"]))
-    argv = list(cfg["command"]) + ["--ServerApp.ip=%s" % bind, "--ServerApp.port=%d" % port,
-                                   "--FileContentsManager.preferred_dir=%s" % pw.pw_dir]
-    os.makedirs(os.path.dirname(LOG), exist_ok=True)
-    out = open(LOG, "ab")
-    os.chmod(LOG, 0o600)
-    deadline = time.monotonic() + float(cfg.get("start_timeout", 300))
-    proc = launch(argv, env, pw, out, deadline - time.monotonic())
-    probe = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
-    while True:
-        if proc.poll() is not None:
-            fail(cfg, "Jupyter exited during start (status %d)." % proc.returncode)
-        try:
-            socket.create_connection((probe, port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                fail(cfg, "Jupyter did not listen within %g s." % cfg.get("start_timeout", 300))
-            time.sleep(0.1)
-    address = probe if probe != "127.0.0.1" or bind == "127.0.0.1" else outbound_address(cfg["phone_home_url"])
-    phone(cfg, "jupyter-up", tries=5, address=address, port=port)
-    os.makedirs(os.path.dirname(STARTED), exist_ok=True)
-    open(STARTED, "w").close()
-    sys.exit(proc.wait())
-
-
-if __name__ == "__main__":
-    main()
-'''

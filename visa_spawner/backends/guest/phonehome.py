@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 
-from visa_spawner.backends.guest.cloudinit import STAGES
+from visa_spawner.backends.guest.protocol import SCRIPT_STAGES
 
 
 def fingerprint(token: str) -> str:
@@ -53,8 +53,8 @@ def parse_report(body: bytes) -> Report:
         data = json.loads(body or b"{}")
     except ValueError:
         raise ValueError("body is not JSON") from None
-    if not isinstance(data, dict) or data.get("stage") not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}")
+    if not isinstance(data, dict) or data.get("stage") not in SCRIPT_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(SCRIPT_STAGES)}")
     message = data.get("message", "")
     if not isinstance(message, str):
         raise ValueError("message must be a string")

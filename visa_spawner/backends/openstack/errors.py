@@ -13,12 +13,12 @@ from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
 from visa_spawner.backends.base import BackendError
+from visa_spawner.backends.guest.protocol import mask_secrets
 
 #: HTTP statuses worth another try: the service (or a proxy in front of it) was briefly unwell
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _QUOTA = re.compile(r"quota exceeded for (\w+)(?:: requested (\d+), but already used (\d+) of (\d+))?", re.I)
 _CAPACITY = re.compile(r"no valid host|insufficient|not enough|exceeds? (the )?capacity", re.I)
-_SECRETISH = re.compile(r"(token|secret|password|key)([=:]\s*)\S+", re.I)
 
 
 def status_code(exc: BaseException) -> int | None:
@@ -41,7 +41,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def scrub(text: str) -> str:
     """Cloud messages may echo request bodies: never let a secret through to a log or a page."""
-    return _SECRETISH.sub(r"\1\2[secret]", text or "")[:500]
+    return mask_secrets(text or "")[:500]
 
 
 def cloud_message(exc: BaseException) -> str:

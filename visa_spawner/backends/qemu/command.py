@@ -1,7 +1,7 @@
 """Pure builders for the QEMU backend: QEMU's argv, the guest's view of the hub, the data mount.
 
-Everything here is data in, data out (tested table-driven in tests/qemu/test_builders.py): no
-process is started and no file is touched.
+Everything here is data in, data out (tested table-driven in tests/qemu/test_qemu_builders.py): no
+process is started and no file is touched. images/probe.py boots the image with this same argv.
 
 Network: QEMU user-mode networking with `restrict=on`, so the guest reaches nothing but what is
 forwarded explicitly: the hub's API at 10.0.2.100:<hub port> (a `guestfwd` that runs a relay per
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
+
+from visa_spawner.backends.guest.protocol import AGENT_PORT_NAME, CONSOLE_PREFIX
 
 #: where the guest sees the hub (inside QEMU's user-mode network 10.0.2.0/24)
 HUB_GUEST_ADDRESS = "10.0.2.100"
@@ -23,8 +25,6 @@ GUEST_JUPYTER_PORT = 8888
 #: 9p mount tag of the proposal's data, and how the guest mounts it (argv template, no shell)
 DATA_MOUNT_TAG = "visa-data"
 DATA_MOUNT_TEMPLATE = ("mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,ro", DATA_MOUNT_TAG, "{mount_point}")
-#: virtio-serial port name the boot agent talks on (images/agent)
-AGENT_PORT_NAME = "org.visahub.agent"
 _UNIX_PATH_MAX = 107
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -159,7 +159,7 @@ def vm_size(cpus: float, memory_mb: int) -> tuple[int, int]:
 
 def console_stage(line: str) -> str:
     """Recognise a boot milestone on the serial console ('' if the line is none)."""
-    if "VISA-STAGE " in line:  # a terminal reset sequence may precede it
+    if CONSOLE_PREFIX in line:  # a terminal reset sequence may precede it
         return "agent"
     if "Linux version" in line:
         return "kernel"

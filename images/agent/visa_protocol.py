@@ -1,0 +1,1 @@
+../../visa_spawner/backends/guest/protocol.py
