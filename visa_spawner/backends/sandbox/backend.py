@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from traitlets import Float, Integer, Unicode
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.guest.protocol import mask_secrets
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
 from visa_spawner.backends.sandbox.command import (
     SandboxLayout,
@@ -28,7 +28,6 @@ from visa_spawner.backends.sandbox.command import (
     sandbox_env,
 )
 
-_SECRETISH = re.compile(r"(token|secret|password|key)=\S+", re.IGNORECASE)
 
 
 def _tail(path: Path, lines: int = 6) -> str:
@@ -37,7 +36,7 @@ def _tail(path: Path, lines: int = 6) -> str:
         text = path.read_text(errors="replace").strip().splitlines()[-lines:]
     except FileNotFoundError:
         return ""
-    return _SECRETISH.sub(r"\1=[secret]", "\n".join(text))
+    return mask_secrets("\n".join(text))
 
 
 async def _port_open(port: int) -> bool:
