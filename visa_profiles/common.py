@@ -46,10 +46,15 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     """Hub process, proxy, named servers, VISA pages and sandbox instances.
 
     Environment: VISA_HUB_PORT (8000), VISA_HUB_API_PORT (8081), VISA_PROXY_API_PORT (8001),
-    VISA_BIND_URL (overrides the public bind URL), VISA_INSTANCE_ENV, VISA_DATA_ROOT.
+    VISA_BIND_URL (overrides the public bind URL; else `jupyterhub --port` overrides VISA_HUB_PORT),
+    VISA_INSTANCE_ENV, VISA_DATA_ROOT.
     """
     # -- hub -------------------------------------------------------------------------------
-    c.JupyterHub.bind_url = env.get("VISA_BIND_URL") or f"http://127.0.0.1:{env.get('VISA_HUB_PORT', '8000')}"
+    if env.get("VISA_BIND_URL"):
+        c.JupyterHub.bind_url = env["VISA_BIND_URL"]
+    else:  # ip and port rather than bind_url, so `jupyterhub --port N` still wins over the profile
+        c.JupyterHub.ip = "127.0.0.1"
+        c.JupyterHub.port = int(env.get("VISA_HUB_PORT") or 8000)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env.get('VISA_HUB_API_PORT', '8081')}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")

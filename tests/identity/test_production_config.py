@@ -134,5 +134,5 @@ def test_shared_hub_and_instance_settings(tmp_path: Path) -> None:
     _traits_exist(c, {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
                       "VisaSpawner": VisaSpawner, "SandboxBackend": SandboxBackend,
                       "QemuBackend": QemuBackend, "Spawner": Spawner})  # fmt: skip
-    assert c.JupyterHub.bind_url == "http://127.0.0.1:9000" and c.VisaSpawner.data_root == "/data"
+    assert (c.JupyterHub.ip, c.JupyterHub.port) == ("127.0.0.1", 9000) and c.VisaSpawner.data_root == "/data"
     assert (tmp_path / "proxy_token").stat().st_mode & 0o777 == 0o600
