@@ -1,0 +1,105 @@
+"""The lab launcher's own behaviour, without starting the lab: config files, the venv key, and
+process records (a failing service is named with its log; down stops its own groups only)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab" / "openstack"))
+
+import lab_config  # noqa: E402
+import lab_venv  # noqa: E402
+from lab_procs import Service, ServiceFailed, group_members, stop_all  # noqa: E402
+
+pytestmark = [pytest.mark.openstack, pytest.mark.fast]
+
+
+def test_configs_bind_loopback_and_put_every_database_on_postgres(tmp_path: Path) -> None:
+    lay = lab_config.Layout(root=tmp_path, venv=tmp_path / "venv", password="pw", pg_port=6543)
+    files = lab_config.files(lay)
+    text = "\n".join(files.values())
+    assert "0.0.0.0" not in text and "sqlite" not in text
+    for section in (lab_config.nova(lay)["api_database"], lab_config.keystone(lay)["database"]):
+        assert section["connection"].startswith("postgresql+psycopg2://postgres@127.0.0.1:6543/")
+    assert "password = pw" in files[tmp_path / "etc" / "nova" / "nova.conf"]
+    assert "lab-demo:" in files[lay.clouds] and "username: demo" in files[lay.clouds]
+    assert files == lab_config.files(lay)  # a second up writes the same bytes
+
+
+def test_ini_joins_lists() -> None:
+    assert lab_config.ini({"a": {"x": ["p", "q"], "y": 1}}) == "[a]\nx = p,q\ny = 1\n"
+
+
+def test_venv_key_follows_the_lock_and_needs_the_stamp(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("pip==1\nfoo==1\n")
+    first = lab_venv.key(lock)
+    lock.write_text("pip==1\nfoo==2\n")
+    assert lab_venv.key(lock) != first
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name in lab_venv.NEEDED:
+        (venv / "bin" / name).touch()
+    assert not lab_venv.is_ready(venv, first)  # no stamp: an interrupted build
+    (venv / lab_venv.STAMP).write_text(first + "\n")
+    assert lab_venv.is_ready(venv, first) and not lab_venv.is_ready(venv, lab_venv.key(lock))
+
+
+def test_split_lock_installs_the_installers_first() -> None:
+    first, rest = lab_venv.split_lock()
+    assert sorted(p.split("==")[0] for p in first) == ["pip", "setuptools", "wheel"]
+    assert all("==" in p for p in first + rest) and "nova" in {p.split("==")[0] for p in rest}
+
+
+def _service(tmp_path: Path, name: str) -> Service:
+    for d in ("run", "logs"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    return Service(tmp_path / "run", tmp_path / "logs", name)
+
+
+def test_a_service_that_exits_is_named_with_its_log(tmp_path: Path) -> None:
+    svc = _service(tmp_path, "nova-api")
+    svc.start(["sh", "-c", "echo 'ERROR cannot bind'; exit 3"])
+    with pytest.raises(ServiceFailed, match=r"(?s)nova-api exited before it came up.*ERROR cannot bind"):
+        svc.wait(lambda: False, timeout=30)
+
+
+def test_a_service_that_never_answers_times_out_by_name(tmp_path: Path) -> None:
+    svc = _service(tmp_path, "glance")
+    svc.start(["sh", "-c", "echo starting; exec sleep 60"])
+    try:
+        with pytest.raises(ServiceFailed, match=r"(?s)glance did not come up within 1 s.*starting"):
+            svc.wait(lambda: False, timeout=1)
+    finally:
+        stop_all([svc])
+
+
+def test_stop_all_ends_the_whole_group_and_forgets_it(tmp_path: Path) -> None:
+    svc = _service(tmp_path, "keystone")
+    svc.start(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    pid = svc.pid()
+    deadline = time.monotonic() + 10
+    while len(group_members(pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(group_members(pid)) == 3
+    stop_all([svc], grace=5)
+    assert group_members(pid) == [] and not svc.record.exists()
+
+
+def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
+    """A record whose pid now has another start time describes another program: never signalled."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        svc = _service(tmp_path, "placement")
+        svc.record.write_text(json.dumps({"pid": other.pid, "start": -1, "argv": []}))
+        assert svc.pid() is None
+        stop_all([svc], grace=1)
+        assert other.poll() is None  # still running
+    finally:
+        other.kill()
+        other.wait()
