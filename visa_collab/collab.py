@@ -8,6 +8,8 @@ Every public method takes the acting person's name first and checks their right 
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
 import secrets
@@ -43,6 +45,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         self.presence_ttl, self.request_ttl = presence_ttl, request_ttl
         self.monotonic, self.now = monotonic, now
         self.rooms: dict[tuple[str, str], Room] = {}
+        # the proposal each instance was last seen *running* with (see _instance)
+        self.confirmed_proposals: dict[tuple[str, str], str | None] = {}
         # distinguishes this process's room versions from a previous one's
         self.epoch = secrets.token_hex(4)
 
@@ -66,13 +70,25 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             raise CollabError(404, f"No instance {owner}/{server}.")
         return self._instance(owner, spawner)
 
-    @staticmethod
-    def _instance(owner: str, spawner: dict) -> Instance:
+    def _instance(self, owner: str, spawner: dict) -> Instance:
+        """An instance as the hub describes it, with the proposal it really runs for.
+
+        A server's ``user_options`` are only true while it runs: VisaSpawner.start checked
+        them against the owner's proposals. A stopped record's options may be what a refused
+        start asked for, or what the owner set with ``PATCH`` (the hub accepts any options on a
+        stopped server): trusting them would lend another proposal's team (or support staff)
+        to this instance. So the proposal is the one last seen while running (kept in memory;
+        unknown after the service restarts until the instance runs again, and then nothing is
+        granted on it and nothing revoked for team reasons).
+        """
+        key = (owner, spawner["name"])
+        ready = bool(spawner.get("ready"))
+        if ready:
+            self.confirmed_proposals[key] = (spawner.get("user_options") or {}).get("proposal")
         return Instance(
             owner=owner, server=spawner["name"],
             display_name=spawner.get("display_name") or spawner["name"],
-            proposal=(spawner.get("user_options") or {}).get("proposal"),
-            ready=bool(spawner.get("ready")), url=spawner.get("url") or "",
+            proposal=self.confirmed_proposals.get(key), ready=ready, url=spawner.get("url") or "",
         )
 
     def room(self, owner: str, server: str) -> Room:
@@ -202,6 +218,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
                 404, f"Nobody called {member[:60]!r} has used VISA: they must log in once before you can add them."),
                 member=member[:255], role=role.value)
         why = refusal(role, member, model.get("groups", []), inst.proposal)
+        if why and inst.proposal is None and not inst.ready and inst.key not in self.confirmed_proposals:
+            why = "Start this instance first: its proposal is known once it runs."
         if why:
             raise self.refuse(inst.key, actor, action, CollabError(403, why), member=member, role=role.value)
         return model
@@ -262,7 +280,9 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         await self._check_member(actor, inst, member, r, action)
         return await self._grant(inst, member, r, actor=actor, granted_by=actor, source="direct", action=action)
 
-    async def remove_member(self, actor: str, owner: str, server: str, member: str) -> None:
+    async def remove_member(self, actor: str, owner: str, server: str, member: str) -> dict:
+        """Revoke a member's grant. Someone who could run code (USER, SUPPORT) may have left
+        processes running as the instance's account: the answer offers a restart."""
         inst = await self.instance(owner, server)
         action = "revoke"
         if actor != owner:
@@ -274,6 +294,44 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             raise self.refuse(inst.key, actor, action, CollabError(404, f"{member[:60]} is not a member of this instance."),
                               member=member[:255])
         await self._revoke(inst.key, member, actor=actor, reason="removed by the owner")
+        ran_code = self._could_run_code(inst.key, member)
+        return {"member": member, "role": current["role"], "restart_suggested": ran_code and inst.ready,
+                "message": (f"{member} no longer has access. Programs {member} started in the instance "
+                            "(a kernel, a terminal, anything on the desktop) keep running until it restarts: "
+                            "restart it now?") if ran_code and inst.ready else f"{member} no longer has access."}
+
+    def _could_run_code(self, inst_key: tuple[str, str], member: str) -> bool:
+        """Did `member` ever hold USER or SUPPORT here (per the audit log: demoted first counts too)?"""
+        code_roles = (Role.USER.value, Role.SUPPORT.value)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.audit.c.id).where(
+                db.audit.c.owner == inst_key[0], db.audit.c.server == inst_key[1], db.audit.c.member == member,
+                db.audit.c.role.in_(code_roles), db.audit.c.outcome == "ok").limit(1)).first()
+        return row is not None
+
+    async def restart(self, actor: str, owner: str, server: str, timeout: float = 120.0) -> dict:
+        """Stop the instance and start it again with its own settings (owner only): every process
+        in it ends, whoever started it. Everyone connected is disconnected."""
+        inst = await self.instance(owner, server)
+        if actor != owner:
+            raise self.refuse(inst.key, actor, "restart", CollabError(403, "Only the owner of this instance can restart it."))
+        model = await self.person(owner) or {}
+        options = dict((model.get("servers", {}).get(server) or {}).get("user_options") or {})
+        if not inst.ready:
+            raise CollabError(409, "This instance is not running.")
+        await self.hub.stop_server(owner, server)
+        deadline = self.monotonic() + timeout
+        while True:
+            spawner = ((await self.person(owner)) or {}).get("servers", {}).get(server) or {}
+            if not spawner.get("ready") and not spawner.get("pending"):
+                break
+            if self.monotonic() > deadline:
+                raise CollabError(504, "The instance did not stop in time; try again.")
+            await asyncio.sleep(0.5)
+        await self.hub.start_server(owner, server, options)
+        with self.engine.begin() as conn:
+            self.audit(conn, inst.key, actor, "restart")
+        return {"restarting": True, "url": inst.url}
 
     # -- keeping grants true to the hub and the catalogue -----------------------------------
     async def reconcile(self) -> int:
@@ -315,6 +373,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
                                granted_by=g["granted_by"], detail={"reason": "share removed in the hub"})
                 changed += 1
                 continue
+            if not inst.ready and inst.key not in self.confirmed_proposals:
+                continue  # stopped since before this service started: its proposal is unknown
             model = await self.person(member)
             groups = (model or {}).get("groups", [])
             if g["source"] in ("request", "policy"):

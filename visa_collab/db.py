@@ -13,6 +13,7 @@ version is kept in ``visa_collab_schema``. A database newer than this code is re
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -149,7 +150,25 @@ def migrate(engine: Engine, target: int = LATEST, log: Any = None) -> int:
     return start
 
 
+def private_sqlite(url: str) -> None:
+    """An SQLite database file (and its journal, WAL and shared-memory files, which SQLite
+    creates with the database's mode) readable by its owner only: 0600, made so before first
+    use. Other URLs are left alone."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return
+    os.close(os.open(u.database, os.O_CREAT | os.O_WRONLY, 0o600))
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            os.chmod(u.database + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def connect(url: str) -> Engine:
+    private_sqlite(url)
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")

@@ -166,9 +166,13 @@ class MemberHandler(ApiHandler):
 
     @web.authenticated
     async def delete(self, owner: str, server: str, member: str) -> None:
-        await self.guard(self.collab.remove_member(self.actor, owner, server, member))
-        self.set_status(204)
-        self.finish()
+        self.send(await self.guard(self.collab.remove_member(self.actor, owner, server, member)))
+
+
+class RestartHandler(ApiHandler):
+    @web.authenticated
+    async def post(self, owner: str, server: str) -> None:
+        self.send(await self.guard(self.collab.restart(self.actor, owner, server)), 202)
 
 
 class InvitationsHandler(ApiHandler):
@@ -380,6 +384,7 @@ def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
         (f"{p}api/instances/{inst}/invitations", InvitationsHandler),
         (f"{p}api/instances/{inst}/invitations/(\\d+)", InvitationHandler),
         (f"{p}api/instances/{inst}/policy", PolicyHandler),
+        (f"{p}api/instances/{inst}/restart", RestartHandler),
         (f"{p}api/instances/{inst}/audit", AuditHandler),
         (f"{p}api/instances/{inst}/requests", RequestAccessHandler),
         (f"{p}api/instances/{inst}/presence", PresenceHandler),

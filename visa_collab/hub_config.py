@@ -37,6 +37,7 @@ SERVICE_SCOPES = [
     "access:servers", *ROLE_SCOPES.values(),  # a share may only carry scopes its granter holds
     "list:users", "read:users", "read:users:name", "read:users:groups",  # people, their groups
     "read:servers",  # instances and their proposal (user_options)
+    "start:servers", "delete:servers",  # restart an instance when its owner asks (after removing a member)
     "list:groups", "read:groups", "read:groups:name",  # proposal teams
 ]
 

@@ -106,3 +106,10 @@ class HubAPI:
         if scopes is not None:
             body["scopes"] = scopes
         return await self._call("PATCH", f"/shares/{_q(owner)}/{_q(server)}", body)
+
+    async def stop_server(self, owner: str, server: str) -> dict:
+        """Stop (not delete) a named server; the hub answers before it has stopped (202)."""
+        return await self._call("DELETE", f"/users/{_q(owner)}/servers/{_q(server)}", {"remove": False})
+
+    async def start_server(self, owner: str, server: str, user_options: dict) -> dict:
+        return await self._call("POST", f"/users/{_q(owner)}/servers/{_q(server)}", {"user_options": user_options})

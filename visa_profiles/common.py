@@ -35,6 +35,16 @@ def secret_file(state: Path, name: str, nbytes: int = 32) -> str:
     return path.read_text().strip()
 
 
+def private_sqlite_url(path: Path) -> str:
+    """The SQLite URL of `path`, the file made 0600 first (SQLite gives its journal, WAL and
+    shared-memory files the database's mode; it would create it 0644)."""
+    from visa_collab.db import private_sqlite
+
+    url = f"sqlite:///{path}"
+    private_sqlite(url)
+    return url
+
+
 def prepare_state_dir(state: Path) -> Path:
     """The hub's own directory: traversable (sandbox homes live below), not listable."""
     state.mkdir(parents=True, exist_ok=True)
@@ -57,6 +67,9 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
         c.JupyterHub.port = int(env.get("VISA_HUB_PORT") or 8000)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env.get('VISA_HUB_API_PORT', '8081')}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    # SameSite=Lax on every cookie (hub login, XSRF; instances and services get it as
+    # JUPYTERHUB_COOKIE_OPTIONS): no login on another site's forms, images or frames (docs/security.md)
+    c.JupyterHub.tornado_settings.update({"cookie_options": {"samesite": "Lax"}})
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
     c.ConfigurableHTTPProxy.command = [str(repo / "node_modules" / ".bin" / "configurable-http-proxy")]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env.get('VISA_PROXY_API_PORT', '8001')}"

@@ -75,14 +75,44 @@ class NewInstanceHandler(BaseHandler):
 async def named_server_limit(handler) -> int:
     """`JupyterHub.named_server_limit_per_user`: the facility quota, for REST API requests too.
 
-    JupyterHub reads 0 as "no limit", so quota -1 (unlimited) maps to 0; quota 0 (pending
-    approval) is refused by the spawner itself.
+    JupyterHub reads 0 as "no limit" and calls this hook before it creates a named server
+    record (`_check_named_server_request`), so this is where records are refused that a limit
+    cannot express:
+
+    * quota 0 (an account awaiting approval): no record at all, through any route;
+    * any record from a GET (``/hub/spawn/<user>/<name>``): a link on another site must not
+      create instances. Existing instances are still shown their spawn page (whose start
+      button POSTs with the XSRF token).
+
+    Quota -1 (unlimited) maps to JupyterHub's 0.
     """
     user = handler.current_user
     if not hasattr(user, "get_auth_state"):
         return 0
+    if _creates_a_record(handler):
+        if handler.request.method == "GET":
+            raise web.HTTPError(405, "Instances are created from the home page, not by following a link.")
+        quota = ((await user.get_auth_state()) or {}).get("visa", {}).get("quota", 2)
+        if quota == 0:
+            raise web.HTTPError(403, "Your account is awaiting approval: you cannot create instances yet.")
     quota = ((await user.get_auth_state()) or {}).get("visa", {}).get("quota", 2)
     return 0 if quota in (-1, 0) else int(quota)
+
+
+def _creates_a_record(handler) -> bool:
+    """Is `handler` about to create a named server that does not exist yet?"""
+    from jupyterhub.apihandlers.users import UserServerAPIHandler
+    from jupyterhub.handlers.pages import SpawnHandler
+
+    if not isinstance(handler, (SpawnHandler, UserServerAPIHandler)):
+        return False  # pages that only show the limit (home)
+    args = list(handler.path_args or [])
+    user_name = args[0] if args else handler.current_user.name
+    server_name = args[1] if len(args) > 1 else ""
+    if not server_name:
+        return False  # the default server always exists
+    owner = handler.find_user(user_name)
+    return owner is None or server_name not in owner.orm_spawners
 
 
 handlers = [(r"/visa/new", NewInstanceHandler)]

@@ -141,3 +141,22 @@ def validate_request(
     if keyboard not in keyboards:
         raise OptionError(f"Keyboard layout “{keyboard[:32]}” is not offered.")
     return InstanceRequest(display_name, server_name, proposal, plan_id, screen, keyboard)
+
+
+def restart_form(display_name: str, user_options: Mapping[str, object] | None) -> str:
+    """The hub's spawn page for an existing instance: its settings, nothing to fill in.
+
+    VisaSpawner has a form only so that JupyterHub never starts anything on a GET of
+    ``/hub/spawn/…``: it shows this page, and the start button POSTs it with the XSRF token.
+    """
+    from html import escape
+
+    opts = dict(user_options or {})
+    rows = "".join(
+        f"<tr><th>{escape(label)}</th><td>{escape(str(opts.get(key) or '—'))}</td></tr>"
+        for key, label in (("proposal", "Proposal"), ("plan", "Plan"), ("screen", "Screen"),
+                           ("keyboard", "Keyboard"))
+    )
+    return (f"<p>Start <strong>{escape(display_name)}</strong> again with its settings. "
+            "New instances are created from the home page.</p>"
+            f'<table class="table table-sm">{rows}</table>')

@@ -8,7 +8,7 @@ profile (visa_profiles.common); only identity, catalogue and database differ.
 import os
 from pathlib import Path
 
-from visa_profiles.common import apply_hub_and_instances, prepare_state_dir, secret_file
+from visa_profiles.common import apply_hub_and_instances, prepare_state_dir, private_sqlite_url, secret_file
 
 here = Path(__file__).resolve().parent
 
@@ -17,7 +17,7 @@ c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 state = prepare_state_dir(Path(os.environ.get("VISA_STATE_DIR", "/var/lib/visahub/demo")))
 apply_hub_and_instances(c, state, here.parent.parent, os.environ)
 
-c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+c.JupyterHub.db_url = private_sqlite_url(state / "jupyterhub.sqlite")
 c.CryptKeeper.keys = [bytes.fromhex(secret_file(state, "crypt_key"))]
 
 # -- identity: a password login over the demo catalogue (the login page lists the accounts) ------

@@ -280,3 +280,54 @@ async def test_team_and_support_views(collab, fake) -> None:
     assert {(i["owner"], i["server"]) for i in await collab.support_instances("dave")} == {
         ("alice", "run"), ("bob", "bobs")}
     assert await collab.support_instances("carol") == []
+
+
+# -- the proposal of an instance is the one it runs for, never a stopped record's options ----------
+
+async def test_a_refused_start_does_not_lend_another_team(collab: Collaboration, fake: FakeHub) -> None:
+    """alice's start for carol's proposal was refused: the stopped record still claims P-2."""
+    fake.add_server("alice", "borrowed", "P-2", ready=False)
+    with pytest.raises(CollabError) as e:
+        await collab.add_member("alice", "alice", "borrowed", "carol", "user")
+    assert e.value.status == 403 and fake.scopes_of("alice", "borrowed", "carol") == set()
+
+
+async def test_patching_a_stopped_instance_keeps_the_proposal_it_ran_for(collab: Collaboration, fake: FakeHub) -> None:
+    await collab.add_member("alice", "alice", "run", "bob", "user")  # running for P-1: bob is on the team
+    server = fake.people["alice"]["servers"]["run"]
+    server["ready"] = False  # stopped, then PATCH user_options {"proposal": "P-2"}
+    server["user_options"] = {"proposal": "P-2"}
+    with pytest.raises(CollabError) as e:
+        await collab.add_member("alice", "alice", "run", "carol", "user")
+    assert e.value.status == 403 and "P-1" in e.value.message
+    assert await collab.reconcile() == 0  # bob keeps his place: the instance is still P-1's
+    assert fake.scopes_of("alice", "run", "bob")
+
+
+async def test_removing_someone_who_could_run_code_offers_a_restart(collab: Collaboration, fake: FakeHub) -> None:
+    await collab.add_member("alice", "alice", "run", "bob", "user")
+    await collab.change_role("alice", "alice", "run", "bob", "guest")  # demoted first: his processes live on
+    out = await collab.remove_member("alice", "alice", "run", "bob")
+    assert out["restart_suggested"] is True and "keep running" in out["message"]
+    await collab.add_member("alice", "alice", "run", "dave", "guest")  # watched only: nothing to end
+    assert (await collab.remove_member("alice", "alice", "run", "dave"))["restart_suggested"] is False
+
+
+async def test_only_the_owner_restarts_and_the_instance_comes_back_with_its_settings(
+        collab: Collaboration, fake: FakeHub, monkeypatch) -> None:
+    calls = []
+
+    async def stop_server(owner, server):
+        calls.append(("stop", owner, server))
+        fake.people[owner]["servers"][server]["ready"] = False
+
+    async def start_server(owner, server, options):
+        calls.append(("start", owner, server, options))
+
+    fake.stop_server, fake.start_server = stop_server, start_server
+    with pytest.raises(CollabError) as e:
+        await collab.restart("bob", "alice", "run")
+    assert e.value.status == 403 and calls == []
+    await collab.restart("alice", "alice", "run")
+    assert calls == [("stop", "alice", "run"), ("start", "alice", "run", {"proposal": "P-1"})]
+    assert any(a["action"] == "restart" for a in audit(collab))
