@@ -2,19 +2,28 @@
 
 The spawner owns the lifecycle (options, progress, errors, saved state); the backend named by
 the chosen plan does the infrastructure work through the small protocol in `backends.base`.
+
+Saved state: `{"identity": {backend, owner, server_name}, "backend": <the backend's own dict>}`.
+The identity outlives a stop (JupyterHub calls `clear_state` then), so a later delete reaches the
+backend that holds the instance's disk or home; an instance whose backend is not configured is an
+error, never handed to another backend.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
-from tornado.web import HTTPError
-from traitlets import Dict, List, Unicode, default, import_item
+from traitlets import Dict, List, TraitError, Unicode, default, import_item, observe, validate
+from traitlets.config import Config
 
-from .backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, Plan
-from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
+from .backends.base import (
+    Backend, BackendError, InstanceIdentity, InstanceSpec, InstanceStatus, Plan, UnknownBackendError,
+)
+from .options import KEYBOARDS, SCREENS, OptionError, validate_request
 from .plans import parse_plans
 
 DEFAULT_PLANS = [
@@ -23,6 +32,35 @@ DEFAULT_PLANS = [
     {"id": "sandbox-large", "display_name": "Large sandbox", "backend": "sandbox", "cpus": 2,
      "memory_mb": 8192, "description": "2 CPUs, 8 GB: reduction of a full data set"},
 ]
+BACKEND_CLASSES = {
+    "sandbox": "visa_spawner.backends.sandbox.backend.SandboxBackend",
+    "qemu": "visa_spawner.backends.qemu.backend.QemuBackend",
+    "openstack": "visa_spawner.backends.openstack.backend.OpenStackBackend",
+}
+
+
+def hub_backend(name: str, config: Config, log: logging.Logger | None = None,
+                classes: Mapping[str, str] | None = None) -> Backend:
+    """The hub's one backend called `name`, shared by every spawner and the OpenStack reconciler.
+
+    `classes` defaults to `VisaSpawner.backend_classes` as configured in `config`.
+    """
+    if classes is None:
+        classes = config.get("VisaSpawner", {}).get("backend_classes", BACKEND_CLASSES)
+    if name not in classes:
+        raise UnknownBackendError(
+            f"no backend {name!r} in VisaSpawner.backend_classes (configured: {', '.join(sorted(classes))})")
+    return import_item(classes[name]).instance(config=config, **({"log": log} if log else {}))
+
+
+def check_plans(config: Config) -> list[Plan]:
+    """The plan catalogue `config` gives VisaSpawner; ValueError naming the bad entry.
+
+    For hub configuration files, so a bad plan stops the hub at start (a spawner is only created
+    when someone first looks at their servers).
+    """
+    section = config.get("VisaSpawner", {})
+    return parse_plans(section.get("plans", DEFAULT_PLANS), section.get("backend_classes", BACKEND_CLASSES))
 
 
 class VisaSpawner(Spawner):
@@ -35,13 +73,9 @@ class VisaSpawner(Spawner):
         "empty = all).",
     )
     backend_classes = Dict(
-        {
-            "sandbox": "visa_spawner.backends.sandbox.backend.SandboxBackend",
-            "qemu": "visa_spawner.backends.qemu.backend.QemuBackend",
-            "openstack": "visa_spawner.backends.openstack.backend.OpenStackBackend",
-        },
-        config=True,
-        help="Backend name → import path of its class. A plan names its backend.",
+        BACKEND_CLASSES, config=True,
+        help="Backend name → import path of its class. A plan names its backend. Keep the names of "
+        "backends that still hold instances: their instances cannot be stopped or deleted without them.",
     )
     data_root = Unicode(
         "/var/lib/visahub/data", config=True,
@@ -56,9 +90,11 @@ class VisaSpawner(Spawner):
     )
 
     backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
-    _backends: dict[str, Backend] = {}  # shared per hub process: backends hold process handles
 
     def __init__(self, **kwargs: Any) -> None:
+        self._catalogue: list[Plan] | None = None
+        #: which backend holds this instance; survives clear_state (see the module docstring)
+        self.identity: InstanceIdentity | None = None
         super().__init__(**kwargs)
         self._progress_events: list[dict] = []
         self._progress_changed = asyncio.Condition()
@@ -67,28 +103,38 @@ class VisaSpawner(Spawner):
     def _cmd_default(self) -> list[str]:
         return ["jupyterhub-singleuser"]
 
-    # -- the hub's spawn page: never a start on a GET (a link on another site) -------------------
-    @default("options_form")
-    def _options_form_default(self):
-        return lambda spawner: restart_form(spawner.display_name or spawner.name, spawner.orm_spawner.user_options)
-
-    def options_from_query(self, query_data: dict) -> dict:
-        raise HTTPError(405, "Instances are not started by following a link: use the home page.")
-
-    def options_from_form(self, form_data: dict) -> dict:
-        """The spawn page's start button: the instance's own settings (the form has no fields)."""
-        return dict(self.orm_spawner.user_options or {})
-
     # -- configuration -------------------------------------------------------------------------
+    @validate("plans")
+    def _validate_plans(self, proposal: dict) -> list[dict]:
+        self._catalogue = self._parse_plans(proposal["value"])
+        return proposal["value"]
+
+    @observe("backend_classes")
+    def _recheck_plans(self, change: dict) -> None:
+        self._catalogue = self._parse_plans(self.plans)
+
+    def _parse_plans(self, raw: list[dict]) -> list[Plan]:
+        try:
+            return parse_plans(raw, self.backend_classes)
+        except ValueError as e:
+            raise TraitError(f"VisaSpawner.plans: {e}") from None
+
     def plan_catalogue(self) -> list[Plan]:
-        return parse_plans(self.plans, self.backend_classes.keys())
+        """The configured plans, parsed and checked once (at configuration, not at each spawn)."""
+        if self._catalogue is None:  # the default plans: never went through the validator
+            self._catalogue = self._parse_plans(self.plans)
+        return self._catalogue
 
     def backend(self, name: str) -> Backend:
-        """The hub-wide backend instance for `name` (created once, configured from the hub config)."""
-        if name not in self._backends:
-            cls = import_item(self.backend_classes[name])
-            VisaSpawner._backends[name] = cls(config=self.config, log=self.log)  # hub-wide, not tied to one spawner
-        return self._backends[name]
+        """The hub's one backend called `name`; UnknownBackendError naming this instance if none."""
+        try:
+            return hub_backend(name, self.config, self.log, self.backend_classes)
+        except UnknownBackendError:
+            raise UnknownBackendError(
+                f"{self._log_name} belongs to the {name!r} backend, which this hub does not configure "
+                f"(VisaSpawner.backend_classes: {', '.join(sorted(self.backend_classes))}). Nothing was done: "
+                "configure that backend again to stop or delete the instance."
+            ) from None
 
     async def entitlements(self) -> dict[str, Any]:
         """The owner's facility entitlements, computed by the VISA authenticator at login/refresh."""
@@ -98,17 +144,48 @@ class VisaSpawner(Spawner):
     # -- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict:
         state = super().get_state()
+        if self.identity is not None:
+            state["identity"] = self.identity.to_dict()
         if self.backend_state:
             state["backend"] = self.backend_state
         return state
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
-        self.backend_state = state.get("backend", {})
+        self.backend_state = dict(state.get("backend") or {})
+        if state.get("identity"):
+            self.identity = InstanceIdentity.from_dict(state["identity"])
+        elif self.backend_state.get("backend"):  # saved before identities: the backend's dict names it
+            self.identity = InstanceIdentity(
+                backend=str(self.backend_state["backend"]), owner=str(self.backend_state.get("owner") or self.user.name),
+                server_name=str(self.backend_state.get("server_name", self.name)))
+        else:
+            self.identity = None
 
     def clear_state(self) -> None:
+        """Forget the running instance; keep its identity (the instance itself still exists)."""
         super().clear_state()
         self.backend_state = {}
+
+    def _owning_backend(self) -> tuple[Backend, dict]:
+        """The backend holding this instance, and the state to hand it (its own dict + identity)."""
+        if self.identity is None:
+            raise UnknownBackendError(f"{self._log_name}: the saved state names no backend: {self.backend_state!r}")
+        return self.backend(self.identity.backend), {**self.backend_state, **self.identity.to_dict()}
+
+    def _identity_from_plan(self) -> InstanceIdentity | None:
+        """For a state cleared by an earlier version (no identity kept): the backend of the plan it
+        was started with; None if it was never started with a plan (nothing was created)."""
+        plan_id = (self.user_options or {}).get("plan")
+        if not plan_id:
+            return None
+        plan = next((p for p in self.plan_catalogue() if p.id == plan_id), None)
+        if plan is None:
+            raise UnknownBackendError(
+                f"{self._log_name} was started with plan {plan_id!r}, which is no longer configured, and its "
+                "saved state (from an earlier version) does not say which backend holds it. Nothing was "
+                "deleted: configure that plan again to delete the instance.")
+        return InstanceIdentity(backend=plan.backend, owner=self.user.name, server_name=self.name)
 
     # -- progress ------------------------------------------------------------------------------
     def emit(self, percent: int, message: str) -> None:
@@ -143,17 +220,23 @@ class VisaSpawner(Spawner):
         self._progress_events = []
         self.emit(5, "Checking the request against your proposals and plans")
         entitlements = await self.entitlements()
+        plans = self.plan_catalogue()
         try:
             request = validate_request(
                 self.user_options, entitlements=entitlements,
-                plans=self.plan_catalogue(), existing={}, screens=self.screens,
+                plans=plans, existing={}, screens=self.screens,
                 keyboards=self.keyboards, roles_without_proposal=self.roles_without_proposal, new=False,
             )
         except OptionError as e:
             raise SpawnException(str(e), reason="options") from None
-        plan = next(p for p in self.plan_catalogue() if p.id == request.plan)
+        plan = next(p for p in plans if p.id == request.plan)
+        if self.identity is not None and self.identity.backend != plan.backend:
+            raise SpawnException(
+                f"This instance lives on {self.identity.backend}; the plan {plan.display_name} runs on "
+                f"{plan.backend}. Create a new instance for that plan.", reason="options")
         proposal = next((p for p in entitlements.get("proposals", []) if p.get("id") == request.proposal), {})
         backend = self.backend(plan.backend)
+        self.identity = InstanceIdentity(backend=plan.backend, owner=self.user.name, server_name=self.name)
         self.port = random_port()
         env = self.get_env()
         env.update({
@@ -184,21 +267,20 @@ class VisaSpawner(Spawner):
     async def poll(self) -> int | None:
         if not self.backend_state:
             return 0
-        backend = self.backend(self.backend_state.get("backend", "sandbox"))
-        status = await backend.status(self.backend_state)
+        backend, state = self._owning_backend()
+        status = await backend.status(state)
         # UNKNOWN (the cloud did not answer) is not "stopped": the hub would drop a live instance
         return 0 if status is InstanceStatus.STOPPED else None
 
     async def stop(self, now: bool = False) -> None:
         if self.backend_state:
-            await self.backend(self.backend_state.get("backend", "sandbox")).stop(self.backend_state, now=now)
+            backend, state = self._owning_backend()
+            await backend.stop(state, now=now)
 
     async def delete_forever(self) -> None:
-        """Remove the instance's home and account: called by the hub when the server is deleted."""
-        plan_backend = "sandbox"
-        for plan in self.plan_catalogue():
-            if plan.id == (self.user_options or {}).get("plan"):
-                plan_backend = plan.backend
-        await self.backend(plan_backend).delete(
-            {"backend": plan_backend, "owner": self.user.name, "server_name": self.name}
-        )
+        """Remove everything the instance owns (home, disk, server): the hub deletes the server."""
+        identity = self.identity or self._identity_from_plan()
+        if identity is None:
+            self.log.info("%s: never started on a backend; nothing to delete", self._log_name)
+            return
+        await self.backend(identity.backend).delete({**self.backend_state, **identity.to_dict()})

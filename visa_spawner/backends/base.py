@@ -2,15 +2,17 @@
 
 `VisaSpawner` owns the lifecycle (options, progress, errors, hub state); a backend only knows how
 to create, find, stop and delete one instance on its kind of infrastructure. Backends keep what
-they need to find an instance again in a JSON-able `state` dict that the hub persists.
+they need to find an instance again in a JSON-able `state` dict that the hub persists; each
+backend reads and writes that dict through its own small `SavedState` dataclass (`<name>/state.py`).
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Self
 
-from traitlets.config import LoggingConfigurable
+from traitlets.config import SingletonConfigurable
 
 #: progress callback: (percent, message) -> None
 ProgressCallback = Callable[[int, str], None]
@@ -27,6 +29,62 @@ class BackendError(Exception):
         self.message = message
         self.reason = reason
         self.log_detail = log_detail
+
+
+class StateError(ValueError):
+    """A saved state this hub cannot read (a bug or a hand-edited database, never a person's fault)."""
+
+
+class UnknownBackendError(LookupError):
+    """An instance belongs to a backend this hub does not configure.
+
+    Raised instead of guessing: handing a VM's state to another backend would "stop" or
+    "delete" the wrong thing and leave the VM running.
+    """
+
+
+class SavedState:
+    """`from_dict`/`to_dict` for the frozen dataclasses the hub persists as JSON.
+
+    Keys a class does not know are ignored (the spawner's own, or a newer version's), so states
+    saved by earlier versions load as they are; values are coerced to the type of the field's
+    default, and fields without a default are required.
+    """
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name not in data or data[f.name] is None:
+                if f.default is MISSING:
+                    raise StateError(f"{cls.__name__}: the saved state has no {f.name!r}")
+                continue
+            value = data[f.name]
+            try:
+                values[f.name] = value if f.default is MISSING else type(f.default)(value)
+            except (TypeError, ValueError) as e:
+                raise StateError(f"{cls.__name__}: {f.name}={value!r} is not a {type(f.default).__name__}") from e
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class InstanceIdentity(SavedState):
+    """Which backend holds an instance and whose it is.
+
+    Kept by the spawner after stop (JupyterHub calls `clear_state` then), so `delete_forever`
+    still reaches the backend that owns the instance's disk or home.
+    """
+
+    backend: str
+    owner: str
+    server_name: str
+
+    def __post_init__(self) -> None:
+        if not self.backend or not self.owner:
+            raise StateError(f"instance identity needs a backend and an owner, got {self!r}")
 
 
 class InstanceStatus(enum.Enum):
@@ -73,8 +131,17 @@ class InstanceSpec:
     instruments: tuple[str, ...] = ()  # the proposal's instruments (e.g. instrument-control networks)
 
 
-class Backend(LoggingConfigurable):
-    """Base of all backends; subclasses implement these steps, all async."""
+class Backend(SingletonConfigurable):
+    """Base of all backends; subclasses implement these steps, all async.
+
+    A hub holds one instance of each backend class (`Backend.instance()`), shared by every
+    spawner and by the OpenStack reconciler: one thread pool, one listing loop, one view of what
+    is in flight.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._instance = None  # one shared instance per backend class, not one for all backends
 
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
         """Create and start the instance; return the state to persist.

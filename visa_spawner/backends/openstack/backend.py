@@ -16,19 +16,22 @@ import asyncio
 import base64
 import secrets
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from openstack import exceptions as sdk_exc
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.base import (
+    Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError,
+)
 from visa_spawner.backends.openstack.cloud import CloudCalls, CloudSettings, list_servers, poll_until
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE, STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
 )
 from visa_spawner.backends.openstack.security import SecurityGroups
+from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.openstack.watch import ServerWatch
 from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 
@@ -121,13 +124,12 @@ class OpenStackBackend(Backend):
     adopt_servers = Bool(True, config=True, help="Reuse (rebuild with fresh user-data) a server this "
                          "hub left from an interrupted start instead of deleting and creating one.")
 
-    #: names being created in this process, hub-wide (the reconciler must not delete them)
-    inflight: ClassVar[set[str]] = set()
-    #: names this process started successfully and has not stopped (late sweeps must spare them)
-    running: ClassVar[set[str]] = set()
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: names being created (the reconciler, which shares this hub-wide backend, must spare them)
+        self.inflight: set[str] = set()
+        #: names started successfully and not stopped since (late sweeps must spare them)
+        self.running: set[str] = set()
         settings = CloudSettings(
             cloud=self.cloud, config_file=self.clouds_yaml, auth=dict(self.auth), region=self.region,
             compute_microversion=self.compute_microversion, endpoint_overrides=dict(self.endpoint_overrides),
@@ -151,7 +153,7 @@ class OpenStackBackend(Backend):
         if not token:
             raise BackendError("The hub gave this instance no API token; it could not report back.", reason="config")
         inbox = BOARD.register(token)
-        OpenStackBackend.inflight.add(name)
+        self.inflight.add(name)
         created, resumed = False, ""
         try:
             progress(8, "Preparing the instance's configuration")
@@ -177,12 +179,12 @@ class OpenStackBackend(Backend):
             floating = await self._floating_ip(server) if self.floating_ip_network else ""
             report = await self._wait_booted(server, inbox, progress)
             address = await self._address(server, report, floating)
-            state = {"backend": "openstack", "server_id": server.id, "name": name, "owner": spec.owner,
-                     "server_name": spec.server_name, "address": address, "port": report.port or spec.port}
-            OpenStackBackend.running.add(name)
+            state = OpenStackState(backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name,
+                                   server_id=server.id, name=name, address=address, port=report.port or spec.port)
+            self.running.add(name)
             self.log.info("%s/%s: server %s (%s) ready at %s:%s", spec.owner, spec.server_name, name,
-                          server.id, address, state["port"])
-            return state
+                          server.id, address, state.port)
+            return state.to_dict()
         except BaseException as e:
             if resumed:  # the server holds the person's files: shelve it again, never delete it
                 self.log.warning("%s/%s: start of shelved server %s failed (%s); shelving it again", spec.owner,
@@ -201,16 +203,18 @@ class OpenStackBackend(Backend):
             BOARD.unregister(inbox)
             if resumed:
                 BOARD.withdraw_resume(resumed)
-            OpenStackBackend.inflight.discard(name)
+            self.inflight.discard(name)
 
     async def address(self, state: dict) -> tuple[str, int]:
-        return state["address"], int(state["port"])
+        saved = OpenStackState.from_dict(state)
+        return saved.address, saved.port
 
     async def status(self, state: dict) -> InstanceStatus:
-        if not state.get("server_id"):
+        server_id = OpenStackState.from_dict(state).server_id
+        if not server_id:
             return InstanceStatus.STOPPED
         try:
-            server = await self.cloud_calls.call(_get, state["server_id"], doing="checking the server", attempts=2)
+            server = await self.cloud_calls.call(_get, server_id, doing="checking the server", attempts=2)
         except BackendError:
             return InstanceStatus.UNKNOWN
         if server is None or server.status in GONE_STATES:
@@ -218,17 +222,26 @@ class OpenStackBackend(Backend):
         return InstanceStatus.RUNNING
 
     async def stop(self, state: dict, now: bool = False) -> None:
-        name = state.get("name") or self.name_for(state["owner"], state["server_name"])
-        OpenStackBackend.running.discard(name)
-        if self.stop_action == "shelve" and state.get("server_id"):
-            await self._shelve(state["server_id"])
+        saved = OpenStackState.from_dict(state)
+        name = self._name_of(saved)
+        self.running.discard(name)
+        if self.stop_action == "shelve" and saved.server_id:
+            await self._shelve(saved.server_id)
         else:
             await self._delete_named(name, wait=True)
 
     async def delete(self, state: dict) -> None:
-        name = state.get("name") or self.name_for(state["owner"], state["server_name"])
-        OpenStackBackend.running.discard(name)
+        name = self._name_of(OpenStackState.from_dict(state))
+        self.running.discard(name)
         await self._delete_named(name, wait=True)
+
+    def _name_of(self, state: OpenStackState) -> str:
+        """The server's name: saved, or derived from (owner, server) after the hub cleared its state."""
+        if state.name:
+            return state.name
+        if not state.owner:
+            raise StateError("OpenStackState: neither a server name nor an owner to find the server by")
+        return self.name_for(state.owner, state.server_name)
 
     async def list_managed(self) -> list[dict]:
         """Every server of this hub: one listing call, filtered by tag on the server side."""
@@ -463,7 +476,7 @@ class OpenStackBackend(Backend):
         looked: look once more when any such request has surely ended. Servers of a newer start
         of the same instance are spared; the reconciler is the backstop after a hub restart."""
         await asyncio.sleep(self.request_timeout * 2 + self.poll_interval)
-        if name not in OpenStackBackend.inflight and name not in OpenStackBackend.running:
+        if name not in self.inflight and name not in self.running:
             await self._delete_named(name, wait=False, quiet=True)
 
     async def _all_gone(self, ids: list[str]) -> bool:

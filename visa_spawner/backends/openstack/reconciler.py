@@ -1,7 +1,8 @@
 """The reconciler: the hub's records and the cloud's servers agree, whatever crashed in between.
 
-Runs periodically inside the hub process (started by `install` from the hub config). Each cycle:
-one listing call by the hub's tag (through the backend's bounded pool), and the hub's own view of
+Runs periodically inside the hub process (started by `install` from the hub config), on the hub's
+one `OpenStackBackend` (the spawners' own: one pool, one view of the servers being created). Each
+cycle: one listing call by the hub's tag (through the backend's bounded pool), and the hub's own view of
 its servers through its REST API (a service token with read-only scopes plus `admin:servers` to
 stop a record). Then:
 
@@ -29,6 +30,7 @@ from traitlets import Float, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from visa_spawner.backends.openstack.backend import OpenStackBackend
+from visa_spawner.spawner import hub_backend
 
 SERVERS = Gauge("visa_openstack_servers", "Servers of this hub in the cloud at the last reconcile", ["kind"])
 DELETED = Counter("visa_openstack_orphans_deleted", "Servers deleted because no hub record owned them")
@@ -88,7 +90,7 @@ class Reconciler(LoggingConfigurable):
         now = dt.datetime.now(dt.timezone.utc)
         counts = {"servers": len(servers), "orphans": 0, "deleted": 0, "stopped": 0}
         for server in servers:
-            if server["name"] in owned or server["name"] in OpenStackBackend.inflight:
+            if server["name"] in owned or server["name"] in self.backend.inflight:
                 continue
             counts["orphans"] += 1
             age = (now - _parse_time(server["created"])).total_seconds()
@@ -170,6 +172,10 @@ def install(c: Config, *, token_file: Path, first_delay: float = 5.0) -> None:
     openstack_plans = {p["id"] for p in plans if p.get("backend") == "openstack"}
 
     def start() -> None:
-        Reconciler(OpenStackBackend(config=c), openstack_plans, config=c).start()
+        # the backend spawners use (created here or by the first spawn, whichever comes first)
+        backend = hub_backend("openstack", c)
+        if not isinstance(backend, OpenStackBackend):
+            raise TypeError(f"the reconciler needs an OpenStackBackend, the hub's 'openstack' is {type(backend)}")
+        Reconciler(backend, openstack_plans, config=c).start()
 
     loop.call_later(first_delay, start)

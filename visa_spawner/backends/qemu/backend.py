@@ -25,7 +25,9 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, defa
 
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.qemu import relay as qemu_relay
-from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.base import (
+    Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError,
+)
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.qemu.accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
 from visa_spawner.backends.qemu.boot import BootWatcher
@@ -34,6 +36,7 @@ from visa_spawner.backends.qemu.command import (
     relay_command,
 )
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
+from visa_spawner.backends.qemu.state import QemuState
 from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
 from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, build_snapshot, prune_snapshots
 
@@ -176,10 +179,11 @@ class QemuBackend(Backend):
             proc = await launch(qemu_argv(qemu, layout), paths.log)
             started = True
             self._procs[vm] = proc
-            state = {"backend": "qemu", "vm": vm, "owner": spec.owner, "server_name": spec.server_name,
-                     "pid": proc.pid, "port": spec.port, "overlay": str(paths.overlay), "qmp": str(paths.qmp),
-                     "accel": accel.name, "warm": snapshot is not None, "image": image.name, "started": time.time(),
-                     "snapshot": snapshot.dir.name if snapshot else ""}
+            state = QemuState(
+                backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, vm=vm, pid=proc.pid,
+                port=spec.port, overlay=str(paths.overlay), qmp=str(paths.qmp), accel=accel.name,
+                warm=snapshot is not None, image=image.name, started=time.time(),
+                snapshot=snapshot.dir.name if snapshot else "").to_dict()
             await self._run_blocking(self._write_state, paths, state)
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
@@ -198,22 +202,22 @@ class QemuBackend(Backend):
                 leftover.unlink(missing_ok=True)
 
     async def address(self, state: dict) -> tuple[str, int]:
-        return "127.0.0.1", int(state["port"])
+        return "127.0.0.1", QemuState.from_dict(state).port
 
     async def status(self, state: dict) -> InstanceStatus:
-        pid, overlay = state.get("pid"), state.get("overlay")
-        if not pid or not overlay:
+        saved = QemuState.from_dict(state)
+        if not saved.pid or not saved.overlay:
             return InstanceStatus.STOPPED
-        proc = self._procs.get(state.get("vm", ""))
+        proc = self._procs.get(saved.vm)
         if proc is not None and proc.returncode is not None:
             return InstanceStatus.STOPPED
-        return InstanceStatus.RUNNING if pid_runs(int(pid), overlay) else InstanceStatus.STOPPED
+        return InstanceStatus.RUNNING if pid_runs(saved.pid, saved.overlay) else InstanceStatus.STOPPED
 
     async def stop(self, state: dict, now: bool = False) -> None:
-        vm = state.get("vm") or vm_name(state["owner"], state["server_name"])
+        saved = QemuState.from_dict(state)
+        vm = _vm_of(saved)
         paths = VmPaths(Path(self.state_dir) / "instances" / vm)
-        saved = await self._run_blocking(self._read_state, paths) or {}
-        pid = int(state.get("pid") or saved.get("pid") or 0)
+        pid = saved.pid or QemuState.from_dict(await self._run_blocking(self._read_state, paths) or {}).pid
         if pid:
             await terminate(pid, str(paths.overlay), str(paths.qmp), 0 if now else self.stop_grace,
                             self._procs.get(vm), self.log)
@@ -222,7 +226,7 @@ class QemuBackend(Backend):
             runtime.unlink(missing_ok=True)
 
     async def delete(self, state: dict) -> None:
-        vm = state.get("vm") or vm_name(state["owner"], state["server_name"])
+        vm = _vm_of(QemuState.from_dict(state))
         await self.stop({**state, "vm": vm}, now=True)
         await self._run_blocking(shutil.rmtree, Path(self.state_dir) / "instances" / vm, True)
 
@@ -384,6 +388,15 @@ async def _run(*argv: str) -> tuple[int, str]:
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _vm_of(state: QemuState) -> str:
+    """The VM's directory name: saved, or derived from (owner, server) after the hub cleared its state."""
+    if state.vm:
+        return state.vm
+    if not state.owner:
+        raise StateError("QemuState: neither a VM name nor an owner to find the VM by")
+    return vm_name(state.owner, state.server_name)
 
 
 def _hostname(server_name: str) -> str:

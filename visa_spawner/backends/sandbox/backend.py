@@ -27,6 +27,7 @@ from visa_spawner.backends.sandbox.command import (
     proposal_mount_point,
     sandbox_env,
 )
+from visa_spawner.backends.sandbox.state import SandboxState
 
 
 
@@ -111,10 +112,10 @@ class SandboxBackend(Backend):
                 preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
             )
         self._procs[account] = proc
-        state = {
-            "backend": "sandbox", "account": account, "uid": uid, "pid": proc.pid,
-            "port": spec.port, "started": time.time(),
-        }
+        state = SandboxState(
+            backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, account=account,
+            uid=uid, pid=proc.pid, port=spec.port, started=time.time(),
+        ).to_dict()
         progress(60, "Waiting for Jupyter in the sandbox")
         try:
             await self._wait_listening(proc, spec.port, log_path)
@@ -125,10 +126,11 @@ class SandboxBackend(Backend):
         return state
 
     async def address(self, state: dict) -> tuple[str, int]:
-        return "127.0.0.1", int(state["port"])
+        return "127.0.0.1", SandboxState.from_dict(state).port
 
     async def status(self, state: dict) -> InstanceStatus:
-        account, pid = state.get("account"), state.get("pid")
+        saved = SandboxState.from_dict(state)
+        account, pid = saved.account, saved.pid
         if not account or not pid:
             return InstanceStatus.STOPPED
         proc = self._procs.get(account)
@@ -139,10 +141,10 @@ class SandboxBackend(Backend):
         except CgroupError:
             return InstanceStatus.UNKNOWN
         # after a hub restart: the pid must still be alive *and* be ours (pids get reused)
-        return InstanceStatus.RUNNING if cgroup.contains(int(pid)) else InstanceStatus.STOPPED
+        return InstanceStatus.RUNNING if cgroup.contains(pid) else InstanceStatus.STOPPED
 
     async def stop(self, state: dict, now: bool = False) -> None:
-        account = state.get("account")
+        account = SandboxState.from_dict(state).account
         if not account:
             return
         cgroup = Cgroup(account, parent=self.cgroup_parent)
@@ -160,11 +162,8 @@ class SandboxBackend(Backend):
         cgroup.remove()
 
     async def delete(self, state: dict) -> None:
-        account = state.get("account") or account_name(
-            state["owner"], state["server_name"], self.account_prefix
-        )
-        state = {**state, "account": account}
-        await self.stop(state, now=True)
+        account = SandboxState.from_dict(state).account_or_derived(self.account_prefix)
+        await self.stop({**state, "account": account}, now=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, shutil.rmtree, self._home(account), True)
         try:
