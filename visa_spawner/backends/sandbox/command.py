@@ -66,6 +66,8 @@ def bwrap_argv(
         "--no-new-privs",
         bwrap,
         "--unshare-all", "--share-net", "--new-session",
+        # no nested user namespaces (the way to mount, unshare and reach more kernel code)
+        "--unshare-user", "--disable-userns",
         "--hostname", layout.hostname,
         "--ro-bind", "/usr", "/usr",
     ]
@@ -85,8 +87,14 @@ def bwrap_argv(
         argv += ["--ro-bind", layout.data_host, layout.data_inside]
     for host, inside in layout.extra_ro_binds:
         argv += ["--ro-bind", host, inside]
-    argv += ["--chdir", layout.home_inside, "--", *command]
+    # the first process installs the seccomp filter every process of the instance inherits
+    argv += ["--chdir", layout.home_inside, "--", *seccomp_wrapper(layout.instance_env), *command]
     return argv
+
+
+def seccomp_wrapper(instance_env: str) -> list[str]:
+    """The instance env's `visa_instance.seccomp`: install the filter, then exec the command."""
+    return [f"{instance_env.rstrip('/')}/bin/python", "-m", "visa_instance.seccomp", "--"]
 
 
 def sandbox_env(base: dict[str, str], *, home: str, user: str, instance_env: str) -> dict[str, str]:
