@@ -55,6 +55,11 @@ def boot_once(hub: Hub, owner: Browserless, name: str, qemu_state: Path) -> tupl
     return elapsed, memory
 
 
+async def snapshot(backend: QemuBackend, cpus: int, memory_mb: int) -> dict:
+    return await build_snapshot(await backend.snapshot_template(), cpus, memory_mb,
+                                say=lambda m: print("  snapshot:", m, flush=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -83,8 +88,7 @@ def main() -> None:
                 print(f"  cold run {i}: {t:.1f} s; QEMU memory PSS {mem.get('pss')} MB, RSS {mem.get('rss')} MB",
                       flush=True)
             t0 = time.perf_counter()
-            meta = asyncio.run(build_snapshot(QemuBackend(state_dir=str(state / "qemu"), image_dir=image_dir),
-                                              2, 2048, say=lambda m: print("  snapshot:", m, flush=True)))
+            meta = asyncio.run(snapshot(QemuBackend(state_dir=str(state / "qemu"), image_dir=image_dir), 2, 2048))
             print(f"  snapshot ready in {time.perf_counter() - t0:.1f} s: {meta['state_mb']} MB, "
                   f"saved in {meta['save_seconds']} s", flush=True)
             for i in range(args.warm_runs):

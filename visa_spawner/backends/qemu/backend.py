@@ -38,7 +38,7 @@ from visa_spawner.backends.qemu.command import (
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
 from visa_spawner.backends.qemu.state import QemuState
 from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
-from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, build_snapshot, prune_snapshots
+from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, TemplateVm, build_snapshot, prune_snapshots
 
 
 def vm_name(owner: str, server_name: str) -> str:
@@ -346,9 +346,17 @@ class QemuBackend(Backend):
         self._snapshot_build = asyncio.ensure_future(self._build_snapshot(cpus, memory_mb))
         return self._snapshot_build
 
+    async def snapshot_template(self) -> TemplateVm:
+        """What `warm.build_snapshot` needs from this backend (BackendError when VMs cannot run here)."""
+        qemu, qemu_img = self.binaries()
+        return TemplateVm(qemu=qemu, qemu_img=qemu_img, image=await self._run_blocking(self.image),
+                          accel=await self.accel(), pool=self.pool, empty_dir=Path(self.state_dir) / "empty",
+                          boot_timeout=self.boot_timeout, extra_args=tuple(self.extra_args))
+
     async def _build_snapshot(self, cpus: int, memory_mb: int) -> dict | None:
         try:
-            meta = await build_snapshot(self, cpus, memory_mb, say=lambda m: self.log.info("Warm-start snapshot: %s", m))
+            meta = await build_snapshot(await self.snapshot_template(), cpus, memory_mb,
+                                        say=lambda m: self.log.info("Warm-start snapshot: %s", m))
             states = await self.list_managed()
             if any(s.get("warm") and "snapshot" not in s for s in states):
                 return meta  # a warm VM from before snapshots were recorded: its base is unknown, keep all
