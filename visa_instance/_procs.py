@@ -2,7 +2,7 @@
 
 A stopped desktop must leave nothing behind. Signalling the process group is not enough (xterm
 puts its shell in a new session), so the launcher becomes a child subreaper, asks the kernel to
-signal it when its parent dies, and finds its whole family through /proc.
+signal it when its parent dies, and finds its whole family with psutil.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import ctypes.util
 import os
 import signal
 from dataclasses import dataclass
+
+import psutil
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -42,62 +44,50 @@ def become_subreaper() -> bool:
 
 @dataclass(frozen=True)
 class ProcInfo:
-    """The fields of /proc/<pid>/stat we need."""
+    """What we need to know of one process, read once (the process may be gone a moment later)."""
 
     pid: int
     ppid: int
     pgid: int
-    state: str
-    start_time: int
+    status: str  # psutil.STATUS_*
+    create_time: float
     comm: str
 
 
-def read_proc(pid: int, proc: str = "/proc") -> ProcInfo | None:
-    """Parse /proc/<pid>/stat (the command name may contain spaces and parentheses)."""
+def _info(process: psutil.Process) -> ProcInfo | None:
     try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    head, _, rest = raw.rpartition(")")
-    comm = head.partition("(")[2]
-    fields = rest.split()
-    try:
-        return ProcInfo(pid, int(fields[1]), int(fields[2]), fields[0], int(fields[19]), comm)
-    except (IndexError, ValueError):
+        with process.oneshot():
+            return ProcInfo(process.pid, process.ppid(), os.getpgid(process.pid), process.status(),
+                            process.create_time(), process.name())
+    except (psutil.Error, OSError):  # gone (or not ours to read) since it was listed
         return None
 
 
-def all_procs(proc: str = "/proc") -> list[ProcInfo]:
-    """Every process visible now."""
-    infos = []
-    for name in os.listdir(proc):
-        if name.isdigit():
-            info = read_proc(int(name), proc)
-            if info is not None:
-                infos.append(info)
-    return infos
+def read_proc(pid: int) -> ProcInfo | None:
+    """The process ``pid`` now, or None if there is none."""
+    try:
+        return _info(psutil.Process(pid))
+    except psutil.Error:
+        return None
 
 
-def family(root: int, pgid: int | None = None, proc: str = "/proc") -> list[ProcInfo]:
+def family(root: int, pgid: int | None = None) -> list[ProcInfo]:
     """Live (non-zombie) descendants of ``root`` plus members of ``pgid``, without ``root``."""
-    infos = all_procs(proc)
-    children: dict[int, list[ProcInfo]] = {}
-    for info in infos:
-        children.setdefault(info.ppid, []).append(info)
-    found: dict[int, ProcInfo] = {}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child.pid not in found:
-                found[child.pid] = child
-                stack.append(child.pid)
+    found: dict[int, psutil.Process] = {}
+    try:
+        found.update((child.pid, child) for child in psutil.Process(root).children(recursive=True))
+    except psutil.Error:
+        pass
     if pgid is not None:
-        for info in infos:
-            if info.pgid == pgid:
-                found.setdefault(info.pid, info)
+        for process in psutil.process_iter():
+            try:
+                if os.getpgid(process.pid) == pgid:
+                    found.setdefault(process.pid, process)
+            except OSError:
+                continue
     found.pop(root, None)
-    return [info for info in found.values() if info.state != "Z"]
+    infos = (_info(process) for process in found.values())
+    return [info for info in infos if info is not None and info.status != psutil.STATUS_ZOMBIE]
 
 
 def signal_all(infos: list[ProcInfo], sig: int) -> None:

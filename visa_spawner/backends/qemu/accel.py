@@ -11,6 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 
 @dataclass(frozen=True)
 class Acceleration:
@@ -129,9 +131,9 @@ def capacity_problem(memory_mb: int, *, running: int, max_vms: int, total_mb: in
 
 
 def pid_runs(pid: int, needle: str) -> bool:
-    """Is `pid` alive and is `needle` (an overlay path) in its command line? Pids get reused."""
+    """Is `pid` alive (not a zombie) and is `needle` (an overlay path) in its command line?
+    Pids get reused."""
     try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            return needle.encode() in f.read()
-    except (OSError, ValueError):
+        return needle in "\0".join(psutil.Process(int(pid)).cmdline())
+    except (psutil.Error, ValueError):
         return False

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
+import psutil
 from qemu.qmp import QMPClient
 
 from visa_spawner.backends.qemu.accel import pid_runs
@@ -192,14 +193,9 @@ async def terminate(pid: int, overlay: str, qmp_socket: str, grace: float,
 
 
 def memory_of(pid: int) -> dict[str, int]:
-    """PSS and RSS of a process in MB (from smaps_rollup)."""
-    out = {}
+    """PSS and RSS of a process in MB ({} when it is gone or not ours to read)."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("Rss", "Pss"):
-                    out[key.lower()] = int(rest.split()[0]) // 1024
-    except OSError:
-        pass
-    return out
+        info = psutil.Process(pid).memory_full_info()
+    except psutil.Error:
+        return {}
+    return {"rss": info.rss >> 20, "pss": info.pss >> 20}
