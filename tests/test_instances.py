@@ -170,19 +170,55 @@ def test_pending_account_cannot_create(login):
     assert r.status_code == 400 and "waiting for approval" in r.text
 
 
-def test_stop_ends_the_whole_process_tree_including_the_desktop(hub, login):
+def open_desktop(client, server):
+    """Visit the desktop and wait for the VNC server's greeting through hub and proxy: from then on
+    Xvnc and the window manager run."""
     import websocket
 
+    client.instance_get(client.user, server, "visa/desktop")
+    base = f"/user/{client.user}/{server}/"
+    cookies = "; ".join(f"{c.name}={c.value}" for c in client.s.cookies if base.startswith(c.path))
+    ws = websocket.create_connection(client.hub.url.replace("http", "ws") + base + "desktop/",
+                                     header=[f"Cookie: {cookies}"], origin=client.hub.url, timeout=30)
+    try:
+        assert ws.recv().startswith(b"RFB 003.008")  # a real VNC server answered through hub and proxy
+    finally:
+        ws.close()
+
+
+#: the long-lived processes that make an instance what it is, by (process name, argv) —
+#: not the short-lived helpers its extensions start now and then (jupyter_lsp's `npm prefix -g`, …)
+DEFINING = {
+    "jupyter": lambda name, argv: any(os.path.basename(a) == "jupyterhub-singleuser" for a in argv[:2]),
+    "desktop": lambda name, argv: name in ("Xvnc", "Xtigervnc"),
+    "window manager": lambda name, argv: name == "openbox",
+}
+
+
+def defining_processes(owner, server) -> dict[str, set[tuple[int, float]]]:
+    """{role: {(pid, start time)}} of the instance's defining processes (a reused pid differs in
+    its start time)."""
+    import psutil
+
+    found: dict[str, set[tuple[int, float]]] = {}
+    for pid in cgroup_pids(owner, server):
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                name, argv, started = p.name(), p.cmdline(), p.create_time()
+        except psutil.Error:  # gone since the cgroup was read: not a defining process
+            continue
+        for role, matches in DEFINING.items():
+            if matches(name, argv):
+                found.setdefault(role, set()).add((pid, started))
+    return found
+
+
+def test_stop_ends_the_whole_process_tree_including_the_desktop(hub, login):
     alice = login("alice")
     server = create(alice, unique("Desktop"))
     hub.wait_ready("alice", server)
-    alice.instance_get("alice", server, "visa/desktop")
-    base = f"/user/alice/{server}/"
-    cookies = "; ".join(f"{c.name}={c.value}" for c in alice.s.cookies if base.startswith(c.path))
-    ws = websocket.create_connection(hub.url.replace("http", "ws") + base + "desktop/",
-                                     header=[f"Cookie: {cookies}"], origin=hub.url, timeout=30)
-    assert ws.recv().startswith(b"RFB 003.008")  # a real VNC server answered through hub and proxy
-    ws.close()
+    open_desktop(alice, server)
     running = " ".join(processes_of("alice", server))
     assert "Xtigervnc" in running or "Xvnc" in running, running
     assert "openbox" in running, running
@@ -196,17 +232,14 @@ def test_hub_restart_finds_the_running_sandbox(hub, login):
     alice = login("alice")
     server = create(alice, unique("Survivor"))
     hub.wait_ready("alice", server)
-    # Jupyter's extensions start short-lived helpers just after it is up (e.g. jupyter_lsp's
-    # `npm prefix -g`): compare the instance's processes once they have settled
-    seen = [cgroup_pids("alice", server)]
-    wait_for(lambda: seen.append(cgroup_pids("alice", server)) or seen[-1] == seen[-2], 30,
-             "the instance's processes to settle", interval=0.5)
-    pids = seen[-1]
+    open_desktop(alice, server)
+    before = defining_processes("alice", server)
+    assert before.keys() == DEFINING.keys(), before
     hub.stop()
-    assert cgroup_pids("alice", server) == pids  # the hub going away does not kill instances
+    assert defining_processes("alice", server) == before  # the hub going away does not kill instances
     hub.start()
     assert hub.server_model("alice", server)["ready"]
-    assert cgroup_pids("alice", server) == pids
+    assert defining_processes("alice", server) == before  # the same processes, not new ones
     r = requests.get(f"{hub.url}/user/alice/{server}/api/status", headers={"Authorization": f"token {hub.token}"}, timeout=10)
     assert r.status_code == 200
     hub.delete_server("alice", server)
