@@ -37,7 +37,7 @@ class RoomsMixin:
         inst = await self.instance(owner, server)
         if actor != owner:
             raise self.refuse(inst.key, actor, "set-policy", CollabError(403, "Only the owner can change this."))
-        if owner_away not in OWNER_AWAY_POLICIES:
+        if not isinstance(owner_away, str) or owner_away not in OWNER_AWAY_POLICIES:
             raise self.refuse(inst.key, actor, "set-policy", CollabError(
                 400, f"Unknown policy {str(owner_away)[:30]!r}: choose one of {', '.join(OWNER_AWAY_POLICIES)}."))
         at = self.now()
@@ -172,7 +172,7 @@ class RoomsMixin:
             raise self.refuse(inst_key, actor, action, CollabError(403, "Only the owner can answer this request."),
                               member=req["requester"], detail={"request": rid})
         roles = {"full": Role.SUPPORT, "read-only": Role.GUEST, "reject": None}
-        if decision not in roles:
+        if not isinstance(decision, str) or decision not in roles:
             raise self.refuse(inst_key, actor, action, CollabError(
                 400, "Answer with full, read-only or reject."), member=req["requester"], detail={"request": rid})
         if req["status"] != "pending":

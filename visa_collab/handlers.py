@@ -27,6 +27,14 @@ _jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoe
 NAME = r"([^/]+)"
 
 
+def row_id(text: str, missing: str) -> int:
+    """A record id from the URL (``\\d+``): past SQL's 64-bit integers no record has it."""
+    value = int(text)
+    if value >= 2**63:
+        raise web.HTTPError(404, "%s", missing)
+    return value
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     api = False
 
@@ -60,7 +68,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             return {}
         try:
             data = json.loads(self.request.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise web.HTTPError(400, "The request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise web.HTTPError(400, "The request body must be a JSON object.")
@@ -186,7 +194,8 @@ class InvitationsHandler(ApiHandler):
 class InvitationHandler(ApiHandler):
     @web.authenticated
     async def delete(self, owner: str, server: str, invitation: str) -> None:
-        await self.guard(self.collab.revoke_invitation(self.actor, owner, server, int(invitation)))
+        invitation_id = row_id(invitation, "No such invitation.")
+        await self.guard(self.collab.revoke_invitation(self.actor, owner, server, invitation_id))
         self.set_status(204)
         self.finish()
 
@@ -218,13 +227,14 @@ class RequestAccessHandler(ApiHandler):
 class RequestHandler_(ApiHandler):
     @web.authenticated
     async def get(self, rid: str) -> None:
-        self.send(await self.guard(self.collab.request_status(self.actor, int(rid))))
+        self.send(await self.guard(self.collab.request_status(self.actor, row_id(rid, "No such access request."))))
 
 
 class DecisionHandler(ApiHandler):
     @web.authenticated
     async def post(self, rid: str) -> None:
-        self.send(await self.guard(self.collab.decide(self.actor, int(rid), self.body().get("decision"))))
+        request_id = row_id(rid, "No such access request.")
+        self.send(await self.guard(self.collab.decide(self.actor, request_id, self.body().get("decision"))))
 
 
 class PendingRequestsHandler(ApiHandler):
@@ -306,7 +316,7 @@ class OpenPage(BaseHandler):
 class RequestPage(BaseHandler):
     @web.authenticated
     async def get(self, rid: str) -> None:
-        req = await self.guard(self.collab.request_status(self.actor, int(rid)))
+        req = await self.guard(self.collab.request_status(self.actor, row_id(rid, "No such access request.")))
         inst = await self.guard(self.collab.instance(req["owner"], req["server"]))
         self.render("request.html", req=req, instance=inst.model(),
                     full_url=instance_entry(inst.url, "support"), guest_url=instance_entry(inst.url, "guest"))
