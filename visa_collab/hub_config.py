@@ -89,7 +89,7 @@ def apply(
     ``$VISA_COLLAB_PORT``, else one chosen once and kept in `state_dir`, so instances that
     survive a hub restart still reach it). `instance_url`: the service's URL as instances reach
     it (default: ``http://127.0.0.1:<port><base_url>services/visa-collab/``, right for the
-    sandbox backend, whose instances share the host's network).
+    sandbox backend, whose bridge opens this port inside each sandbox: docs/architecture.md).
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)

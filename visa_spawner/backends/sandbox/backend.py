@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from traitlets import Float, Integer, Unicode
+from traitlets import Float, Integer, List, Unicode
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
 from visa_spawner.backends.guest.protocol import mask_secrets
@@ -27,6 +27,7 @@ from visa_spawner.backends.sandbox.command import (
     proposal_mount_point,
     sandbox_env,
 )
+from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, hub_routes
 from visa_spawner.backends.sandbox.state import SandboxState
 
 
@@ -69,10 +70,19 @@ class SandboxBackend(Backend):
     start_timeout = Float(60, config=True, help="Seconds to wait for Jupyter to listen in the sandbox.")
     stop_grace = Float(5, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
     max_pids = Integer(4096, config=True, help="Process limit per sandbox (fork-bomb guard).")
+    hub_url_env = List(
+        Unicode(),
+        default_value=["JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL", "VISA_COLLAB_URL"],
+        config=True,
+        help="Environment variables holding the hub URLs an instance may reach. Each sandbox has "
+        "its own network namespace; its bridge opens 127.0.0.1:<port> inside for each of these "
+        "URLs (the host rewritten to 127.0.0.1) and nothing else of the host.",
+    )
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._bridges: dict[str, asyncio.subprocess.Process] = {}
 
     # -- paths -------------------------------------------------------------------------------
     def _home(self, account: str) -> Path:
@@ -84,6 +94,7 @@ class SandboxBackend(Backend):
     # -- steps -------------------------------------------------------------------------------
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
         account = account_name(spec.owner, spec.server_name, self.account_prefix)
+        hub_env, routes = self._hub_routes(spec)
         progress(20, "Preparing the instance's account and home")
         uid, gid = await self._ensure_account(account)
         home = self._home(account)
@@ -100,15 +111,25 @@ class SandboxBackend(Backend):
 
         layout = self._layout(spec, account, uid, gid)
         inside_home = layout.home_inside
-        env = sandbox_env(spec.env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
-        argv = bwrap_argv(layout, self._command(spec, layout.home_inside))
+        env = sandbox_env(hub_env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
         progress(40, f"Starting the sandbox ({spec.plan.cpus:g} CPU, {spec.plan.memory_mb} MB)")
         log_path = self._log_path(account)
-        with open(log_path, "ab") as log_file:
+        # the bridge (same cgroup, so stop ends it too) joins the sandbox's own network namespace
+        with open(log_path, "ab") as log_file, BridgePipes() as pipes:
+            argv = bwrap_argv(layout, self._command(spec, layout.home_inside),
+                              info_fd=pipes.info_w, block_fd=pipes.block_r)
+            bridge = await asyncio.create_subprocess_exec(
+                *bridge_argv(info_fd=pipes.info_r, block_fd=pipes.block_w, jupyter_port=spec.port,
+                             routes=routes, uid=uid, gid=gid),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env={"LANG": "C.UTF-8"}, start_new_session=True, pass_fds=pipes.bridge_fds,
+                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
+            )
+            self._bridges[account] = bridge
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
+                env=env, start_new_session=True, pass_fds=pipes.sandbox_fds,
                 preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
             )
         self._procs[account] = proc
@@ -118,7 +139,7 @@ class SandboxBackend(Backend):
         ).to_dict()
         progress(60, "Waiting for Jupyter in the sandbox")
         try:
-            await self._wait_listening(proc, spec.port, log_path)
+            await self._wait_listening(proc, spec.port, log_path, bridge)
         except BaseException:
             await self.stop(state, now=True)
             raise
@@ -154,9 +175,10 @@ class SandboxBackend(Backend):
         while cgroup.pids() and time.monotonic() < deadline:
             cgroup.signal_all(signal.SIGKILL)
             await asyncio.sleep(0.05)
-        proc = self._procs.pop(account, None)
-        if proc is not None:
-            await proc.wait()
+        for procs in (self._procs, self._bridges):
+            proc = procs.pop(account, None)
+            if proc is not None:
+                await proc.wait()
         if cgroup.pids():
             self.log.error("Sandbox %s: processes survived SIGKILL: %s", account, cgroup.pids())
         cgroup.remove()
@@ -183,6 +205,14 @@ class SandboxBackend(Backend):
         if cmd and "/" not in cmd[0]:
             cmd[0] = f"{self.instance_env}/bin/{cmd[0]}"
         return cmd + [f"--FileContentsManager.preferred_dir={home_inside}"]
+
+    def _hub_routes(self, spec: InstanceSpec) -> tuple[dict[str, str], tuple[HubRoute, ...]]:
+        """The sandbox's environment and its only ways out (the hub's URLs), or a BackendError."""
+        try:
+            return hub_routes(spec.env, self.hub_url_env, jupyter_port=spec.port)
+        except ValueError as e:
+            raise BackendError("The hub's address cannot be given to the instance; ask an admin.",
+                               reason="network", log_detail=str(e)) from e
 
     def _layout(self, spec: InstanceSpec, account: str, uid: int, gid: int) -> SandboxLayout:
         data_inside = ""
@@ -234,7 +264,8 @@ class SandboxBackend(Backend):
                 reason="account", log_detail=f"{argv[0]} failed: {out.decode(errors='replace').strip()}",
             )
 
-    async def _wait_listening(self, proc: asyncio.subprocess.Process, port: int, log_path: Path) -> None:
+    async def _wait_listening(self, proc: asyncio.subprocess.Process, port: int, log_path: Path,
+                              bridge: asyncio.subprocess.Process | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
         delay = 0.02
         while time.monotonic() < deadline:
@@ -242,6 +273,11 @@ class SandboxBackend(Backend):
                 raise BackendError(
                     f"The sandbox exited during start (status {proc.returncode}). Last log lines:\n{_tail(log_path)}",
                     reason="exited",
+                )
+            if bridge is not None and bridge.returncode is not None:
+                raise BackendError(
+                    f"The sandbox's network bridge exited during start. Last log lines:\n{_tail(log_path)}",
+                    reason="network",
                 )
             if await _port_open(port):
                 return

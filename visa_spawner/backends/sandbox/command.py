@@ -54,18 +54,22 @@ def bwrap_argv(
     *,
     setpriv: str = "setpriv",
     bwrap: str = "bwrap",
+    info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
     """The full command line: drop to the instance's uid, then enter a fresh bubblewrap sandbox.
 
     Dropping privileges *before* bwrap makes the sandbox really run as that uid (bwrap run as
-    root with --uid maps the user to root outside). The network is shared so the hub reaches
-    Jupyter on 127.0.0.1; every other namespace is private (pids, IPC, UTS, mounts).
+    root with --uid maps the user to root outside). Every namespace is private, the network
+    too: the hub reaches Jupyter, and Jupyter the hub, only through the instance's bridge
+    (`network.py`), which learns the sandbox's pid from `info_fd` and releases it through
+    `block_fd` once its routes exist.
     """
     argv = [
         setpriv, f"--reuid={layout.uid}", f"--regid={layout.gid}", "--clear-groups",
         "--no-new-privs",
         bwrap,
-        "--unshare-all", "--share-net", "--new-session",
+        "--unshare-all", "--new-session",
         # no nested user namespaces (the way to mount, unshare and reach more kernel code)
         "--unshare-user", "--disable-userns",
         "--hostname", layout.hostname,
@@ -87,6 +91,10 @@ def bwrap_argv(
         argv += ["--ro-bind", layout.data_host, layout.data_inside]
     for host, inside in layout.extra_ro_binds:
         argv += ["--ro-bind", host, inside]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
     # the first process installs the seccomp filter every process of the instance inherits
     argv += ["--chdir", layout.home_inside, "--", *seccomp_wrapper(layout.instance_env), *command]
     return argv
