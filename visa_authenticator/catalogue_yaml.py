@@ -31,6 +31,11 @@ from .catalogue_data import CatalogueData
 SECTIONS = ("persons", "instruments", "proposals", "experiments")
 
 
+def _shown(name: str) -> str:
+    """A name from the file as a problem line shows it: one line, whatever it contains."""
+    return name if name.isprintable() else repr(name)
+
+
 class CatalogueFormatError(ValueError):
     """The document as a whole is unusable (not YAML, not a mapping...)."""
 
@@ -47,6 +52,9 @@ _NoTimestampLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# an explicit !!timestamp stays text too (PyYAML's own constructor fails on a bad one with an
+# AttributeError, and a datetime would not compare with the other dates)
+_NoTimestampLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
 
 
 def load_yaml(text: str) -> Any:
@@ -55,6 +63,10 @@ def load_yaml(text: str) -> Any:
         return yaml.load(text, Loader=_NoTimestampLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise CatalogueFormatError(f"not valid YAML: {e}") from e
+    except RecursionError:
+        raise CatalogueFormatError("not usable YAML: nested too deeply") from None
+    except ValueError as e:  # a constructor's own limit, e.g. an integer of over 4300 digits
+        raise CatalogueFormatError(f"not usable YAML: {e}") from None
 
 
 @dataclass
@@ -129,7 +141,7 @@ class _Fields:
         extra = sorted(set(map(str, self.raw)) - set(allowed))
         if extra:
             self.problems.append(
-                f"unknown field(s) {', '.join(extra)} (allowed: {', '.join(allowed)})"
+                f"unknown field(s) {', '.join(map(_shown, extra))} (allowed: {', '.join(allowed)})"
             )
 
 
@@ -146,7 +158,7 @@ def _roles(f: _Fields) -> tuple[RoleGrant, ...]:
             sub.unknown_keys(("role", "expires"))
             name = sub.text("role")
             expires = sub.day("expires", required=False)
-            f.problems.extend(f"role {name or '?'}: {p}" for p in sub.problems)
+            f.problems.extend(f"role {_shown(name or '?')}: {p}" for p in sub.problems)
             if sub.problems:
                 continue
         else:
@@ -287,7 +299,7 @@ def parse_catalogue(
     ctx = _Context(numbered=numbered)
     for key in sorted(set(map(str, doc)) - set(SECTIONS)):
         known = ", ".join(SECTIONS)
-        ctx.problems.append(f"{source}: unknown section '{key}' ignored (known: {known})")
+        ctx.problems.append(f"{source}: unknown section '{_shown(key)}' ignored (known: {known})")
     for section in SECTIONS:  # this order lets each section check references to earlier ones
         _section(doc, section, source, ctx)
     data = CatalogueData(

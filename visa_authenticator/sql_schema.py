@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     insert,
@@ -51,6 +52,23 @@ TABLES = (
     "experiments",
     "experiment_team",
 )
+
+
+class Day(TypeDecorator):
+    """A DATE column. SQLite keeps any value in any column, and SQLAlchemy's SQLite dates fail
+    the whole query on one bad value; there the column is read as stored (ISO text, the same
+    storage), so the parser skips the one record and says why."""
+
+    impl = Date
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(String() if dialect.name == "sqlite" else Date())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if dialect.name == "sqlite" and isinstance(value, date):
+            return value.isoformat()
+        return value
 
 
 def catalogue_metadata(schema: str | None = None, *, strict: bool = True) -> MetaData:
@@ -79,7 +97,7 @@ def catalogue_metadata(schema: str | None = None, *, strict: bool = True) -> Met
         "person_roles", md,
         key("person_id", 128, "persons.id", primary=True),
         Column("role", String(64), primary_key=strict, nullable=not strict),
-        col("expires", Date),
+        col("expires", Day()),
         comment="Role grants; no row = no role. expires: last valid day, NULL = no end.",
     )  # fmt: skip
     Table(
@@ -97,7 +115,7 @@ def catalogue_metadata(schema: str | None = None, *, strict: bool = True) -> Met
         key("id", 64, primary=True),
         col("title", Text, required=True),
         col("doi", String(256)),
-        col("public_date", Date),
+        col("public_date", Day()),
         comment="public_date: end of embargo; from that day the proposal is open data.",
     )  # fmt: skip
     experiments = Table(
@@ -105,8 +123,8 @@ def catalogue_metadata(schema: str | None = None, *, strict: bool = True) -> Met
         key("id", 64, primary=True),
         key("proposal_id", 64, "proposals.id"),
         key("instrument_id", 64, "instruments.id"),
-        col("start_date", Date, required=True),
-        col("end_date", Date, required=True),
+        col("start_date", Day(), required=True),
+        col("end_date", Day(), required=True),
     )  # fmt: skip
     if strict:
         experiments.append_constraint(
