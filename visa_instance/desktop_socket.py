@@ -40,7 +40,15 @@ class DesktopSocketMixin:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"  # type: ignore[attr-defined]
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
-        await super().prepare(*args, **kwargs)  # type: ignore[misc]  # login; 403 for websockets
+        if self._is_websocket():
+            # a websocket is refused, never sent to the login page (jupyter-server redirects
+            # unknown callers there since ServerApp.allow_unauthenticated_access is False)
+            user = self.identity_provider.get_user(self)  # type: ignore[attr-defined]
+            if hasattr(user, "__await__"):
+                user = await user
+            if user is None:
+                raise web.HTTPError(403, "Log in to use this desktop.")
+        await super().prepare(*args, **kwargs)  # type: ignore[misc]  # login
         if not self._is_websocket():
             return
         room = self.settings["visa_room"]  # type: ignore[attr-defined]

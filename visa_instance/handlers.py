@@ -15,7 +15,7 @@ from typing import Any, Awaitable
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
@@ -108,10 +108,12 @@ class PublicStaticHandler(JupyterHandler, web.StaticFileHandler):
         if self.allowed and normal.split("/", 1)[0] not in self.allowed:
             raise web.HTTPError(404)
 
+    @allow_unauthenticated  # public code (ServerApp.allow_unauthenticated_access is False)
     def head(self, path: str) -> Awaitable[None]:  # type: ignore[override]
         self._check_path(path)
         return web.StaticFileHandler.head(self, path)
 
+    @allow_unauthenticated
     def get(self, path: str, include_body: bool = True) -> Awaitable[None]:  # type: ignore[override]
         self._check_path(path)
         return web.StaticFileHandler.get(self, path, include_body)
