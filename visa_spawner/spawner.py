@@ -17,13 +17,14 @@ from typing import Any
 
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
+from tornado.web import HTTPError
 from traitlets import Dict, List, TraitError, Unicode, default, import_item, observe, validate
 from traitlets.config import Config
 
 from .backends.base import (
     Backend, BackendError, InstanceIdentity, InstanceSpec, InstanceStatus, Plan, UnknownBackendError,
 )
-from .options import KEYBOARDS, SCREENS, OptionError, validate_request
+from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
 from .plans import parse_plans
 
 DEFAULT_PLANS = [
@@ -102,6 +103,18 @@ class VisaSpawner(Spawner):
     @default("cmd")
     def _cmd_default(self) -> list[str]:
         return ["jupyterhub-singleuser"]
+
+    # -- the hub's spawn page: never a start on a GET (a link on another site) -------------------
+    @default("options_form")
+    def _options_form_default(self):
+        return lambda spawner: restart_form(spawner.display_name or spawner.name, spawner.orm_spawner.user_options)
+
+    def options_from_query(self, query_data: dict) -> dict:
+        raise HTTPError(405, "Instances are not started by following a link: use the home page.")
+
+    def options_from_form(self, form_data: dict) -> dict:
+        """The spawn page's start button: the instance's own settings (the form has no fields)."""
+        return dict(self.orm_spawner.user_options or {})
 
     # -- configuration -------------------------------------------------------------------------
     @validate("plans")
