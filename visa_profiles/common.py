@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from visa_spawner.backends.guest import phonehome
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
-from visa_spawner.spawner import DEFAULT_PLANS
+from visa_spawner.spawner import DEFAULT_PLANS, check_plans
 
 VM_PLAN = {"id": "vm", "display_name": "Virtual machine", "backend": "qemu", "cpus": 2, "memory_mb": 2048,
            "description": "A full virtual machine: 2 CPUs, 2 GB, its own desktop"}
@@ -117,3 +118,16 @@ def apply_vm_plan(c: Any, state: Path, env: Mapping[str, str]) -> None:
     c.VisaSpawner.plans = [*DEFAULT_PLANS, VM_PLAN]
     c.VisaSpawner.start_timeout = 600  # a cold TCG boot on a busy host takes minutes
     c.QemuBackend.boot_timeout = 570  # below start_timeout: the backend's own message reaches the person
+
+
+def exit_on_bad_plans(c: Any) -> None:
+    """Stop the hub at start with a message naming the bad plan (the last line of a profile).
+
+    VisaSpawner checks its plans too, but JupyterHub only creates a spawner when someone first looks
+    at their servers: without this a typo in a plan would surface as a broken home page hours later.
+    A site that adds plans in its own config file calls this after them.
+    """
+    try:
+        check_plans(c)
+    except ValueError as e:
+        sys.exit(f"VISA Hub: bad VisaSpawner.plans: {e}")

@@ -8,7 +8,7 @@ profile (visa_profiles.common); only identity, catalogue and database differ.
 import os
 from pathlib import Path
 
-from visa_profiles.common import apply_hub_and_instances, prepare_state_dir, private_sqlite_url, secret_file
+from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, prepare_state_dir, private_sqlite_url, secret_file
 
 here = Path(__file__).resolve().parent
 
@@ -24,3 +24,5 @@ c.CryptKeeper.keys = [bytes.fromhex(secret_file(state, "crypt_key"))]
 c.JupyterHub.authenticator_class = "visa-demo"
 c.Authenticator.enable_auth_state = True
 c.FileCatalogue.path = os.environ.get("VISA_CATALOGUE", str(here / "catalogue.yaml"))
+
+exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from visa_profiles.common import apply_hub_and_instances, prepare_state_dir
+from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, prepare_state_dir
 from visa_profiles.env import SettingsError
 from visa_profiles.openstack import openstack_config, openstack_enabled
 from visa_profiles.production import production_config
@@ -34,3 +34,5 @@ if openstack_enabled(os.environ):
     except SettingsError as e:
         sys.exit(f"VISA Hub production profile: {e}. See docs/openstack.md.")
     reconciler.install(c, token_file=state / "reconciler_token")
+
+exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name
