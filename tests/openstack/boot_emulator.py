@@ -1,7 +1,8 @@
 """Test side: what a real VM would do with the user-data the backend gave Nova.
 
 The lab's fake hypervisor boots nothing. This emulator watches the lab (as admin: reading
-user_data needs it) for ACTIVE servers with the hub's tag and, after `boot_delay`, "boots" each:
+user_data needs it) for ACTIVE servers with the hub's tag and, after `boot_delay` (seconds, or a
+function of the server), "boots" each:
 
 - mode "real": runs the rendered start script (`cloudinit.START_SCRIPT`, extracted from the
   user-data) in a bubblewrap sandbox with a private /etc (it creates the owner's account) and
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 
 from lab import PAGE
@@ -48,7 +50,7 @@ class _Instance:
 
 
 class BootEmulator:
-    def __init__(self, connect, tag: str, *, boot_delay: float = 0.0, mode: str = "real",
+    def __init__(self, connect, tag: str, *, boot_delay: float | Callable[[Any], float] = 0.0, mode: str = "real",
                  board_loop: asyncio.AbstractEventLoop | None = None, interval: float = 0.3) -> None:
         self.connect, self.tag, self.boot_delay, self.mode = connect, tag, boot_delay, mode
         self.board_loop = board_loop  # set: stand-ins post to phonehome.BOARD in that loop (no hub)
@@ -104,9 +106,9 @@ class BootEmulator:
             self.standin_booted &= set(listed)
             for sid, key in live.items():
                 if sid not in self.instances:
-                    user_data = next(s.user_data for s in servers if s.id == sid)
+                    server = next(s for s in servers if s.id == sid)
                     inst = self.instances[sid] = _Instance(key, self._address())
-                    inst.task = asyncio.ensure_future(self._boot(inst, user_data, sid))
+                    inst.task = asyncio.ensure_future(self._boot(inst, server.user_data, sid, self._delay(server)))
             await asyncio.sleep(self.interval)
         for inst in list(self.instances.values()):
             await self._halt(inst)
@@ -120,8 +122,12 @@ class BootEmulator:
         return f"127.0.{1 + self._next // 250}.{1 + self._next % 250}"
 
     # -- one instance ------------------------------------------------------------------------
-    async def _boot(self, inst: _Instance, user_data: str, sid: str = "") -> None:
-        await asyncio.sleep(self.boot_delay)
+    def _delay(self, server) -> float:
+        """`boot_delay` may be a function of the server (some VMs boot slowly)."""
+        return self.boot_delay(server) if callable(self.boot_delay) else self.boot_delay
+
+    async def _boot(self, inst: _Instance, user_data: str, sid: str = "", delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
         doc = cloudinit.parse_cloud_config(base64.b64decode(user_data).decode())
         files = {f["path"]: f["content"] for f in doc["write_files"]}
         config = json.loads(files[cloudinit.CONFIG_PATH])

@@ -14,8 +14,9 @@ c = get_config()  # noqa: F821
 c.VisaSpawner.plans = [*DEFAULT_PLANS, {
     "id": "openstack-small", "display_name": "Small VM", "backend": "openstack", "cpus": 1,
     "memory_mb": 512, "image": "visa-analysis", "description": "1 CPU, 512 MB (lab)"}]
-c.JupyterHub.tornado_settings = {**(c.JupyterHub.tornado_settings if "tornado_settings" in c.JupyterHub else {}),
-                                 "slow_spawn_timeout": 0}  # POST answers 202 at once: bursts are concurrent
+# merged into the profile's settings (visa_profiles.common adds cookie_options with .update, so the
+# value here is a LazyConfigValue until the hub loads it: .update, not {**...}, which needs a mapping)
+c.JupyterHub.tornado_settings.update({"slow_spawn_timeout": 0})  # POST answers 202 at once: bursts are concurrent
 c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {"name": "visa-tests-metrics", "scopes": ["read:metrics"],
                                                        "services": ["visa-tests"]}]
 settings = json.loads(os.environ["VISA_TEST_OPENSTACK"])
