@@ -1,6 +1,6 @@
 """Pure builders for the QEMU backend: QEMU's argv, the guest's view of the hub, the data mount.
 
-Everything here is data in, data out (tested table-driven in tests/qemu/test_qemu_builders.py): no
+Everything here is data in, data out (tested table-driven in tests/spawner/qemu/test_qemu_builders.py): no
 process is started and no file is touched. images/probe.py boots the image with this same argv.
 
 Network: QEMU user-mode networking with `restrict=on`, so the guest reaches nothing but what is

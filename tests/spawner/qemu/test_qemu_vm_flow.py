@@ -11,10 +11,10 @@ import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
 from tests.hubtools import run_code, wait_for
-from tests.qemu.conftest import PROPOSAL, create_vm, qemu_pids
+from tests.spawner.qemu.conftest import PROPOSAL, create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import vm_name
 
-pytestmark = [pytest.mark.qemu, pytest.mark.hub, pytest.mark.browser]
+pytestmark = [pytest.mark.qemu, pytest.mark.root, pytest.mark.browser]
 
 INSIDE = """
 import getpass, json, os, socket, subprocess

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-load_subconfig(str(Path(__file__).resolve().parents[1] / "hub_test_config.py"))  # noqa: F821
+load_subconfig(str(Path(__file__).resolve().parents[2] / "hub_test_config.py"))  # noqa: F821
 
 from visa_spawner.backends.openstack import reconciler  # noqa: E402
 from visa_spawner.spawner import DEFAULT_PLANS  # noqa: E402

@@ -7,7 +7,7 @@ hundreds of MB. Those removals, like every other file operation of the build, mu
 executor, or every request to the hub waits for them.
 
 What runs for real: the backend's own path (prepare_snapshot → build_snapshot → prune), qemu-img
-making the template's overlay, the file work. What is faked: QEMU itself (tests/qemu/fake_qemu.py
+making the template's overlay, the file work. What is faked: QEMU itself (tests/spawner/qemu/fake_qemu.py
 answers QMP and the agent's port and streams a memory file, no guest boots) and the trees to
 remove (many small files, which cost more to remove than a few big ones).
 """

@@ -18,7 +18,7 @@ import requests
 from visa_spawner.backends.openstack.cloud import list_servers
 from visa_spawner.backends.openstack.model import LIST_PAGE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LABCTL = REPO / "lab" / "openstack" / "labctl.py"
 LAB_DIR = Path(os.environ.get("OPENSTACK_LAB_DIR", "/var/tmp/visahub-openstack-lab"))
 LAB_VENV = os.environ.get("OPENSTACK_LAB_VENV", "/var/tmp/visahub-openstack-lab-venv")

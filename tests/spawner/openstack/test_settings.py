@@ -16,8 +16,7 @@ from visa_spawner.backends.openstack.backend import OpenStackBackend
 from visa_spawner.backends.openstack.reconciler import Reconciler
 from visa_spawner.spawner import DEFAULT_PLANS, VisaSpawner
 
-pytestmark = [pytest.mark.openstack, pytest.mark.fast]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PLANS = [{"id": "vm-medium", "display_name": "Medium VM", "cpus": 4, "memory_mb": 16384,
           "image": "visa-analysis", "flavor": "m1.large"}]
 GROUPS = [{"name": "visa-base", "rules": [{"protocol": "tcp", "port_range_min": 8888, "port_range_max": 8888,

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from lab import PAGE
+from tests.spawner.openstack.lab import PAGE
 from visa_spawner.backends.openstack.cloud import list_servers
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest import phonehome
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class _Instance:

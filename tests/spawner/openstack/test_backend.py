@@ -7,9 +7,9 @@ import base64
 import pytest
 import pytest_asyncio
 
-import lab
-from boot_emulator import BootEmulator, wait_until
-from support import Progress, make_backend, new_hub_id, spec
+from tests.spawner.openstack import lab
+from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
+from tests.spawner.openstack.support import Progress, make_backend, new_hub_id, spec
 from visa_spawner.backends.base import BackendError, InstanceStatus
 from visa_spawner.backends.openstack.model import hub_tag
 

@@ -7,7 +7,7 @@ Test knobs: VISA_QEMU_IMAGE_DIR, VISA_QEMU_WARM=1 (warm starts from snapshots).
 import os
 from pathlib import Path
 
-load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_test_config.py"))  # noqa: F821
+load_subconfig(str(Path(__file__).resolve().parents[2] / "hub_test_config.py"))  # noqa: F821
 
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability  # noqa: E402
 from visa_spawner.spawner import DEFAULT_PLANS  # noqa: E402

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from tests.hubtools import run_code
-from tests.qemu.conftest import create_vm, qemu_pids
+from tests.spawner.qemu.conftest import create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import QemuBackend
 
 
-pytestmark = [pytest.mark.qemu, pytest.mark.hub]
+pytestmark = [pytest.mark.qemu, pytest.mark.root]
 
 IDENTITY = """
 import getpass, hashlib, json, os, socket

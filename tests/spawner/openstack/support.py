@@ -6,7 +6,7 @@ import uuid
 
 from traitlets.config import Config
 
-import lab
+from tests.spawner.openstack import lab
 from visa_spawner.backends.base import InstanceSpec, Plan
 from visa_spawner.backends.openstack.backend import OpenStackBackend
 

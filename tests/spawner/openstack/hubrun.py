@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-import lab
+from tests.spawner.openstack import lab
 from tests.hubtools import DEMO_CONFIG, Hub, make_demo_data, make_state_dir
 
 CONFIG = Path(__file__).resolve().parent / "hub_config.py"

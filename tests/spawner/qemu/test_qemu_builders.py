@@ -15,7 +15,6 @@ from visa_spawner.backends.qemu.command import (
 from visa_spawner.backends.qemu.image import availability, load_image, ImageError
 from visa_spawner.backends.qemu.warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
 
-pytestmark = [pytest.mark.fast, pytest.mark.qemu]
 
 INTEL = "processor : 0\nflags : fpu vme vmx sse2\n"
 AMD = "processor : 0\nflags : fpu svm sse2\n"

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.hubtools import free_port, make_state_dir, wait_for
-from tests.qemu.conftest import create_vm, qemu_pids
+from tests.spawner.qemu.conftest import create_vm, qemu_pids
 from visa_spawner.backends.base import BackendError, InstanceSpec, Plan
 from visa_spawner.backends.qemu.backend import QemuBackend, vm_name
-
-pytestmark = [pytest.mark.qemu]
 
 VM_PLAN = Plan(id="vm", display_name="Virtual machine", backend="qemu", cpus=2, memory_mb=2048)
 
@@ -59,6 +57,7 @@ def test_missing_image(state, tmp_path):
     assert_nothing_left(state, s)
 
 
+@pytest.mark.qemu  # the built image
 def test_no_qemu_binary(state, image_dir):
     s = spec(state / "data")
     message, _ = attempt(QemuBackend(state_dir=str(state), image_dir=image_dir, qemu_binary="/opt/none/qemu-system-x86_64"), s)
@@ -66,6 +65,7 @@ def test_no_qemu_binary(state, image_dir):
     assert_nothing_left(state, s)
 
 
+@pytest.mark.qemu  # the built image
 def test_not_enough_memory(state, image_dir):
     huge = Plan(id="vm-huge", display_name="Huge", backend="qemu", cpus=2, memory_mb=4_000_000)
     s = spec(state / "data", plan=huge)
@@ -76,6 +76,7 @@ def test_not_enough_memory(state, image_dir):
     assert_nothing_left(state, s)
 
 
+@pytest.mark.qemu  # the built image
 def test_corrupt_overlay_is_removed_with_a_message(state, image_dir):
     s = spec(state / "data")
     disk = state / "instances" / vm_name("alice", "bad") / "disk.qcow2"
@@ -86,6 +87,7 @@ def test_corrupt_overlay_is_removed_with_a_message(state, image_dir):
     assert_nothing_left(state, s)
 
 
+@pytest.mark.qemu  # the built image
 def test_missing_data(state, image_dir):
     s = spec(state / "no-such-data")
     message, _ = attempt(QemuBackend(state_dir=str(state), image_dir=image_dir), s)
@@ -93,6 +95,7 @@ def test_missing_data(state, image_dir):
     assert_nothing_left(state, s)
 
 
+@pytest.mark.qemu  # the built image
 def test_qemu_that_dies_at_start(state, image_dir):
     s = spec(state / "data")
     backend = QemuBackend(state_dir=str(state), image_dir=image_dir, extra_args=["-no-such-qemu-option"])
@@ -103,7 +106,8 @@ def test_qemu_that_dies_at_start(state, image_dir):
     assert not re.search(r"t0k3n", message)
 
 
-@pytest.mark.hub
+@pytest.mark.qemu
+@pytest.mark.root
 def test_person_sees_the_full_host_message(hub, login):
     name = create_vm(login("alice"), "Too big VM", plan="vm-huge")
     wait_for(lambda: "This host is too small for this plan" in hub.log_path.read_text(errors="replace"), 60,

@@ -14,10 +14,10 @@ from collections import Counter
 
 import pytest
 
-import lab
-from boot_emulator import BootEmulator, wait_until
-from hubrun import make_hub, progress_events, spawn
-from support import Progress, make_backend, new_hub_id, spec
+from tests.spawner.openstack import lab
+from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
+from tests.spawner.openstack.hubrun import make_hub, progress_events, spawn
+from tests.spawner.openstack.support import Progress, make_backend, new_hub_id, spec
 from tests.hubtools import Browserless
 from visa_spawner.backends.base import BackendError
 from visa_spawner.backends.openstack.model import hub_tag, owner_of
@@ -123,6 +123,7 @@ async def test_200_spawns_under_faults_leak_nothing(openstack_lab, lab_admin, fa
     assert fault_proxy.counts.get("error_before", 0) + fault_proxy.counts.get("error_after", 0) > 0
 
 
+@pytest.mark.root
 def test_20_faulted_spawns_through_the_hub_show_their_reason(openstack_lab, lab_admin, fault_proxy, faults):
     hub_id, names = new_hub_id(), [f"fault-{i}" for i in range(20)]
     lab.set_instance_quota(lab_admin, 12)

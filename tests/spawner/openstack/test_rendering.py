@@ -11,14 +11,13 @@ from hypothesis import strategies as st
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
-from support import PLAN, make_backend, spec
+from tests.spawner.openstack.support import PLAN, make_backend, spec
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     hub_tag, missing_rules, select_security_groups, server_address, server_metadata, server_name,
 )
 
-pytestmark = [pytest.mark.openstack, pytest.mark.fast]
 hostile = st.text(alphabet=st.characters(codec="utf-8"), max_size=200) | st.sampled_from([
     "'; rm -rf / #", "$(reboot)", "`id`", "\n- [sh, -c, reboot]\nruncmd:", "#cloud-config\n", "{proposal}",
     "a: b\n  c: [d", "\u2028\u0000\x1b[31m", "--ServerApp.token=x", "../../etc/shadow", "\"}\nwrite_files:",

@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import requests
 
-import lab
-from boot_emulator import BootEmulator, wait_until
-from hubrun import LatencyProbe, make_hub, progress_events, spawn
-from support import new_hub_id
+from tests.spawner.openstack import lab
+from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
+from tests.spawner.openstack.hubrun import LatencyProbe, make_hub, progress_events, spawn
+from tests.spawner.openstack.support import new_hub_id
 from tests.hubtools import Browserless
 from visa_spawner.backends.openstack.model import hub_tag
 
-pytestmark = [pytest.mark.openstack, pytest.mark.hub]
+pytestmark = [pytest.mark.openstack, pytest.mark.root]
 
 
 def test_spawn_use_stop_with_real_jupyter(openstack_lab, lab_admin):

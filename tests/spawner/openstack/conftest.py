@@ -1,18 +1,16 @@
 """Fixtures of the OpenStack backend tests: the real lab (once per run), an admin connection,
-the fault-injecting proxy, and the boot emulator. No __init__.py here on purpose: a package
-named `openstack` would shadow openstacksdk."""
+the fault-injecting proxy, and the boot emulator. No __init__.py here on purpose: should pytest
+ever put tests/spawner on sys.path, a package named `openstack` would shadow openstacksdk; the
+helpers are imported as tests.spawner.openstack.* (setup.cfg: pythonpath = .)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import lab  # noqa: E402
-from fault_proxy import FaultProxy  # noqa: E402
+from tests.spawner.openstack import lab
+from tests.spawner.openstack.fault_proxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
