@@ -1,4 +1,7 @@
-"""Session fixtures: one real demo hub (npm proxy, SQLite, demo catalogue, sandbox backend)."""
+"""Session fixtures: one real demo hub (npm proxy, SQLite, demo catalogue, sandbox backend).
+
+Markers name what a test needs (setup.cfg): openstack, qemu, postgres, root, browser. A test using one
+of the fixtures in FIXTURE_REQUIRES gets that marker here; every test with none of them is `fast`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +12,19 @@ import pytest
 from tests.hubtools import Hub, demo_state, login_factory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+REQUIREMENTS = ("openstack", "qemu", "postgres", "root", "browser")
+# fixtures that start processes: a test using one (even indirectly) needs what they need
+FIXTURE_REQUIRES = {"hub": "root", "collab_hub": "root", "jupyter_server": "root", "oidc": "root",
+                    "postgres": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in FIXTURE_REQUIRES.items():
+            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+        if not any(item.get_closest_marker(m) for m in REQUIREMENTS):
+            item.add_marker("fast")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,20 +17,16 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import requests
+
+from tests.support import free_port, wait_for  # noqa: F401 (re-exported for bench/)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DEMO_CONFIG = REPO / "hub_config" / "demo" / "jupyterhub_config.py"
 TEST_CONFIG = REPO / "tests" / "hub_test_config.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SpawnFailed(AssertionError):
@@ -40,24 +35,6 @@ class SpawnFailed(AssertionError):
 
 class HubExited(RuntimeError):
     """The hub process ended while we waited for it: stop waiting and show its log."""
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1,
-             reraise: type[BaseException] | tuple = ()):
-    """Poll `predicate` until it returns something truthy; fail loudly with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except reraise:
-            raise
-        except Exception as e:  # keep polling; report the last error on timeout
-            last_error = e
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last error: {last_error!r}")
 
 
 def make_state_dir(prefix: str = "visahub-test-") -> Path:

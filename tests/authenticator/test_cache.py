@@ -11,8 +11,6 @@ import pytest
 from visa_authenticator.cache import CachedCatalogue
 from visa_authenticator.catalogue import Catalogue, Experiment, Person, Proposal
 
-pytestmark = pytest.mark.fast
-
 
 class CountingCatalogue(Catalogue):
     """A fake remote catalogue that counts its queries and can be made slow or failing."""

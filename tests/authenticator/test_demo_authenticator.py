@@ -19,8 +19,6 @@ from visa_authenticator.file_catalogue import FileCatalogue
 
 from .conftest import DEMO_CATALOGUE
 
-pytestmark = pytest.mark.fast
-
 SMALL = """
 persons:
   - {id: alice, name: Alice, roles: [USER], demo_password: alice-demo}

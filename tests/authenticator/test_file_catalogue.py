@@ -12,8 +12,6 @@ import pytest
 from visa_authenticator.catalogue import CatalogueUnavailable, Role, RoleGrant
 from visa_authenticator.file_catalogue import FileCatalogue
 
-pytestmark = pytest.mark.fast
-
 GOOD = """
 persons:
   - {id: alice, name: Alice, email: alice@example.org, demo_password: pw}

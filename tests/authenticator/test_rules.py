@@ -10,8 +10,6 @@ import pytest
 from visa_authenticator import rules
 from visa_authenticator.catalogue import Experiment, Person, Proposal, Role, RoleGrant
 
-pytestmark = pytest.mark.fast
-
 TODAY = date(2026, 11, 24)
 NOW = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
 PAST, FUTURE = date(2024, 1, 1), date(2029, 1, 1)

@@ -11,7 +11,8 @@ from typing import Iterator
 import pytest
 
 from tests.collab.helpers import Person
-from tests.hubtools import DEMO_CONFIG, Hub, free_port, make_demo_data, make_state_dir
+from tests.hubtools import DEMO_CONFIG, Hub, make_demo_data, make_state_dir
+from tests.support import free_port
 
 COLLAB_CONFIG = Path(__file__).resolve().parent / "hub_config.py"
 # The instance environment scripts/setup.sh builds (`make test` runs it first).

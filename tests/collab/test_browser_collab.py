@@ -9,10 +9,11 @@ import string
 import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
-from tests.hubtools import Hub, wait_for
-from tests.sandbox_probe import account
+from tests.hubtools import Hub
+from tests.support import wait_for
+from tests.spawner.sandbox.sandbox_probe import account
 
-pytestmark = [pytest.mark.hub, pytest.mark.browser]
+pytestmark = [pytest.mark.root, pytest.mark.browser]
 
 OWNER, PROPOSAL = "alice", "P-2026-011"
 TIMEOUT = 90_000

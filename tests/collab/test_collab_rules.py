@@ -10,8 +10,6 @@ from tests.collab.fakehub import FakeHub
 from visa_collab import db
 from visa_collab.collab import Collaboration, CollabError
 
-pytestmark = pytest.mark.fast
-
 F = "!server=alice/run"
 
 

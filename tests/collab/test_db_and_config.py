@@ -7,8 +7,6 @@ from traitlets.config import Config
 
 from visa_collab import db, hub_config, roles
 
-pytestmark = pytest.mark.fast
-
 
 def test_migrations_from_scratch_and_from_v1(tmp_path) -> None:
     fresh = db.connect(f"sqlite:///{tmp_path / 'fresh.sqlite'}")

@@ -6,8 +6,6 @@ import pytest
 from visa_collab import roles as hub
 from visa_instance import authorizer as inst
 
-pytestmark = pytest.mark.fast
-
 OWNER, SERVER = "alice", "beamtime"
 F = f"!server={OWNER}/{SERVER}"
 

@@ -11,11 +11,13 @@ import string
 
 import pytest
 
-from tests.collab.helpers import Person, RfbClient, wait_closed
-from tests.hubtools import Hub, wait_for
-from tests.sandbox_probe import account
+from tests.collab.helpers import Person
+from tests.rfb import RfbClient, wait_closed
+from tests.hubtools import Hub
+from tests.support import wait_for
+from tests.spawner.sandbox.sandbox_probe import account
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 OWNER, PROPOSAL = "alice", "P-2026-011"
 ROLES = {"bob": "user", "dave": "guest", "erin": "support"}

@@ -6,10 +6,12 @@ from html import unescape
 
 import pytest
 
-from tests.collab.helpers import Person, RfbClient
-from tests.hubtools import Hub, wait_for
+from tests.collab.helpers import Person
+from tests.rfb import RfbClient
+from tests.hubtools import Hub
+from tests.support import wait_for
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 OWNER, PROPOSAL = "alice", "P-2026-011"
 

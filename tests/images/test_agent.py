@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import select
-import socket
 import stat
 import subprocess
 import sys
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images" / "agent"))
-import visa_agent  # noqa: E402
+import visa_agent  # images/agent is on pytest's pythonpath (setup.cfg)
 
-from visa_spawner.backends.guest import cloudinit, protocol  # noqa: E402
+from tests.support import free_port
+from visa_spawner.backends.guest import cloudinit, protocol
 
 AGENT = Path(visa_agent.__file__)
 TOKEN = "s3cr3t-token-value"
@@ -123,6 +122,7 @@ def guest(tmp_path: Path) -> Guest:
         g.proc_.wait()
 
 
+@pytest.mark.root
 def test_cold_boot_from_fw_cfg_runs_the_script_and_reports_stages(guest: Guest):
     guest.fw_cfg(config(), FAKE_SCRIPT)
     guest.start()
@@ -161,13 +161,12 @@ def wait_console(guest: Guest, stage: str, timeout: float = 30) -> list[str]:
     return stages
 
 
+@pytest.mark.root
 def test_cold_boot_goes_on_during_the_zygotes_imports_and_reports_them_when_done(guest: Guest):
     """visa-zygote.service imports Jupyter beside the boot: the agent does not wait for it (the start
     script's request waits in the zygote's socket), it reports the zygote's stage once it is ready."""
     zygote_state(guest, "importing")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     guest.fw_cfg(config(["listen"], port), FAKE_SCRIPT)
     guest.start()
     assert "zygote" not in wait_console(guest, "jupyter-up")
@@ -185,6 +184,7 @@ def test_cold_boot_goes_on_during_the_zygotes_imports_and_reports_them_when_done
     assert (zygote["seconds"], zygote["modules"], zygote["failed"]) == (14.2, 13, [])
 
 
+@pytest.mark.root
 def test_warm_template_waits_for_the_zygotes_imports_before_the_snapshot(guest: Guest):
     """The snapshot is taken at waiting-config: Jupyter must be imported in the saved memory."""
     zygote_state(guest, "importing")
@@ -195,6 +195,7 @@ def test_warm_template_waits_for_the_zygotes_imports_before_the_snapshot(guest: 
     assert [m["stage"] for m in guest.port_lines("waiting-config")] == ["zygote", "waiting-config"]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("state, alive, extra", [
     ("importing", False, ()),  # the zygote died during its imports
     (None, True, ("--zygote-start", "0.5")),  # systemd made the socket, the zygote never started
@@ -207,6 +208,7 @@ def test_warm_template_without_a_working_zygote_goes_on_without_it(guest: Guest,
     assert "no zygote ready" in guest.proc_.stderr.readline()
 
 
+@pytest.mark.root
 def test_warm_start_waits_on_the_port_and_gives_each_clone_its_identity(guest: Guest):
     guest.port()
     guest.start()
@@ -232,6 +234,7 @@ def test_warm_start_waits_on_the_port_and_gives_each_clone_its_identity(guest: G
     assert TOKEN not in guest.console.read_text() + err
 
 
+@pytest.mark.root
 def test_two_clones_get_different_machine_ids(tmp_path: Path):
     ids = []
     for n in (1, 2):
@@ -246,10 +249,9 @@ def test_two_clones_get_different_machine_ids(tmp_path: Path):
     assert ids[0] != ids[1]
 
 
+@pytest.mark.root
 def test_jupyter_up_is_reported_while_the_server_runs(guest: Guest):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     guest.fw_cfg(config(command=["listen"], port=port), FAKE_SCRIPT)
     guest.start()
     deadline = time.monotonic() + 30
@@ -262,6 +264,7 @@ def test_jupyter_up_is_reported_while_the_server_runs(guest: Guest):
     assert guest.console_stages()[-3:] == ["data", "jupyter-up", "exited"]
 
 
+@pytest.mark.root
 def test_no_config_source_leaves_the_start_to_cloud_init(guest: Guest):
     guest.start(port_wait=0.2)
     code, err = guest.wait()
@@ -271,6 +274,7 @@ def test_no_config_source_leaves_the_start_to_cloud_init(guest: Guest):
     assert not (guest.root / "etc/visa/instance.json").exists()
 
 
+@pytest.mark.root
 def test_a_failing_start_script_is_reported_without_the_token(guest: Guest):
     guest.fw_cfg(config(command=["fail"]), FAKE_SCRIPT)
     guest.start()
@@ -281,7 +285,6 @@ def test_a_failing_start_script_is_reported_without_the_token(guest: Guest):
     assert TOKEN not in guest.console.read_text() + err
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("msg, error", [
     ([], "JSON object"),
     ({"config": {"account": "a"}, "script": "#!/x", "seed": "00" * 16}, "instance config"),
@@ -295,7 +298,6 @@ def test_check_message_refuses_bad_messages(msg, error):
         visa_agent.check_message(msg)
 
 
-@pytest.mark.fast
 def test_check_message_accepts_what_the_backend_sends():
     cfg = config()
     msg = {"config": cfg, "script": cloudinit.START_SCRIPT, "seed": os.urandom(32).hex(),

@@ -4,16 +4,12 @@ from __future__ import annotations
 import gzip
 import lzma
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))
-from imagebuild.bootfiles import has_pvh_entry, plain_initrd, pvh_kernel  # noqa: E402
-from imagebuild.chroot import BuildError  # noqa: E402
-
-pytestmark = pytest.mark.fast
+from imagebuild.bootfiles import has_pvh_entry, plain_initrd, pvh_kernel  # images/ is on pytest's pythonpath
+from imagebuild.chroot import BuildError
 
 
 def elf_with_notes(*notes: tuple[bytes, int]) -> bytes:

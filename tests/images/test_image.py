@@ -7,19 +7,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "images"))
-from imagebuild.recipe import load_recipe  # noqa: E402
+import probe  # images/probe.py (images/ is on pytest's pythonpath, setup.cfg)
+from imagebuild.recipe import load_recipe
+from visa_spawner.backends.guest import protocol
 
-import probe  # noqa: E402  (images/probe.py)
-from visa_spawner.backends.guest import protocol  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 IMAGE = Path(os.environ.get("VISA_IMAGE_DIR", "/var/cache/visahub/images/debian-bookworm")) / "current"
 RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"
@@ -93,7 +91,6 @@ def test_the_vm_boots_an_uncompressed_pvh_kernel_and_an_initramfs_without_udev(m
     initramfs; the initramfs still loads the modules that find and mount the root fs."""
     boot = manifest["direct_boot"]
     assert boot == {"kernel": "vmlinux", "initrd": "initrd.cpio"}
-    sys.path.insert(0, str(REPO / "images"))
     from imagebuild.bootfiles import has_pvh_entry
     assert has_pvh_entry((IMAGE / "vmlinux").read_bytes())
     names = cpio_names((IMAGE / "initrd.cpio").read_bytes())

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "images"))
-import probe  # noqa: E402  (images/probe.py)
-from visa_spawner.backends.qemu.command import HUB_GUEST_ADDRESS  # noqa: E402
+import probe  # images/probe.py (images/ is on pytest's pythonpath, setup.cfg)
+from visa_spawner.backends.qemu.command import HUB_GUEST_ADDRESS
 
-pytestmark = pytest.mark.fast
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 
+from imagebuild import recipe as rcp  # images/ is on pytest's pythonpath (setup.cfg)
+from imagebuild.chroot import host_mirrors, sources_list
+from imagebuild.stages import target_tags
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "images"))
-from imagebuild import recipe as rcp  # noqa: E402
-from imagebuild.chroot import host_mirrors, sources_list  # noqa: E402
-from imagebuild.stages import target_tags  # noqa: E402
 
 RECIPE = REPO / "images" / "recipes" / "debian-bookworm.toml"
 
@@ -29,7 +28,6 @@ def variant(recipe: rcp.Recipe, edit) -> rcp.Recipe:
     return rcp.Recipe(name=recipe.name, path=recipe.path, data=data, lock=recipe.lock)
 
 
-@pytest.mark.fast
 def test_the_shipped_recipe_loads_with_what_the_backend_needs(recipe: rcp.Recipe):
     assert recipe.name == "debian-bookworm"
     assert "root=/dev/vda" in recipe.kernel["cmdline"] and "console=ttyS0" in recipe.kernel["cmdline"]
@@ -43,7 +41,6 @@ def test_the_shipped_recipe_loads_with_what_the_backend_needs(recipe: rcp.Recipe
     assert "cloud-init" in rcp.load_recipe(RECIPE, ["openstack"]).apt_packages
 
 
-@pytest.mark.fast
 def test_stage_hashes_are_stable_and_only_downstream_stages_change(recipe: rcp.Recipe):
     base = recipe.stage_hashes(REPO)
     assert base == recipe.stage_hashes(REPO)
@@ -56,7 +53,6 @@ def test_stage_hashes_are_stable_and_only_downstream_stages_change(recipe: rcp.R
     assert changed["image"] != base["image"]
 
 
-@pytest.mark.fast
 def test_repo_packages_hash_only_their_own_files(recipe: rcp.Recipe, tmp_path: Path):
     repo = tmp_path / "repo"
     for f in ("setup.cfg", "requirements-instance.txt", "visa_instance/a.py", "visa_spawner/b.py"):
@@ -70,7 +66,6 @@ def test_repo_packages_hash_only_their_own_files(recipe: rcp.Recipe, tmp_path: P
     assert second["python"] == first["python"] and second["visa"] != first["visa"]
 
 
-@pytest.mark.fast
 def test_lock_pins_top_level_packages(recipe: rcp.Recipe):
     pinned = rcp.Recipe(name=recipe.name, path=recipe.path, data=recipe.data,
                         lock={"apt": {"xterm": "379-1"}, "python": {}})
@@ -78,7 +73,6 @@ def test_lock_pins_top_level_packages(recipe: rcp.Recipe):
     assert pinned.stage_hashes(REPO)["packages"] != recipe.stage_hashes(REPO)["packages"]
 
 
-@pytest.mark.fast
 def test_unpacked_packages_are_pinned_apart_and_never_installed(recipe: rcp.Recipe):
     """noVNC's files come without its nodejs dependency: with node in the image, JupyterLab runs it
     on every import. Its pin is in the lock like the others and changes the packages stage."""
@@ -90,7 +84,6 @@ def test_unpacked_packages_are_pinned_apart_and_never_installed(recipe: rcp.Reci
     assert repinned.stage_hashes(REPO)["packages"] != recipe.stage_hashes(REPO)["packages"]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("kernel"), r"missing section \[kernel\]"),
     (lambda d: d["apt"].update(packages=[]), "non-empty list"),
@@ -111,7 +104,6 @@ def test_bad_recipes_are_refused_with_the_field_named(recipe: rcp.Recipe, edit, 
         variant(recipe, edit)
 
 
-@pytest.mark.fast
 def test_bad_files_and_extras_give_clear_errors(tmp_path: Path):
     with pytest.raises(rcp.RecipeError, match="no recipe"):
         rcp.load_recipe(tmp_path / "missing.toml")
@@ -126,7 +118,6 @@ def test_bad_files_and_extras_give_clear_errors(tmp_path: Path):
         rcp.load_recipe(tmp_path / "y.toml")
 
 
-@pytest.mark.fast
 def test_lock_round_trip(tmp_path: Path):
     (tmp_path / "r.toml").write_text(RECIPE.read_text())
     rcp.write_lock(rcp.lock_path(tmp_path / "r.toml"), {"xterm": "1"}, {"numpy": "2.4.6"})
@@ -134,7 +125,6 @@ def test_lock_round_trip(tmp_path: Path):
     assert r.lock == {"apt": {"xterm": "1"}, "python": {"numpy": "2.4.6"}}
 
 
-@pytest.mark.fast
 def test_host_mirrors_read_deb822_and_one_line_sources(tmp_path: Path):
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d/debian.sources").write_text(
@@ -150,7 +140,6 @@ def test_host_mirrors_read_deb822_and_one_line_sources(tmp_path: Path):
     assert text == "deb http://m/debian bookworm main\ndeb http://deb.debian.org/debian-security bookworm-security main\n"
 
 
-@pytest.mark.fast
 def test_wheel_tags_follow_the_image_interpreter_and_glibc():
     opts = target_tags("3.11.2", "2.36")
     assert opts[:2] == ["--python-version", "3.11.2"] and "cp311" in opts and "--only-binary=:all:" in opts
@@ -159,7 +148,6 @@ def test_wheel_tags_follow_the_image_interpreter_and_glibc():
     assert "manylinux_2_37_x86_64" not in plats and "manylinux2014_x86_64" in plats and plats[-1] == "any"
 
 
-@pytest.mark.fast
 def test_extras_override_system_settings():
     plain = rcp.load_recipe(RECIPE)
     openstack = rcp.load_recipe(RECIPE, ["openstack"])
@@ -170,7 +158,6 @@ def test_extras_override_system_settings():
     assert openstack.stage_hashes(REPO)["packages"] != plain.stage_hashes(REPO)["packages"]
 
 
-@pytest.mark.fast
 def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path: Path):
     from imagebuild.chroot import mounts_under
     root = tmp_path / "work"
@@ -187,7 +174,6 @@ def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path: Path):
     assert set(found) == {f"{root}/root/proc", f"{root}/root/dev", f"{root}/root/dev/pts", f"{root}/root/run x"}
 
 
-@pytest.mark.fast
 def test_the_system_stage_ignores_bytecode_beside_the_agent(tmp_path: Path):
     """Tests import the agent and leave __pycache__ beside it: that must not make the image stale."""
     (tmp_path / "agent").mkdir()
@@ -200,7 +186,6 @@ def test_the_system_stage_ignores_bytecode_beside_the_agent(tmp_path: Path):
                                                    tmp_path / "imagebuild" / "bootfiles.py"]
 
 
-@pytest.mark.fast
 def test_the_guest_protocol_goes_beside_the_agent_and_its_text_is_in_the_system_hash(recipe: rcp.Recipe):
     """The agent and the zygote import visa_protocol from their own directory in the image; a change
     to the hub's protocol module must rebuild the system stage (the link is read through)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
 from visa_spawner.backends.guest import cloudinit
 
 ZYGOTE = Path(__file__).resolve().parents[2] / "images" / "agent" / "visa_zygote.py"
@@ -40,12 +41,6 @@ while True:  # "state" -> the state; "exit" -> exit; nothing (the start script's
     if asked == b"exit":
         sys.exit(int(os.environ.get("EXIT_WITH", "0")))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_zygote(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
@@ -148,6 +143,7 @@ def ask(port: int, what: str = "state", timeout: float = 60) -> dict | None:
             time.sleep(0.1)
 
 
+@pytest.mark.root
 def test_zygote_imports_jupyter_and_its_extensions(zygote):
     proc, sock, ready = zygote
     assert ready, proc.stderr.read()
@@ -155,6 +151,7 @@ def test_zygote_imports_jupyter_and_its_extensions(zygote):
     assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
 
 
+@pytest.mark.root
 def test_start_script_runs_jupyter_through_the_zygote_as_the_owner(zygote, tmp_path: Path):
     _, sock, ready = zygote
     port = free_port()
@@ -171,6 +168,7 @@ def test_start_script_runs_jupyter_through_the_zygote_as_the_owner(zygote, tmp_p
     assert not sock.exists(), "one request per zygote"
 
 
+@pytest.mark.root
 def test_the_exit_status_comes_back_through_the_zygote(zygote, tmp_path: Path):
     _, sock, _ = zygote
     port = free_port()
@@ -180,6 +178,7 @@ def test_the_exit_status_comes_back_through_the_zygote(zygote, tmp_path: Path):
     assert script.wait(60) == 7
 
 
+@pytest.mark.root
 def test_without_a_zygote_the_start_script_starts_jupyter_itself(tmp_path: Path):
     port = free_port()
     script, _ = run_start_script(tmp_path, tmp_path / "no-zygote.sock", port)
@@ -189,6 +188,7 @@ def test_without_a_zygote_the_start_script_starts_jupyter_itself(tmp_path: Path)
     assert script.wait(60) == 0
 
 
+@pytest.mark.root
 def test_an_env_var_read_at_import_time_makes_the_zygote_exec(zygote, tmp_path: Path):
     """Modules imported with the template's env would be wrong: the command is exec'd instead."""
     _, sock, _ = zygote
@@ -200,6 +200,7 @@ def test_an_env_var_read_at_import_time_makes_the_zygote_exec(zygote, tmp_path: 
     assert script.wait(60) == 0
 
 
+@pytest.mark.root
 def test_a_bad_request_is_refused_and_nothing_runs(zygote):
     proc, sock, _ = zygote
     with socket.socket(socket.AF_UNIX) as s:
@@ -210,6 +211,7 @@ def test_a_bad_request_is_refused_and_nothing_runs(zygote):
     assert "bad request" in proc.stderr.read()
 
 
+@pytest.mark.root
 def test_a_start_script_that_asks_during_the_imports_is_served_after_them(tmp_path: Path):
     """A cold boot: the zygote and the start script run at once; the script's request waits in the
     socket's queue until Jupyter is imported, then runs in the zygote."""
@@ -229,6 +231,7 @@ def test_a_start_script_that_asks_during_the_imports_is_served_after_them(tmp_pa
         proc.wait()
 
 
+@pytest.mark.root
 def test_a_start_script_gone_before_the_imports_end_gets_nothing_run(tmp_path: Path, command_dir: Path):
     """The start script gave up waiting (and starts Jupyter itself): the zygote must not start a
     second one when its imports are done."""
@@ -248,6 +251,7 @@ def test_a_start_script_gone_before_the_imports_end_gets_nothing_run(tmp_path: P
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+@pytest.mark.root
 def test_under_socket_activation_jupyter_runs_at_normal_priority_without_systemds_variables(tmp_path: Path):
     """visa-zygote.service: systemd's socket, Nice=-10 for the boot; the owner's Jupyter gets neither.
     The boot agent reads the zygote's state from zygote.json beside the socket."""
@@ -269,12 +273,9 @@ def test_under_socket_activation_jupyter_runs_at_normal_priority_without_systemd
         proc.wait()
 
 
-@pytest.mark.fast
 def test_extensions_to_preload_follow_the_merged_config(tmp_path: Path):
     """Files are merged in name order like jupyter-server does: visa_instance.json turns notebook_shim off."""
-    import sys
-    sys.path.insert(0, str(ZYGOTE.parent))
-    import visa_zygote
+    import visa_zygote  # images/agent is on pytest's pythonpath (setup.cfg)
     d = tmp_path / "etc/jupyter/jupyter_server_config.d"
     d.mkdir(parents=True)
     (d / "notebook_shim.json").write_text('{"ServerApp": {"jpserver_extensions": {"notebook_shim": true}}}')

@@ -23,8 +23,6 @@ from visa_instance.desktop_launcher import (
 from visa_instance.extension import VisaDesktop
 from visa_instance.handlers import desktop_handlers
 
-pytestmark = pytest.mark.fast
-
 
 def _option(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]

@@ -17,8 +17,6 @@ from visa_instance.desktop_env import (
     settings_from_env,
 )
 
-pytestmark = pytest.mark.fast
-
 
 @pytest.mark.parametrize(
     "raw, expected",

@@ -15,7 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import Proc, descendants, group_members, still_alive, wait_for
+from tests.instance.jupyter import Proc, descendants, group_members, still_alive
+from tests.support import wait_for
+
+pytestmark = pytest.mark.root  # starts Xvnc and the desktop launcher
 
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +12,8 @@ import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
 
-from .conftest import ARTIFACTS, JupyterServer, descendants, group_members, still_alive, wait_for
+from tests.instance.jupyter import ARTIFACTS, JupyterServer, descendants, group_members, still_alive
+from tests.support import wait_for
 
 def raw_request(
     server: JupyterServer, path: str, headers: dict[str, str] | None = None
@@ -38,6 +38,7 @@ def launcher_of(server: JupyterServer) -> list:
     return [p for p in descendants(server.proc.pid) if is_launcher(p.pid)]
 
 
+@pytest.mark.root
 def test_access_control(jupyter_server: Callable[..., JupyterServer]) -> None:
     server = jupyter_server()
     token = f"token={server.token}"
@@ -88,6 +89,7 @@ def test_access_control(jupyter_server: Callable[..., JupyterServer]) -> None:
     assert status == 405
 
 
+@pytest.mark.root
 @pytest.mark.browser
 def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> None:
     server = jupyter_server(

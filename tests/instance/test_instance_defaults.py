@@ -16,7 +16,11 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from .conftest import JupyterServer
+import pytest
+
+from tests.instance.jupyter import JupyterServer
+
+pytestmark = pytest.mark.root  # starts a jupyter-server from the instance env
 
 INSTANCE_PYTHON = Path(os.environ.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")) / "bin" / "python"
 

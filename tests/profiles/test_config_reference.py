@@ -19,14 +19,12 @@ def hub_classes() -> list[type]:
     return [c for c in config_reference.configurable_classes() if config_reference.is_hub_class(c)]
 
 
-@pytest.mark.fast
 def test_committed_reference_is_current() -> None:
     committed = config_reference.OUTPUT.read_text(encoding="utf-8")
     assert committed == config_reference.render(), (
         "docs/config-reference.md is stale: run .venv/bin/python scripts/config_reference.py")
 
 
-@pytest.mark.fast
 def test_reference_covers_the_classes_people_configure() -> None:
     names = {c.__name__ for c in config_reference.configurable_classes()}
     assert {"VisaSpawner", "SandboxBackend", "QemuBackend", "OpenStackBackend", "Reconciler",
@@ -35,7 +33,6 @@ def test_reference_covers_the_classes_people_configure() -> None:
     assert "#### `OpenStackBackend.stop_action`" in text and "0x7f" not in text  # no memory addresses
 
 
-@pytest.mark.fast
 def test_every_hub_class_is_in_jupyterhubs_classes() -> None:
     """A class is registered, directly or as the VISA parent of a registered one."""
     from jupyterhub.app import JupyterHub
@@ -48,7 +45,6 @@ def test_every_hub_class_is_in_jupyterhubs_classes() -> None:
     assert {c for c in registered if not config_reference.is_hub_class(c)} == set()
 
 
-@pytest.mark.fast
 def test_a_registered_backend_is_refused_as_a_spawner() -> None:
     """The entry points that only list a class for --help-all cannot be picked by mistake."""
     from jupyterhub.app import JupyterHub
@@ -58,6 +54,7 @@ def test_a_registered_backend_is_refused_as_a_spawner() -> None:
         JupyterHub(spawner_class="visa-qemu-backend")
 
 
+@pytest.mark.root
 def test_jupyterhub_help_all_lists_every_hub_class() -> None:
     """The real command, as an operator runs it (a process, so not in the fast tier)."""
     jupyterhub = Path(sys.executable).parent / "jupyterhub"

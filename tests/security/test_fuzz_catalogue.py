@@ -28,8 +28,6 @@ from visa_authenticator.file_catalogue import FileCatalogue
 from visa_authenticator.sql_catalogue import SqlCatalogue
 from visa_authenticator.sql_schema import create_tables, rows_from_document, write_rows
 
-pytestmark = pytest.mark.fast
-
 GOOD = {
     "persons": [{"id": "alice", "name": "Alice", "email": "alice@example.org", "roles": ["USER"]},
                 {"id": "dave", "name": "Dave",

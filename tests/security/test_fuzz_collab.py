@@ -31,7 +31,7 @@ from tests.security.conftest import (
     unescaped,
 )
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 OWNER, PROPOSAL = "alice", "P-2026-011"
 PEOPLE = ("alice", "bob", "carol", "dave", "erin", "frank", "admin")

@@ -32,7 +32,7 @@ from tests.security.conftest import (
     unescaped,
 )
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 # who sends the forms: a PI, a guest (open data only), staff (may skip the proposal), the
 # admin (unlimited) and a person awaiting approval (quota 0: every form is refused)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hubtools import Hub, wait_for
+from tests.hubtools import Hub
+from tests.support import wait_for
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 LINK = "proposal=P-2026-042&plan=sandbox-large&screen=1280x720&keyboard=us"
 

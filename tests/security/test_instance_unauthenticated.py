@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.instance.conftest import JupyterServer
+from tests.instance.jupyter import JupyterServer
+
+pytestmark = pytest.mark.root  # starts a jupyter-server from the instance env
 
 INSTANCE_PYTHON = Path(os.environ.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")) / "bin" / "python"
 WS_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",

@@ -15,9 +15,10 @@ import requests
 import pytest
 
 from tests.collab.helpers import Person
-from tests.hubtools import Hub, run_code, wait_for
+from tests.hubtools import Hub, run_code
+from tests.support import wait_for
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 OWNER, PROPOSAL = "alice", "P-2026-011"
 LEFTOVER = "sleep 4242.5"  # a process bob leaves running in the instance

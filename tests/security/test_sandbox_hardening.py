@@ -41,7 +41,6 @@ def probe(out: str) -> dict[str, str]:
 
 # -- the pieces, as data ---------------------------------------------------------------------------
 
-@pytest.mark.fast
 @pytest.mark.parametrize("arch", sorted(SYSCALLS))
 def test_the_filter_program_denies_each_listed_call_and_allows_the_rest(arch: str) -> None:
     prog = filter_program(arch)
@@ -53,7 +52,6 @@ def test_the_filter_program_denies_each_listed_call_and_allows_the_rest(arch: st
     assert len(insns) < 256  # every jump fits in a byte
 
 
-@pytest.mark.fast
 def test_the_sandbox_refuses_nested_user_namespaces_and_runs_the_filter_first() -> None:
     layout = SandboxLayout(uid=1234, gid=1234, home_host="/h", home_inside="/home/u",
                            instance_env="/opt/visahub/instance-env")
@@ -63,7 +61,6 @@ def test_the_sandbox_refuses_nested_user_namespaces_and_runs_the_filter_first() 
         "/opt/visahub/instance-env/bin/python", "-m", "visa_instance.seccomp", "--", "jupyterhub-singleuser", "--debug"]
 
 
-@pytest.mark.fast
 def test_the_filter_holds_for_a_process_and_its_children() -> None:
     out = subprocess.run([sys.executable, "-m", "visa_instance.seccomp", "--", sys.executable, "-c", PROBE],
                          capture_output=True, text=True, timeout=60)
@@ -75,7 +72,7 @@ def test_the_filter_holds_for_a_process_and_its_children() -> None:
 
 # -- a real sandbox instance --------------------------------------------------------------------
 
-@pytest.mark.hub
+@pytest.mark.root
 def test_code_in_an_instance_meets_the_filter(collab_hub, person) -> None:
     from tests.hubtools import run_code
 

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.hubtools import run_code, unique
-from tests.sandbox_probe import cgroup_pids, processes_of
+from tests.spawner.sandbox.sandbox_probe import cgroup_pids, processes_of
 from visa_spawner.backends.sandbox.command import SandboxLayout, bwrap_argv
 from visa_spawner.backends.sandbox.network import HubRoute, bridge_argv, hub_routes
 
@@ -45,7 +45,6 @@ ROUTE_CASES = [
 ]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("env, rewritten, routes", ROUTE_CASES)
 def test_hub_routes(env, rewritten, routes):
     out, got = hub_routes(env, HUB_ENV, jupyter_port=12345)
@@ -53,7 +52,6 @@ def test_hub_routes(env, rewritten, routes):
     assert out == {**env, **rewritten}
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("env, message", [
     ({"JUPYTERHUB_API_URL": "http://127.0.0.1:8081/", "VISA_COLLAB_URL": "http://10.0.0.9:8081/"}, "already routed"),
     ({"JUPYTERHUB_API_URL": "http://127.0.0.1:12345/"}, "own Jupyter port"),
@@ -64,7 +62,6 @@ def test_hub_routes_refuses_what_cannot_be_routed(env, message):
         hub_routes(env, HUB_ENV, jupyter_port=12345)
 
 
-@pytest.mark.fast
 def test_sandbox_gets_its_own_network_namespace_and_bridge_pipes():
     layout = SandboxLayout(uid=5, gid=6, home_host="/h", home_inside="/home/x", instance_env="/opt/env")
     argv = bwrap_argv(layout, ["jupyter"], info_fd=7, block_fd=8)
@@ -74,7 +71,6 @@ def test_sandbox_gets_its_own_network_namespace_and_bridge_pipes():
     assert "--info-fd" not in bwrap_argv(layout, ["jupyter"])
 
 
-@pytest.mark.fast
 def test_bridge_argv():
     argv = bridge_argv(info_fd=3, block_fd=4, jupyter_port=5000, uid=7, gid=8, python="/py", script="/b.py",
                        routes=[HubRoute(8081, "127.0.0.1", 8081), HubRoute(443, "hub", 443)])
@@ -145,7 +141,7 @@ def host_addresses() -> list[str]:
     return [a for a in out if not a.startswith("fe80")]
 
 
-@pytest.mark.hub
+@pytest.mark.root
 def test_a_web_app_in_one_instance_is_not_reachable_from_another(hub, login):
     bob, carol = login("bob"), login("carol")
     bob_server, carol_server = create(bob, BOB_PROPOSAL), create(carol, CAROL_PROPOSAL)
@@ -208,7 +204,7 @@ print(json.dumps({{"body": body, "probe": probe("127.0.0.1", {port}), "listed": 
     hub.delete_server("bob", bob_server)
 
 
-@pytest.mark.hub
+@pytest.mark.root
 def test_no_host_port_is_reachable_from_an_instance_but_the_hub_routes(hub, login):
     bob, carol = login("bob"), login("carol")
     server = create(bob, BOB_PROPOSAL)

@@ -11,8 +11,6 @@ from visa_spawner.backends.sandbox.command import (
 )
 from visa_spawner.plans import parse_plans
 
-pytestmark = pytest.mark.fast
-
 LAYOUT = SandboxLayout(
     uid=1234, gid=1235, home_host="/srv/homes/visa-x", home_inside="/home/visa-x",
     instance_env="/opt/env", data_host="/srv/data/P-1", data_inside="/data/P-1",

@@ -4,8 +4,6 @@ import pytest
 from visa_spawner.backends.base import Plan
 from visa_spawner.options import OptionError, slugify, validate_request
 
-pytestmark = pytest.mark.fast
-
 PLANS = [
     Plan("small", "Small", "sandbox", 1, 2048, default=True),
     Plan("large", "Large", "sandbox", 2, 8192),

@@ -24,8 +24,6 @@ from visa_spawner.backends.qemu.state import QemuState
 from visa_spawner.backends.sandbox.state import SandboxState
 from visa_spawner.spawner import VisaSpawner, check_plans, hub_backend
 
-pytestmark = pytest.mark.fast
-
 FAKE = f"{__name__}.FakeBackend"
 PLANS = [
     {"id": "fake-small", "display_name": "Small fake", "backend": "fake", "cpus": 1, "memory_mb": 512},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,6 @@ from visa_spawner.backends.qemu import boot
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT_DIR = REPO / "images" / "agent"
-pytestmark = pytest.mark.fast
-
 
 @pytest.mark.parametrize(("text", "masked"), [
     ("mount: token=abc123 failed", "mount: token=[secret] failed"),
@@ -90,11 +87,7 @@ def test_the_backends_progress_tables_name_protocol_stages():
 def test_the_agent_and_the_zygote_import_the_protocol_from_beside_them():
     """images/agent/visa_protocol.py is this module (a link), found on the agent's own path."""
     assert (AGENT_DIR / "visa_protocol.py").resolve() == Path(protocol.__file__).resolve()
-    sys.path.insert(0, str(AGENT_DIR))
-    try:
-        import visa_agent
-    finally:
-        sys.path.remove(str(AGENT_DIR))
+    import visa_agent  # images/agent is on pytest's pythonpath (setup.cfg), as on the agent's own path
     assert Path(visa_agent.protocol.__file__).resolve() == Path(protocol.__file__).resolve()
     zygote = ast.parse((AGENT_DIR / "visa_zygote.py").read_text())
     assert any(isinstance(n, ast.Import) and n.names[0].name == "visa_protocol" for n in zygote.body)

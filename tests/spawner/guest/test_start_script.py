@@ -15,7 +15,6 @@ import pytest
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest import start_script as ss
 
-pytestmark = pytest.mark.fast
 SCRIPT = Path(ss.__file__)
 OWNER = pwd.struct_passwd(("alice", "x", 1500, 1501, "", "/home/alice", "/bin/bash"))
 CFG = {

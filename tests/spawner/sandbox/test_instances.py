@@ -5,17 +5,17 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
 import threading
 
 import pytest
 import requests
 
-from tests.hubtools import run_code, unique, wait_for
-from tests.sandbox_probe import account, cgroup_pids, memory_limit_mb, processes_of
+from tests.hubtools import run_code, unique
+from tests.support import wait_for
+from tests.spawner.sandbox.sandbox_probe import account, cgroup_pids, memory_limit_mb, processes_of
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 ALICE_PROPOSAL = "P-2026-011"
 OPEN_DATA = "P-2021-007"

@@ -9,8 +9,6 @@ from visa_instance.rfb_filter import (
     KINDS, MAX_CUT_TEXT, ClientStream, RfbProtocolError, message_length,
 )
 
-pytestmark = pytest.mark.fast
-
 HANDSHAKE = b"RFB 003.008\n" + b"\x01" + b"\x01"  # version, security None, ClientInit shared
 
 

@@ -15,8 +15,6 @@ from tests.authenticator.test_rules import NOW, facts
 from visa_authenticator import rules
 from visa_authenticator.catalogue import Role
 
-pytestmark = pytest.mark.fast
-
 ASKS = {"own": ["A"], "open-data": ["OPEN"], "own+open": ["A", "OPEN"], "other-embargoed": ["EMB"], "nothing": []}
 QUOTAS = {  # person quota, instances already running
     "pending-approval": (0, 0),

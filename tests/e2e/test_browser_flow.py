@@ -7,9 +7,9 @@ import os
 import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
-from tests.sandbox_probe import cgroup_pids, processes_of
+from tests.spawner.sandbox.sandbox_probe import cgroup_pids, processes_of
 
-pytestmark = [pytest.mark.hub, pytest.mark.browser]
+pytestmark = [pytest.mark.root, pytest.mark.browser]
 
 PROPOSAL = "P-2026-011"
 

@@ -10,9 +10,9 @@ import pytest
 from tornado import web
 from tornado.httpclient import HTTPClientError
 
-from tests.hubtools import free_port
-from tests.identity.conftest import FakeUser
-from tests.identity.services import OidcProvider
+from tests.support import free_port
+from tests.authenticator.conftest import FakeUser
+from tests.authenticator.services import OidcProvider
 from visa_authenticator.oidc import (
     DOWN_MESSAGE,
     GARBAGE_MESSAGE,
@@ -36,7 +36,6 @@ def make_auth(issuer: str, **traits: Any) -> VisaOAuthenticator:
     return VisaOAuthenticator(oidc_issuer=issuer, log=logging.getLogger("visa-oidc-test"), **traits)
 
 
-@pytest.mark.fast
 def test_defaults_fit_a_keycloak_and_the_catalogue() -> None:
     auth = VisaOAuthenticator()
     assert auth.username_claim == "preferred_username"
@@ -60,7 +59,6 @@ CLASSIFY_TABLE = [
 ]  # fmt: skip
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("error, reason, garbage", [r[1:] for r in CLASSIFY_TABLE], ids=[r[0] for r in CLASSIFY_TABLE])
 def test_classify(error: BaseException, reason: str | None, garbage: bool | None) -> None:
     problem = classify(error)
@@ -71,7 +69,6 @@ def test_classify(error: BaseException, reason: str | None, garbage: bool | None
         assert "Bad response" not in str(problem)  # oauthenticator's message may quote tokens
 
 
-@pytest.mark.fast
 def test_missing_username_claim_is_a_clear_502(caplog: pytest.LogCaptureFixture) -> None:
     auth = VisaOAuthenticator()
     assert auth.user_info_to_username({"preferred_username": " Alice "}) == "Alice"
@@ -83,7 +80,6 @@ def test_missing_username_claim_is_a_clear_502(caplog: pytest.LogCaptureFixture)
         auth.user_info_to_username(["not", "a", "dict"])
 
 
-@pytest.mark.fast
 async def test_refresh_without_stored_tokens_asks_for_login() -> None:
     auth = VisaOAuthenticator(enable_auth_state=True)
     assert await auth.refresh_identity(FakeUser("alice", {"visa": {}})) is False

@@ -12,9 +12,9 @@ import pytest
 
 from visa_demo.data import main
 
-from .conftest import DEMO_CATALOGUE
+from tests.hubtools import REPO
 
-pytestmark = pytest.mark.fast
+DEMO_CATALOGUE = REPO / "hub_config" / "demo" / "catalogue.yaml"
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:

@@ -16,7 +16,8 @@ from typing import Iterator
 import psycopg2
 import requests
 
-from tests.hubtools import REPO, free_port, wait_for
+from tests.hubtools import REPO
+from tests.support import free_port, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROVIDER_SCRIPT = REPO / "tests" / "oidc_provider" / "provider.mjs"

@@ -9,8 +9,6 @@ import pytest
 from visa_instance.authorizer import role_of, share_roles_from
 from visa_instance.room import CLOSE_NOT_ALLOWED, Room
 
-pytestmark = pytest.mark.fast
-
 F = "!server=alice/run"
 
 

@@ -10,8 +10,11 @@ from typing import Iterator
 
 import pytest
 
-from tests.collab.helpers import RfbClient, wait_closed
-from tests.instance.conftest import JupyterServer, wait_for
+from tests.instance.jupyter import JupyterServer
+from tests.rfb import RfbClient, wait_closed
+from tests.support import wait_for
+
+pytestmark = pytest.mark.root  # starts a jupyter-server with Xvnc
 
 
 @pytest.fixture

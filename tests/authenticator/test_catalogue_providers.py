@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from tornado import web
 
-from tests.identity.conftest import DEMO_CATALOGUE, NOW, CatalogueUnderTest, FakeUser
+from tests.authenticator.conftest import DEMO_CATALOGUE, NOW, CatalogueUnderTest, FakeUser
 from visa_authenticator.file_catalogue import FileCatalogue
 
 SMALL = """

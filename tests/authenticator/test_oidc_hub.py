@@ -15,13 +15,14 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from tests.hubtools import Hub, make_state_dir, wait_for
-from tests.identity.conftest import DEMO_CATALOGUE
-from tests.identity.services import OidcProvider, PostgresCluster
+from tests.hubtools import Hub, make_state_dir
+from tests.support import wait_for
+from tests.authenticator.conftest import DEMO_CATALOGUE
+from tests.authenticator.services import OidcProvider, PostgresCluster
 from visa_authenticator.oidc import DOWN_MESSAGE, GARBAGE_MESSAGE
 from visa_authenticator.sql_schema import main as catalogue_sql
 
-pytestmark = pytest.mark.hub
+pytestmark = pytest.mark.root
 
 HUB_CONFIG = Path(__file__).resolve().parent / "hub_config.py"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -13,8 +13,6 @@ from visa_profiles import common as hub_common
 from visa_profiles.env import SettingsError
 from visa_profiles.production import REQUIRED, production_config, with_pg_driver
 
-pytestmark = pytest.mark.fast
-
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
     "VISA_HUB_DB_URL": "postgresql://hub:pw@db.example/jupyterhub",

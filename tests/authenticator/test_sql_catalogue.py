@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import create_engine, event, insert
 from sqlalchemy.exc import IntegrityError
 
-from tests.hubtools import free_port, wait_for
-from tests.identity.conftest import CATALOGUE_DB, DEMO_CATALOGUE, NOW, CatalogueUnderTest, IdentityAuthenticator
-from tests.identity.services import PostgresCluster
-from tests.identity.test_catalogue_providers import SMALL, login, proposals_of
+from tests.support import free_port, wait_for
+from tests.authenticator.conftest import CATALOGUE_DB, DEMO_CATALOGUE, NOW, CatalogueUnderTest, IdentityAuthenticator
+from tests.authenticator.services import PostgresCluster
+from tests.authenticator.test_catalogue_providers import SMALL, login, proposals_of
 from visa_authenticator.catalogue import CatalogueUnavailable
 from visa_authenticator.file_catalogue import FileCatalogue
 from visa_authenticator.sql_catalogue import SqlCatalogue
@@ -177,7 +177,6 @@ async def test_strict_tables_loaded_by_the_cli_answer_like_the_file(postgres: Po
     auth.catalogue_provider.close()
 
 
-@pytest.mark.fast
 async def test_any_sqlalchemy_url_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'catalogue.sqlite'}"
     assert main(["load", "--create", "--url", url, "--yaml", str(DEMO_CATALOGUE)]) == 0
@@ -188,7 +187,6 @@ async def test_any_sqlalchemy_url_sqlite(tmp_path: Path) -> None:
     cat.close()
 
 
-@pytest.mark.fast
 def test_ddl_for_the_dba() -> None:
     text = ddl("postgresql", schema="visa")
     for name in ("persons", "person_roles", "instruments", "instrument_scientists", "proposals", "experiments",
