@@ -82,6 +82,7 @@ def group_members(pgid: int) -> list[Proc]:
 # ------------------------------------------------------------------ a jupyter server
 
 
+@dataclass
 class JupyterServer:
     """A plain ``jupyter server`` (hub venv) with the shipped extension config and a token."""
 
