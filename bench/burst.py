@@ -20,11 +20,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from tests.hubtools import Browserless  # noqa: E402
 from tests.spawner.openstack import lab  # noqa: E402
 from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until  # noqa: E402
 from tests.spawner.openstack.hubrun import LatencyProbe, make_hub, spawn  # noqa: E402
 from tests.spawner.openstack.support import new_hub_id  # noqa: E402
-from tests.hubtools import Browserless  # noqa: E402
 from visa_spawner.backends.openstack.model import hub_tag  # noqa: E402
 
 

@@ -18,9 +18,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.hubtools import (  # noqa: E402
-    DEMO_CONFIG, Browserless, Hub, make_demo_data, make_state_dir, running_hub, wait_for,
-)
+from tests.hubtools import DEMO_CONFIG, Browserless, Hub, make_demo_data, make_state_dir, running_hub, wait_for  # noqa: E402
 
 CATALOGUE = DEMO_CONFIG.parent / "catalogue.yaml"
 USER, PASSWORD = "alice", "alice-demo"

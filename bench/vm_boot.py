@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.hubtools import DEMO_CONFIG, Browserless, Hub, make_demo_data, make_state_dir, running_hub, wait_for  # noqa: E402
 from tests.spawner.qemu.conftest import pinned_image_dir, qemu_pids  # noqa: E402
-from visa_spawner.backends.qemu.backend import QemuBackend  # noqa: E402
 from visa_spawner.backends.qemu.accel import choose_acceleration  # noqa: E402
+from visa_spawner.backends.qemu.backend import QemuBackend  # noqa: E402
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability  # noqa: E402
 from visa_spawner.backends.qemu.vm import memory_of  # noqa: E402
 from visa_spawner.backends.qemu.warm import build_snapshot  # noqa: E402

@@ -15,7 +15,7 @@ then adds fresh entitlements.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.auth import Authenticator
@@ -28,12 +28,11 @@ from .catalogue import Catalogue, CatalogueUnavailable, Role
 from .facts import gather_facts
 from .file_catalogue import FileCatalogue
 
-
 CATALOGUE_DOWN = "The facility catalogue is unavailable. Please try again in a few minutes."
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class VisaAuthenticator(Authenticator):

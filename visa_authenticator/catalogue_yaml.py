@@ -16,16 +16,7 @@ from typing import Any
 
 import yaml
 
-from .catalogue import (
-    PERSON_ID_RE,
-    RECORD_ID_RE,
-    Experiment,
-    Instrument,
-    Person,
-    Proposal,
-    Role,
-    RoleGrant,
-)
+from .catalogue import PERSON_ID_RE, RECORD_ID_RE, Experiment, Instrument, Person, Proposal, Role, RoleGrant
 from .catalogue_data import CatalogueData
 
 SECTIONS = ("persons", "instruments", "proposals", "experiments")

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import ClassVar
 
 from traitlets import Unicode
 
-from .catalogue import (
-    Catalogue,
-    CatalogueUnavailable,
-    Experiment,
-    Instrument,
-    Person,
-    Proposal,
-)
+from .catalogue import Catalogue, CatalogueUnavailable, Experiment, Instrument, Person, Proposal
 from .catalogue_data import CatalogueData
 from .catalogue_yaml import CatalogueFormatError, load_yaml, parse_catalogue
 
@@ -86,7 +79,7 @@ class FileCatalogue(Catalogue):
             self._report_failure(str(e))
             return
         self._data, self._signature, self._failed_signature = data, signature, None
-        self._loaded_at = datetime.now(timezone.utc)
+        self._loaded_at = datetime.now(UTC)
         self.problems = tuple(problems)
         for problem in problems:
             self.log.warning("Catalogue: %s", problem)

@@ -262,7 +262,7 @@ class SqlCatalogue(Catalogue):
         future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         try:
             result, problems = await asyncio.wait_for(future, self.query_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CatalogueUnavailable(
                 f"catalogue database {source} did not answer within {self.query_timeout:g} s ({what})"
             ) from None

@@ -9,13 +9,13 @@ Every public method takes the acting person's name first and checks their right 
 from __future__ import annotations
 
 import asyncio
-
 import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -23,16 +23,25 @@ from sqlalchemy.engine import Engine
 from . import db
 from .hubapi import HubAPI, HubError
 from .roles import (
-    GRANTABLE, OWNER_AWAY_POLICIES, Role, RoleError, may_request_support, on_team,
-    parse_role, refusal, role_of_share, share_scopes,
+    GRANTABLE,
+    OWNER_AWAY_POLICIES,
+    Role,
+    RoleError,
+    may_request_support,
+    on_team,
+    parse_role,
+    refusal,
+    role_of_share,
+    share_scopes,
 )
 
 log = logging.getLogger("visa_collab")
 
-from .collab_types import CollabError, Instance, Room, hash_code  # noqa: E402 (re-exported)
 from .collab_invitations import InvitationsMixin  # noqa: E402 (after the shared names above)
 from .collab_listings import ListingsMixin  # noqa: E402
 from .collab_rooms import RoomsMixin  # noqa: E402
+from .collab_types import CollabError, Instance, Room, hash_code  # noqa: E402 (re-exported)
+
 
 class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
     def __init__(
@@ -169,7 +178,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             await self._hub_grant(inst, member, role, previous)
         except HubError as e:
             log.error("Granting %s on %s/%s to %s failed: %s", role.value, inst.owner, inst.server, member, e)
-            raise self.refuse(inst.key, actor, action, CollabError(502, "The hub refused the grant; nothing was changed."),
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(502, "The hub refused the grant; nothing was changed."),
                               member=member, role=role.value, detail={"hub_status": e.status}) from None
         at = self.now()
         with self.engine.begin() as conn:
@@ -251,7 +261,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "grant"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action, CollabError(403, "Only the owner of this instance can share it."),
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(403, "Only the owner of this instance can share it."),
                               member=str(member)[:255] if member else None)
         r = self._role(inst, actor, role, action, member=str(member)[:255] if member else None)
         model = await self._check_member(actor, inst, member, r, action)
@@ -267,14 +278,14 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "change-role"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action, CollabError(403, "Only the owner of this instance can change roles."),
-                              member=member)
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(403, "Only the owner of this instance can change roles."), member=member)
         r = self._role(inst, actor, role, action, member=member)
         with self.engine.connect() as conn:
             current = self._active_grant(conn, owner, server, member)
         if not current:
-            raise self.refuse(inst.key, actor, action, CollabError(404, f"{member[:60]} is not a member of this instance."),
-                              member=member[:255])
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(404, f"{member[:60]} is not a member of this instance."), member=member[:255])
         if current["role"] == r.value:
             return {"member": member, "role": r.value, "granted_by": current["granted_by"], "unchanged": True}
         await self._check_member(actor, inst, member, r, action)
@@ -286,13 +297,13 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "revoke"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action, CollabError(403, "Only the owner of this instance can remove members."),
-                              member=member)
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(403, "Only the owner of this instance can remove members."), member=member)
         with self.engine.connect() as conn:
             current = self._active_grant(conn, owner, server, member)
         if not current:
-            raise self.refuse(inst.key, actor, action, CollabError(404, f"{member[:60]} is not a member of this instance."),
-                              member=member[:255])
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(404, f"{member[:60]} is not a member of this instance."), member=member[:255])
         await self._revoke(inst.key, member, actor=actor, reason="removed by the owner")
         ran_code = self._could_run_code(inst.key, member)
         return {"member": member, "role": current["role"], "restart_suggested": ran_code and inst.ready,
@@ -314,7 +325,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         in it ends, whoever started it. Everyone connected is disconnected."""
         inst = await self.instance(owner, server)
         if actor != owner:
-            raise self.refuse(inst.key, actor, "restart", CollabError(403, "Only the owner of this instance can restart it."))
+            raise self.refuse(inst.key, actor, "restart",
+                              CollabError(403, "Only the owner of this instance can restart it."))
         model = await self.person(owner) or {}
         options = dict((model.get("servers", {}).get(server) or {}).get("user_options") or {})
         if not inst.ready:

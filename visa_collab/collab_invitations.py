@@ -14,9 +14,7 @@ from sqlalchemy import select
 
 from . import db
 from .collab_types import CODE_PREFIX, CollabError, _rank, hash_code
-from .roles import (
-    Role,
-)
+from .roles import Role
 
 log = logging.getLogger("visa_collab")
 
@@ -54,7 +52,8 @@ class InvitationsMixin:
         try:
             expires_in, max_uses = int(expires_in), int(max_uses)
         except (TypeError, ValueError):
-            raise self.refuse(inst.key, actor, action, CollabError(400, "expires_in and max_uses must be whole numbers."),
+            raise self.refuse(inst.key, actor, action,
+                              CollabError(400, "expires_in and max_uses must be whole numbers."),
                               role=r.value) from None
         if not 60 <= expires_in <= 30 * 86400:
             raise self.refuse(inst.key, actor, action, CollabError(
@@ -77,7 +76,8 @@ class InvitationsMixin:
     async def revoke_invitation(self, actor: str, owner: str, server: str, invitation_id: int) -> None:
         inst = await self.instance(owner, server)
         if actor != owner:
-            raise self.refuse(inst.key, actor, "revoke-invitation", CollabError(403, "Only the owner can revoke invitations."))
+            raise self.refuse(inst.key, actor, "revoke-invitation",
+                              CollabError(403, "Only the owner can revoke invitations."))
         with self.engine.begin() as conn:
             n = conn.execute(db.invitations.update().where(
                 db.invitations.c.id == invitation_id, db.invitations.c.owner == owner,

@@ -11,9 +11,7 @@ from sqlalchemy import select
 
 from . import db
 from .collab_types import CollabError
-from .roles import (
-    may_request_support,
-)
+from .roles import may_request_support
 
 log = logging.getLogger("visa_collab")
 

@@ -14,9 +14,7 @@ from sqlalchemy import func, select
 
 from . import db
 from .collab_types import CollabError, _parse_time
-from .roles import (
-    DEFAULT_OWNER_AWAY, OWNER_AWAY_POLICIES, Role, may_request_support,
-)
+from .roles import DEFAULT_OWNER_AWAY, OWNER_AWAY_POLICIES, Role, may_request_support
 
 log = logging.getLogger("visa_collab")
 
@@ -98,7 +96,7 @@ class RoomsMixin:
         if version == self.room_version(owner, server):
             try:
                 await asyncio.wait_for(room.changed.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return self.room_state(owner, server)
 
@@ -147,7 +145,8 @@ class RoomsMixin:
             rid = conn.execute(db.requests.insert().values(
                 owner=owner, server=server, requester=actor, status="pending", created_at=at,
             )).inserted_primary_key[0]
-            self.audit(conn, inst.key, actor, action, member=actor, detail={"request": rid, "owner_connected": True}, at=at)
+            self.audit(conn, inst.key, actor, action, member=actor, detail={"request": rid, "owner_connected": True},
+                       at=at)
         self.room(owner, server).bump()
         return {**self.request(rid), "instance": inst.model()}
 

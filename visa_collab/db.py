@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import (
-    Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event, inspect, text,
-)
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
@@ -182,11 +181,11 @@ def connect(url: str) -> Engine:
 
 def now() -> datetime:
     """Naive UTC, as stored (SQLite keeps no zone)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def iso(dt: datetime | None) -> str | None:
-    return dt.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if dt else None
+    return dt.replace(tzinfo=UTC).isoformat(timespec="seconds") if dt else None
 
 
 def dumps(detail: dict | None) -> str | None:

@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthenticated, check_scopes
 from tornado import web
 
-from .collab import Collaboration, CollabError
+from .collab import CollabError, Collaboration
 from .hubapi import HubError
 from .roles import GRANTABLE, OWNER_AWAY_POLICIES, Role
 

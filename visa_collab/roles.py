@@ -13,8 +13,8 @@ authenticator manages: ``proposal:<id>`` (team members and the instruments' scie
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import Iterable
 
 
 class Role(str, Enum):

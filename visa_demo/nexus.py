@@ -123,7 +123,7 @@ def powder_pattern(run: Run, points: int = 2000) -> tuple[np.ndarray, np.ndarray
     peaks = rng.uniform(15, 140, 8)
     heights = rng.uniform(200, 2000, 8)
     intensity = 50 + 0.2 * two_theta
-    for centre, height in zip(peaks, heights):
+    for centre, height in zip(peaks, heights, strict=True):
         intensity = intensity + height * np.exp(-0.5 * ((two_theta - centre) / 0.4) ** 2)
     return rng.poisson(intensity).astype(np.int32), two_theta
 

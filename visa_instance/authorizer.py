@@ -31,7 +31,8 @@ full-access staff while the room is closed by the "disconnect everyone" policy).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "desktop.svg")
 PAGE_PATH = "visa/desktop"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 log = logging.getLogger("visa_instance.desktop")
 

@@ -116,7 +116,8 @@ def _env_seconds(name: str, default: float) -> float:
             raise ValueError(raw)
         return value
     except ValueError:
-        logging.getLogger("visa_instance").warning("%s=%r is not a duration in seconds; using %g", name, raw[:20], default)
+        logging.getLogger("visa_instance").warning("%s=%r is not a duration in seconds; using %g",
+                                                   name, raw[:20], default)
         return default
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 # Largest clipboard text accepted from a client (bytes). noVNC sends at most what the user
 # pasted; a larger announcement is a protocol abuse and closes the connection.
@@ -63,7 +63,7 @@ KINDS = {k.type: k for k in (
 INPUT_TYPES = frozenset(k.type for k in KINDS.values() if k.input)
 
 
-def message_length(buf: bytes | bytearray) -> Optional[int]:
+def message_length(buf: bytes | bytearray) -> int | None:
     """Length of the client message at the start of ``buf``; None if more bytes are needed.
 
     Raises :class:`RfbProtocolError` for an unknown type or an unacceptable length field.

@@ -25,9 +25,10 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -42,7 +43,7 @@ CLOSE_NOT_ALLOWED = 4403  # websocket close code when a member's access ends
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(eq=False)
@@ -166,7 +167,7 @@ class Room:
         self._warned: dict[str, float] = {}
 
     @classmethod
-    def from_env(cls, hub_auth: Any, collab_url: str, **kw: Any) -> "Room":
+    def from_env(cls, hub_auth: Any, collab_url: str, **kw: Any) -> Room:
         owner = os.environ.get("JUPYTERHUB_USER", "")
         server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
         token = getattr(hub_auth, "api_token", "") if hub_auth is not None else ""
@@ -186,7 +187,8 @@ class Room:
             try:
                 roles = share_roles_from(await self.shares.fetch(), self.owner, self.server)
             except Exception as e:
-                self._warn("shares", f"reading this server's shares from the hub failed ({_why(e)}); keeping the last known roles")
+                self._warn("shares", f"reading this server's shares from the hub failed ({_why(e)}); "
+                                     "keeping the last known roles")
                 return
             self._shares_at = self.clock()
             if roles != self.share_roles:
@@ -410,7 +412,7 @@ class Room:
         while True:
             try:
                 await asyncio.wait_for(self._report_due.wait(), self.heartbeat)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._report_due.clear()
             events, self.events = self.events, []

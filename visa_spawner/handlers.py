@@ -8,7 +8,7 @@ created; then it creates the named server with its display name and starts it.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_escape_path, url_path_join
@@ -44,7 +44,7 @@ class NewInstanceHandler(BaseHandler):
             await self._render_home(error_message=str(e), form=form)
             return
         options = request.user_options()
-        options["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        options["created"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         spawner = user.get_or_create_spawner(request.server_name, request.display_name)
         spawn = asyncio.ensure_future(
             self.spawn_single_user(user, request.server_name, request.display_name, options=options)

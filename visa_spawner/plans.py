@@ -1,7 +1,8 @@
 """The plan catalogue (image × flavour × backend), configured as plain dicts and checked once."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .backends.base import Plan
 

@@ -15,14 +15,20 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from jupyterhub.spawner import SpawnException, Spawner
+from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import random_port
 from tornado.web import HTTPError
 from traitlets import Dict, List, TraitError, Unicode, default, import_item, observe, validate
 from traitlets.config import Config
 
 from .backends.base import (
-    Backend, BackendError, InstanceIdentity, InstanceSpec, InstanceStatus, Plan, UnknownBackendError,
+    Backend,
+    BackendError,
+    InstanceIdentity,
+    InstanceSpec,
+    InstanceStatus,
+    Plan,
+    UnknownBackendError,
 )
 from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
 from .plans import parse_plans
@@ -170,7 +176,8 @@ class VisaSpawner(Spawner):
             self.identity = InstanceIdentity.from_dict(state["identity"])
         elif self.backend_state.get("backend"):  # saved before identities: the backend's dict names it
             self.identity = InstanceIdentity(
-                backend=str(self.backend_state["backend"]), owner=str(self.backend_state.get("owner") or self.user.name),
+                backend=str(self.backend_state["backend"]),
+                owner=str(self.backend_state.get("owner") or self.user.name),
                 server_name=str(self.backend_state.get("server_name", self.name)))
         else:
             self.identity = None
@@ -225,7 +232,7 @@ class VisaSpawner(Spawner):
             async with self._progress_changed:
                 try:
                     await asyncio.wait_for(self._progress_changed.wait(), 1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     # -- lifecycle -----------------------------------------------------------------------------

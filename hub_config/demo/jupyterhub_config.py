@@ -8,7 +8,13 @@ profile (visa_profiles.common); only identity, catalogue and database differ.
 import os
 from pathlib import Path
 
-from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, prepare_state_dir, private_sqlite_url, secret_file
+from visa_profiles.common import (
+    apply_hub_and_instances,
+    exit_on_bad_plans,
+    prepare_state_dir,
+    private_sqlite_url,
+    secret_file,
+)
 
 here = Path(__file__).resolve().parent
 

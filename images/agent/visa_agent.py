@@ -66,7 +66,7 @@ class Reporter:
         self.console = console
         self.port_fd: int | None = None
         self.attached = threading.Event()
-        self.pending: "queue.Queue[bytes]" = queue.Queue()
+        self.pending: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
 
     def attach(self, fd: int | None) -> None:

@@ -142,7 +142,8 @@ def in_process_script(request: dict, template_env: dict) -> str | None:
             shebang = f.readline(256)
     except OSError:
         return None
-    interpreter = shebang[2:].split()[0].decode(errors="replace") if shebang.startswith(b"#!") and shebang[2:].split() else ""
+    words = shebang[2:].split()
+    interpreter = words[0].decode(errors="replace") if shebang.startswith(b"#!") and words else ""
     same = interpreter and os.path.realpath(interpreter) == os.path.realpath(sys.executable)
     return path if same else None
 

@@ -15,15 +15,23 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from traitlets import Bool, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from . import stages, system
-from .chroot import (BuildError, archive_suffix, missing_tools, progress, release_mounts, remove_tree,
-                     restore_stage, save_stage)
+from .chroot import (
+    BuildError,
+    archive_suffix,
+    missing_tools,
+    progress,
+    release_mounts,
+    remove_tree,
+    restore_stage,
+    save_stage,
+)
 from .recipe import STAGES, Recipe, RecipeError, load_recipe, lock_path, write_lock
 
 HERE = Path(__file__).resolve().parent.parent
@@ -44,8 +52,10 @@ class ImageBuilder(Application):
     recipe = Unicode(help="The recipe TOML file (default: images/recipes/debian-bookworm.toml).").tag(config=True)
     cache_dir = Unicode("/var/cache/visahub/images",
                         help="Where stage archives, downloads and finished images are kept.").tag(config=True)
-    repo = Unicode(help="The VISA Hub checkout whose visa_instance and requirements go into the image.").tag(config=True)
-    extras = List(Unicode(), help="Optional package groups of the recipe's [apt.extras] (e.g. openstack).").tag(config=True)
+    repo = Unicode(help="The VISA Hub checkout whose visa_instance and requirements go into the image."
+                   ).tag(config=True)
+    extras = List(Unicode(), help="Optional package groups of the recipe's [apt.extras] (e.g. openstack)."
+                  ).tag(config=True)
     update_lock = Bool(False, help="Write the recipe's lock file from what this build installed.").tag(config=True)
     force = Bool(False, help="Rebuild every stage, ignoring cached ones.").tag(config=True)
     keep_builds = Integer(0, help="Finished images kept per recipe, the current one included (0: keep all). "

@@ -10,9 +10,10 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 _PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _SIZE = re.compile(r"^([0-9]+)([MG])$")
@@ -182,9 +183,11 @@ def _check(data: Mapping[str, Any], extras: Iterable[str]) -> None:
             raise RecipeError(f"recipe: {unit!r} is not a systemd unit name")
     if not _SIZE.match(str(data["image"].get("size", ""))):
         raise RecipeError("recipe: [image] size must look like 8G or 4096M")
-    if not all(isinstance(p, str) and re.fullmatch(r"[a-z_][a-z0-9_]*", p) for p in data["python"].get("repo_packages", [])):
+    if not all(isinstance(p, str) and re.fullmatch(r"[a-z_][a-z0-9_]*", p)
+               for p in data["python"].get("repo_packages", [])):
         raise RecipeError("recipe: [python] repo_packages must be top-level package names of this repository")
-    if not all(isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in data["python"].get("remove", [])):
+    if not all(isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p)
+               for p in data["python"].get("remove", [])):
         raise RecipeError("recipe: [python] remove must be a list of distribution names")
     env = data["python"].get("env", "")
     if not env.startswith("/") or ".." in env.split("/"):

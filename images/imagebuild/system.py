@@ -117,7 +117,8 @@ def make_disk(recipe: Recipe, root: Path, out: Path, log: Path) -> None:
 
 
 def installed_packages(root: Path) -> dict[str, str]:
-    text = run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"], capture=True)
+    text = run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"],
+               capture=True)
     out = {}
     for line in text.splitlines():
         name, version, status = (line.split("\t") + ["", ""])[:3]

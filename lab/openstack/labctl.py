@@ -13,10 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import lab_config as cfg
 import lab_venv
@@ -154,14 +154,16 @@ def db_syncs(lay: cfg.Layout) -> dict[str, Callable[[], None]]:
     """Schema steps of the services other than keystone, each a sequence run in its own thread."""
     b, e, py = lay.venv / "bin", lay.etc, str(lay.venv / "bin" / "python")
     nova = [str(b / "nova-manage"), "--config-file", str(e / "nova" / "nova.conf")]
-    neutron = ["--config-file", str(e / "neutron" / "neutron.conf"), "--config-file", str(e / "neutron" / "ml2_conf.ini")]
+    neutron = ["--config-file", str(e / "neutron" / "neutron.conf"),
+               "--config-file", str(e / "neutron" / "ml2_conf.ini")]
     steps = {
         "nova": [[*nova, "api_db", "sync"], [*nova, "cell_v2", "map_cell0", "--database_connection",
                                              lay.db("nova_cell0")],
                  [*nova, "cell_v2", "create_cell", "--name", "cell1", "--verbose"], [*nova, "db", "sync"]],
         "neutron": [[py, str(HERE / "in_venv.py"), "neutron-schema", lay.db("neutron")],
                     [str(b / "neutron-db-manage"), *neutron, "stamp", "heads"]],
-        "placement": [[str(b / "placement-manage"), "--config-file", str(e / "placement" / "placement.conf"), "db", "sync"]],
+        "placement": [[str(b / "placement-manage"), "--config-file", str(e / "placement" / "placement.conf"),
+                       "db", "sync"]],
         "glance": [[str(b / "glance-manage"), "--config-file", str(e / "glance" / "glance-api.conf"), "db_sync"]],
     }
 
@@ -197,13 +199,15 @@ def start(lay: cfg.Layout, svc: dict[str, Service]) -> None:
     with ThreadPoolExecutor(4) as pool:
         syncs = [pool.submit(f) for f in db_syncs(lay).values()]
         keystone_setup(lay)
-        wsgi(lay, svc["keystone"], "keystone.wsgi.api:application", 5000, {"OS_KEYSTONE_CONFIG_DIR": str(e / "keystone")})
+        wsgi(lay, svc["keystone"], "keystone.wsgi.api:application", 5000,
+             {"OS_KEYSTONE_CONFIG_DIR": str(e / "keystone")})
         for f in syncs:
             f.result()  # raises the ServiceFailed of a failed sync, naming it
     say("all databases ready")
     svc["rabbit"].wait(lambda: port_open(cfg.PORTS["rabbit"]), 120, "listen on 5672")
     say("rabbitmq up")
-    wsgi(lay, svc["placement"], "placement.wsgi.api:application", 8778, {"OS_PLACEMENT_CONFIG_DIR": str(e / "placement")})
+    wsgi(lay, svc["placement"], "placement.wsgi.api:application", 8778,
+         {"OS_PLACEMENT_CONFIG_DIR": str(e / "placement")})
     wsgi(lay, svc["glance"], "glance.wsgi.api:application", 9292, {"OS_GLANCE_CONFIG_DIR": str(e / "glance")})
     wsgi(lay, svc["neutron"], "neutron.wsgi.api:application", 9696,
          {"OS_NEUTRON_CONFIG_DIR": str(e / "neutron"), "OS_NEUTRON_CONFIG_FILES": "neutron.conf;ml2_conf.ini"})

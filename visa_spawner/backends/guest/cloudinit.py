@@ -22,12 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from visa_spawner.backends.guest.protocol import (
-    CONFIG_PATH,
-    FW_CFG_CONFIG,
-    FW_CFG_SCRIPT,
-    SCRIPT_PATH,
-)
+from visa_spawner.backends.guest.protocol import CONFIG_PATH, FW_CFG_CONFIG, FW_CFG_SCRIPT, SCRIPT_PATH
 
 #: the start script: constant, stdlib-only Python run as root at first boot (start_script.py, a
 #: real module so it is linted and tested; shipped as its text, the same bytes on every instance)

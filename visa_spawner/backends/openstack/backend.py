@@ -21,19 +21,24 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
+from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.base import (
-    Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError,
-)
+from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 from visa_spawner.backends.openstack.cloud import CloudCalls, CloudSettings, list_servers, poll_until
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
-    LIST_PAGE, STAGES, build_progress, hub_tag, owner_of, server_address, server_metadata, server_name,
+    LIST_PAGE,
+    STAGES,
+    build_progress,
+    hub_tag,
+    owner_of,
+    server_address,
+    server_metadata,
+    server_name,
 )
 from visa_spawner.backends.openstack.security import SecurityGroups
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.openstack.watch import ServerWatch
-from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 
 GONE_STATES = {"DELETED", "SOFT_DELETED", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF", "ERROR"}
 ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}
@@ -72,7 +77,8 @@ class OpenStackBackend(Backend):
 
     # -- the cloud ----------------------------------------------------------------------------
     cloud = Unicode("", config=True, help="Cloud name in clouds.yaml (OS_CLOUD if empty).")
-    clouds_yaml = Unicode("", config=True, help="Path of clouds.yaml (OS_CLIENT_CONFIG_FILE / standard places if empty).")
+    clouds_yaml = Unicode("", config=True,
+                          help="Path of clouds.yaml (OS_CLIENT_CONFIG_FILE / standard places if empty).")
     auth = Dict(config=True, help="Explicit auth options, e.g. application credentials "
                 "{'auth_url':…, 'application_credential_id':…, 'application_credential_secret':…} "
                 "with auth_type set through clouds.yaml; merged over the cloud entry.")
@@ -98,7 +104,8 @@ class OpenStackBackend(Backend):
                                    "[{name, description, when: {roles|instruments|flavors: [...]}, rules: "
                                    "[{direction, protocol, port_range_min, port_range_max, remote_ip_prefix}]}]. "
                                    "Ensured (created, missing rules added) through Neutron.")
-    floating_ip_network = Unicode("", config=True, help="External network for a floating IP per instance; empty = none.")
+    floating_ip_network = Unicode("", config=True,
+                                  help="External network for a floating IP per instance; empty = none.")
     address_source = Enum(["fixed-ip", "floating-ip", "phone-home"], "fixed-ip", config=True,
                           help="Where the hub reaches Jupyter: the fixed IP on `networks`, the floating IP, "
                           "or the address the instance reports when it phones home (tests).")
@@ -331,7 +338,8 @@ class OpenStackBackend(Backend):
             if mine and resume and self.stop_action == "shelve" and server.status.startswith("SHELVED"):
                 progress(12, "Starting your shelved server again (its files are kept)")
                 BOARD.offer_resume(resume, {k: v for k, v in config.items() if k != "resume_key"})
-                await self.cloud_calls.call(lambda c: c.compute.unshelve_server(server.id), doing="unshelving")
+                await self.cloud_calls.call(lambda c, server_id: c.compute.unshelve_server(server_id), server.id,
+                                            doing="unshelving")
                 return server, resume
             if self.adopt_servers and server.status in ADOPTABLE and mine:
                 progress(12, "Reusing this instance's server left by an interrupted start")
@@ -398,12 +406,12 @@ class OpenStackBackend(Backend):
                                    "its server was deleted.", reason="boot-timeout")
             try:
                 report = await asyncio.wait_for(inbox.queue.get(), min(remaining, self.boot_check_interval))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 current = await self.watch.next(server.id)
                 if current is None:
-                    raise BackendError("The server was deleted while the instance booted.", reason="vanished")
+                    raise BackendError("The server was deleted while the instance booted.", reason="vanished") from None
                 if current.status == "ERROR":
-                    raise fault_error(current.fault, current.status)
+                    raise fault_error(current.fault, current.status) from None
                 continue
             if report.stage == "failed":
                 raise BackendError(f"The instance could not start: {report.message or 'no reason given'}",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 META_PREFIX = "visa-"

@@ -85,9 +85,10 @@ class Reconciler(LoggingConfigurable):
         owned = {self.backend.name_for(u, s) for u, s, m in records if m.get("ready") or m.get("pending")}
         # a shelved server is the disk of a stopped instance: owned while its hub record exists
         recorded = {self.backend.name_for(u, s) for u, s, _ in records}
-        owned |= {s["name"] for s in servers if str(s.get("status", "")).startswith("SHELVED") and s["name"] in recorded}
+        owned |= {s["name"] for s in servers
+                  if str(s.get("status", "")).startswith("SHELVED") and s["name"] in recorded}
         by_name = {s["name"]: s for s in servers}
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         counts = {"servers": len(servers), "orphans": 0, "deleted": 0, "stopped": 0}
         for server in servers:
             if server["name"] in owned or server["name"] in self.backend.inflight:
@@ -138,8 +139,8 @@ class Reconciler(LoggingConfigurable):
 
 def _parse_time(value: str | None) -> dt.datetime:
     if not value:
-        return dt.datetime.now(dt.timezone.utc)
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def install(c: Config, *, token_file: Path, first_delay: float = 5.0) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from visa_spawner.backends.openstack.cloud import CloudCalls
 from visa_spawner.backends.openstack.model import missing_rules, select_security_groups

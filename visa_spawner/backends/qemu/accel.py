@@ -83,7 +83,7 @@ async def probe_kvm(qemu_binary: str, timeout: float = 10) -> bool:
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(b"info kvm\nquit\n"), timeout)
-    except (asyncio.TimeoutError, OSError):
+    except (TimeoutError, OSError):
         proc.kill()
         await proc.wait()
         return False

@@ -23,17 +23,22 @@ from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
 
+from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.qemu import relay as qemu_relay
-from visa_spawner.backends.base import (
-    Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError,
-)
 from visa_spawner.backends.guest.phonehome import BOARD
+from visa_spawner.backends.qemu import relay as qemu_relay
 from visa_spawner.backends.qemu.accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
 from visa_spawner.backends.qemu.boot import BootWatcher
 from visa_spawner.backends.qemu.command import (
-    GUEST_JUPYTER_PORT, VmLayout, guest_env, hub_port_of, vm_size, mount_templates, overlay_argv, qemu_argv,
+    GUEST_JUPYTER_PORT,
+    VmLayout,
+    guest_env,
+    hub_port_of,
+    mount_templates,
+    overlay_argv,
+    qemu_argv,
     relay_command,
+    vm_size,
 )
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
 from visa_spawner.backends.qemu.state import QemuState
@@ -125,7 +130,8 @@ class QemuBackend(Backend):
 
     def binaries(self) -> tuple[str, str]:
         found = shutil.which(self.qemu_binary), shutil.which(self.qemu_img)
-        for path, name, package in ((found[0], self.qemu_binary, "qemu-system-x86"), (found[1], self.qemu_img, "qemu-utils")):
+        for path, name, package in ((found[0], self.qemu_binary, "qemu-system-x86"),
+                                    (found[1], self.qemu_img, "qemu-utils")):
             if not path:
                 raise BackendError(f"Virtual machines are not available: QEMU is not installed on this host "
                                    f"({name} not found; an admin installs the Debian package {package}).",

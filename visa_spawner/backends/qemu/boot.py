@@ -61,7 +61,7 @@ class BootWatcher:
                 raise ProcessLookupError(f"QEMU exited with status {self.proc.returncode}")
             try:  # while it loads the memory, QEMU's monitor can be slow to answer on a busy host
                 state = (await qmp(qmp_socket, "query-status", timeout=5)).get("status")  # type: ignore[union-attr]
-            except (asyncio.TimeoutError, OSError, EOFError, QMPError) as e:
+            except (TimeoutError, OSError, EOFError, QMPError) as e:
                 state = None
                 self.log.debug("VM %s: monitor busy during restore (%s)", self.vm, type(e).__name__)
             if state == "running":
@@ -88,7 +88,7 @@ class BootWatcher:
                 remaining = self.deadline - time.monotonic()
                 try:
                     kind, value = await asyncio.wait_for(self._events.get(), max(remaining, 0.01))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise BackendError(
                         f"The virtual machine did not get Jupyter running within {self.timeout:g} s. "
                         f"Last console lines:\n{tail(self.console, 6)}", reason="timeout") from None
@@ -165,7 +165,7 @@ class BootWatcher:
                 continue
             try:
                 await asyncio.wait_for(self._jupyter_up.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 1.5, 1.0)
         self._events.put_nowait(("http", True))

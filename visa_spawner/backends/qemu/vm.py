@@ -11,8 +11,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
 
 import psutil
 from qemu.qmp import QMPClient
@@ -121,7 +121,7 @@ async def console_lines(path: Path, stop: asyncio.Event) -> AsyncIterator[str]:
         if not chunk:
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -138,14 +138,14 @@ async def http_answers(port: int, path: str, timeout: float = 3) -> bool:
     connection even when nothing listens in the guest, so only an HTTP status line counts.)"""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
         return line.startswith(b"HTTP/")
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     finally:
         writer.close()
@@ -159,7 +159,7 @@ async def wait_gone(pid: int, overlay: str, timeout: float, proc: asyncio.subpro
             try:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), 0.1)
                 return True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         if not pid_runs(pid, overlay):
             return True

@@ -23,9 +23,9 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from visa_spawner.backends.qemu.accel import Acceleration, choose_acceleration, pid_runs
 from visa_spawner.backends.qemu.command import VmLayout, overlay_argv, qemu_argv

@@ -31,7 +31,6 @@ from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_
 from visa_spawner.backends.sandbox.state import SandboxState
 
 
-
 def _tail(path: Path, lines: int = 6) -> str:
     """The last lines of a sandbox log, with anything that looks like a secret masked."""
     try:
@@ -44,7 +43,7 @@ def _tail(path: Path, lines: int = 6) -> str:
 async def _port_open(port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -283,7 +282,7 @@ class SandboxBackend(Backend):
                 return
             try:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 1.5, 0.25)
         raise BackendError(

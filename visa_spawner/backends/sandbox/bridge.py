@@ -148,7 +148,7 @@ class Bridge:
         os.write(a.block_fd, b"1")  # the routes exist: let the sandbox start Jupyter
         os.close(a.block_fd)
         drop_privileges(a.uid, a.gid)
-        for sock, (_, host, port) in zip(route_socks, a.route):
+        for sock, (_, host, port) in zip(route_socks, a.route, strict=True):
             self.servers.append(await asyncio.start_server(
                 lambda r, w, host=host, port=port: self._to_host(r, w, host, port), sock=sock, limit=BUFFER))
         self.loop.add_reader(self.pidfd, self.done.set)
