@@ -4,8 +4,8 @@ Markers name what a test needs (setup.cfg): openstack, qemu, postgres, root, bro
 of the fixtures in FIXTURE_REQUIRES gets that marker here; every test with none of them is `fast`."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

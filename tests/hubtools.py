@@ -15,9 +15,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import requests
 
@@ -64,7 +64,7 @@ class Hub:
         self.proc: subprocess.Popen | None = None
         self.log_path = state / "hub.log"
 
-    def start(self, timeout: float = 60) -> "Hub":
+    def start(self, timeout: float = 60) -> Hub:
         env = {
             **os.environ, "VISA_STATE_DIR": str(self.state), "VISA_HUB_PORT": str(self.port),
             "VISA_HUB_API_PORT": str(self.api_port), "VISA_PROXY_API_PORT": str(self.proxy_port),

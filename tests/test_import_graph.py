@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = sorted(p.name for p in REPO.glob("visa_*") if (p / "__init__.py").is_file())
 

@@ -10,7 +10,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from visa_authenticator.sql_schema import catalogue_metadata, create_tables, row
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CATALOGUE = REPO / "hub_config" / "demo" / "catalogue.yaml"
 # the demo catalogue is written around this day
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 CATALOGUE_DB = "visa_catalogue"
 
 

@@ -9,9 +9,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psycopg2
 import requests
@@ -41,7 +41,7 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
 
-    def start(self) -> "PostgresCluster":
+    def start(self) -> PostgresCluster:
         _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                      "-E", "UTF8", "--no-sync", "--no-instructions")  # fmt: skip
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
@@ -104,7 +104,7 @@ class OidcProvider:
         self.proc: subprocess.Popen | None = None
         self.cmd = [node, str(PROVIDER_SCRIPT)]
 
-    def start(self) -> "OidcProvider":
+    def start(self) -> OidcProvider:
         env = {**os.environ, "PORT": str(self.port), "ADMIN_SECRET": self.secret,
                "ACCESS_TOKEN_TTL": str(self.access_token_ttl)}  # fmt: skip
         with open(self.log_path, "ab") as log:

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jupyterhub
 import pytest
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 from tornado import web
 
-import jupyterhub
 import visa_authenticator
 from visa_authenticator.cache import CachedCatalogue
 from visa_authenticator.catalogue import Catalogue

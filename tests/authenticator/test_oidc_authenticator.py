@@ -10,9 +10,9 @@ import pytest
 from tornado import web
 from tornado.httpclient import HTTPClientError
 
-from tests.support import free_port
 from tests.authenticator.conftest import FakeUser
 from tests.authenticator.services import OidcProvider
+from tests.support import free_port
 from visa_authenticator.oidc import (
     DOWN_MESSAGE,
     GARBAGE_MESSAGE,

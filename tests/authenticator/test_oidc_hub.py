@@ -15,10 +15,10 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from tests.hubtools import Hub, make_state_dir
-from tests.support import wait_for
 from tests.authenticator.conftest import DEMO_CATALOGUE
 from tests.authenticator.services import OidcProvider, PostgresCluster
+from tests.hubtools import Hub, make_state_dir
+from tests.support import wait_for
 from visa_authenticator.oidc import DOWN_MESSAGE, GARBAGE_MESSAGE
 from visa_authenticator.sql_schema import main as catalogue_sql
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from visa_authenticator import rules
 from visa_authenticator.catalogue import Experiment, Person, Proposal, Role, RoleGrant
 
 TODAY = date(2026, 11, 24)
-NOW = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 PAST, FUTURE = date(2024, 1, 1), date(2029, 1, 1)
 
 # A: the person's own proposal (if `member`), embargoed, on D11

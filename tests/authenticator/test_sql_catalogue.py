@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import create_engine, event, insert
 from sqlalchemy.exc import IntegrityError
 
-from tests.support import free_port, wait_for
 from tests.authenticator.conftest import CATALOGUE_DB, DEMO_CATALOGUE, NOW, CatalogueUnderTest, IdentityAuthenticator
 from tests.authenticator.services import PostgresCluster
 from tests.authenticator.test_catalogue_providers import SMALL, login, proposals_of
+from tests.support import free_port, wait_for
 from visa_authenticator.catalogue import CatalogueUnavailable
 from visa_authenticator.file_catalogue import FileCatalogue
 from visa_authenticator.sql_catalogue import SqlCatalogue

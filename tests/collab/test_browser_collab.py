@@ -10,8 +10,8 @@ import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
 from tests.hubtools import Hub
-from tests.support import wait_for
 from tests.spawner.sandbox.sandbox_probe import account
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.browser]
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from tests.collab.fakehub import FakeHub
 from visa_collab import db
-from visa_collab.collab import Collaboration, CollabError
+from visa_collab.collab import CollabError, Collaboration
 
 F = "!server=alice/run"
 

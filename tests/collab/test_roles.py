@@ -14,7 +14,7 @@ def test_both_sides_use_the_same_scope_names() -> None:
     assert {r.value: s for r, s in hub.ROLE_SCOPES.items()} == inst.ROLE_SCOPES
     assert hub.ADMIN_SCOPE == inst.ADMIN_SCOPE
     assert set(hub.CUSTOM_SCOPES) == {*hub.ROLE_SCOPES.values(), hub.ADMIN_SCOPE}
-    for scope, definition in hub.CUSTOM_SCOPES.items():
+    for definition in hub.CUSTOM_SCOPES.values():
         assert definition["description"]
 
 

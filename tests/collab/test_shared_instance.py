@@ -12,10 +12,10 @@ import string
 import pytest
 
 from tests.collab.helpers import Person
-from tests.rfb import RfbClient, wait_closed
 from tests.hubtools import Hub
-from tests.support import wait_for
+from tests.rfb import RfbClient, wait_closed
 from tests.spawner.sandbox.sandbox_probe import account
+from tests.support import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -7,8 +7,8 @@ from html import unescape
 import pytest
 
 from tests.collab.helpers import Person
-from tests.rfb import RfbClient
 from tests.hubtools import Hub
+from tests.rfb import RfbClient
 from tests.support import wait_for
 
 pytestmark = pytest.mark.root

@@ -10,9 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from visa_demo.data import main
-
 from tests.hubtools import REPO
+from visa_demo.data import main
 
 DEMO_CATALOGUE = REPO / "hub_config" / "demo" / "catalogue.yaml"
 

@@ -36,9 +36,9 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
         page.wait_for_url("**/spawn-pending/alice/browser-flow**", wait_until="commit")
         try:  # the progress page follows the spawn and goes on to the instance when it is ready
             page.wait_for_url("**/user/alice/browser-flow/**", wait_until="commit", timeout=120_000)
-        except Exception:
+        except Exception as e:
             page.screenshot(path=str(artifacts / "flow-2b-pending-failed.png"))
-            raise AssertionError(f"no redirect to the instance; hub log:\n{hub.log_tail(30)}")
+            raise AssertionError(f"no redirect to the instance; hub log:\n{hub.log_tail(30)}") from e
 
         page.goto(f"{hub.url}/user/alice/browser-flow/lab/tree/data/{PROPOSAL}")
         for name in data_files:
@@ -48,9 +48,9 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
         page.goto(f"{hub.url}/user/alice/browser-flow/visa/desktop")
         try:
             page.wait_for_function("window.visaDesktop && window.visaDesktop.state === 'connected'")
-        except Exception:
+        except Exception as e:
             page.screenshot(path=str(artifacts / "flow-4-desktop-failed.png"))
-            raise AssertionError(f"desktop not connected: {page.evaluate('JSON.stringify({...window.visaDesktop, rfb: null})')}")
+            raise AssertionError(f"desktop not connected: {page.evaluate('JSON.stringify({...window.visaDesktop, rfb: null})')}") from e
         page.wait_for_function(f"({CANVAS_COLOURS})() >= 6")  # background, window frame, terminal
         assert page.evaluate("document.querySelector('#visa-screen canvas').width") == 1280
         page.screenshot(path=str(artifacts / "flow-4-desktop.png"))

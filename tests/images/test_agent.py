@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import visa_agent  # images/agent is on pytest's pythonpath (setup.cfg)
-
 from tests.support import free_port
 from visa_spawner.backends.guest import cloudinit, protocol
 

@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from imagebuild.bootfiles import has_pvh_entry, plain_initrd, pvh_kernel  # images/ is on pytest's pythonpath
 from imagebuild.chroot import BuildError
 
@@ -78,6 +77,7 @@ def test_the_initrd_is_exported_as_plain_cpio():
 def test_the_initramfs_config_lists_the_modules_and_its_hook_drops_udev(tmp_path: Path):
     """The hook initramfs-tools runs last: what it leaves is what the initramfs contains."""
     import subprocess
+
     from imagebuild.bootfiles import write_initramfs_config
     root = tmp_path / "root"
     write_initramfs_config(root, ["virtio_blk", "ext4"], udev=False)

@@ -11,10 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import probe  # images/probe.py (images/ is on pytest's pythonpath, setup.cfg)
+import pytest
 from imagebuild.recipe import load_recipe
+
 from visa_spawner.backends.guest import protocol
 
 REPO = Path(__file__).resolve().parents[2]

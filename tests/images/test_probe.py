@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import probe  # images/probe.py (images/ is on pytest's pythonpath, setup.cfg)
 import pytest
 
-import probe  # images/probe.py (images/ is on pytest's pythonpath, setup.cfg)
 from visa_spawner.backends.qemu.command import HUB_GUEST_ADDRESS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from imagebuild import recipe as rcp  # images/ is on pytest's pythonpath (setup.cfg)
 from imagebuild.chroot import host_mirrors, sources_list
 from imagebuild.stages import target_tags

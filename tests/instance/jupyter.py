@@ -99,7 +99,7 @@ class JupyterServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self) -> "JupyterServer":
+    def start(self) -> JupyterServer:
         home = self.root / "home"
         config_d = self.root / "config" / "jupyter_server_config.d"
         config_d.mkdir(parents=True)
@@ -155,4 +155,4 @@ class JupyterServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"jupyter server ignored SIGTERM for {timeout}s:\n{self.log()}")
+            raise AssertionError(f"jupyter server ignored SIGTERM for {timeout}s:\n{self.log()}") from None

@@ -189,7 +189,7 @@ def test_websocket_path_trait(value: str, expected: str) -> None:
 def test_websocket_path_trait_rejects(value: str) -> None:
     config = Config()
     config.VisaDesktop.websocket_path = value
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="websocket_path must be a path below the base URL"):
         VisaDesktop(config=config)
 
 

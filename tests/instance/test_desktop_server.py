@@ -5,15 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
-
 from tests.instance.jupyter import ARTIFACTS, JupyterServer, descendants, group_members, still_alive
 from tests.support import wait_for
+
 
 def raw_request(
     server: JupyterServer, path: str, headers: dict[str, str] | None = None

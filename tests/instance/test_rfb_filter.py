@@ -5,9 +5,7 @@ import struct
 
 import pytest
 
-from visa_instance.rfb_filter import (
-    KINDS, MAX_CUT_TEXT, ClientStream, RfbProtocolError, message_length,
-)
+from visa_instance.rfb_filter import KINDS, MAX_CUT_TEXT, ClientStream, RfbProtocolError, message_length
 
 HANDSHAKE = b"RFB 003.008\n" + b"\x01" + b"\x01"  # version, security None, ClientInit shared
 

@@ -22,14 +22,7 @@ from hypothesis import strategies as st
 
 from tests.collab.helpers import SERVICE, Person
 from tests.hubtools import Hub
-from tests.security.conftest import (
-    HTML_PAYLOADS,
-    JUNK,
-    TRAVERSAL,
-    fuzz_settings,
-    looks_like_traceback,
-    unescaped,
-)
+from tests.security.conftest import HTML_PAYLOADS, JUNK, TRAVERSAL, fuzz_settings, looks_like_traceback, unescaped
 
 pytestmark = pytest.mark.root
 
@@ -185,7 +178,9 @@ def test_role_changes_and_removals(collab_hub: Hub, person, shares_of, server: s
 
 def test_invitation_bodies(collab_hub: Hub, person, shares_of, server: str) -> None:
     alice = person(OWNER)
-    model = lambda: call(alice, "GET", f"instances/{OWNER}/{server}").json()
+    def model() -> dict:
+        return call(alice, "GET", f"instances/{OWNER}/{server}").json()
+
     before = model()["invitations"]
     made = []
 
@@ -220,7 +215,9 @@ def test_invitation_bodies(collab_hub: Hub, person, shares_of, server: str) -> N
 
 def test_codes_policies_and_request_ids(collab_hub: Hub, person, shares_of, server: str) -> None:
     alice = person(OWNER)
-    policy = lambda: call(alice, "GET", f"instances/{OWNER}/{server}").json()["policy"]
+    def policy() -> str:
+        return call(alice, "GET", f"instances/{OWNER}/{server}").json()["policy"]
+
     assert policy() == "lock"
     ids = st.one_of(st.integers(0, 2**31), st.integers(2**62, 10**40)).map(str)
     calls = st.one_of(

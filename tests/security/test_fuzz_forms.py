@@ -23,14 +23,7 @@ from hypothesis import strategies as st
 
 from tests.collab.helpers import Person
 from tests.hubtools import Hub, _form_xsrf
-from tests.security.conftest import (
-    HTML_PAYLOADS,
-    JUNK,
-    TRAVERSAL,
-    fuzz_settings,
-    looks_like_traceback,
-    unescaped,
-)
+from tests.security.conftest import HTML_PAYLOADS, JUNK, TRAVERSAL, fuzz_settings, looks_like_traceback, unescaped
 
 pytestmark = pytest.mark.root
 

@@ -11,8 +11,8 @@ Real hub, collaboration service and sandbox (tests/collab's fixtures): slow.
 """
 from __future__ import annotations
 
-import requests
 import pytest
+import requests
 
 from tests.collab.helpers import Person
 from tests.hubtools import Hub, run_code

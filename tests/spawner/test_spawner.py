@@ -17,7 +17,13 @@ from traitlets.config import Config
 
 import visa_spawner.spawner as spawner_module
 from visa_spawner.backends.base import (
-    Backend, InstanceIdentity, InstanceSpec, InstanceStatus, ProgressCallback, StateError, UnknownBackendError,
+    Backend,
+    InstanceIdentity,
+    InstanceSpec,
+    InstanceStatus,
+    ProgressCallback,
+    StateError,
+    UnknownBackendError,
 )
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.qemu.state import QemuState

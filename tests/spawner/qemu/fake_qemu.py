@@ -17,7 +17,7 @@ import sys
 def _chardev_paths(argv: list[str]) -> dict[str, str]:
     """{chardev id: socket path} from `-chardev socket,id=…,path=…,…`."""
     out = {}
-    for flag, value in zip(argv, argv[1:]):
+    for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "-chardev":
             opts = dict(part.split("=", 1) for part in value.split(",")[1:] if "=" in part)
             out[opts["id"]] = opts["path"]

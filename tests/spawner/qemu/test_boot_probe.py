@@ -8,8 +8,6 @@ import logging
 import time
 from pathlib import Path
 
-import pytest
-
 from visa_spawner.backends.qemu.boot import BootWatcher
 
 

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from visa_spawner.backends.qemu.backend import _hostname, vm_name
 from visa_spawner.backends.qemu.accel import capacity_problem, detect_acceleration, host_memory, pid_runs
+from visa_spawner.backends.qemu.backend import _hostname, vm_name
 from visa_spawner.backends.qemu.command import (
-    VmLayout, console_stage, guest_env, hub_port_of, mount_templates, netdev_arg, qemu_argv, vm_size,
+    VmLayout,
+    console_stage,
+    guest_env,
+    hub_port_of,
+    mount_templates,
+    netdev_arg,
+    qemu_argv,
+    vm_size,
 )
-from visa_spawner.backends.qemu.image import availability, load_image, ImageError
+from visa_spawner.backends.qemu.image import ImageError, availability, load_image
 from visa_spawner.backends.qemu.warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
-
 
 INTEL = "processor : 0\nflags : fpu vme vmx sse2\n"
 AMD = "processor : 0\nflags : fpu svm sse2\n"
@@ -89,7 +95,9 @@ def test_warm_restore_differs_only_in_config_channel_and_incoming():
     cold = qemu_argv("q", layout(fw_cfg=(("opt/x", "/f"),)))
     warm = qemu_argv("q", layout(incoming="exec:cat /snap/memory.state"))
     assert opt(warm, "-incoming") == ["exec:cat /snap/memory.state"] and opt(warm, "-fw_cfg") == []
-    strip = lambda a: [x for x in a if x not in ("-fw_cfg", "name=opt/x,file=/f", "-incoming", "exec:cat /snap/memory.state")]
+    def strip(a: list[str]) -> list[str]:
+        return [x for x in a if x not in ("-fw_cfg", "name=opt/x,file=/f", "-incoming", "exec:cat /snap/memory.state")]
+
     assert strip(cold) == strip(warm)  # same devices: a restore needs exactly the saved machine
 
 

@@ -12,7 +12,6 @@ from tests.hubtools import run_code
 from tests.spawner.qemu.conftest import create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import QemuBackend
 
-
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
 
 IDENTITY = """

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from tests.hubtools import run_code, unique
-from tests.support import wait_for
 from tests.spawner.sandbox.sandbox_probe import account, cgroup_pids, memory_limit_mb, processes_of
+from tests.support import wait_for
 
 pytestmark = pytest.mark.root
 
