@@ -28,14 +28,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from tests.spawner.openstack.lab import PAGE
+from visa_spawner.backends.guest import cloudinit, phonehome
 from visa_spawner.backends.openstack.cloud import list_servers
-from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.guest import phonehome
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -65,7 +64,7 @@ class BootEmulator:
         self._thread = threading.Thread(target=self._main, daemon=True, name="boot-emulator")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "BootEmulator":
+    def start(self) -> BootEmulator:
         self._thread.start()
         return self
 

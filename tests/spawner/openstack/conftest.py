@@ -4,8 +4,8 @@ ever put tests/spawner on sys.path, a package named `openstack` would shadow ope
 helpers are imported as tests.spawner.openstack.* (setup.cfg: pythonpath = .)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -34,7 +34,7 @@ class Faults:
 class _Handler(web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 
-    def initialize(self, proxy: "FaultProxy", upstream: str) -> None:
+    def initialize(self, proxy: FaultProxy, upstream: str) -> None:
         self.proxy, self.upstream = proxy, upstream
 
     def compute_etag(self):
@@ -104,7 +104,7 @@ class FaultProxy:
             body = body.replace(up.encode(), self.urls[name].encode())
         return body
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         assert self._ready.wait(10), "fault proxy did not start"
         return self

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import requests
 
-from tests.spawner.openstack import lab
 from tests.hubtools import DEMO_CONFIG, Hub, make_demo_data, make_state_dir
+from tests.spawner.openstack import lab
 
 CONFIG = Path(__file__).resolve().parent / "hub_config.py"
 
@@ -70,7 +70,7 @@ class LatencyProbe:
                 pass
             self._stop.wait(self.period)
 
-    def __enter__(self) -> "LatencyProbe":
+    def __enter__(self) -> LatencyProbe:
         self._thread.start()
         return self
 

@@ -14,11 +14,11 @@ from collections import Counter
 
 import pytest
 
+from tests.hubtools import Browserless
 from tests.spawner.openstack import lab
 from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
 from tests.spawner.openstack.hubrun import make_hub, progress_events, spawn
 from tests.spawner.openstack.support import Progress, make_backend, new_hub_id, spec
-from tests.hubtools import Browserless
 from visa_spawner.backends.base import BackendError
 from visa_spawner.backends.openstack.model import hub_tag, owner_of
 

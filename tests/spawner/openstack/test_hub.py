@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import requests
 
+from tests.hubtools import Browserless
 from tests.spawner.openstack import lab
 from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
 from tests.spawner.openstack.hubrun import LatencyProbe, make_hub, progress_events, spawn
 from tests.spawner.openstack.support import new_hub_id
-from tests.hubtools import Browserless
 from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.root]

@@ -15,7 +15,12 @@ from tests.spawner.openstack.support import PLAN, make_backend, spec
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
-    hub_tag, missing_rules, select_security_groups, server_address, server_metadata, server_name,
+    hub_tag,
+    missing_rules,
+    select_security_groups,
+    server_address,
+    server_metadata,
+    server_name,
 )
 
 hostile = st.text(alphabet=st.characters(codec="utf-8"), max_size=200) | st.sampled_from([

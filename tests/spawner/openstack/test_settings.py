@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from traitlets.config import Config
 
 from visa_profiles.env import SettingsError
 from visa_profiles.openstack import openstack_config, openstack_enabled
