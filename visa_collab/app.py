@@ -66,7 +66,7 @@ async def main_async(args: argparse.Namespace) -> None:
     db.migrate(engine, log=log)
     hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     collab = Collaboration(engine, hub, service_prefix=prefix, presence_ttl=args.presence_ttl,
-                           request_ttl=args.request_ttl)
+                           request_ttl=args.request_ttl, owner_page_ttl=args.owner_page_ttl)
     secret = os.environ.get("VISA_COLLAB_COOKIE_SECRET")
     app = make_app(collab, prefix, hub_prefix, bytes.fromhex(secret) if secret else secrets.token_bytes(32))
     app.listen(url.port or 80, url.hostname or "127.0.0.1")
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reconcile-interval", type=float,
                         default=float(os.environ.get("VISA_COLLAB_RECONCILE_INTERVAL", "60")))
     parser.add_argument("--presence-ttl", type=float, default=float(os.environ.get("VISA_COLLAB_PRESENCE_TTL", "45")))
+    parser.add_argument("--owner-page-ttl", type=float,
+                        default=float(os.environ.get("VISA_COLLAB_OWNER_PAGE_TTL", "90")))
     parser.add_argument("--request-ttl", type=float, default=float(os.environ.get("VISA_COLLAB_REQUEST_TTL", "300")))
     args = parser.parse_args(argv)
     enable_pretty_logging()

@@ -46,12 +46,14 @@ from .collab_types import CollabError, Instance, Room, hash_code  # noqa: E402 (
 class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
     def __init__(
         self, engine: Engine, hub: HubAPI, *, service_prefix: str = "/services/visa-collab/",
-        presence_ttl: float = 45.0, request_ttl: float = 300.0,
+        presence_ttl: float = 45.0, request_ttl: float = 300.0, owner_page_ttl: float = 90.0,
         monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = db.now,
     ) -> None:
         self.engine, self.hub = engine, hub
         self.service_prefix = service_prefix
         self.presence_ttl, self.request_ttl = presence_ttl, request_ttl
+        # how long after the owner's pages last polled this service the owner still counts as present
+        self.owner_page_ttl = owner_page_ttl
         self.monotonic, self.now = monotonic, now
         self.rooms: dict[tuple[str, str], Room] = {}
         # the proposal each instance was last seen *running* with (see _instance)

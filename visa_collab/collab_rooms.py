@@ -52,15 +52,35 @@ class RoomsMixin:
         self.room(owner, server).bump()
         return {"owner_away": owner_away}
 
-    # -- presence (reported by the instance) ------------------------------------------------
+    # -- presence ---------------------------------------------------------------------------
+    # Who is connected is what the instance reports (shown to the owner, audited as source
+    # "instance"). Whether the *owner* is present -- support staff walk in, or must ask -- is
+    # not taken from the instance: any code running there holds its server token and could
+    # report "owner away". It is what this service sees itself: the owner's own pages (the
+    # access-request prompt the desktop page loads, the Members page), signed in here as the
+    # owner through the hub's OAuth, poll `pending-requests?server=` every 2 s. The server token
+    # cannot make those requests (it has no access to this service).
     def presence(self, owner: str, server: str) -> list[dict]:
+        """Who the instance says is connected (informational: it decides nothing here)."""
         room = self.room(owner, server)
         if self.monotonic() - room.reported_at > self.presence_ttl:
             return []
         return list(room.sessions)
 
+    def owner_polled(self, owner: str, server: str) -> None:
+        """The owner's own page, signed in to this service as the owner, asked about this instance.
+
+        Only rooms that exist count (a running instance long-polls the service, which makes its
+        room), so polls naming made-up servers leave nothing behind.
+        """
+        room = self.rooms.get((owner, server))
+        if room is not None:
+            room.owner_seen = self.monotonic()
+
     def owner_present(self, owner: str, server: str) -> bool:
-        return any(s.get("user") == owner for s in self.presence(owner, server))
+        room = self.rooms.get((owner, server))
+        return (room is not None and room.owner_seen is not None
+                and self.monotonic() - room.owner_seen <= self.owner_page_ttl)
 
     def report(self, owner: str, server: str, sessions: Any, events: Any) -> dict:
         """The instance's presence snapshot and its connection events (audited)."""

@@ -41,11 +41,13 @@ class Instance:
 
 @dataclass
 class Room:
-    """Live state of one instance, in memory: what its Jupyter server last reported."""
+    """Live state of one instance, in memory: what its Jupyter server last reported, and when the
+    owner's own pages last asked this service about it."""
 
     version: int = 0
-    sessions: list[dict] = field(default_factory=list)  # {user, role, channel, since}
+    sessions: list[dict] = field(default_factory=list)  # {user, role, channel, since}: informational
     reported_at: float = 0.0  # monotonic
+    owner_seen: float | None = None  # monotonic: the owner's last poll (signed in here as the owner)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def bump(self) -> None:

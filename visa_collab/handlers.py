@@ -238,7 +238,12 @@ class DecisionHandler(ApiHandler):
 
 
 class PendingRequestsHandler(ApiHandler):
-    """Pending access requests on my instances (one instance with ?owner=&server=)."""
+    """Pending access requests on my instances (one instance with ?server=).
+
+    Asked about one instance, this is also the owner's presence as the service sees it: the
+    prompt the owner's desktop page loads and the Members page poll it every 2 s. Only people
+    signed in to this service get here (not the instance's server token: no access to it).
+    """
 
     @web.authenticated
     async def get(self) -> None:
@@ -246,6 +251,8 @@ class PendingRequestsHandler(ApiHandler):
 
     async def _pending(self) -> list[dict]:
         server = self.get_argument("server", None)
+        if server:
+            self.collab.owner_polled(self.actor, server)
         names = [server] if server else [i["server"] for i in await self.collab.my_instances(self.actor)]
         out = []
         for name in names:

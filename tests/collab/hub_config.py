@@ -17,3 +17,7 @@ for role in c.JupyterHub.load_roles:
         role["scopes"] = sorted(set(role["scopes"]) | {"admin:groups", "read:shares"})
 # short presence clocks so the owner-away tests do not wait a minute
 c.Spawner.environment = {**c.Spawner.environment, "VISA_PRESENCE_TIMEOUT": "6", "VISA_OWNER_AWAY_GRACE": "2"}
+# the owner counts as present (support must ask) this long after her own page last polled the service
+for service in c.JupyterHub.services:
+    if service.get("name") == visa_collab.hub_config.SERVICE:
+        service["environment"] = {**service["environment"], "VISA_COLLAB_OWNER_PAGE_TTL": "10"}

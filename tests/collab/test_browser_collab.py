@@ -103,6 +103,9 @@ def test_access_request_round_trip(collab_hub: Hub, person, server: str, browser
     open_desktop(owner, collab_hub, server)
     wait_for(lambda: person(OWNER).collab("GET", f"instances/{OWNER}/{server}").json()["presence"], 20,
              "alice's presence reported")
+    # her desktop page loads the (hidden) prompt, whose polls tell the service she is here
+    wait_for(lambda: next(i for i in person("erin").collab("GET", "support-instances").json()
+                          if i["server"] == server)["owner_connected"], 20, "alice's page polling the service")
 
     erin = login(browser, collab_hub, "erin")
     erin.goto(f"{collab_hub.url}/services/visa-collab/")

@@ -1,6 +1,7 @@
 """The collaboration service's decisions against an in-memory hub (``-m fast``)."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -168,8 +169,15 @@ async def test_access_request_when_the_owner_is_away_lets_support_in(collab, fak
     assert audit(collab)[-1]["granted_by"] == "facility role"
 
 
+async def owner_page_polls(collab: Collaboration, owner: str = "alice", server: str = "run") -> None:
+    """The running instance long-polls the service (its room exists); the owner's desktop page
+    (its access-request prompt) polls `pending-requests?server=`, signed in as the owner."""
+    await collab.wait_room(owner, server, None, 0)
+    collab.owner_polled(owner, server)
+
+
 async def test_access_request_round_trip_while_the_owner_is_connected(collab, fake, clock) -> None:
-    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
+    await owner_page_polls(collab)
     pending = await collab.request_access("dave", "alice", "run")
     assert pending["status"] == "pending"
     assert fake.scopes_of("alice", "run", "dave") == set()
@@ -190,7 +198,7 @@ async def test_access_request_round_trip_while_the_owner_is_connected(collab, fa
 
 
 async def test_rejected_and_expired_requests(collab, fake, clock) -> None:
-    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "lab"}], [])
+    await owner_page_polls(collab)
     first = await collab.request_access("erin", "alice", "run")
     await collab.decide("alice", first["id"], "reject")
     assert fake.scopes_of("alice", "run", "erin") == set()
@@ -208,10 +216,54 @@ async def test_only_support_staff_may_ask(collab) -> None:
 
 
 async def test_presence_goes_stale(collab, clock) -> None:
-    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
-    assert collab.owner_present("alice", "run")
+    collab.report("alice", "run", [{"user": "bob", "role": "user", "channel": "desktop"}], [])
+    assert collab.presence("alice", "run")
     clock.advance(46)
+    assert collab.presence("alice", "run") == []
+    await owner_page_polls(collab)
+    assert collab.owner_present("alice", "run")
+    clock.advance(collab.owner_page_ttl + 1)
     assert not collab.owner_present("alice", "run")
+
+
+async def test_a_forged_instance_report_does_not_let_support_in_while_the_owners_page_polls(collab, fake) -> None:
+    """Code in the instance holds its server token and may post any presence: "owner away"
+    must not let support staff in without asking while the owner's own page polls the service."""
+    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
+    await owner_page_polls(collab)
+    # a removed member's leftover process, with the server token, says alice left
+    collab.report("alice", "run", [], [{"event": "disconnect", "user": "alice", "role": "owner",
+                                        "channel": "desktop"}])
+    assert collab.presence("alice", "run") == []  # the report is kept, as information
+    assert collab.owner_present("alice", "run")
+    result = await collab.request_access("erin", "alice", "run")
+    assert result["status"] == "pending"
+    assert fake.scopes_of("alice", "run", "erin") == set()
+    assert json.loads(audit(collab)[-1]["detail"])["owner_connected"] is True
+
+
+async def test_the_owners_polls_alone_make_them_present(collab, fake, clock) -> None:
+    # the instance runs (it long-polls) and reports nobody; the owner's page polls: present
+    await owner_page_polls(collab)
+    assert collab.presence("alice", "run") == [] and collab.owner_present("alice", "run")
+    support = await collab.support_instances("erin")
+    assert next(i for i in support if i["server"] == "run")["owner_connected"] is True
+    assert (await collab.request_access("dave", "alice", "run"))["status"] == "pending"
+    # her page closed: after owner_page_ttl she is away and support walks in
+    clock.advance(collab.owner_page_ttl + 1)
+    assert not collab.owner_present("alice", "run")
+    assert (await collab.request_access("erin", "alice", "run"))["status"] == "full"
+
+
+async def test_the_instance_saying_the_owner_is_there_does_not_make_her_present(collab) -> None:
+    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
+    assert collab.presence("alice", "run") and not collab.owner_present("alice", "run")
+
+
+async def test_owner_polls_for_unknown_instances_leave_nothing(collab) -> None:
+    collab.owner_polled("alice", "no-such-server")
+    assert ("alice", "no-such-server") not in collab.rooms
+    assert not collab.owner_present("alice", "no-such-server")
 
 
 async def test_connection_events_are_audited_with_who_granted(collab) -> None:
@@ -329,3 +381,14 @@ async def test_only_the_owner_restarts_and_the_instance_comes_back_with_its_sett
     await collab.restart("alice", "alice", "run")
     assert calls == [("stop", "alice", "run"), ("start", "alice", "run", {"proposal": "P-1"})]
     assert any(a["action"] == "restart" for a in audit(collab))
+
+
+def test_the_owners_polls_need_a_sign_in_to_the_service_the_server_token_lacks() -> None:
+    """`pending-requests` (which records the owner's polls) keeps the default HubOAuth scope check,
+    `access:services!service=visa-collab`, which an instance's server token does not carry
+    (see test_db_and_config); only the instance channel waives it."""
+    from jupyterhub.services.auth import HubOAuthenticated
+
+    from visa_collab.handlers import InstanceChannelHandler, PendingRequestsHandler
+    assert PendingRequestsHandler.hub_scopes is HubOAuthenticated.hub_scopes
+    assert InstanceChannelHandler.hub_scopes is not HubOAuthenticated.hub_scopes

@@ -148,6 +148,17 @@ def test_team_instances(person, server: str) -> None:
     assert not any(i["server"] == server for i in person("carol").collab("GET", "team-instances").json())
 
 
+def owner_page_polls(alice, server: str) -> None:
+    """What the prompt the owner's desktop page loads does every 2 s: it is how the service
+    knows the owner is here (the instance's own presence reports do not decide it)."""
+    assert alice.collab("GET", f"pending-requests?server={server}").status_code == 200
+
+
+def owner_connected(person, server: str) -> bool:
+    support = person("erin").collab("GET", "support-instances").json()
+    return next(i for i in support if i["owner"] == OWNER and i["server"] == server)["owner_connected"]
+
+
 def test_access_request_while_the_owner_is_connected(collab_hub: Hub, person, server: str) -> None:
     alice, dave, erin = person(OWNER), person("dave"), person("erin")
     alice.open_instance(OWNER, server, "visa/desktop")
@@ -156,6 +167,10 @@ def test_access_request_while_the_owner_is_connected(collab_hub: Hub, person, se
     try:
         wait_for(lambda: alice.collab("GET", f"instances/{OWNER}/{server}").json()["presence"], 15,
                  "the owner's presence reported")
+        # the instance's report alone does not make her present to the service: her page's poll does
+        assert not owner_connected(person, server)
+        owner_page_polls(alice, server)
+        assert owner_connected(person, server)
         req = dave.collab("POST", f"instances/{OWNER}/{server}/requests").json()
         assert req["status"] == "pending", req
         assert "dave" not in hub_shares(collab_hub, server)
@@ -171,6 +186,7 @@ def test_access_request_while_the_owner_is_connected(collab_hub: Hub, person, se
         assert dave.open_instance(OWNER, server, "visa/desktop").status_code == 200
         assert level(dave, server) == "view"
         # a rejection keeps erin out
+        owner_page_polls(alice, server)
         req = erin.collab("POST", f"instances/{OWNER}/{server}/requests").json()
         assert req["status"] == "pending"
         assert alice.collab("POST", f"requests/{req['id']}/decision", {"decision": "reject"}).json()["status"] == "rejected"
@@ -187,6 +203,7 @@ def test_support_walks_in_while_the_owner_is_away(collab_hub: Hub, person, serve
     alice, erin = person(OWNER), person("erin")
     wait_for(lambda: not alice.collab("GET", f"instances/{OWNER}/{server}").json()["presence"], 30,
              "the owner gone (presence expired)")
+    wait_for(lambda: not owner_connected(person, server), 30, "the owner's page gone (owner_page_ttl)")
     req = erin.collab("POST", f"instances/{OWNER}/{server}/requests").json()
     assert req["status"] == "full" and req["role"] == "support"
     assert erin.open_instance(OWNER, server, "lab").status_code == 200

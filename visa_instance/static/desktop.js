@@ -136,6 +136,10 @@ async function pollRoom() {
       peopleEl.hidden = others.length === 0;
       peopleEl.textContent = others.length ? `· with ${[...new Set(others.map((p) => p.user))].join(", ")}` : "";
       peopleEl.title = others.map((p) => `${p.user} (${p.role || "?"}, ${p.channel}${p.view_only ? ", view only" : ""})`).join("\n");
+      // The prompt (a page of the collaboration service) stays loaded, hidden until a request
+      // comes: its poll, signed in to the service as the owner, is how the service knows the
+      // owner is here (support staff must ask then); the instance's own reports do not decide it.
+      if (config.collabPrompt && !promptFrame.src) promptFrame.src = config.collabPrompt;
       if (room.pending_requests > 0 && config.collabPrompt) showPrompt();
     }
   } catch (e) {
