@@ -37,3 +37,13 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last error: {last_error!r}")
         time.sleep(delay)
         delay = min(delay * 2, interval)
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand (`clock.t += seconds`): no test sleeps for a TTL."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t

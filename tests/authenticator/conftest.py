@@ -19,6 +19,7 @@ from sqlalchemy import create_engine
 from traitlets.config import Config
 
 from tests.authenticator.services import OidcProvider, PostgresCluster
+from tests.support import ManualClock
 from visa_authenticator.base import VisaAuthenticator
 from visa_authenticator.cache import CachedCatalogue
 from visa_authenticator.catalogue_yaml import load_yaml
@@ -120,13 +121,6 @@ class FakeUser:
         return self.auth_state
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 class CatalogueUnderTest:
     """One catalogue, YAML file or PostgreSQL, written from the same YAML text."""
@@ -134,7 +128,7 @@ class CatalogueUnderTest:
     def __init__(self, kind: str, tmp_path: Path, postgres: PostgresCluster | None, db_url: str | None) -> None:
         self.kind, self.postgres, self.db_url = kind, postgres, db_url
         self.path = tmp_path / "catalogue.yaml"
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.writes = 0
         self.authenticators: list[VisaAuthenticator] = []
         self.keeps_last_good = kind == "yaml"  # a file that disappears: the last version stays in use

@@ -8,6 +8,7 @@ from datetime import date
 
 import pytest
 
+from tests.support import ManualClock
 from visa_authenticator.cache import CachedCatalogue
 from visa_authenticator.catalogue import Catalogue, Experiment, Person, Proposal
 
@@ -43,18 +44,11 @@ class CountingCatalogue(Catalogue):
         return await self._answer(("open", today, limit), ())
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
 
-    def __call__(self) -> float:
-        return self.t
-
-
-def cached(ttl: float = 60) -> tuple[CachedCatalogue, CountingCatalogue, Clock]:
+def cached(ttl: float = 60) -> tuple[CachedCatalogue, CountingCatalogue, ManualClock]:
     inner = CountingCatalogue()
     cache = CachedCatalogue(inner=inner, ttl=ttl)
-    clock = Clock()
+    clock = ManualClock()
     cache.clock = clock
     return cache, inner, clock
 

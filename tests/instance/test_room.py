@@ -6,18 +6,12 @@ import asyncio
 
 import pytest
 
+from tests.support import ManualClock
 from visa_instance.authorizer import role_of, share_roles_from
 from visa_instance.room import CLOSE_NOT_ALLOWED, Room
 
 F = "!server=alice/run"
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FakeWs:
@@ -77,12 +71,12 @@ SHARES = [
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(100.0)
 
 
 @pytest.fixture
-async def room(clock: Clock) -> Room:
+async def room(clock: ManualClock) -> Room:
     r = Room("alice", "run", shares=FakeShares(SHARES), clock=clock, presence_timeout=60, owner_away_grace=10)
     await r.refresh_shares("test")
     return r
@@ -105,7 +99,7 @@ def open_desktop(room: Room, model: dict):
     return handler, conn
 
 
-async def test_levels_follow_the_owner(room: Room, clock: Clock) -> None:
+async def test_levels_follow_the_owner(room: Room, clock: ManualClock) -> None:
     assert room.level_for_model(BOB) == "view"  # the owner has not come yet: locked
     owner, _ = open_desktop(room, ALICE)
     assert room.level_for_model(BOB) == "full"
@@ -130,7 +124,7 @@ async def test_levels_follow_the_owner(room: Room, clock: Clock) -> None:
     assert ("owner-away", "alice") in events and ("disconnect", "bob") in events
 
 
-async def test_lab_websockets_are_closed_when_access_ends(room: Room, clock: Clock) -> None:
+async def test_lab_websockets_are_closed_when_access_ends(room: Room, clock: ManualClock) -> None:
     owner = open_desktop(room, ALICE)  # noqa: F841 (the room holds only a weak reference)
     lab = FakeHandler()
     room.observe(lab, BOB, "api/kernels/1/channels", "full")
@@ -141,7 +135,7 @@ async def test_lab_websockets_are_closed_when_access_ends(room: Room, clock: Clo
     assert room.level_for_model(BOB) == "none"
 
 
-async def test_recent_lab_requests_count_as_presence(room: Room, clock: Clock) -> None:
+async def test_recent_lab_requests_count_as_presence(room: Room, clock: ManualClock) -> None:
     room.observe(FakeHandler(websocket=False), ALICE, "api/contents/", "full")
     assert room.owner_present()
     clock.t += 61
@@ -153,7 +147,7 @@ async def test_recent_lab_requests_count_as_presence(room: Room, clock: Clock) -
     assert not room.owner_present(), "the desktop page's polling is not Lab use"
 
 
-async def test_unknown_member_triggers_one_share_refresh(room: Room, clock: Clock) -> None:
+async def test_unknown_member_triggers_one_share_refresh(room: Room, clock: ManualClock) -> None:
     shares = room.shares
     before = shares.fetches
     newcomer = person("frank")
@@ -184,7 +178,7 @@ async def test_service_state_applies_policy_and_version(room: Room) -> None:
     assert room.owner_away == "disconnect"
 
 
-def test_room_model_shows_presence_to_the_owner_only(clock: Clock) -> None:
+def test_room_model_shows_presence_to_the_owner_only(clock: ManualClock) -> None:
     room = Room("alice", "run", clock=clock)
     room.share_roles = share_roles_from(SHARES, "alice", "run")
     handlers = [open_desktop(room, ALICE), open_desktop(room, DAVE)]  # noqa: F841 (kept alive)
@@ -212,7 +206,7 @@ async def test_the_servers_own_token_is_nobody(room: Room) -> None:
     assert await room.accepts(api_token("alice", "a8"))  # her own API token from the hub's token page
 
 
-async def test_only_the_owner_in_person_makes_her_present(room: Room, clock: Clock) -> None:
+async def test_only_the_owner_in_person_makes_her_present(room: Room, clock: ManualClock) -> None:
     room.observe(FakeHandler(websocket=False), api_token("alice", "a8"), "api/contents/", "full")
     _h, script = open_desktop(room, api_token("alice", "a8"))
     room.observe(FakeHandler(), api_token("alice", "a8"), "api/kernels/1/channels", "full")
@@ -223,7 +217,7 @@ async def test_only_the_owner_in_person_makes_her_present(room: Room, clock: Clo
     assert room.owner_present() and room.level_for_model(BOB) == "full"
 
 
-async def test_without_the_hubs_answer_no_owner_api_token_is_accepted(clock: Clock) -> None:
+async def test_without_the_hubs_answer_no_owner_api_token_is_accepted(clock: ManualClock) -> None:
     class Down(FakeShares):
         async def own_token_id(self) -> str:
             raise OSError("hub down")
