@@ -77,6 +77,10 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
     c.ConfigurableHTTPProxy.auth_token = secret_file(state, "proxy_token")
     c.JupyterHub.cleanup_servers = False  # instances survive a hub restart and are found again
+    # last_activity = real use only (issue 17): never copy the proxy's per-route traffic times,
+    # where a desktop tab's VNC stream or Lab's polling looks like use; instances report real use
+    # themselves (visa_instance/activity.py) through JUPYTERHUB_ACTIVITY_URL
+    c.JupyterHub.last_activity_interval = 0
 
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_limit
