@@ -70,7 +70,7 @@ async def main_async(args: argparse.Namespace) -> None:
     secret = os.environ.get("VISA_COLLAB_COOKIE_SECRET")
     app = make_app(collab, prefix, hub_prefix, bytes.fromhex(secret) if secret else secrets.token_bytes(32))
     app.listen(url.port or 80, url.hostname or "127.0.0.1")
-    log.info("VISA collaboration service at %s%s (database schema %d)", url.geturl().rstrip("/"), prefix, db.LATEST)
+    log.info("VISA collaboration service at %s%s (database revision %s)", url.geturl().rstrip("/"), prefix, db.head())
     task = asyncio.ensure_future(keep_reconciling(collab, args.reconcile_interval))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

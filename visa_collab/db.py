@@ -6,27 +6,56 @@ touched: grants live in the hub as shares, made through its REST API; these tabl
 the hub does not know (who granted what and why, invitations with a use limit, access
 requests, settings, the audit log).
 
-Migrations are numbered steps applied in order inside one transaction each; the applied
-version is kept in ``visa_collab_schema``. A database newer than this code is refused.
+The tables are made and changed by Alembic revisions (``alembic/versions``), applied by
+`migrate` when the service starts (`visa_collab.migrate`); the revision is kept in
+``visa_collab_alembic_version``. A database written before Alembic (``visa_collab_schema``
+version 1 or 2) is recognised and stamped; one newer than this code is refused.
+
+The service never queries on its event loop: `Database.run` sends each unit of work to a
+worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event, inspect, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
 
-metadata = MetaData()
+from . import migrate as migrations
+from .migrate import SchemaTooNew
 
-schema = Table(
-    "visa_collab_schema", metadata,
-    Column("version", Integer, nullable=False),
-)
+ALEMBIC_DIR = Path(__file__).resolve().parent / "alembic"
+# not Alembic's default "alembic_version": the database may be shared (with the hub, with visa-ops)
+VERSION_TABLE = "visa_collab_alembic_version"
+# before Alembic: visa_collab_schema.version -> the revision that creates the same schema
+LEGACY_TABLE = "visa_collab_schema"
+LEGACY_REVISIONS = {1: "0001", 2: "0002"}
+# written into visa_collab_schema once Alembic owns the database, so that older code refuses it
+LEGACY_RETIRED = 1000
+
+metadata = MetaData()
 
 grants = Table(
     "visa_collab_grants", metadata,
@@ -41,6 +70,7 @@ grants = Table(
     Column("revoked_at", DateTime),
     Column("revoked_by", String(255)),
     Column("revoke_reason", Text),
+    Index("ix_visa_collab_grants_instance", "owner", "server", "member"),
 )
 
 invitations = Table(
@@ -93,60 +123,82 @@ audit = Table(
     Column("outcome", String(16), nullable=False),  # ok | refused
     Column("detail", Text),  # JSON
     Column("source", String(16), nullable=False),  # service | instance
+    Index("ix_visa_collab_audit_instance", "owner", "server", "at"),
 )
 
 
 # -- migrations ------------------------------------------------------------------------------
 
-def _v1(conn: Connection) -> None:
-    """The first tables."""
-    metadata.create_all(conn, tables=[grants, invitations, requests, settings, audit])
+def _legacy_revision(conn: Connection) -> str | None:
+    """The revision a database written before Alembic matches (from ``visa_collab_schema``).
+
+    Its version is then set to `LEGACY_RETIRED`: code from before Alembic, started on this
+    database by mistake, refuses it as too new instead of misreading it.
+    """
+    if not inspect(conn).has_table(LEGACY_TABLE):
+        return None
+    version = conn.execute(text(f"SELECT max(version) FROM {LEGACY_TABLE}")).scalar() or 0
+    if version == 0:  # made, but the first tables never were
+        return None
+    if version not in LEGACY_REVISIONS:
+        raise SchemaTooNew(
+            f"The collaboration database is at version {version} of its pre-Alembic schema, "
+            f"which this version does not know (it knows {sorted(LEGACY_REVISIONS)})."
+        )
+    conn.execute(text(f"UPDATE {LEGACY_TABLE} SET version = :retired"), {"retired": LEGACY_RETIRED})
+    return LEGACY_REVISIONS[version]
 
 
-def _v2(conn: Connection) -> None:
-    """Per-instance audit queries (owner/server, by time) and active-grant look-ups."""
-    # plain SQL: the Table objects stay index-free, so v1 creates exactly what v1 shipped
-    conn.execute(text(f"CREATE INDEX ix_visa_collab_audit_instance ON {audit.name} (owner, server, at)"))
-    conn.execute(text(f"CREATE INDEX ix_visa_collab_grants_instance ON {grants.name} (owner, server, member)"))
+def migrate(engine: Engine, log: Any = None) -> str | None:
+    """Bring the database to the newest revision; returns the one it started from (None: new).
+
+    `log` is accepted for older callers; progress is logged by `visa_collab.migrate`.
+    """
+    return migrations.upgrade(engine, ALEMBIC_DIR, VERSION_TABLE, legacy=_legacy_revision, name="collaboration")
 
 
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "create tables", _v1),
-    (2, "index audit and grants by instance", _v2),
-]
-LATEST = MIGRATIONS[-1][0]
+def head() -> str:
+    """The newest revision of the collaboration tables."""
+    return migrations.head(ALEMBIC_DIR)
 
 
-class SchemaTooNew(RuntimeError):
-    pass
+# -- running queries off the event loop --------------------------------------------------------
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def current_version(conn: Connection) -> int:
-    if not inspect(conn).has_table(schema.name):
-        return 0
-    row = conn.execute(schema.select()).first()
-    return row.version if row else 0
+class Database:
+    """The service's engine behind a small pool of worker threads.
 
+    Every query blocks its thread: the drivers installed are synchronous (sqlite3, psycopg2),
+    and SQLAlchemy's asyncio extension needs asyncpg or psycopg 3. So each unit of work -- a
+    function of one `Connection`, run inside one transaction -- goes to a worker thread and the
+    service's event loop keeps serving while PostgreSQL answers (or a lock is waited for).
 
-def migrate(engine: Engine, target: int = LATEST, log: Any = None) -> int:
-    """Bring the database to `target`; returns the version it started from."""
-    with engine.begin() as conn:
-        start = current_version(conn)
-        if start > LATEST:
-            raise SchemaTooNew(
-                f"the collaboration database is at version {start}, newer than this code ({LATEST})"
-            )
-        if start == 0:
-            schema.create(conn, checkfirst=True)
-            conn.execute(schema.insert().values(version=0))
-    for version, what, step in MIGRATIONS:
-        if start < version <= target:
-            with engine.begin() as conn:
-                step(conn)
-                conn.execute(schema.update().values(version=version))
-            if log:
-                log.info("visa-collab database migrated to version %d (%s)", version, what)
-    return start
+    SQLite takes one writer at a time, and a transaction that reads and then writes fails at
+    once ("database is locked") if another wrote meanwhile: one worker there, so transactions
+    queue instead. Other databases get `workers` (4) threads, fewer than the engine's pool of
+    connections (5), so a worker never waits for a connection.
+    """
+
+    def __init__(self, engine: Engine, workers: int = 4) -> None:
+        self.engine = engine
+        self.workers = 1 if engine.dialect.name == "sqlite" else workers
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="visa-collab-db")
+
+    async def run(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(conn, *args, **kwargs)` in a worker thread, in one transaction (committed if it returns)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(self._in_transaction, fn, args, kwargs))
+
+    def _in_transaction(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn, *args, **kwargs)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
 
 
 def private_sqlite(url: str) -> None:
@@ -193,6 +245,6 @@ def dumps(detail: dict | None) -> str | None:
 
 
 __all__ = [
-    "audit", "connect", "grants", "invitations", "metadata", "migrate", "now", "requests",
-    "settings", "text", "LATEST",
+    "Database", "SchemaTooNew", "audit", "connect", "grants", "head", "invitations", "metadata", "migrate",
+    "now", "requests", "settings", "text",
 ]

@@ -1,35 +1,10 @@
-"""The service's migrations and the hub configuration it adds (``-m fast``)."""
+"""The service's database access and the hub configuration it adds (migrations: test_migrations.py)."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect
 from traitlets.config import Config
 
-from visa_collab import db, hub_config, roles
-
-
-def test_migrations_from_scratch_and_from_v1(tmp_path) -> None:
-    fresh = db.connect(f"sqlite:///{tmp_path / 'fresh.sqlite'}")
-    assert db.migrate(fresh) == 0
-    old = db.connect(f"sqlite:///{tmp_path / 'old.sqlite'}")
-    assert db.migrate(old, target=1) == 0
-    assert not inspect(old).get_indexes(db.audit.name)
-    assert db.migrate(old) == 1  # upgraded in place
-    for engine in (fresh, old):
-        with engine.connect() as conn:
-            assert db.current_version(conn) == db.LATEST
-        names = {i["name"] for i in inspect(engine).get_indexes(db.audit.name)}
-        assert "ix_visa_collab_audit_instance" in names
-    assert db.migrate(fresh) == db.LATEST  # nothing left to do
-
-
-def test_a_newer_database_is_refused(tmp_path) -> None:
-    engine = db.connect(f"sqlite:///{tmp_path / 'new.sqlite'}")
-    db.migrate(engine)
-    with engine.begin() as conn:
-        conn.execute(db.schema.update().values(version=db.LATEST + 1))
-    with pytest.raises(db.SchemaTooNew):
-        db.migrate(engine)
+from visa_collab import hub_config, roles
 
 
 def test_apply_extends_the_profile(tmp_path) -> None:
