@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from . import db
+from .events import EventBus
 from .hubapi import HubAPI, HubError
 from .roles import (
     GRANTABLE,
@@ -60,6 +61,7 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         self.confirmed_proposals: dict[tuple[str, str], str | None] = {}
         # distinguishes this process's room versions from a previous one's
         self.epoch = secrets.token_hex(4)
+        self.events = EventBus()  # access requests made, answered, expired: pushed to open pages
 
     # -- look-ups ---------------------------------------------------------------------------
     async def person(self, name: str) -> dict | None:

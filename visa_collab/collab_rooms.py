@@ -168,6 +168,7 @@ class RoomsMixin:
             self.audit(conn, inst.key, actor, action, member=actor, detail={"request": rid, "owner_connected": True},
                        at=at)
         self.room(owner, server).bump()
+        self.events.request_changed(rid, owner, server, actor, expires_in=self.request_ttl)
         return {**self.request(rid), "instance": inst.model()}
 
     def request(self, rid: int) -> dict:
@@ -210,4 +211,5 @@ class RoomsMixin:
             conn.execute(db.requests.update().where(db.requests.c.id == rid).values(
                 status="rejected" if role is None else decision, decided_at=self.now(), decided_by=actor))
         self.room(*inst_key).bump()
+        self.events.request_changed(rid, *inst_key, req["requester"])
         return self.request(rid)
