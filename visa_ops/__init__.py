@@ -1,0 +1,1 @@
+"""visa-ops: the facility operations service (lifetimes, inactivity, warnings, extensions, banners)."""
