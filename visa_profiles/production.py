@@ -62,6 +62,11 @@ def production_config(
     if db_url and not db_url.startswith(("postgresql://", "postgresql+")):
         e.problems.append("VISA_HUB_DB_URL must be a PostgreSQL URL (postgresql://user:password@host/db)")
     c.JupyterHub.db_url = with_pg_driver(db_url, driver)
+    # the operations service (visa_ops.hub_config passes these on): its records on PostgreSQL, real SMTP
+    if e.get("VISA_OPS_DB_URL") and not e.get("VISA_OPS_DB_URL").startswith(("postgresql://", "postgresql+")):
+        e.problems.append("VISA_OPS_DB_URL must be a PostgreSQL URL (postgresql://user:password@host/db)")
+    if e.get("VISA_OPS_SMTP_URL") and not e.get("VISA_OPS_SMTP_URL").startswith(("smtp://", "smtps://")):
+        e.problems.append("VISA_OPS_SMTP_URL must be smtp://[user:password@]host[:port][?starttls=1] or smtps://...")
     # JUPYTERHUB_CRYPT_KEY is read by JupyterHub itself; auth_state (tokens, entitlements) needs it
     c.Authenticator.enable_auth_state = True
 
