@@ -16,6 +16,7 @@ from typing import Any
 
 import visa_authenticator
 import visa_collab.hub_config
+import visa_ops.hub_config
 import visa_spawner
 from visa_spawner.backends.guest import phonehome
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
@@ -98,11 +99,14 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.VisaSpawner.start_timeout = 90
     c.VisaSpawner.http_timeout = 60
     c.SandboxBackend.state_dir = str(state / "sandbox")
+    c.VisaSpawner.archive_dir = str(state / "archives")  # homes of deleted instances (visa_spawner/archives.py)
     c.SandboxBackend.instance_env = env.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")
     apply_vm_plan(c, state, env)
 
     # -- collaboration: member roles, invitations, access requests, audit (docs/collaboration.md)
     visa_collab.hub_config.apply(c, state_dir=state)
+    # -- operations: lifetimes, warnings, extension requests, banners (docs/operations.md)
+    visa_ops.hub_config.apply(c, state_dir=state, env=env)
 
 
 def apply_vm_plan(c: Any, state: Path, env: Mapping[str, str]) -> None:
