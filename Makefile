@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 IMAGE_CACHE ?= /var/cache/visahub/images
 IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
-.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst clean-demo
+.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst bench-scale clean-demo
 
 setup:
 	bash scripts/setup.sh
@@ -36,6 +36,9 @@ bench-vm: setup image
 
 bench-burst: setup
 	$(PY) bench/burst.py
+
+bench-scale: setup
+	$(PY) bench/scale.py
 
 clean-demo:
 	rm -rf $(STATE)

@@ -7,9 +7,12 @@ backend reads and writes that dict through its own small `SavedState` dataclass 
 """
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Self
 
 from traitlets.config import SingletonConfigurable
@@ -29,6 +32,19 @@ class BackendError(Exception):
         self.message = message
         self.reason = reason
         self.log_detail = log_detail
+
+
+class ArchiveNotSupported(BackendError):
+    """This backend cannot archive an instance's home, so the instance is not deleted.
+
+    Raised rather than deleting without a copy: an instance removed by a rule must never take
+    its owner's files with it silently.
+    """
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(
+            f"Instances on the {backend} backend cannot be archived yet, so this one was not deleted: "
+            "an admin copies its data and deletes it by hand.", reason="archive-unsupported")
 
 
 class StateError(ValueError):
@@ -87,6 +103,21 @@ class InstanceIdentity(SavedState):
             raise StateError(f"instance identity needs a backend and an owner, got {self!r}")
 
 
+@contextlib.contextmanager
+def private_partial(target: Path) -> Iterator[Path]:
+    """A new 0600 file beside `target` to write an archive into; renamed to `target` when the
+    block succeeds, removed when it fails (no half archive ever carries the final name)."""
+    partial = target.with_name(target.name + ".partial")
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        yield partial
+        os.chmod(partial, 0o600)  # a tool that rewrote the file (qemu-img) may have changed its mode
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 class InstanceStatus(enum.Enum):
     """What a backend can say about an instance it created."""
 
@@ -129,6 +160,7 @@ class InstanceSpec:
     proposal_title: str = ""  # free text from the catalogue: only ever a value, never code
     roles: tuple[str, ...] = ()  # the owner's facility roles (e.g. security groups by role)
     instruments: tuple[str, ...] = ()  # the proposal's instruments (e.g. instrument-control networks)
+    restore_from: str = ""  # an archive (made by `Backend.archive`) the new instance's home starts from
 
 
 class Backend(SingletonConfigurable):
@@ -170,3 +202,14 @@ class Backend(SingletonConfigurable):
         """States of every instance this backend manages (for reconcilers and admins)."""
         raise NotImplementedError
 
+    #: file name extension of this backend's archives ("" when it cannot archive)
+    archive_extension = ""
+
+    async def archive(self, state: dict, dest: Path) -> Path | None:
+        """Write a compressed copy of the instance's persistent data (home or disk) to `dest`
+        plus `archive_extension`, mode 0600, and return that path (None: the instance never had
+        any); called on a stopped instance before `delete`.
+
+        Must not block the event loop, and must leave no partial file behind if it raises.
+        """
+        raise ArchiveNotSupported(type(self).__name__.removesuffix("Backend").lower() or "this")

@@ -12,12 +12,20 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
 from traitlets import Float, Integer, List, Unicode
 
-from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback
+from visa_spawner.backends.base import (
+    Backend,
+    BackendError,
+    InstanceSpec,
+    InstanceStatus,
+    ProgressCallback,
+    private_partial,
+)
 from visa_spawner.backends.guest.protocol import mask_secrets
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
 from visa_spawner.backends.sandbox.command import (
@@ -38,6 +46,21 @@ def _tail(path: Path, lines: int = 6) -> str:
     except FileNotFoundError:
         return ""
     return mask_secrets("\n".join(text))
+
+
+def _tar_home(home: Path, target: Path) -> Path | None:
+    """Write `home` as a tar.gz to `target` (0600), files under numeric owners only."""
+    if not home.is_dir():
+        return None
+
+    def numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uname = info.gname = ""  # the instance's account is deleted with it: names mean nothing
+        return info
+
+    with private_partial(target) as partial, open(partial, "wb") as raw, \
+            tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+        tar.add(home, arcname=".", filter=numeric)
+    return target
 
 
 async def _port_open(port: int) -> bool:
@@ -97,7 +120,10 @@ class SandboxBackend(Backend):
         progress(20, "Preparing the instance's account and home")
         uid, gid = await self._ensure_account(account)
         home = self._home(account)
-        await asyncio.get_running_loop().run_in_executor(None, self._prepare_dirs, home, uid, gid)
+        fresh = await asyncio.get_running_loop().run_in_executor(None, self._prepare_dirs, home, uid, gid)
+        if spec.restore_from and fresh:
+            progress(30, "Restoring the home from its archive")
+            await self._restore_home(Path(spec.restore_from), home, uid, gid)
 
         cgroup = Cgroup(account, parent=self.cgroup_parent)
         try:
@@ -197,6 +223,14 @@ class SandboxBackend(Backend):
         homes = Path(self.state_dir) / "homes"
         return [{"backend": "sandbox", "account": p.name} for p in sorted(homes.glob(f"{self.account_prefix}*"))]
 
+    archive_extension = ".tar.gz"
+
+    async def archive(self, state: dict, dest: Path) -> Path | None:
+        """A tar.gz of the home (numeric owners, as root, in an executor); None if it has no home."""
+        home = self._home(SandboxState.from_dict(state).account_or_derived(self.account_prefix))
+        target = dest.with_name(dest.name + self.archive_extension)
+        return await asyncio.get_running_loop().run_in_executor(None, _tar_home, home, target)
+
     # -- helpers -----------------------------------------------------------------------------
     def _command(self, spec: InstanceSpec, home_inside: str) -> list[str]:
         """Resolve a bare command name to the instance environment's copy; open Lab in home."""
@@ -231,14 +265,35 @@ class SandboxBackend(Backend):
             hostname=spec.server_name[:60] or "visa",
         )
 
-    def _prepare_dirs(self, home: Path, uid: int, gid: int) -> None:
+    def _prepare_dirs(self, home: Path, uid: int, gid: int) -> bool:
+        """The state directories and the home (True: the home is new)."""
         # the state dir and homes/ are traversable (0711) but not listable; logs are root's only
         for d, mode in ((Path(self.state_dir), 0o711), (home.parent, 0o711), (Path(self.state_dir) / "logs", 0o700)):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, mode)
+        fresh = not home.exists()
         home.mkdir(exist_ok=True)
         os.chown(home, uid, gid)
         os.chmod(home, 0o700)
+        return fresh
+
+    async def _restore_home(self, archive: Path, home: Path, uid: int, gid: int) -> None:
+        """Unpack an archived home into a new one, as the instance's own account (its rights
+        bound what a crafted archive could write); on failure the home is removed, so the next
+        start does not find a half-restored home and keep it."""
+        try:
+            with open(archive, "rb") as f:  # root's file: the account reads it through stdin
+                proc = await asyncio.create_subprocess_exec(
+                    "tar", "--extract", "--gzip", "--file=-", "--no-same-owner", f"--directory={home}",
+                    stdin=f, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=home,
+                    user=uid, group=gid, extra_groups=[], env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+                out, _ = await proc.communicate()
+        except OSError as e:
+            out, proc = str(e).encode(), None
+        if proc is None or proc.returncode:
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, home, True)
+            raise BackendError("The archived home could not be restored into this instance; ask an admin.",
+                               reason="restore", log_detail=out.decode(errors="replace")[-400:])
 
     async def _ensure_account(self, account: str) -> tuple[int, int]:
         try:

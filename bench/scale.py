@@ -1,0 +1,437 @@
+"""Scale: a hub with 2,000 people and 5,000 instance records on PostgreSQL, under 2,000 open pages.
+
+One run: a throw-away PostgreSQL cluster (the tests' own helper) holds the hub's database and
+the collaboration service's; a real hub (test profile) is seeded through its own code paths
+(bench/scale_seed.py); then, while 2,000 open pages make their background requests (detected from
+the templates: the collab prompt's polling, or its event stream), the bench measures p50/p95 of
+the pages people open, one lifecycle sweep, the hub's RSS, and the CPU of each process (% of one
+core; the page emulator runs in its own process and is reported apart). Prints one table.
+
+    .venv/bin/python bench/scale.py [--users 2000] [--instances 5000] [--pages 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import requests
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from bench import scale_seed  # noqa: E402
+from tests.authenticator.services import PostgresCluster  # noqa: E402
+from tests.hubtools import DEMO_CONFIG, TEST_CONFIG, Browserless, Hub, make_demo_data, make_state_dir  # noqa: E402
+from tests.support import wait_for  # noqa: E402
+
+REPO = HERE.parent
+PROMPT = REPO / "visa_collab" / "templates" / "prompt.html"
+BASE = REPO / "visa_collab" / "templates" / "base.html"
+HOME = REPO / "visa_spawner" / "templates" / "home.html"
+COLLAB = "/services/visa-collab/"
+CONSOLE = "/services/visa-ops/admin/instances"
+HOME_USER = "alice"  # the demo person whose home page is measured (3 instances seeded)
+STAFF = ("erin",)  # facility support staff every bench instance is shared with (SUPPORT)
+
+# The profile under test with the hub's and the collab service's databases on PostgreSQL.
+BENCH_CONFIG = f"""import os
+load_subconfig({str(TEST_CONFIG)!r})  # noqa: F821
+c = get_config()  # noqa: F821
+c.JupyterHub.db_url = os.environ["VISA_BENCH_HUB_DB_URL"]
+for service in c.JupyterHub.services:
+    if service["name"] == "visa-collab":
+        service["environment"]["VISA_COLLAB_DB_URL"] = os.environ["VISA_BENCH_COLLAB_DB_URL"]
+    if service["name"] == "visa-ops":  # its inventory reads the hub's database
+        service.setdefault("environment", {{}})["VISA_OPS_HUB_DB_URL"] = os.environ["VISA_BENCH_HUB_DB_URL"]
+for role in c.JupyterHub.load_roles:
+    if role["name"] == "visa-tests":  # the bench makes each person a token for their pages
+        role["scopes"] = sorted(set(role["scopes"]) | {{"tokens", "access:services"}})
+"""
+
+TARGETS = {"page_p95_ms": 250.0, "sweep_s": 1.0, "rss_gib": 1.0, "hub_cpu_pages_pct": 10.0}
+
+
+# -- what an open page does in the background (read from the templates, not assumed) ----------
+
+def background_mode() -> dict:
+    """The collab prompt's background traffic as the code does it now: polling (its interval
+    from setInterval) or an event stream (EventSource, its path from base.html's helper).
+    Home pages load the prompt without ?server= (all the person's instances)."""
+    prompt, base = PROMPT.read_text(), BASE.read_text()
+    home_src = re.search(r'id="visa-collab-prompt" src="([^"]*)"', HOME.read_text())
+    home_query = "" if not home_src or "server=" not in home_src.group(1) else "?server={server}"
+    poll = re.search(r"setInterval\(\s*poll\s*,\s*(\d+)\s*\)", prompt)
+    if poll:
+        return {"kind": "poll", "path": "api/pending-requests", "interval": int(poll.group(1)) / 1000,
+                "home_query": home_query}
+    if "subscribe(" in prompt or "EventSource" in prompt:
+        m = re.search(r'EventSource\([^)]*?"((?:api/)[\w/-]+)', base + prompt)
+        return {"kind": "sse", "path": m.group(1) if m else "api/events", "interval": None, "home_query": home_query}
+    raise SystemExit("cannot tell what an open page does in the background: read visa_collab/templates/prompt.html")
+
+
+def emulate(base: str, pages: list[tuple[str, str]], mode: dict, counters, stop, latencies) -> None:
+    """Child process: every page's background requests with aiohttp until `stop` is set."""
+    import aiohttp
+
+    async def page(session: aiohttp.ClientSession, token: str, url: str) -> None:
+        headers = {"Authorization": f"token {token}"}
+        if mode["kind"] == "sse":  # one stream held open; EventSource reconnects after `retry`
+            await asyncio.sleep(random.uniform(0, 2))
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as r:
+                        counters[0 if r.status == 200 else 1] += 1
+                        first = True
+                        async for _ in r.content:
+                            if first:  # time to the first event: what opening the page costs
+                                latencies.append(time.perf_counter() - t0)
+                                first = False
+                            counters[3] += 1
+                            if stop.is_set():
+                                return
+                except (aiohttp.ClientError, TimeoutError):
+                    counters[1] += 1
+                await asyncio.sleep(3)
+            return
+        interval = mode["interval"]
+        await asyncio.sleep(random.uniform(0, interval))  # pages were opened at different times
+        next_at = time.monotonic()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with session.get(url, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            elapsed = time.perf_counter() - t0
+            counters[0 if ok else 1] += 1
+            counters[2] += elapsed
+            latencies.append(elapsed)
+            next_at = max(next_at + interval, time.monotonic())
+            await asyncio.sleep(next_at - time.monotonic())
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await asyncio.gather(*(page(session, token, base + path) for token, path in pages))
+
+    asyncio.run(main())
+
+
+class Emulator:
+    """2,000 open pages in a process of their own (so their CPU is not the hub's)."""
+
+    def __init__(self, base: str, pages: list[tuple[str, str]], mode: dict) -> None:
+        ctx = mp.get_context("fork")
+        self.counters = ctx.Array("d", 4, lock=False)  # ok, errors, seconds waited, stream events
+        self.stop_event = ctx.Event()
+        self.manager_latencies: list[float] = []
+        self._conn_recv, self._conn_send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=self._run, args=(base, pages, mode), daemon=True)
+
+    def _run(self, base: str, pages: list[tuple[str, str]], mode: dict) -> None:
+        latencies: list[float] = []
+        try:
+            emulate(base, pages, mode, self.counters, self.stop_event, latencies)
+        finally:
+            self._conn_send.send(latencies)
+
+    def start(self) -> Emulator:
+        self.proc.start()
+        return self
+
+    def stop(self) -> list[float]:
+        self.stop_event.set()
+        latencies = self._conn_recv.recv() if self._conn_recv.poll(60) else []
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+        return latencies
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+def processes(hub: Hub, pg: PostgresCluster) -> dict[str, list[psutil.Process]]:
+    """The processes of the system under test, by role."""
+    root = psutil.Process(hub.proc.pid)
+    out: dict[str, list[psutil.Process]] = {"hub": [root], "collab": [], "ops": [], "proxy": [], "postgres": []}
+    for child in root.children(recursive=True):
+        cmd = " ".join(child.cmdline())
+        role = ("collab" if "visa_collab" in cmd else "ops" if "visa_ops" in cmd
+                else "proxy" if "configurable-http-proxy" in cmd else None)
+        if role:
+            out[role].append(child)
+    postmaster = psutil.Process(int((pg.data / "postmaster.pid").read_text().split()[0]))
+    out["postgres"] = [postmaster]
+    return out
+
+
+def cpu_seconds(procs: list[psutil.Process], pg_children: bool = False) -> float:
+    total = 0.0
+    for p in procs:
+        group = [p, *p.children(recursive=True)] if pg_children else [p]
+        for q in group:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+def cpu_window(procs: dict[str, list[psutil.Process]], seconds: float, extra: dict | None = None) -> dict[str, float]:
+    """% of one core each role used over the next `seconds` (PostgreSQL: all its backends)."""
+    roles = {**procs, **(extra or {})}
+
+    def snapshot() -> dict[str, float]:
+        return {k: cpu_seconds(v, pg_children=(k == "postgres")) for k, v in roles.items()}
+
+    before, t0 = snapshot(), time.monotonic()
+    time.sleep(seconds)  # the measured window itself, not a wait for a condition
+    after, wall = snapshot(), time.monotonic() - t0
+    return {k: 100.0 * (after[k] - before[k]) / wall for k in roles}
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of the hub process, sampled every second for the whole run."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.peak, self.done = proc, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+
+
+def timed(get: Callable[[], requests.Response], n: int, what: str) -> list[float]:
+    """`n` sequential requests (one person at their browser); each must answer 200."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = get()
+        times.append(time.perf_counter() - t0)
+        assert r.status_code == 200, f"{what}: {r.status_code} {r.text[:300]}"
+    return times
+
+
+def p50_p95(times: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(times, n=20, method="inclusive")
+    return statistics.median(times), q[18]
+
+
+def console_get(admin: Browserless, hub: Hub, query: str) -> requests.Response:
+    return admin.s.get(f"{hub.url}{CONSOLE}{query}", timeout=30)
+
+
+async def _two_sweeps(hub: Hub, hub_db_url: str, ops_db_url: str) -> list:
+    """Two sweeps as the visa-ops service runs them (its own classes, built as its app builds
+    them): the first also writes each instance's lifecycle record, the second is the steady state."""
+    from visa_ops.mail import Mailer
+    from visa_ops.ops import Operations, OpsHubAPI
+    from visa_ops.policy import LifecyclePolicy
+    from visa_ops.store import Store
+    from visa_ops.sweep import sweep_once
+
+    ops = Operations(Store.from_url(ops_db_url), LifecyclePolicy(), OpsHubAPI(f"{hub.url}/hub/api", hub.token),
+                     hub_db_url, Mailer(), plan_backends={p: "sandbox" for p in scale_seed.PLANS})
+    reports = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        report = await sweep_once(ops)
+        reports.append((time.perf_counter() - t0, report))
+    return reports
+
+
+def measure_sweep(hub: Hub, hub_db_url: str, ops_db_url: str) -> tuple[list | None, str]:
+    """[(seconds, SweepReport)] of a first and a steady sweep, or why there is none."""
+    try:
+        import visa_ops.sweep  # noqa: F401
+    except ImportError as e:
+        return None, f"not built ({e.name or e})"
+    try:
+        return asyncio.run(_two_sweeps(hub, hub_db_url, ops_db_url)), ""
+    except Exception as e:  # built beside this bench: report it, keep the other figures
+        return None, f"failed: {type(e).__name__}: {str(e)[:200]}"
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def seed(hub: Hub, hub_db_url: str, args: argparse.Namespace) -> scale_seed.Seeded:
+    for name in (HOME_USER, *STAFF, "admin"):  # demo people exist (with their groups) once logged in
+        assert Browserless(hub, name, f"{name}-demo").logged_in, f"demo login of {name} failed"
+    names = scale_seed.user_names(args.users)
+    t0 = time.perf_counter()
+    scale_seed.create_users(hub, names)
+    print(f"  {len(names)} people created through the REST API in {time.perf_counter() - t0:.1f} s", flush=True)
+    plan = scale_seed.plan_instances(names, args.instances, {HOME_USER: 3})
+    hub.stop()  # the hub reads instance records at start: write them while it is down
+    t0 = time.perf_counter()
+    n = scale_seed.insert_instances(hub_db_url, plan)
+    print(f"  {n} stopped instance records written with jupyterhub.orm in {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    hub.start(timeout=300)
+    print(f"  hub restarted on {n} records in {time.perf_counter() - t0:.1f} s", flush=True)
+    tokens = scale_seed.make_tokens(hub, [*names, HOME_USER])
+    instances = {owner: [r["name"] for r in recs] for owner, recs in plan.items()}
+    t0 = time.perf_counter()
+    shares = scale_seed.share_all(hub, tokens, {o: s[:args.shared_per_owner] for o, s in instances.items()},
+                                  list(STAFF))
+    print(f"  {shares} shares made through the collab API in {time.perf_counter() - t0:.1f} s", flush=True)
+    return scale_seed.Seeded(tokens=tokens, instances=instances, shares=shares)
+
+
+def open_pages(seeded: scale_seed.Seeded, mode: dict, n: int) -> list[tuple[str, str]]:
+    """Half home pages, half desktop pages, one a person (the prompt each loads)."""
+    out = []
+    for i, (owner, token) in enumerate(list(seeded.tokens.items())[:n]):
+        server = seeded.instances[owner][0]
+        query = mode["home_query"] if i % 2 == 0 else "?server={server}"
+        out.append((token, COLLAB + mode["path"] + query.format(server=server)))
+    return out
+
+
+def row(label: str, value: str, target: str = "", ok: bool | None = None) -> str:
+    mark = "" if ok is None else ("yes" if ok else "NO")
+    return f"{label:<52s}{value:>26s}  {target:<15s}{mark}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--instances", type=int, default=5000)
+    ap.add_argument("--pages", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=200, help="requests per measured page")
+    ap.add_argument("--window", type=float, default=60.0, help="seconds of each CPU window")
+    ap.add_argument("--shared-per-owner", type=int, default=3, help="instances of each person shared with staff")
+    ap.add_argument("--console-filter", default="?q=bench-u0042&state=stopped")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the hub and PostgreSQL
+    mode = background_mode()
+    pg = PostgresCluster().start()
+    state = make_state_dir("visahub-scale-")
+    hub = None
+    emulator = None
+    try:
+        make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+        hub_db_url, collab_db_url = pg.create_database("jupyterhub"), pg.create_database("visa_collab")
+        config = state / "bench_hub_config.py"
+        config.write_text(BENCH_CONFIG)
+        hub = Hub(state, config=config, extra_env={"VISA_BENCH_HUB_DB_URL": hub_db_url,
+                                                   "VISA_BENCH_COLLAB_DB_URL": collab_db_url}).start()
+        print(f"seeding {args.users} people, {args.instances} instances (PostgreSQL on port {pg.port}):", flush=True)
+        seeded = seed(hub, hub_db_url, args)
+        procs = processes(hub, pg)
+
+        print(f"baseline: {args.window:g} s with no page open", flush=True)
+        idle = cpu_window(procs, args.window)
+        pages = open_pages(seeded, mode, args.pages)
+        emulator = Emulator(hub.url, pages, mode).start()
+        procs_em = {"emulator": [psutil.Process(emulator.proc.pid)]}
+        rss = RssSampler(procs["hub"][0])  # started after the fork: the emulator inherits no thread
+        rss.start()
+        wait_for(lambda: emulator.counters[0] + emulator.counters[1] >= len(pages), 120,
+                 f"{len(pages)} open pages' first requests")
+        print(f"{len(pages)} open pages ({mode['kind']}): {args.window:g} s window", flush=True)
+        n0, t0 = emulator.counters[0] + emulator.counters[1], time.monotonic()
+        busy = cpu_window(procs, args.window, procs_em)
+        rate = (emulator.counters[0] + emulator.counters[1] - n0) / (time.monotonic() - t0)
+
+        print(f"measuring pages, {args.requests} requests each, with the pages still open", flush=True)
+        alice = Browserless(hub, HOME_USER, f"{HOME_USER}-demo")
+        admin = Browserless(hub, "admin", "admin-demo")
+        server = seeded.instances[HOME_USER][0]
+        results: dict[str, list[float] | str] = {
+            "home page (/hub/home, 3 instances)": timed(alice.home, args.requests, "home"),
+            "collab member page (instances/<owner>/<server>)": timed(
+                lambda: alice.s.get(f"{hub.url}{COLLAB}instances/{HOME_USER}/{server}", timeout=30),
+                args.requests, "member page"),
+        }
+        first = console_get(admin, hub, "")
+        console = (("console instances, first page", ""), ("console instances, filtered", args.console_filter))
+        for label, query in console:
+            if first.status_code == 404:
+                results[label] = "not built"
+            else:
+                results[label] = timed(lambda q=query: console_get(admin, hub, q), args.requests, label)
+        rss_now = procs["hub"][0].memory_info().rss
+        sweeps, sweep_note = measure_sweep(hub, hub_db_url, pg.create_database("visa_ops_bench"))
+        rss.done.set()
+        latencies = emulator.stop()
+        background = {"rate": rate, "latencies": latencies, "ok": int(emulator.counters[0]),
+                      "errors": int(emulator.counters[1]), "lines": int(emulator.counters[3])}
+        emulator = None
+        print_table(args, mode, results, idle, busy, background, sweeps, sweep_note,
+                    max(rss.peak, rss_now), seeded.shares)
+    finally:
+        if emulator:
+            emulator.stop()
+        if hub:
+            hub.stop()
+        pg.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def print_table(args, mode, results, idle, busy, background, sweeps, sweep_note, rss_peak, shares) -> None:
+    print(f"\nscale bench: {args.users} people, {args.instances} instances ({shares} shares), "
+          f"hub and collab databases on PostgreSQL, {args.pages} open pages ({mode['kind']}"
+          f"{', every %g s' % mode['interval'] if mode['interval'] else ''}); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
+    print(row("measure", "figure", "target", None) + "ok")
+    for label, times in results.items():
+        if isinstance(times, str):
+            print(row(label, times, "p95 <= 250 ms"))
+            continue
+        p50, p95 = p50_p95(times)
+        print(row(label, f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms", "p95 <= 250 ms",
+                  p95 * 1000 <= TARGETS["page_p95_ms"]))
+    if sweeps is None:
+        print(row(f"lifecycle sweep over {args.instances} instances", sweep_note[:26], "<= 1 s"))
+        if len(sweep_note) > 26:
+            print(f"    {sweep_note}")
+    for label, (seconds, report) in zip(("first (writes records)", "steady"), sweeps or (), strict=False):
+        print(row(f"lifecycle sweep, {label}", f"{seconds:.2f} s", "<= 1 s", seconds <= TARGETS["sweep_s"]))
+        print(f"    {report.instances} instances: load {report.load_seconds:.2f} s, decide "
+              f"{report.decide_seconds:.3f} s; warned {len(report.warned)}, deleted {len(report.deleted)}, "
+              f"failed {len(report.failed)}")
+    print(row("hub RSS (peak)", f"{rss_peak / 2**20:.0f} MiB", "<= 1 GiB", rss_peak <= TARGETS["rss_gib"] * 2**30))
+    print(row("hub CPU, no page open (% of a core)", f"{idle['hub']:.1f} %"))
+    print(row(f"hub CPU, {args.pages} open pages", f"{busy['hub']:.1f} %"))
+    extra = busy["hub"] - idle["hub"]
+    print(row(f"hub CPU from the {args.pages} open pages (difference)", f"{extra:.1f} %", "<= 10 %",
+              extra <= TARGETS["hub_cpu_pages_pct"]))
+    for role in ("collab", "proxy", "postgres", "ops"):
+        print(row(f"{role} CPU, no page / {args.pages} pages", f"{idle[role]:.1f} % / {busy[role]:.1f} %"))
+    print(row("page emulator CPU (not under test)", f"{busy['emulator']:.1f} %"))
+    lat = background["latencies"]
+    p50, p95 = p50_p95(lat) if len(lat) > 1 else (float("nan"), float("nan"))
+    if mode["kind"] == "poll":
+        print(row("background polls: rate, p50, p95",
+                  f"{background['rate']:.0f}/s, {p50 * 1000:.0f}, {p95 * 1000:.0f} ms"))
+        print(row("background polls: answered 200 / failed", f"{background['ok']} / {background['errors']}"))
+    else:
+        print(row("event streams: time to first event p50, p95", f"{p50 * 1000:.0f}, {p95 * 1000:.0f} ms"))
+        print(row("event streams: opened / failed, lines received",
+                  f"{background['ok']} / {background['errors']}, {background['lines']}"))
+
+
+if __name__ == "__main__":
+    main()
