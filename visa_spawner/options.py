@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .archives import Archive
 from .backends.base import Plan
 
 MAX_NAME_LENGTH = 250
@@ -34,10 +35,12 @@ class InstanceRequest:
     plan: str
     screen: str
     keyboard: str
+    restore: str = ""  # the id of an archived home of the person's that the new home starts from
 
     def user_options(self) -> dict[str, str]:
         """What JupyterHub stores as the spawner's user_options (the name is the hub's)."""
-        return {"proposal": self.proposal, "plan": self.plan, "screen": self.screen, "keyboard": self.keyboard}
+        options = {"proposal": self.proposal, "plan": self.plan, "screen": self.screen, "keyboard": self.keyboard}
+        return {**options, "restore": self.restore} if self.restore else options
 
 
 def first(form: Mapping[str, Sequence[str] | str], key: str) -> str:
@@ -103,6 +106,7 @@ def validate_request(
     keyboards: Mapping[str, str] = KEYBOARDS,
     roles_without_proposal: Iterable[str] = ("STAFF", "ADMIN"),
     new: bool = True,
+    archives: Mapping[str, Archive] | None = None,
 ) -> InstanceRequest:
     """Check a creation request against the person's entitlements; return the clean request.
 
@@ -140,7 +144,27 @@ def validate_request(
     keyboard = first(form, "keyboard").strip() or next(iter(keyboards))
     if keyboard not in keyboards:
         raise OptionError(f"Keyboard layout “{keyboard[:32]}” is not offered.")
-    return InstanceRequest(display_name, server_name, proposal, plan_id, screen, keyboard)
+    plan = next(p for p in usable if p.id == plan_id)
+    restore = check_restore(first(form, "restore").strip(), archives or {}, proposal, plan) if new else ""
+    return InstanceRequest(display_name, server_name, proposal, plan_id, screen, keyboard, restore)
+
+
+def check_restore(restore: str, archives: Mapping[str, Archive], proposal: str, plan: Plan) -> str:
+    """The archive id a new instance restores ("" for none): one of the person's own `archives`
+    (id → Archive), of the same proposal, on a plan of a backend that can restore it."""
+    if not restore:
+        return ""
+    archive = archives.get(restore)
+    if archive is None:
+        raise OptionError("That archived home is not one of yours, or it no longer exists.")
+    if not archive.restorable:
+        raise OptionError(f"Archives of {archive.backend} instances cannot be restored yet: download it instead.")
+    if archive.proposal != proposal:
+        raise OptionError(f"That archived home belongs to proposal {archive.proposal or '(none)'}: "
+                          "restore it into an instance of the same proposal.")
+    if archive.backend != plan.backend:
+        raise OptionError(f"Choose a {archive.backend} plan to restore that archived home.")
+    return restore
 
 
 def restart_form(display_name: str, user_options: Mapping[str, object] | None) -> str:

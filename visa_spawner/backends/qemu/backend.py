@@ -23,7 +23,15 @@ from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
 
-from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
+from visa_spawner.backends.base import (
+    Backend,
+    BackendError,
+    InstanceSpec,
+    InstanceStatus,
+    ProgressCallback,
+    StateError,
+    private_partial,
+)
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.qemu import relay as qemu_relay
@@ -235,6 +243,25 @@ class QemuBackend(Backend):
         vm = _vm_of(QemuState.from_dict(state))
         await self.stop({**state, "vm": vm}, now=True)
         await self._run_blocking(shutil.rmtree, Path(self.state_dir) / "instances" / vm, True)
+
+    archive_extension = ".qcow2"
+
+    async def archive(self, state: dict, dest: Path) -> Path | None:
+        """A compressed, self-contained qcow2 of the VM's disk (its overlay and the image under it,
+        so it outlives image rebuilds); the VM is stopped first. None if it never had a disk."""
+        vm = _vm_of(QemuState.from_dict(state))
+        await self.stop({**state, "vm": vm})
+        overlay = VmPaths(Path(self.state_dir) / "instances" / vm).overlay
+        if not await self._run_blocking(overlay.is_file):
+            return None
+        _, qemu_img = self.binaries()
+        target = dest.with_name(dest.name + self.archive_extension)
+        with private_partial(target) as partial:
+            rc, out = await _run(qemu_img, "convert", "-c", "-O", "qcow2", str(overlay), str(partial))
+            if rc:
+                raise BackendError("The virtual machine's disk could not be archived, so it was not deleted; "
+                                   "ask an admin.", reason="archive", log_detail=out[-400:])
+        return target
 
     async def list_managed(self) -> list[dict]:
         def scan() -> list[dict]:
