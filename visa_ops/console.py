@@ -1,0 +1,267 @@
+"""The admin console: HTML pages at ``/services/visa-ops/admin/…`` in the hub's look.
+
+Every route is for administrators only (403 for everyone else, page or JSON). Pages read the
+hub's database (`Operations.instances`), the service's store and the hub's capacity call; every
+*action* is a POST from the page's script to the service's admin API (`visa_ops.handlers`,
+audited there) with JupyterHub's XSRF token, except the plan switch, a form posted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mailbox
+import os
+from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
+from email.message import Message
+from typing import Any
+
+from tornado import web
+
+from visa_collab.hubapi import HubError
+from visa_spawner.plan_switch import read_disabled, write_disabled
+
+from .base import BaseHandler
+from .console_samples import record_sample, series
+from .console_views import STATES, BadQuery, InstanceQuery, hourly, plan_rows, plot_svg, select_instances, summarise
+from .ops import LEVELS
+
+log = logging.getLogger("visa_ops.console")
+
+NAV = [("", "Dashboard"), ("instances", "Instances"), ("sessions", "Live sessions"), ("plans", "Plans"),
+       ("notifications", "Notifications"), ("extensions", "Extension requests"), ("outbox", "Mail outbox")]
+PLOT_DAYS = 7
+CAPACITY_TIMEOUT = 5.0
+SESSIONS_LIMIT = 200
+OUTBOX_LIMIT = 100
+EXTENSION_STATUSES = ("pending", "accepted", "refused", "auto-accepted")
+
+
+def when(value: datetime | None) -> str:
+    """Times as the console shows them: UTC, to the minute."""
+    if value is None:
+        return "—"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return f"{value:%Y-%m-%d %H:%M}"
+
+
+def num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+class ConsolePage(BaseHandler):
+    """An admin page: renders its template with the console's navigation, or a 403 page."""
+
+    section = ""
+    title = ""
+
+    async def prepare(self) -> None:
+        """Administrators only, on every method: the check runs before any handler code."""
+        if self.current_user is None:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect(self.get_login_url())
+                return
+            raise web.HTTPError(403, "Sign in first (or the XSRF token is missing).")
+        self.admin = await self.require_admin()
+
+    @property
+    def admin_prefix(self) -> str:
+        return f"{self.prefix}admin/"
+
+    @property
+    def collab_prefix(self) -> str:
+        return os.environ.get("VISA_OPS_COLLAB_PREFIX") or self.prefix.replace("/visa-ops/", "/visa-collab/")
+
+    def now(self) -> datetime:
+        """Aware UTC from the service's clock (naive UTC, injectable in tests)."""
+        return self.ops.now().replace(tzinfo=UTC)
+
+    def page(self, template: str, **ns: Any) -> None:
+        self.render(template, title=self.title, nav=NAV, active=self.section, admin=self.admin_prefix,
+                    collab_prefix=self.collab_prefix, when=when, num=num, **ns)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as a console page (no navigation: the caller may not be an administrator)."""
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.render("admin_error.html", status=status_code, code=status_code, title=f"Error {status_code}",
+                    nav=[], active="", admin=self.admin_prefix, message=message)
+
+    async def capacity(self) -> tuple[dict | None, str]:
+        """The hub's ``GET /hub/api/visa/capacity`` (spawner-ops), or (None, why) when it fails."""
+        try:
+            model = await asyncio.wait_for(self.ops.hub._call("GET", "/visa/capacity"), CAPACITY_TIMEOUT)
+        except HubError as e:
+            return None, f"the hub answered {e.status}"
+        except TimeoutError:
+            return None, "the hub did not answer in time"
+        if not isinstance(model, dict) or not isinstance(model.get("backends"), dict):
+            return None, "unexpected answer"
+        return model, ""
+
+
+class DashboardPage(ConsolePage):
+    title = "Dashboard"
+
+    async def get(self) -> None:
+        now = self.now()
+        instances = await self.ops.instances()
+        summary = summarise(instances, now)
+        engine = self.ops.store.engine
+        await record_sample(engine, now, summary["by_state"])
+        points = hourly(await series(engine, now - timedelta(days=PLOT_DAYS)), now, PLOT_DAYS)
+        capacity, capacity_error = await self.capacity()
+        self.page("admin_dashboard.html", summary=summary, capacity=capacity, capacity_error=capacity_error,
+                  plot=plot_svg(points, now, PLOT_DAYS), samples=len(points), days=PLOT_DAYS)
+
+
+class InstancesPage(ConsolePage):
+    section, title = "instances", "Instances"
+
+    async def get(self) -> None:
+        args = {k: self.get_argument(k, "") for k in self.request.arguments}
+        try:
+            query = InstanceQuery.parse(args)
+        except BadQuery as e:
+            raise web.HTTPError(400, "%s", str(e)) from None
+        instances = await self.ops.instances()
+        page = select_instances(instances, query, self.now())
+        plans = sorted({i.plan for i in instances if i.plan} | set(self.ops.plan_backends))
+        self.page("admin_instances.html", query=query, page=page, plans=plans, states=STATES)
+
+
+class SessionsPage(ConsolePage):
+    section, title = "sessions", "Live sessions"
+
+    async def get(self) -> None:
+        running = sorted((i for i in await self.ops.instances() if i.state == "running"), key=lambda i: i.key)
+        self.page("admin_sessions.html", running=running[:SESSIONS_LIMIT], truncated=len(running) > SESSIONS_LIMIT)
+
+
+def configured_plans(settings: dict) -> list[dict]:
+    """The plan catalogue: the app's ``plans`` setting, else ``$VISA_OPS_PLANS`` (JSON), else the default."""
+    if settings.get("plans") is not None:
+        return list(settings["plans"])
+    raw = os.environ.get("VISA_OPS_PLANS")
+    if raw:
+        try:
+            plans = json.loads(raw)
+            if isinstance(plans, list) and all(isinstance(p, dict) and "id" in p for p in plans):
+                return plans
+        except ValueError:
+            pass
+        log.warning("VISA_OPS_PLANS is not a JSON list of plans; showing the default plans")
+    from visa_spawner.spawner import DEFAULT_PLANS
+
+    return list(DEFAULT_PLANS)
+
+
+class PlansPage(ConsolePage):
+    section, title = "plans", "Plans"
+
+    @property
+    def switch_file(self) -> str:
+        return self.settings.get("plan_switch_file") or os.environ.get("VISA_OPS_PLAN_SWITCH_FILE", "")
+
+    async def get(self) -> None:
+        loop = asyncio.get_running_loop()
+        disabled = await loop.run_in_executor(None, read_disabled, self.switch_file) if self.switch_file else set()
+        capacity, capacity_error = await self.capacity()
+        self.page("admin_plans.html", plans=plan_rows(configured_plans(self.settings), disabled, capacity),
+                  capacity=capacity, capacity_error=capacity_error, switch_file=self.switch_file)
+
+    async def post(self) -> None:
+        """Enable or disable one plan (``plan``, ``enabled`` yes/no): the hub reads the file at its next spawn."""
+        if not self.switch_file:
+            raise web.HTTPError(409, "VISA_OPS_PLAN_SWITCH_FILE is not set: plans cannot be switched here.")
+        plan, enabled = self.get_body_argument("plan", ""), self.get_body_argument("enabled", "")
+        if plan not in {str(p["id"]) for p in configured_plans(self.settings)}:
+            raise web.HTTPError(400, "No such plan.")
+        if enabled not in ("yes", "no"):
+            raise web.HTTPError(400, 'enabled must be "yes" or "no".')
+        loop = asyncio.get_running_loop()
+        disabled = await loop.run_in_executor(None, read_disabled, self.switch_file)
+        disabled = disabled - {plan} if enabled == "yes" else disabled | {plan}
+        await loop.run_in_executor(None, write_disabled, self.switch_file, disabled)
+        await self.ops.store.add_audit(self.admin, "plan", reason="enable" if enabled == "yes" else "disable",
+                                       detail={"plan": plan})
+        log.info("%s %s plan %s", self.admin, "enabled" if enabled == "yes" else "disabled", plan)
+        self.redirect(f"{self.admin_prefix}plans", status=303)
+
+
+class NotificationsPage(ConsolePage):
+    section, title = "notifications", "Notifications"
+
+    async def get(self) -> None:
+        self.page("admin_notifications.html", notifications=await self.ops.store.list_notifications(), levels=LEVELS)
+
+
+class ExtensionsPage(ConsolePage):
+    section, title = "extensions", "Extension requests"
+
+    async def get(self) -> None:
+        status = self.get_argument("status", "pending")
+        if status and status not in EXTENSION_STATUSES:
+            raise web.HTTPError(400, "status must be one of %s (or empty for all).", ", ".join(EXTENSION_STATUSES))
+        self.page("admin_extensions.html", shown=status,
+                  extensions=await self.ops.store.list_extensions(status or None))
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        return str(make_header(decode_header(msg.get(name, ""))))
+    except (ValueError, LookupError):
+        return str(msg.get(name, ""))
+
+
+def _text_body(msg: Message) -> str:
+    part = next((p for p in msg.walk() if p.get_content_type() == "text/plain"), None) if msg.is_multipart() else msg
+    if part is None:
+        return "(no text part)"
+    payload = part.get_payload(decode=True) or b""
+    return payload.decode(part.get_content_charset() or "utf-8", "replace")
+
+
+def read_outbox(path: str, limit: int = OUTBOX_LIMIT) -> list[dict]:
+    """The newest `limit` messages of a Maildir (new and cur), newest first. Blocking: run in an executor."""
+    if not os.path.isdir(path):
+        return []
+    box = mailbox.Maildir(path, factory=None, create=False)
+    found = []
+    for key in box.keys():
+        try:
+            msg = box.get_message(key)
+        except (OSError, KeyError):  # delivered or moved while we looked
+            continue
+        found.append((msg.get_date(), key, msg))
+    found.sort(key=lambda m: m[0], reverse=True)
+    return [{"key": key, "date": when(datetime.fromtimestamp(at, UTC)), "subject": _header(msg, "Subject"),
+             "to": _header(msg, "To"), "body": _text_body(msg)} for at, key, msg in found[:limit]]
+
+
+class OutboxPage(ConsolePage):
+    section, title = "outbox", "Mail outbox (demo)"
+
+    async def get(self) -> None:
+        maildir = self.settings.get("outbox_maildir") or os.environ.get("VISA_OPS_OUTBOX_MAILDIR", "")
+        messages = await asyncio.get_running_loop().run_in_executor(None, read_outbox, maildir) if maildir else []
+        self.page("admin_outbox.html", maildir=maildir, messages=messages)
+
+
+def console_handlers(prefix: str) -> list[tuple]:
+    """The console's routes under the service prefix (``…/visa-ops/``), for `make_handlers`."""
+    admin = f"{prefix}admin/"
+    return [
+        (f"{admin}?", DashboardPage),
+        (f"{admin}instances/?", InstancesPage),
+        (f"{admin}sessions/?", SessionsPage),
+        (f"{admin}plans/?", PlansPage),
+        (f"{admin}notifications/?", NotificationsPage),
+        (f"{admin}extensions/?", ExtensionsPage),
+        (f"{admin}outbox/?", OutboxPage),
+    ]
