@@ -224,19 +224,22 @@ class PlanRow:
 
 
 def gpus_free(capacity: Mapping | None, backend: str) -> int | None:
-    """Free GPUs for a backend as the hub's capacity call reports them (None: not reported)."""
-    if not capacity:
+    """Free GPUs of a backend as the hub's capacity call reports them (``gpus_free``; a backend
+    it does not name has none, as the hub's own plan offer counts); None when capacity is unknown."""
+    if capacity is None:
         return None
-    entry = (capacity.get("backends") or {}).get(backend) or {}
-    for source in (entry.get("gpus"), capacity.get("gpus")):
-        if isinstance(source, Mapping) and isinstance(source.get("free"), int):
-            return source["free"]
-    value = entry.get("gpus_free")
-    return value if isinstance(value, int) else None
+    value = ((capacity.get("backends") or {}).get(backend) or {}).get("gpus_free", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def plan_rows(plans: Iterable[Mapping[str, Any]], disabled: set[str], capacity: Mapping | None) -> list[PlanRow]:
-    """Each plan with whether it is enabled and can start now (GPU plans need a free GPU)."""
+    """Each plan with whether it is on (the switch file) and can start now (GPU plans need a free GPU).
+
+    The hub's capacity answer lists its own plan catalogue (``plans``): when it does, that is the
+    catalogue shown; `plans` (this service's configuration) is the fallback when the hub is unreachable.
+    """
+    if capacity is not None and isinstance(capacity.get("plans"), list):
+        plans = [p for p in capacity["plans"] if isinstance(p, Mapping) and "id" in p]
     rows = []
     for plan in plans:
         pid, backend = str(plan["id"]), str(plan.get("backend", ""))
@@ -245,10 +248,10 @@ def plan_rows(plans: Iterable[Mapping[str, Any]], disabled: set[str], capacity: 
         free = gpus_free(capacity, backend) if gpus else None
         if not enabled:
             available, note = False, "disabled"
-        elif gpus and free is not None and free < gpus:
-            available, note = False, "no GPU free"
         elif gpus and free is None:
             available, note = True, "GPU capacity unknown"
+        elif gpus and free < gpus:
+            available, note = False, "no GPU free"
         else:
             available, note = True, ""
         rows.append(PlanRow(pid, str(plan.get("display_name", pid)), backend, gpus, enabled, available, note))

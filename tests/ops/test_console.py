@@ -56,8 +56,12 @@ class FakeHubAPI:
 
     def __init__(self) -> None:
         self.tokens: dict[str, dict] = {}
-        self.capacity: tuple[int, dict] = (200, {"backends": {
-            "sandbox": {"slots": 40, "used": 3}, "qemu": {"slots": 4, "used": 4, "gpus": {"total": 1, "free": 0}}}})
+        # the shape of visa_spawner.capacity.capacity_report
+        self.capacity: tuple[int, dict] = (200, {
+            "backends": {"sandbox": {"instances_running": 33, "gpus_free": 0, "slots": 40},
+                         "qemu": {"instances_running": 2, "gpus_free": 0, "slots": 4, "used": 4}},
+            "plans": [{**p, "gpus": p.get("gpus", 0), "enabled": True, "available": True, "why": ""}
+                      for p in PLANS]})
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -342,6 +346,18 @@ async def test_plans_show_gpu_plans_greyed_when_no_gpu_is_free(console: Console,
     assert gpu and gpu.group(1) == "visa-greyed" and "no GPU free" in gpu.group(2)
     std = re.search(r'<tr data-plan="qemu-std" class="([^"]*)">', html)
     assert std and std.group(1) == ""
+
+
+async def test_plans_come_from_the_service_config_when_the_hub_does_not_answer(
+        console: Console, people, fake_hub: FakeHubAPI) -> None:
+    saved, fake_hub.capacity = fake_hub.capacity, (503, {"message": "busy"})
+    try:
+        html = (await console.get(people["root"], "admin/plans")).body.decode()
+    finally:
+        fake_hub.capacity = saved
+    assert "Capacity unknown (the hub answered 503)" in html
+    gpu = re.search(r'<tr data-plan="qemu-gpu" class="([^"]*)">(.*?)</tr>', html, re.S)
+    assert gpu and gpu.group(1) == "" and "GPU capacity unknown" in gpu.group(2)
 
 
 async def test_plan_switch_needs_the_xsrf_token(console: Console, people) -> None:
