@@ -151,9 +151,9 @@ class Store:
             where = and_(lifecycle.c.owner == owner, lifecycle.c.server == server)
             row = conn.execute(select(lifecycle).where(where)).first()
             if row is None:
-                conn.execute(lifecycle.insert().values(
-                    owner=owner, server=server, created_at=created_at or at, unlimited=False, extra_days=0,
-                    updated_at=at, **values))
+                row = {"unlimited": False, "extra_days": 0, **values}
+                conn.execute(lifecycle.insert().values(owner=owner, server=server, created_at=created_at or at,
+                                                       updated_at=at, **row))
             elif values:
                 conn.execute(lifecycle.update().where(where).values(updated_at=at, **values))
             return dict(conn.execute(select(lifecycle).where(where)).first()._mapping)

@@ -98,6 +98,27 @@ class HubDB:
             self.session.commit()
         return sp
 
+    def bulk(self, users: int, servers: int, started: datetime) -> None:
+        """`users` people (every 10th STAFF) and `servers` instances, inserted in a few statements:
+        running (i % 3 == 1), pending (2), stopped (0)."""
+        s = self.session
+        s.add_all([orm.Group(name="role:user"), orm.Group(name="role:staff")])
+        s.commit()
+        gid = {g.name: g.id for g in s.query(orm.Group)}
+        s.execute(orm.User.__table__.insert(), [{"id": i + 1, "name": f"u{i}", "admin": False} for i in range(users)])
+        s.execute(orm.user_group_map.insert(), [
+            {"user_id": i + 1, "group_id": gid["role:staff" if i % 10 == 0 else "role:user"]} for i in range(users)])
+        s.execute(orm.Server.__table__.insert(), [
+            {"id": i + 1, "ip": "127.0.0.1", "port": 20000 + i, "base_url": f"/user/x/s{i}/", "cookie_name": "c"}
+            for i in range(servers) if i % 3 == 1])
+        s.execute(orm.Spawner.__table__.insert(), [
+            {"user_id": i % users + 1, "name": f"s{i}", "display_name": f"S{i}", "server_id": i + 1 if i % 3 == 1 else None,
+             "started": started if i % 3 else None, "last_activity": started,
+             "user_options": {"proposal": "p1", "plan": "small"},
+             "state": {"identity": {"backend": "sandbox"}, "backend": {"plan": "small"}}}
+            for i in range(servers)])
+        s.commit()
+
     def remove(self, owner: str, name: str) -> None:
         sp = self.session.query(orm.Spawner).join(orm.User).filter(orm.User.name == owner,
                                                                    orm.Spawner.name == name).one()
