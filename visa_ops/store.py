@@ -12,14 +12,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, String, Table, Text, and_, func, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    inspect,
+    or_,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
 
 from visa_collab.db import connect, now
+from visa_collab.migrate import upgrade
 
 metadata = MetaData()
 
@@ -95,9 +111,18 @@ PENDING, ACCEPTED, REFUSED, AUTO_ACCEPTED = "pending", "accepted", "refused", "a
 T = TypeVar("T")
 
 
-def create_tables(engine: Engine) -> None:
-    """Until Alembic steps land (visa_collab/migrate.py): create what is missing."""
-    metadata.create_all(engine, checkfirst=True)
+ALEMBIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alembic")
+VERSION_TABLE = "visa_ops_alembic_version"
+
+
+def _before_alembic(conn: Connection) -> str | None:
+    """A database made by the first visa-ops commits (tables created directly) is revision 0001."""
+    return "0001" if inspect(conn).has_table(lifecycle.name) else None
+
+
+def migrate(engine: Engine) -> str | None:
+    """Bring the database to the newest Alembic revision (`visa_collab.migrate.upgrade`)."""
+    return upgrade(engine, ALEMBIC_DIR, VERSION_TABLE, legacy=_before_alembic, name="visa-ops")
 
 
 def _dumps(detail: dict | None) -> str | None:
@@ -126,7 +151,7 @@ class Store:
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], datetime] = now) -> Store:
         engine = connect(url)
-        create_tables(engine)
+        migrate(engine)
         return cls(engine, clock)
 
     # -- lifecycle records ---------------------------------------------------------------------
