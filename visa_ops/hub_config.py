@@ -11,7 +11,8 @@ Adds, on top of what the profile configured (lists and dicts extended, never rep
 
 Environment read here: ``VISA_OPS_DB_URL`` (default: SQLite, 0600, in the state directory),
 ``VISA_OPS_SMTP_URL``, ``VISA_OPS_MAIL_FROM``, ``VISA_OPS_PUBLIC_URL``, ``VISA_OPS_PORT``,
-``VISA_OPS_SWEEP_INTERVAL``, ``VISA_HUB_DB_URL`` (production's hub database, read-only use).
+``VISA_OPS_SWEEP_INTERVAL``, ``VISA_OPS_POLICY`` (JSON: LifecyclePolicy settings),
+``VISA_HUB_DB_URL`` (production's hub database, read-only use).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def apply(
         db_url = with_pg_driver(db_url, installed_pg_driver())
     private_sqlite(db_url)
     backends, rules = plan_settings(list(_get(c.VisaSpawner, "plans", [])))
-    policy = dict(policy or {})
+    policy = {**json.loads(env.get("VISA_OPS_POLICY") or "{}"), **(policy or {})}
     policy["plan_rules"] = {**rules, **policy.get("plan_rules", {})}
     archive_dir = _get(c.VisaSpawner, "archive_dir", "") or str(state / "archives")
     retention = _get(c.VisaSpawner, "archive_retention_days", 30.0)
