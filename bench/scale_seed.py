@@ -14,8 +14,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import requests
+import yaml
 from jupyterhub import orm
 
 from tests.hubtools import Hub
@@ -119,12 +121,13 @@ def insert_instances(db_url: str, plan: dict[str, list[dict]]) -> int:
         session.close()
 
 
-def share_all(hub: Hub, tokens: dict[str, str], instances: dict[str, list[str]], members: list[str],
+def share_all(hub: Hub, tokens: dict[str, str], instances: dict[str, list[str]], staff: list[str],
               workers: int = 8) -> int:
-    """Share every instance of the bench people with `members` (SUPPORT: facility staff may hold
-    it on a stopped instance, whose proposal the service does not know yet) via the collab API."""
-    jobs = [(owner, server, member) for owner, servers in instances.items() if owner in tokens
-            for server in servers for member in members]
+    """Share each instance with one of `staff` in turn, as SUPPORT (facility support staff may
+    hold it on a stopped instance, whose proposal the service does not know yet), through the
+    collaboration service's API as the owner: the hub gets the share, the service its grant."""
+    jobs = [(owner, server, staff[i % len(staff)]) for i, (owner, server) in enumerate(
+        (owner, server) for owner, servers in instances.items() if owner in tokens for server in servers)]
     local = threading.local()
 
     def one(job: tuple[str, str, str]) -> int:
@@ -132,9 +135,21 @@ def share_all(hub: Hub, tokens: dict[str, str], instances: dict[str, list[str]],
         if not hasattr(local, "session"):
             local.session = requests.Session()
         r = local.session.post(f"{hub.url}{COLLAB}api/instances/{owner}/{server}/members", timeout=60,
-                   headers={"Authorization": f"token {tokens[owner]}"}, json={"member": member, "role": "support"})
+                               headers={"Authorization": f"token {tokens[owner]}"},
+                               json={"member": member, "role": "support"})
         assert r.status_code == 201, f"share {owner}/{server} with {member}: {r.status_code} {r.text[:300]}"
         return 1
 
     with ThreadPoolExecutor(workers) as pool:
         return sum(pool.map(one, jobs))
+
+
+def staff_catalogue(demo: Path, out: Path, n: int) -> list[str]:
+    """The demo catalogue plus `n` facility support staff (IT_SUPPORT), who log in with the demo
+    password: the people instances are shared with (the hub's groups come from the catalogue)."""
+    catalogue = yaml.safe_load(demo.read_text())
+    names = [f"staff{i:02d}" for i in range(n)]
+    catalogue["persons"] += [{"id": name, "name": f"Support {name}", "email": f"{name}@facility.example",
+                              "roles": ["STAFF", "IT_SUPPORT"], "demo_password": f"{name}-demo"} for name in names]
+    out.write_text(yaml.safe_dump(catalogue, sort_keys=False))
+    return names
