@@ -108,6 +108,7 @@ def apply(
         "VISA_OPS_ARCHIVE_RETENTION_DAYS": str(retention),
         "VISA_OPS_POLICY": json.dumps(policy, sort_keys=True),
         "VISA_OPS_PLAN_BACKENDS": json.dumps(backends, sort_keys=True),
+        "VISA_OPS_PLAN_SWITCH_FILE": _get(c.VisaSpawner, "plan_switch_file", "") or str(state / "plans-disabled.json"),
         "VISA_OPS_PUBLIC_URL": public_url(c, env),
     }
     for name in ("VISA_OPS_MAIL_FROM", "VISA_OPS_CLOCK_OFFSET"):

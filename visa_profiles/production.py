@@ -120,3 +120,28 @@ def production_config(
     if e.problems:
         raise SettingsError("; ".join(e.problems))
     return c
+
+
+METRICS_SERVICE = "prometheus"
+
+
+def apply_metrics_scraper(c: Any, env: Mapping[str, str]) -> None:
+    """The production scrape role: with VISA_METRICS_TOKEN set, a `prometheus` service whose token
+    may read `/hub/metrics` and nothing else (`read:metrics`); metrics stay authenticated
+    (`JupyterHub.authenticate_prometheus`). Services and roles are added to the profile's, not
+    replaced (so not in `production_config`, which is merged). Raises SettingsError on a short token.
+
+    Prometheus then scrapes ``/hub/metrics`` with ``authorization: {type: token, credentials: …}``
+    (docs/operations.md, "Hub metrics").
+    """
+    from visa_collab.hub_config import _add_role, _get
+
+    c.JupyterHub.authenticate_prometheus = True
+    token = (env.get("VISA_METRICS_TOKEN") or "").strip()
+    if not token:
+        return
+    if len(token) < 32:
+        raise SettingsError("VISA_METRICS_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+    services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != METRICS_SERVICE]
+    c.JupyterHub.services = [*services, {"name": METRICS_SERVICE, "api_token": token}]
+    _add_role(c, {"name": METRICS_SERVICE, "scopes": ["read:metrics"], "services": [METRICS_SERVICE]})

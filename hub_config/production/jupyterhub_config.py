@@ -15,7 +15,7 @@ from pathlib import Path
 from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, prepare_state_dir
 from visa_profiles.env import SettingsError
 from visa_profiles.openstack import openstack_config, openstack_enabled
-from visa_profiles.production import production_config
+from visa_profiles.production import apply_metrics_scraper, production_config
 from visa_spawner.backends.openstack import reconciler
 
 here = Path(__file__).resolve().parent
@@ -28,6 +28,10 @@ try:
     c.merge(production_config(os.environ))
 except SettingsError as e:
     sys.exit(f"VISA Hub production profile: {e}. See docs/identity.md.")
+try:
+    apply_metrics_scraper(c, os.environ)  # the `prometheus` service: read:metrics with VISA_METRICS_TOKEN
+except SettingsError as e:
+    sys.exit(f"VISA Hub production profile: {e}. See docs/operations.md.")
 if openstack_enabled(os.environ):
     try:
         c.merge(openstack_config(os.environ, list(c.VisaSpawner.plans)))
