@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .archives import Archive
 from .backends.base import Plan
+from .plans import unavailable_reason
 
 MAX_NAME_LENGTH = 250
 MAX_SLUG_LENGTH = 30
@@ -106,13 +107,17 @@ def validate_request(
     keyboards: Mapping[str, str] = KEYBOARDS,
     roles_without_proposal: Iterable[str] = ("STAFF", "ADMIN"),
     new: bool = True,
+    disabled: Collection[str] = (),
+    gpus_free: Mapping[str, int] | None = None,
     archives: Mapping[str, Archive] | None = None,
 ) -> InstanceRequest:
     """Check a creation request against the person's entitlements; return the clean request.
 
     `existing` maps the person's server names to display names. With `new=False` the request
     restarts an existing instance: name and quota checks are skipped. Facility staff (VISA's rule)
-    may create an instance without a proposal: it then mounts no data.
+    may create an instance without a proposal: it then mounts no data. A plan in `disabled`, or
+    needing more GPUs than its backend has free (`gpus_free`: backend → count; none if absent),
+    is refused, for a restart too.
     """
     if new:
         check_quota(int(entitlements.get("quota", 2)), len(existing))
@@ -135,8 +140,13 @@ def validate_request(
 
     usable = allowed_plans(plans, entitlements.get("roles", []))
     plan_id = first(form, "plan").strip() or next((p.id for p in usable if p.default), "")
-    if plan_id not in {p.id for p in usable}:
+    plan = next((p for p in usable if p.id == plan_id), None)
+    if plan is None:
         raise OptionError(f"Plan “{plan_id[:64]}” is not available to you.")
+    why = unavailable_reason(plan, disabled, gpus_free or {})
+    if why:
+        then = "Choose another plan." if new else "Start it again later, or ask the facility's administrators."
+        raise OptionError(f"Plan “{plan.display_name}” cannot be started: {why}. {then}")
 
     screen = first(form, "screen").strip() or screens[0]
     if screen not in screens:
@@ -144,7 +154,6 @@ def validate_request(
     keyboard = first(form, "keyboard").strip() or next(iter(keyboards))
     if keyboard not in keyboards:
         raise OptionError(f"Keyboard layout “{keyboard[:32]}” is not offered.")
-    plan = next(p for p in usable if p.id == plan_id)
     restore = check_restore(first(form, "restore").strip(), archives or {}, proposal, plan) if new else ""
     return InstanceRequest(display_name, server_name, proposal, plan_id, screen, keyboard, restore)
 

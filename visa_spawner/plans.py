@@ -1,7 +1,7 @@
 """The plan catalogue (image × flavour × backend), configured as plain dicts and checked once."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from .backends.base import Plan
@@ -29,15 +29,39 @@ def parse_plans(raw: Iterable[Mapping[str, Any]], backends: Iterable[str]) -> li
             raise ValueError(f"{where}: cpus and memory_mb must be numbers") from e
         if cpus <= 0 or memory < 128:
             raise ValueError(f"{where}: cpus must be > 0 and memory_mb >= 128")
+        gpus = entry.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"{where}: gpus must be a whole number >= 0")
         seen.add(entry["id"])
         plans.append(
             Plan(
                 id=str(entry["id"]), display_name=str(entry["display_name"]), backend=entry["backend"],
                 cpus=cpus, memory_mb=memory, image=str(entry.get("image", "default")),
                 description=str(entry.get("description", "")), default=bool(entry.get("default", False)),
-                roles=tuple(entry.get("roles", ())),
+                roles=tuple(entry.get("roles", ())), gpus=gpus,
             )
         )
     if plans and not any(p.default for p in plans):
         plans[0] = Plan(**{**plans[0].__dict__, "default": True})
     return plans
+
+
+NO_GPU_FREE = "no GPU free"
+DISABLED = "disabled by the facility's administrators for now"
+
+
+def unavailable_reason(plan: Plan, disabled: Collection[str], gpus_free: Mapping[str, int]) -> str:
+    """Why `plan` cannot be started now ('' if it can): switched off, or its backend has too few
+    GPUs free (`gpus_free`: backend → free GPUs; a backend not named has none)."""
+    if plan.id in disabled:
+        return DISABLED
+    if plan.gpus and gpus_free.get(plan.backend, 0) < plan.gpus:
+        return NO_GPU_FREE
+    return ""
+
+
+def plan_offer(plans: Iterable[Plan], disabled: Collection[str],
+               gpus_free: Mapping[str, int]) -> list[tuple[Plan, str]]:
+    """The plans the home page lists, each with why it is greyed out ('' if it is not);
+    disabled plans are not listed at all."""
+    return [(p, unavailable_reason(p, disabled, gpus_free)) for p in plans if p.id not in disabled]

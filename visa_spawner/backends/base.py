@@ -139,6 +139,7 @@ class Plan:
     description: str = ""
     default: bool = False
     roles: tuple[str, ...] = ()  # empty: every facility role may use it
+    gpus: int = 0  # GPUs the instance needs; offered only while the backend has that many free
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,14 @@ class Backend(SingletonConfigurable):
         """States of every instance this backend manages (for reconcilers and admins)."""
         raise NotImplementedError
 
+    async def capacity(self) -> dict:
+        """What this backend can still take, for the admins' dashboard and for GPU plans
+        (`GET /hub/api/visa/capacity`): a JSON-able dict that always has `gpus_free` (int).
+
+        Must not block the event loop (SDK calls and file reads in an executor).
+        """
+        return {"gpus_free": 0}
+
     #: file name extension of this backend's archives ("" when it cannot archive)
     archive_extension = ""
 
@@ -213,3 +222,4 @@ class Backend(SingletonConfigurable):
         Must not block the event loop, and must leave no partial file behind if it raises.
         """
         raise ArchiveNotSupported(type(self).__name__.removesuffix("Backend").lower() or "this")
+

@@ -72,6 +72,15 @@ def _delete(conn, server_id: str) -> None:
         pass
 
 
+def _absolute_limits(conn) -> dict[str, dict[str, int]]:
+    """Nova's absolute limits as {resource: {"limit", "used"}} (limit -1: unlimited)."""
+    absolute = conn.compute.get_limits().absolute
+    return {name: {"limit": int(getattr(absolute, limit) or 0), "used": int(getattr(absolute, used) or 0)}
+            for name, limit, used in (("instances", "instances", "instances_used"),
+                                      ("cores", "total_cores", "total_cores_used"),
+                                      ("ram_mb", "total_ram", "total_ram_used"))}
+
+
 class OpenStackBackend(Backend):
     """Instances as Nova servers, configured by cloud-init user-data from `cloudinit`."""
 
@@ -260,6 +269,18 @@ class OpenStackBackend(Backend):
             out.append({"backend": "openstack", "server_id": s.id, "name": s.name, "status": s.status,
                         "owner": owner, "server_name": server, "created": s.created_at})
         return out
+
+    async def capacity(self) -> dict:
+        """The project's compute quota (limit and use of instances, cores, RAM) as Nova reports it;
+        no `quota` key when the cloud cannot be asked (then `quota_error` says why). No GPU plans
+        on OpenStack yet: `gpus_free` 0."""
+        try:
+            limits = await self.cloud_calls.call(_absolute_limits, doing="reading the project's quota",
+                                                 attempts=2)
+        except BackendError as e:
+            self.log.warning("OpenStack quota unknown: %s %s", e.message, e.log_detail)
+            return {"gpus_free": 0, "quota_error": e.message}
+        return {"quota": limits, "gpus_free": 0}
 
     async def exists(self, name: str) -> bool:
         """Is a server of this name there (not deleted)? Asked directly: a listing made while

@@ -35,7 +35,14 @@ from visa_spawner.backends.base import (
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.qemu import relay as qemu_relay
-from visa_spawner.backends.qemu.accel import Acceleration, capacity_problem, choose_acceleration, host_memory, pid_runs
+from visa_spawner.backends.qemu.accel import (
+    Acceleration,
+    capacity_problem,
+    choose_acceleration,
+    detect_acceleration,
+    host_memory,
+    pid_runs,
+)
 from visa_spawner.backends.qemu.boot import BootWatcher
 from visa_spawner.backends.qemu.command import (
     GUEST_JUPYTER_PORT,
@@ -262,6 +269,19 @@ class QemuBackend(Backend):
                 raise BackendError("The virtual machine's disk could not be archived, so it was not deleted; "
                                    "ask an admin.", reason="archive", log_detail=out[-400:])
         return target
+
+    async def capacity(self) -> dict:
+        """VM slots (`max_vms`) against VMs up or booting, the host's memory and the acceleration
+        (the one in use, else what the host offers; a KVM probe VM is never started for this)."""
+        live = await self._live()
+        total, available = await self._run_blocking(host_memory)
+        if self._accel is not None:
+            accel = self._accel
+        else:
+            accel = await self._run_blocking(detect_acceleration, "/", self.acceleration)
+        return {"slots": {"max": self.max_vms, "used": len(live) + len(self._pending)},
+                "acceleration": accel.name, "acceleration_reason": accel.reason,
+                "host": {"memory_total_mb": total, "memory_available_mb": available}, "gpus_free": 0}
 
     async def list_managed(self) -> list[dict]:
         def scan() -> list[dict]:

@@ -27,6 +27,7 @@ from visa_spawner.backends.base import (
     private_partial,
 )
 from visa_spawner.backends.guest.protocol import mask_secrets
+from visa_spawner.backends.qemu.accel import host_memory
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
 from visa_spawner.backends.sandbox.command import (
     SandboxLayout,
@@ -222,6 +223,12 @@ class SandboxBackend(Backend):
     async def list_managed(self) -> list[dict]:
         homes = Path(self.state_dir) / "homes"
         return [{"backend": "sandbox", "account": p.name} for p in sorted(homes.glob(f"{self.account_prefix}*"))]
+
+    async def capacity(self) -> dict:
+        """The host every sandbox shares: its CPUs and memory (sandboxes have no GPU)."""
+        total, available = await asyncio.get_running_loop().run_in_executor(None, host_memory)
+        return {"host": {"cpus": len(os.sched_getaffinity(0)), "memory_total_mb": total,
+                         "memory_available_mb": available}, "gpus_free": 0}
 
     archive_extension = ".tar.gz"
 
