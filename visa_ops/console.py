@@ -31,7 +31,8 @@ from .ops import LEVELS
 log = logging.getLogger("visa_ops.console")
 
 NAV = [("", "Dashboard"), ("instances", "Instances"), ("sessions", "Live sessions"), ("plans", "Plans"),
-       ("notifications", "Notifications"), ("extensions", "Extension requests"), ("outbox", "Mail outbox")]
+       ("users", "Users"), ("notifications", "Notifications"), ("extensions", "Extension requests"),
+       ("outbox", "Mail outbox")]
 PLOT_DAYS = 7
 CAPACITY_TIMEOUT = 5.0
 SESSIONS_LIMIT = 200
@@ -255,8 +256,11 @@ class OutboxPage(ConsolePage):
 
 def console_handlers(prefix: str) -> list[tuple]:
     """The console's routes under the service prefix (``…/visa-ops/``), for `make_handlers`."""
+    from .console_users import users_handlers  # it builds on ConsolePage
+
     admin = f"{prefix}admin/"
     return [
+        *users_handlers(admin),
         (f"{admin}?", DashboardPage),
         (f"{admin}instances/?", InstancesPage),
         (f"{admin}sessions/?", SessionsPage),

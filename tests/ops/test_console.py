@@ -42,7 +42,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")  # the app's server runs 
 PREFIX = "/services/visa-ops/"
 NOW = datetime(2026, 12, 3, 12, 0)  # naive UTC, the service's clock
 ROUTES = ["admin/", "admin/instances", "admin/sessions", "admin/plans", "admin/notifications",
-          "admin/extensions", "admin/outbox"]
+          "admin/extensions", "admin/outbox", "admin/users"]
 ACCESS = "access:services!service=visa-ops"
 PLANS = [
     {"id": "sandbox-small", "display_name": "Small sandbox", "backend": "sandbox"},
@@ -56,6 +56,8 @@ class FakeHubAPI:
 
     def __init__(self) -> None:
         self.tokens: dict[str, dict] = {}
+        self.others = {"alice": {"kind": "user", "name": "alice", "auth_state": {"visa": {"quota": 3}}},
+                       "dave": {"kind": "user", "name": "dave", "auth_state": {"visa": {"quota": -1}}}}
         # the shape of visa_spawner.capacity.capacity_report
         self.capacity: tuple[int, dict] = (200, {
             "backends": {"sandbox": {"instances_running": 33, "gpus_free": 0, "slots": 40},
@@ -86,7 +88,7 @@ class FakeHubAPI:
                     status, body = 200, hub.tokens[token]
                 elif self.path.startswith("/hub/api/users/"):
                     name = self.path.split("/")[4].split("?")[0]
-                    found = [m for m in hub.tokens.values() if m["name"] == name]
+                    found = [m for m in [*hub.tokens.values(), *hub.others.values()] if m["name"] == name]
                     status, body = (200, found[0]) if found else (404, {"message": "no such user"})
                 elif self.path == "/hub/api/visa/capacity":
                     status, body = hub.capacity
@@ -414,3 +416,17 @@ async def test_sessions_page_lists_running_instances_for_the_collab_presence(con
     assert '<tr class="visa-instance-row" data-owner="dave" data-server="gpu">' in html
     assert 'data-owner="bob"' not in html  # stopped
     assert 'const base = "/services/visa-collab/" + "api/instances/";' in html  # presence: collab's admin read
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", {"alice": "3", "bob": "—", "carol": "—", "dave": "unlimited"}),
+    ("?role=staff", {"alice": "3"}),
+    ("?name=AR", {"carol": "—"}),
+])
+async def test_users_page_shows_roles_and_quotas(console: Console, people, query: str, expected: dict) -> None:
+    html = (await console.get(people["root"], "admin/users" + query)).body.decode()
+    found = dict(re.findall(r'<tr data-user="([^"]*)">.*?<td class="visa-quota">([^<]*)</td>', html, re.S))
+    assert found == expected
+    if "alice" in expected:
+        assert re.search(r'<tr data-user="alice">\s*<td>.*?</td>\s*<td><span class="badge bg-secondary me-1">STAFF</span>',
+                         html, re.S)
