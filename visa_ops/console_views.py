@@ -180,8 +180,8 @@ def hourly(samples: Iterable[tuple[datetime, int]], now: datetime, days: int = 7
 def plot_svg(points: Sequence[tuple[datetime, int]], now: datetime, days: int = 7,
              width: int = 720, height: int = 180, title: str = "instances running") -> str:
     """An inline SVG line chart (no script, no CDN): hour on x over `days`, count on y."""
-    pad_l, pad_b, pad_t = 40, 22, 12
-    plot_w, plot_h = width - pad_l - 8, height - pad_b - pad_t
+    pad_l, pad_r, pad_b, pad_t = 40, 20, 22, 12
+    plot_w, plot_h = width - pad_l - pad_r, height - pad_b - pad_t
     start = now - timedelta(days=days)
     top = max([v for _, v in points] + [1])
     span = (now - start).total_seconds()
@@ -203,8 +203,11 @@ def plot_svg(points: Sequence[tuple[datetime, int]], now: datetime, days: int = 
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" font-size="10">'
                      f'{at:%m-%d}</text>')
     if points:
-        coords = " ".join(xy(at, v) for at, v in points)
-        parts.append(f'<polyline fill="none" stroke="#f37524" stroke-width="2" points="{coords}"/>')
+        coords = [xy(at, v) for at, v in points]
+        parts.append(f'<polyline fill="none" stroke="#f37524" stroke-width="2" points="{" ".join(coords)}"/>')
+        if len(points) <= 48:  # few samples: show each (one alone draws no line)
+            parts += [f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="2.5" fill="#f37524"/>'
+                      for c in coords]
     else:
         parts.append(f'<text x="{pad_l + plot_w / 2}" y="{pad_t + plot_h / 2}" text-anchor="middle" '
                      'font-size="12" fill="#6c757d">no samples yet</text>')

@@ -73,5 +73,5 @@ def test_plot_is_inline_svg_scaled_to_the_largest_count() -> None:
                    title="<running>")
     assert svg.startswith("<svg") and "<script" not in svg and "&lt;running&gt;" in svg
     # first point at the left of the axis and at the bottom, last at the right and at the top
-    assert 'points="40.0,78.0 232.0,12.0"' in svg
+    assert 'points="40.0,78.0 220.0,12.0"' in svg and svg.count("<circle") == 2
     assert "no samples yet" in plot_svg([], NOW)

@@ -1,0 +1,69 @@
+"""The admin console in Chromium on a real demo hub: the dashboard and the instances page as the
+facility administrator (screenshots in test-artifacts/), an action through the page's XSRF-signed
+API call, and the 403 page for someone else."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import chromium
+from tests.hubtools import Hub
+
+pytestmark = [pytest.mark.root, pytest.mark.browser]
+
+CONSOLE = "/services/visa-ops/admin/"
+TIMEOUT = 90_000
+
+
+def browser_login(browser, hub: Hub, name: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", f"{name}-demo")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/home")
+    return page
+
+
+def lifecycle(page, owner: str, server: str) -> dict:
+    """The instance's lifecycle record from the service's API, asked by the console page's own
+    script helper (cookie + the page's XSRF token, as its buttons do)."""
+    return page.evaluate("(path) => window.visaOps.api('GET', path)", f"api/instances/{owner}/{server}")
+
+
+def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> None:
+    r = login("alice").new_instance(name="Console demo", proposal="P-2026-011", plan="sandbox-small",
+                                    screen="1280x720", keyboard="us")
+    assert r.status_code == 302, r.text[:500]
+    server = r.headers["location"].rsplit("/", 1)[1]
+    hub.wait_ready("alice", server)
+
+    with chromium() as browser:
+        admin = browser_login(browser, hub, "admin")
+        admin.goto(f"{hub.url}{CONSOLE}")  # through the hub's OAuth, no confirmation page
+        admin.wait_for_selector("#visa-states")
+        assert admin.locator('[data-state="running"]').inner_text().strip() == "1"
+        assert admin.locator("#visa-capacity").count() == 1
+        assert admin.locator("#visa-plot svg").count() == 1
+        admin.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
+
+        admin.goto(f"{hub.url}{CONSOLE}instances?user=alice")
+        row = admin.locator(f'#visa-instances tr[data-owner="alice"][data-server="{server}"]')
+        row.wait_for()
+        assert "P-2026-011" in row.inner_text() and "running" in row.inner_text()
+        admin.screenshot(path=str(artifacts / "console-instances.png"), full_page=True)
+
+        before = lifecycle(admin, "alice", server)
+        assert before["expires_at"], before
+        row.locator("input[name=days]").fill("3")
+        with admin.expect_navigation():  # the page reloads once the API said yes
+            row.locator("button.visa-extend").click()
+        after = lifecycle(admin, "alice", server)
+        assert after["expires_at"] > before["expires_at"], (before, after)
+        assert admin.locator("#visa-error").is_hidden()
+
+        other = browser_login(browser, hub, "alice")
+        response = other.goto(f"{hub.url}{CONSOLE}instances")
+        assert response.status == 403
+        assert "Administrators only." in other.locator("#visa-admin-error").inner_text()
