@@ -3,7 +3,8 @@ registry, which JupyterHub serves behind the `read:metrics` scope).
 
 - `visa_spawn_duration_seconds{backend,plan}`: successful `VisaSpawner.start` calls, from the
   request check to the backend's address (a sandbox in half a second, a TCG VM in minutes);
-- `visa_spawn_failures_total{backend,plan,reason}`: failed starts, `reason` one of `REASONS`;
+- `visa_spawn_failures_total{backend,plan,reason}`: failed starts, `reason` one of `REASON_LABELS`
+  ("unreachable": started, but the hub gave up waiting for the server to answer);
 - `visa_instances{state,plan,backend}`: every named server of the hub, counted at each scrape
   from the hub's own records (so stopped instances and every backend count, and a hub restart
   loses nothing);
@@ -50,8 +51,10 @@ REASONS = {
                  "network"),
 }
 _REASON_OF = {raw: reason for reason, raws in REASONS.items() for raw in raws}
+#: started, but its server never answered the hub within `Spawner.http_timeout`
+UNREACHABLE = "unreachable"
 #: every value the `reason` label can take
-REASON_LABELS = (*REASONS, "backend", "error")
+REASON_LABELS = (*REASONS, UNREACHABLE, "backend", "error")
 
 
 def failure_reason(raw: str | None) -> str:
