@@ -1,6 +1,7 @@
-"""The admin console in Chromium on a real demo hub: the dashboard and the instances page as the
-facility administrator (screenshots in test-artifacts/), an action through the page's XSRF-signed
-API call, and the 403 page for someone else."""
+"""The admin console in Chromium on a real demo hub: the dashboard, instances and live sessions
+pages as the facility administrator (screenshots in test-artifacts/), an action through the page's
+XSRF-signed API call, "connect as support" through the collaboration service, and the 403 page for
+someone else."""
 from __future__ import annotations
 
 import pytest
@@ -62,6 +63,22 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         after = lifecycle(admin, "alice", server)
         assert after["expires_at"] > before["expires_at"], (before, after)
         assert admin.locator("#visa-error").is_hidden()
+
+        # live sessions: presence read from the collaboration service with its XSRF token
+        admin.goto(f"{hub.url}{CONSOLE}sessions")
+        status = admin.locator(f'#visa-sessions tr[data-server="{server}"] .visa-status')
+        admin.wait_for_function("(el) => !el.textContent.includes('asking')", arg=status.element_handle())
+        assert status.inner_text() == "nobody connected"
+        admin.screenshot(path=str(artifacts / "console-sessions.png"), full_page=True)
+
+        # connect as support: the collaboration service's own flow (alice is away: straight in)
+        admin.goto(f"{hub.url}{CONSOLE}instances?user=alice")
+        with admin.expect_navigation(url=lambda url: "/services/visa-ops/" not in url):
+            row.locator("form.visa-support button").click()
+        admin.wait_for_load_state()
+        if "/hub/api/oauth2/authorize" in admin.url:  # the hub asks once to let the instance identify her
+            admin.click("form button[type=submit]")
+        admin.wait_for_url(f"**/user/alice/{server}/**")
 
         other = browser_login(browser, hub, "alice")
         response = other.goto(f"{hub.url}{CONSOLE}instances")
