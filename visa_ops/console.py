@@ -9,6 +9,7 @@ audited there) with JupyterHub's XSRF token, except the plan switch, a form post
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import mailbox
@@ -24,9 +25,9 @@ from visa_collab.hubapi import HubError
 from visa_spawner.plan_switch import read_disabled, write_disabled
 
 from .base import BaseHandler
-from .console_samples import record_sample, series
+from .console_samples import keep_sampling, record_sample, series
 from .console_views import STATES, BadQuery, InstanceQuery, hourly, plan_rows, plot_svg, select_instances, summarise
-from .ops import LEVELS
+from .ops import LEVELS, Operations
 
 log = logging.getLogger("visa_ops.console")
 
@@ -53,6 +54,14 @@ def num(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
+async def take_sample(ops: Operations) -> dict:
+    """Count the hub's instances now and record them (skipped within MIN_GAP of the last)."""
+    now = ops.now().replace(tzinfo=UTC)
+    summary = summarise(await ops.instances(), now)
+    await record_sample(ops.store.engine, now, summary["by_state"])
+    return summary
+
+
 class ConsolePage(BaseHandler):
     """An admin page: renders its template with the console's navigation, or a 403 page."""
 
@@ -67,6 +76,13 @@ class ConsolePage(BaseHandler):
                 return
             raise web.HTTPError(403, "Sign in first (or the XSRF token is missing).")
         self.admin = await self.require_admin()
+        self.start_sampling()
+
+    def start_sampling(self) -> None:
+        """Samples for the dashboard's plot every few minutes, from the first console visit on."""
+        if self.settings.get("console_sampler") is None:
+            self.settings["console_sampler"] = asyncio.ensure_future(
+                keep_sampling(functools.partial(take_sample, self.ops)))
 
     @property
     def admin_prefix(self) -> str:
@@ -111,11 +127,8 @@ class DashboardPage(ConsolePage):
 
     async def get(self) -> None:
         now = self.now()
-        instances = await self.ops.instances()
-        summary = summarise(instances, now)
-        engine = self.ops.store.engine
-        await record_sample(engine, now, summary["by_state"])
-        points = hourly(await series(engine, now - timedelta(days=PLOT_DAYS)), now, PLOT_DAYS)
+        summary = await take_sample(self.ops)
+        points = hourly(await series(self.ops.store.engine, now - timedelta(days=PLOT_DAYS)), now, PLOT_DAYS)
         capacity, capacity_error = await self.capacity()
         self.page("admin_dashboard.html", summary=summary, capacity=capacity, capacity_error=capacity_error,
                   plot=plot_svg(points, now, PLOT_DAYS), samples=len(points), days=PLOT_DAYS)

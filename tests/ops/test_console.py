@@ -177,7 +177,7 @@ class Console:
             plan_backends={p["id"]: p["backend"] for p in PLANS},
         )
         self.cookie_secret = secrets.token_bytes(32)
-        app = web.Application(
+        self.app = app = web.Application(
             make_handlers(PREFIX, HubOAuthCallbackHandler), ops=self.ops, service_prefix=PREFIX,
             hub_prefix="/hub/", cookie_secret=self.cookie_secret, xsrf_cookies=False, plans=PLANS,
             plan_switch_file=str(self.switch_file), outbox_maildir=str(self.maildir),
@@ -202,6 +202,9 @@ async def console(tmp_path_factory, fake_hub: FakeHubAPI, hub_oauth: HubOAuth) -
     c = Console(tmp_path_factory.mktemp("console"), fake_hub)
     yield c
     c.server.stop()
+    sampler = c.app.settings.get("console_sampler")
+    if sampler is not None:  # started by the first console request
+        sampler.cancel()
 
 
 @pytest.fixture(scope="module")

@@ -75,3 +75,17 @@ def test_plot_is_inline_svg_scaled_to_the_largest_count() -> None:
     # first point at the left of the axis and at the bottom, last at the right and at the top
     assert 'points="40.0,78.0 220.0,12.0"' in svg and svg.count("<circle") == 2
     assert "no samples yet" in plot_svg([], NOW)
+
+
+def test_samples_keep_a_gap_forget_the_old_and_tolerate_a_twin(tmp_path) -> None:
+    from sqlalchemy import create_engine
+
+    from visa_ops.console_samples import MIN_GAP, record_sample_sync, series_sync
+
+    engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
+    t0 = NOW.replace(tzinfo=None) - timedelta(days=40)
+    assert record_sample_sync(engine, t0, {"running": 1})
+    assert not record_sample_sync(engine, t0, {"running": 9})  # the same instant twice
+    assert not record_sample_sync(engine, t0 + MIN_GAP / 2, {"running": 2})
+    assert record_sample_sync(engine, NOW, {"running": 3})  # aware UTC is stored as naive UTC
+    assert series_sync(engine, t0) == [(NOW.replace(tzinfo=None), 3)]  # the 40-day-old one is gone
