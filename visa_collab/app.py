@@ -38,10 +38,12 @@ def log_request(handler: web.RequestHandler) -> None:
     log.log(level, "%d %s %s %.1fms", status, r.method, r.path, 1000.0 * r.request_time())
 
 
-def make_app(collab: Collaboration, prefix: str, hub_prefix: str, cookie_secret: bytes) -> web.Application:
+def make_app(collab: Collaboration, prefix: str, hub_prefix: str, cookie_secret: bytes,
+             events_keepalive: float = 30.0) -> web.Application:
     return web.Application(
         make_handlers(prefix, HubOAuthCallbackHandler),
         collab=collab, service_prefix=prefix, hub_prefix=hub_prefix, cookie_secret=cookie_secret,
+        events_keepalive=events_keepalive,
         log_function=log_request, xsrf_cookies=False,  # JupyterHub's own XSRF rules (HubOAuth)
     )
 
@@ -51,7 +53,8 @@ async def keep_reconciling(collab: Collaboration, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            changed = await collab.reconcile()
+            with collab.hub.fresh():  # who left a proposal is read from the hub, not a cache
+                changed = await collab.reconcile()
             if changed:
                 log.info("Reconciliation changed %d grant(s)", changed)
         except Exception:
@@ -64,11 +67,12 @@ async def main_async(args: argparse.Namespace) -> None:
     hub_prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/")
     engine = db.connect(args.db_url)
     db.migrate(engine, log=log)
-    hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+    hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], cache_ttl=args.hub_cache_ttl)
     collab = Collaboration(engine, hub, service_prefix=prefix, presence_ttl=args.presence_ttl,
                            request_ttl=args.request_ttl, owner_page_ttl=args.owner_page_ttl)
     secret = os.environ.get("VISA_COLLAB_COOKIE_SECRET")
-    app = make_app(collab, prefix, hub_prefix, bytes.fromhex(secret) if secret else secrets.token_bytes(32))
+    app = make_app(collab, prefix, hub_prefix, bytes.fromhex(secret) if secret else secrets.token_bytes(32),
+                   events_keepalive=args.events_keepalive)
     app.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("VISA collaboration service at %s%s (database revision %s)", url.geturl().rstrip("/"), prefix, db.head())
     task = asyncio.ensure_future(keep_reconciling(collab, args.reconcile_interval))
@@ -90,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner-page-ttl", type=float,
                         default=float(os.environ.get("VISA_COLLAB_OWNER_PAGE_TTL", "90")))
     parser.add_argument("--request-ttl", type=float, default=float(os.environ.get("VISA_COLLAB_REQUEST_TTL", "300")))
+    parser.add_argument("--hub-cache-ttl", type=float, default=float(os.environ.get("VISA_COLLAB_HUB_CACHE_TTL", "30")),
+                        help="how long pages that only show something may use a hub look-up (s)")
+    parser.add_argument("--events-keepalive", type=float,
+                        default=float(os.environ.get("VISA_COLLAB_EVENTS_KEEPALIVE", "30")),
+                        help="longest silence on an open event stream (s)")
     args = parser.parse_args(argv)
     enable_pretty_logging()
     logging.getLogger().setLevel(logging.INFO)

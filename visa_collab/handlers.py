@@ -38,6 +38,11 @@ def row_id(text: str, missing: str) -> int:
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     api = False
 
+    async def prepare(self) -> None:
+        """Identify the caller without blocking the loop: HubAuthenticated's own (synchronous)
+        look-up waits on a thread while the hub answers; this fills its per-request cache first."""
+        await self.hub_auth.get_user(self, sync=False)
+
     @property
     def collab(self) -> Collaboration:
         return self.settings["collab"]
@@ -240,9 +245,9 @@ class DecisionHandler(ApiHandler):
 class PendingRequestsHandler(ApiHandler):
     """Pending access requests on my instances (one instance with ?server=).
 
-    Asked about one instance, this is also the owner's presence as the service sees it: the
-    prompt the owner's desktop page loads and the Members page poll it every 2 s. Only people
-    signed in to this service get here (not the instance's server token: no access to it).
+    Asked about one instance, this is also the owner's presence as the service sees it (as is
+    an open event stream, `push.EventsHandler`, which the service's own pages use now). Only
+    people signed in to this service get here (not the instance's server token: no access to it).
     """
 
     @web.authenticated
@@ -253,11 +258,17 @@ class PendingRequestsHandler(ApiHandler):
         server = self.get_argument("server", None)
         if server:
             self.collab.owner_polled(self.actor, server)
-        names = [server] if server else [i["server"] for i in await self.collab.my_instances(self.actor)]
+        names = [server] if server else await my_server_names(self.collab, self.actor)
         out = []
         for name in names:
             out += self.collab.requests_for(self.actor, name, "pending")
         return out
+
+
+async def my_server_names(collab: Collaboration, person: str) -> list[str]:
+    """`person`'s servers, from a cached hub look-up: asked by pages that merely show requests."""
+    model = await collab.hub.user(person, max_age=collab.hub.cache_ttl) or {}
+    return [s["name"] for s in (model.get("servers") or {}).values() if s.get("name")]
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -378,6 +389,8 @@ class RoomHandler(InstanceChannelHandler):
 
 
 def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
+    from .push import EventsHandler  # it builds on this module's handlers
+
     p = prefix
     inst = f"{NAME}/{NAME}"
     return [
@@ -394,6 +407,7 @@ def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
         (f"{p}api/support-instances", SupportInstancesHandler),
         (f"{p}api/shared-with-me", SharedWithMeHandler),
         (f"{p}api/pending-requests", PendingRequestsHandler),
+        (f"{p}api/events", EventsHandler),
         (f"{p}api/invitations/accept", AcceptInvitationHandler),
         (f"{p}api/instances/{inst}", InstanceHandler),
         (f"{p}api/instances/{inst}/members", MembersHandler),
