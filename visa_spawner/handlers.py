@@ -14,6 +14,7 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_escape_path, url_path_join
 from tornado import web
 
+from .archives import handlers as archive_handlers
 from .options import OptionError, validate_request
 
 
@@ -36,6 +37,7 @@ class NewInstanceHandler(BaseHandler):
                 form, entitlements=auth_state.get("visa") or {}, plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
                 roles_without_proposal=spawner.roles_without_proposal,
+                archives={a.id: a for a in await spawner.archives()},
             )
         except OptionError as e:
             self.log.info("New instance refused for %s: %s", user.name, e)
@@ -115,4 +117,4 @@ def _creates_a_record(handler) -> bool:
     return owner is None or server_name not in owner.orm_spawners
 
 
-handlers = [(r"/visa/new", NewInstanceHandler)]
+handlers = [(r"/visa/new", NewInstanceHandler), *archive_handlers]

@@ -18,9 +18,10 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import random_port
 from tornado.web import HTTPError
-from traitlets import Dict, List, TraitError, Unicode, default, import_item, observe, validate
+from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, import_item, observe, validate
 from traitlets.config import Config
 
+from .archives import Archive, archive_file, archive_instance, find_archive, list_archives
 from .backends.base import (
     Backend,
     BackendError,
@@ -94,6 +95,22 @@ class VisaSpawner(Spawner):
     roles_without_proposal = List(
         Unicode(), default_value=["STAFF", "ADMIN"], config=True,
         help="Facility roles that may create an instance attached to no proposal (no data mounted).",
+    )
+
+    archive_dir = Unicode(
+        "", config=True,
+        help="Where deleted instances' homes are archived (<archive_dir>/<user>/<server>-<UTC stamp>.<ext> "
+        "and a JSON sidecar), for their owners to download or restore. Empty: no archives.",
+    )
+    archive_on_delete = Bool(
+        True, config=True,
+        help="Archive an instance's home (sandbox) or disk (qemu) before deleting it. If the archive fails, "
+        "or the backend cannot archive (openstack), the instance's data is kept and the deletion raises.",
+    )
+    archive_retention_days = Float(
+        30, config=True,
+        help="Days an archive is kept: shown on the home page as its 'kept until' date (the operations "
+        "sweep prunes older ones).",
     )
 
     backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
@@ -256,6 +273,7 @@ class VisaSpawner(Spawner):
                 f"{plan.backend}. Create a new instance for that plan.", reason="options")
         proposal = next((p for p in entitlements.get("proposals", []) if p.get("id") == request.proposal), {})
         backend = self.backend(plan.backend)
+        restore_from = await self._restore_source(plan) if self.identity is None else ""  # first start only
         self.identity = InstanceIdentity(backend=plan.backend, owner=self.user.name, server_name=self.name)
         self.port = random_port()
         env = self.get_env()
@@ -270,7 +288,7 @@ class VisaSpawner(Spawner):
             data_path=f"{self.data_root}/{request.proposal}" if request.proposal else "", screen=request.screen,
             keyboard=request.keyboard, proposal_title=str(proposal.get("title", "")),
             roles=tuple(map(str, entitlements.get("roles", []))),
-            instruments=tuple(map(str, proposal.get("instruments", []))),
+            instruments=tuple(map(str, proposal.get("instruments", []))), restore_from=restore_from,
         )
         try:
             state = await backend.create(spec, self.emit)
@@ -303,4 +321,37 @@ class VisaSpawner(Spawner):
         if identity is None:
             self.log.info("%s: never started on a backend; nothing to delete", self._log_name)
             return
-        await self.backend(identity.backend).delete({**self.backend_state, **identity.to_dict()})
+        backend, state = self.backend(identity.backend), {**self.backend_state, **identity.to_dict()}
+        if self.archive_on_delete and self.archive_dir:
+            try:
+                archive = await archive_instance(
+                    backend, state, archive_dir=self.archive_dir, owner=identity.owner,
+                    server=identity.server_name, display_name=self.display_name or self.name,
+                    options=self.user_options or {}, backend_name=identity.backend)
+            except BackendError as e:
+                self.log.error("%s: NOT deleted, its data is kept: %s %s", self._log_name, e.message, e.log_detail)
+                raise
+            self.log.info("%s: archived to %s (%s bytes) before deletion", self._log_name,
+                          archive.file if archive else "nothing (no home)", archive.size if archive else 0)
+        await backend.delete(state)
+
+    # -- archives ------------------------------------------------------------------------------
+    async def archives(self) -> list[Archive]:
+        """The owner's archived homes, newest first (the home page lists them)."""
+        if not self.archive_dir:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(None, list_archives, self.archive_dir, self.user.name)
+
+    async def _restore_source(self, plan: Plan) -> str:
+        """The archive a new instance's home starts from (`restore` in its options), or ""."""
+        restore = str((self.user_options or {}).get("restore") or "")
+        if not restore:
+            return ""
+        archive = await asyncio.get_running_loop().run_in_executor(
+            None, find_archive, self.archive_dir, self.user.name, restore) if self.archive_dir else None
+        if archive is None:
+            raise SpawnException(f"The archived home {restore[:64]} no longer exists.", reason="options")
+        if archive.backend != plan.backend:
+            raise SpawnException(f"An archive of a {archive.backend} instance cannot be restored on the plan "
+                                 f"{plan.display_name}.", reason="options")
+        return str(archive_file(self.archive_dir, archive))
