@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from .base import ApiHandler, BaseHandler, row_id
-from .ops import ADMIN_ACTIONS, LEVELS, Operations, extension_model, notification_model
+from .ops import ADMIN_ACTIONS, LEVELS, OpsError, extension_model, notification_model
 
 NAME = r"([^/]+)"
 INST = f"{NAME}/{NAME}"
@@ -24,9 +24,13 @@ class OpsApiHandler(ApiHandler):
         """`guard` (refusals → 4xx, hub failures → 502), named for this service."""
         return await self.guard(coro)
 
-    @property
-    def ops(self) -> Operations:
-        return self.settings["ops"]
+
+class IndexPage(BaseHandler):
+    """The service's root (the hub's services menu links here): the console for admins, else home."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.redirect(f"{self.prefix}admin/" if await self.is_admin() else f"{self.settings['hub_prefix']}home")
 
 
 class MeHandler(OpsApiHandler):
@@ -173,9 +177,9 @@ class BannerPage(BaseHandler):
         if owner and server and (owner == self.actor or await self.is_admin()):
             try:
                 instance = await self.ops.instance_model(self.actor, owner, server, admin=True)
-            except Exception as e:  # an unknown instance shows the notifications only
-                if getattr(e, "status", 500) != 404:
-                    raise
+            except OpsError as e:  # an unknown instance shows the notifications only
+                if e.status != 404:
+                    raise web.HTTPError(e.status, "%s", e.message) from None
         self.render("banner.html", notifications=notifications, instance=instance,
                     can_ask=bool(instance and owner == self.actor and not instance["unlimited"]),
                     max_days=self.ops.policy.max_extension_days)
@@ -194,6 +198,7 @@ def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
     p = prefix
     return [
         (f"{p}oauth_callback", callback_handler),
+        (f"{p}?", IndexPage),
         (f"{p}api/me", MeHandler),
         (f"{p}api/instances/{INST}", InstanceHandler),
         (f"{p}api/instances/{INST}/extensions", ExtensionsHandler),

@@ -30,7 +30,7 @@ def api(ops, fakehub, hubdb, monkeypatch):
     port = free_port()
     servers: list[HTTPServer] = []
 
-    async def call(method: str, path: str, user: str | None = None, body=None):
+    async def call(method: str, path: str, user: str | None = None, body=None, raw: bool = False):
         if not servers:  # listen on the test's own event loop
             servers.append(HTTPServer(app))
             servers[0].listen(port, "127.0.0.1")
@@ -40,6 +40,8 @@ def api(ops, fakehub, hubdb, monkeypatch):
         r = await client.fetch(f"http://127.0.0.1:{port}{PREFIX}{path}", method=method, headers=headers,
                                body=data, raise_error=False, follow_redirects=False,
                                allow_nonstandard_methods=True)
+        if raw:
+            return r
         text = r.body.decode()
         try:
             return r.code, json.loads(text)
@@ -172,3 +174,10 @@ async def test_metrics_count_actions(api, ops):
     assert status == 200
     assert 'visa_ops_lifecycle_actions_total{action="stop",outcome="ok",reason="admin"} 1.0' in text
     assert "visa_ops_sweep_duration_seconds_bucket" in text
+
+
+async def test_root_sends_admins_to_the_console_and_others_home(api):
+    r = await api("GET", "", "root", raw=True)
+    assert r.code == 302 and r.headers["Location"] == f"{PREFIX}admin/"
+    r = await api("GET", "", "alice", raw=True)
+    assert r.code == 302 and r.headers["Location"] == "/hub/home"
