@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import signal
 from urllib.parse import urlparse
@@ -46,6 +47,15 @@ def make_app(collab: Collaboration, prefix: str, hub_prefix: str, cookie_secret:
         events_keepalive=events_keepalive,
         log_function=log_request, xsrf_cookies=False,  # JupyterHub's own XSRF rules (HubOAuth)
     )
+
+
+def raise_open_files_limit() -> None:
+    """Each open page holds an event stream (a socket here, one at the proxy): 2,000 pages need
+    more than the usual soft limit of 1,024 descriptors, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def keep_reconciling(collab: Collaboration, interval: float) -> None:
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="longest silence on an open event stream (s)")
     args = parser.parse_args(argv)
     enable_pretty_logging()
+    raise_open_files_limit()
     logging.getLogger().setLevel(logging.INFO)
     asyncio.run(main_async(args))
 
