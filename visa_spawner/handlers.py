@@ -15,6 +15,7 @@ from jupyterhub.utils import url_escape_path, url_path_join
 from tornado import web
 
 from .archives import handlers as archive_handlers
+from .capacity import CapacityHandler
 from .options import OptionError, validate_request
 
 
@@ -37,6 +38,7 @@ class NewInstanceHandler(BaseHandler):
                 form, entitlements=auth_state.get("visa") or {}, plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
                 roles_without_proposal=spawner.roles_without_proposal,
+                disabled=spawner.disabled_plans(), gpus_free=await spawner.gpus_free(),
                 archives={a.id: a for a in await spawner.archives()},
             )
         except OptionError as e:
@@ -117,4 +119,4 @@ def _creates_a_record(handler) -> bool:
     return owner is None or server_name not in owner.orm_spawners
 
 
-handlers = [(r"/visa/new", NewInstanceHandler), *archive_handlers]
+handlers = [(r"/visa/new", NewInstanceHandler), (r"/api/visa/capacity", CapacityHandler), *archive_handlers]

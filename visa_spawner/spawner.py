@@ -21,6 +21,7 @@ from tornado.web import HTTPError
 from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, import_item, observe, validate
 from traitlets.config import Config
 
+from . import metrics
 from .archives import Archive, archive_file, archive_instance, find_archive, list_archives
 from .backends.base import (
     Backend,
@@ -32,7 +33,8 @@ from .backends.base import (
     UnknownBackendError,
 )
 from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
-from .plans import parse_plans
+from .plan_switch import read_disabled
+from .plans import parse_plans, plan_offer
 
 DEFAULT_PLANS = [
     {"id": "sandbox-small", "display_name": "Small sandbox", "backend": "sandbox", "cpus": 1,
@@ -95,6 +97,13 @@ class VisaSpawner(Spawner):
     roles_without_proposal = List(
         Unicode(), default_value=["STAFF", "ADMIN"], config=True,
         help="Facility roles that may create an instance attached to no proposal (no data mounted).",
+    )
+
+    plan_switch_file = Unicode(
+        "", config=True,
+        help="JSON file of the plans an admin switched off ({\"disabled\": [ids]}, written by the ops "
+        "console): not offered, not started; running instances are untouched. Re-read when it changes, "
+        "no restart. Empty: every plan is on.",
     )
 
     archive_dir = Unicode(
@@ -171,6 +180,26 @@ class VisaSpawner(Spawner):
                 f"(VisaSpawner.backend_classes: {', '.join(sorted(self.backend_classes))}). Nothing was done: "
                 "configure that backend again to stop or delete the instance."
             ) from None
+
+    def disabled_plans(self) -> set[str]:
+        """Ids of the plans switched off now (`plan_switch_file`)."""
+        return read_disabled(self.plan_switch_file) if self.plan_switch_file else set()
+
+    async def gpus_free(self, plans: list[Plan] | None = None) -> dict[str, int]:
+        """Free GPUs of each backend serving a GPU plan (backends of other plans are not asked)."""
+        wanted = {p.backend for p in (plans or self.plan_catalogue()) if p.gpus}
+        free = {}
+        for name in sorted(wanted):
+            try:
+                free[name] = int((await self.backend(name).capacity()).get("gpus_free", 0))
+            except Exception:  # a backend that cannot say has none to offer
+                self.log.exception("Capacity of the %s backend unknown: its GPU plans are greyed out", name)
+                free[name] = 0
+        return free
+
+    async def plan_offer(self) -> list[tuple[Plan, str]]:
+        """For the home page: the plans switched on, each with why it is greyed out ('' if not)."""
+        return plan_offer(self.plan_catalogue(), self.disabled_plans(), await self.gpus_free())
 
     async def entitlements(self) -> dict[str, Any]:
         """The owner's facility entitlements, computed by the VISA authenticator at login/refresh."""
@@ -254,6 +283,14 @@ class VisaSpawner(Spawner):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
+        """Start on the backend of the requested plan, timed and counted (`metrics`)."""
+        plans = self.plan_catalogue()
+        wanted = (self.user_options or {}).get("plan") or next((p.id for p in plans if p.default), "")
+        plan = next((p for p in plans if p.id == wanted), None)
+        with metrics.observe_spawn(plan.backend if plan else metrics.OTHER, plan.id if plan else metrics.OTHER):
+            return await self._start()
+
+    async def _start(self) -> tuple[str, int]:
         self._progress_events = []
         self.emit(5, "Checking the request against your proposals and plans")
         entitlements = await self.entitlements()
@@ -263,6 +300,7 @@ class VisaSpawner(Spawner):
                 self.user_options, entitlements=entitlements,
                 plans=plans, existing={}, screens=self.screens,
                 keyboards=self.keyboards, roles_without_proposal=self.roles_without_proposal, new=False,
+                disabled=self.disabled_plans(), gpus_free=await self.gpus_free(plans),
             )
         except OptionError as e:
             raise SpawnException(str(e), reason="options") from None
@@ -308,12 +346,21 @@ class VisaSpawner(Spawner):
         backend, state = self._owning_backend()
         status = await backend.status(state)
         # UNKNOWN (the cloud did not answer) is not "stopped": the hub would drop a live instance
-        return 0 if status is InstanceStatus.STOPPED else None
+        if status is InstanceStatus.STOPPED:
+            metrics.LOST.labels(self.identity.backend if self.identity else metrics.OTHER).inc()
+            return 0
+        return None
 
     async def stop(self, now: bool = False) -> None:
         if self.backend_state:
             backend, state = self._owning_backend()
             await backend.stop(state, now=now)
+            backend_label = self.identity.backend if self.identity else metrics.OTHER
+            metrics.STOPS.labels(backend_label).inc()
+            if self._waiting_for_response:  # the hub's cleanup: the server never answered (http_timeout)
+                plan = self.backend_state.get("plan")
+                plan_label = plan if any(p.id == plan for p in self.plan_catalogue()) else metrics.OTHER
+                metrics.SPAWN_FAILURES.labels(backend_label, plan_label, metrics.UNREACHABLE).inc()
 
     async def delete_forever(self) -> None:
         """Remove everything the instance owns (home, disk, server): the hub deletes the server."""
