@@ -19,7 +19,7 @@ from tornado import web
 
 from visa_collab.hubapi import HubError
 
-from .console import ConsolePage
+from .console_base import ConsolePage
 from .console_views import PAGE_SIZE
 from .inventory import read_only_engine
 
@@ -88,7 +88,3 @@ class UsersPage(ConsolePage):
                 person.quota = {-1: "unlimited", 0: "0 (awaiting approval)"}.get(quota, str(quota))
 
         await asyncio.gather(*(one(p) for p in people))
-
-
-def users_handlers(admin_prefix: str) -> list[tuple]:
-    return [(f"{admin_prefix}users/?", UsersPage)]
