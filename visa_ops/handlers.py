@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from .base import ApiHandler, BaseHandler, row_id
-from .ops import ADMIN_ACTIONS, LEVELS, OpsError, extension_model, notification_model
+from .ops import ADMIN_ACTIONS, LEVELS, extension_model, notification_model
 
 NAME = r"([^/]+)"
 INST = f"{NAME}/{NAME}"
@@ -167,22 +167,21 @@ class MetricsHandler(BaseHandler):
 
 class BannerPage(BaseHandler):
     """Small page for an iframe on the hub home and desktop pages: active notifications and, for
-    the owner (or an admin), the instance's warning with an "Ask for more time" form."""
+    the owner (or an admin), each instance's warning with an "Ask for more time" form.
+    ``?owner=&server=``: that instance (the desktop page); ``?owner=`` only: every instance of the
+    owner that has something to say (the home page)."""
 
     @web.authenticated
     async def get(self) -> None:
         owner, server = self.get_argument("owner", ""), self.get_argument("server", "")
         notifications = await self.ops.active_notifications()
-        instance = None
-        if owner and server and (owner == self.actor or await self.is_admin()):
-            try:
-                instance = await self.ops.instance_model(self.actor, owner, server, admin=True)
-            except OpsError as e:  # an unknown instance shows the notifications only
-                if e.status != 404:
-                    raise web.HTTPError(e.status, "%s", e.message) from None
-        self.render("banner.html", notifications=notifications, instance=instance,
-                    can_ask=bool(instance and owner == self.actor and not instance["unlimited"]),
-                    max_days=self.ops.policy.max_extension_days)
+        instances: list[dict] = []
+        if owner and (owner == self.actor or await self.is_admin()):
+            found = await self.guard(self.ops.instances(owner, server or None))
+            instances = [m for m in await self.guard(self.ops.models(found))
+                         if server or m["warning"] or (m["extension"] and m["extension"]["status"] == "pending")]
+        self.render("banner.html", notifications=notifications, instances=instances,
+                    asker=self.actor, max_days=self.ops.policy.max_extension_days)
 
 
 def console_routes(prefix: str) -> list[tuple]:

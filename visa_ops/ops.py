@@ -127,8 +127,10 @@ class Operations:
         }
 
     async def models(self, instances: list[Instance]) -> list[dict]:
-        records = await self.store.records()
-        latest = await self.store.latest_extensions()
+        owners = {i.owner for i in instances}
+        owner = next(iter(owners)) if len(owners) == 1 else None  # one person's page: their rows only
+        records = await self.store.records(owner)
+        latest = await self.store.latest_extensions(owner)
         return [self.model(i, records.get(i.key), latest.get(i.key)) for i in instances]
 
     async def instance_model(self, actor: str, owner: str, server: str, admin: bool) -> dict:
@@ -212,6 +214,8 @@ class Operations:
         """Send to the owner and log it; False (logged, audited) when it could not be sent."""
         to = ""
         try:
+            if not self.mailer.smtp_url:  # say so without asking the hub for an address first
+                raise MailError("no SMTP server configured (VISA_OPS_SMTP_URL)")
             to = await self.email_of(inst.owner) or ""
             if not to:
                 raise MailError(f"no e-mail address known for {inst.owner}")

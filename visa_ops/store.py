@@ -155,9 +155,10 @@ class Store:
         return cls(engine, clock)
 
     # -- lifecycle records ---------------------------------------------------------------------
-    def records_sync(self) -> dict[tuple[str, str], dict]:
+    def records_sync(self, owner: str | None = None) -> dict[tuple[str, str], dict]:
+        q = select(lifecycle) if owner is None else select(lifecycle).where(lifecycle.c.owner == owner)
         with self.engine.connect() as conn:
-            return {(r.owner, r.server): dict(r._mapping) for r in conn.execute(select(lifecycle))}
+            return {(r.owner, r.server): dict(r._mapping) for r in conn.execute(q)}
 
     records = in_executor(records_sync)
 
@@ -242,9 +243,11 @@ class Store:
 
     list_extensions = in_executor(list_extensions_sync)
 
-    def latest_extensions_sync(self) -> dict[tuple[str, str], dict]:
-        """The newest request of each instance (one query), for listings."""
+    def latest_extensions_sync(self, owner: str | None = None) -> dict[tuple[str, str], dict]:
+        """The newest request of each instance (one query), for listings; `owner`'s only if given."""
         newest = select(func.max(extensions.c.id)).group_by(extensions.c.owner, extensions.c.server)
+        if owner is not None:
+            newest = newest.where(extensions.c.owner == owner)
         with self.engine.connect() as conn:
             rows = conn.execute(select(extensions).where(extensions.c.id.in_(newest)))
             return {(r.owner, r.server): dict(r._mapping) for r in rows}

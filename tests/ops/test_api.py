@@ -161,11 +161,19 @@ async def test_admin_instances_actions_and_notifications(api, ops, fakehub, cloc
 async def test_banner_shows_the_warning_and_the_form_to_its_owner_only(api, clock):
     clock.advance(days=3, hours=1)  # 23 h before the inactivity deadline
     status, page = await api("GET", "banner?owner=alice&server=s1", "alice")
-    assert status == 200 and "deleted for inactivity on 06 March 2026" in page and 'id="ask"' in page
+    assert status == 200 and "deleted for inactivity on 06 March 2026" in page and 'class="ask"' in page
+    assert page.count('class="n warn warning"') == 1
+    status, page = await api("GET", "banner?owner=alice", "alice")  # the home page: every instance
+    assert page.count('class="n warn warning"') == 2 and page.count('class="ask"') == 2
     status, page = await api("GET", "banner?owner=alice&server=s1", "sam")
-    assert status == 200 and "inactivity" not in page and 'id="ask"' not in page
+    assert status == 200 and "inactivity" not in page and 'class="ask"' not in page
     status, page = await api("GET", "banner?owner=alice&server=s1", "root")
-    assert "inactivity" in page and 'id="ask"' not in page
+    assert "inactivity" in page and 'class="ask"' not in page
+    status, page = await api("GET", "banner?owner=alice&server=nope", "alice")
+    assert status == 200 and "warning" not in page
+    await api("POST", "api/instances/alice/s1/extensions", "alice", {"days": 7, "comment": "more data"})
+    status, page = await api("GET", "banner?owner=alice&server=s1", "alice")
+    assert "waiting for an administrator" in page and 'class="ask"' not in page
 
 
 async def test_metrics_count_actions(api, ops):
