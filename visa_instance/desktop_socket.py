@@ -11,7 +11,9 @@ found on its unix socket exactly as before; this subclass
   view-only (GUEST, or USER in a locked room), drops keyboard, pointer, clipboard, resize and
   power messages — at the server: a guest who crafts input by hand gets nowhere;
 * closes the connection on anything that is not RFB, and when the member's access ends;
-* counts only forwarded *input* as activity (an open tab showing a static desktop is idle).
+* counts only forwarded *input* as real use (`visa_instance.activity`: an open tab showing a
+  static desktop is idle), and closes a connection that has sent no input for
+  ``c.VisaDesktop.idle_disconnect`` (6 h) with code 4408, which the page explains.
 
 It is registered ahead of jupyter-server-proxy's own route for the same path, which is
 therefore never reached.
@@ -21,20 +23,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_server_proxy.handlers import ProxyHandler
 from tornado import web
+from tornado.ioloop import IOLoop
 
 from .authorizer import hub_model
 from .rfb_filter import RfbProtocolError
 from .room import Connection
 
 CLOSE_PROTOCOL_ERROR = 4400
+CLOSE_IDLE = 4408  # no input for idle_disconnect seconds; the page says so and does not retry
+
+
+def idle_reason(seconds: float) -> str:
+    """The close reason the page shows, e.g. "no input for 6 h" (a close reason is ≤ 123 bytes)."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"no input for {seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"no input for {seconds / 60:g} min"
+    return f"no input for {seconds:g} s"
 
 
 class DesktopSocketMixin:
     """Mixed in ahead of jupyter-server-proxy's generated ``desktop`` handler class."""
 
     _visa_conn: Connection | None = None
+    _visa_idle_timer: object | None = None
+    _visa_last_input: float = 0.0
 
     def _is_websocket(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"  # type: ignore[attr-defined]
@@ -70,6 +84,30 @@ class DesktopSocketMixin:
         except Exception:
             room.desktop_closed(self._visa_conn, reason="desktop unavailable")
             raise
+        self._visa_last_input = IOLoop.current().time()
+        self._schedule_idle_check()
+
+    @property
+    def _idle_disconnect(self) -> float:
+        return float(self.settings.get("visa_desktop_idle_disconnect") or 0)  # type: ignore[attr-defined]
+
+    def _schedule_idle_check(self) -> None:
+        """One timer per connection, at the earliest moment it could be idle (no polling)."""
+        if self._idle_disconnect > 0:
+            loop = IOLoop.current()
+            self._visa_idle_timer = loop.call_at(self._visa_last_input + self._idle_disconnect, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._visa_idle_timer = None
+        conn = self._visa_conn
+        if conn is None or conn.closed:
+            return
+        if IOLoop.current().time() - self._visa_last_input < self._idle_disconnect:
+            self._schedule_idle_check()  # input came meanwhile
+            return
+        reason = idle_reason(self._idle_disconnect)
+        self.log.info("Desktop connection of %s closed: %s", conn.name, reason)  # type: ignore[attr-defined]
+        self.close(CLOSE_IDLE, reason)  # type: ignore[attr-defined]
 
     def on_message(self, message: bytes | str) -> None:
         conn = self._visa_conn
@@ -91,7 +129,10 @@ class DesktopSocketMixin:
         if fed.forward:
             self.ws_transp.write(fed.forward)  # type: ignore[attr-defined]
         if fed.input_forwarded:
-            ProxyHandler._record_activity(self)  # type: ignore[arg-type]
+            self._visa_last_input = IOLoop.current().time()
+            tracker = self.settings.get("visa_activity")  # type: ignore[attr-defined]
+            if tracker is not None:
+                tracker.record("desktop")
 
     def on_ping(self, data: bytes) -> None:
         """Keep-alives are not activity."""
@@ -100,6 +141,9 @@ class DesktopSocketMixin:
         """Server output (screen updates) is not activity; input is counted in on_message."""
 
     def on_close(self) -> None:
+        if self._visa_idle_timer is not None:
+            IOLoop.current().remove_timeout(self._visa_idle_timer)
+            self._visa_idle_timer = None
         if self._visa_conn is not None:
             self.settings["visa_room"].desktop_closed(self._visa_conn)  # type: ignore[attr-defined]
         super().on_close()  # type: ignore[misc]

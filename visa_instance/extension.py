@@ -14,6 +14,7 @@ from jupyter_server.utils import url_path_join
 from traitlets import Float, Unicode, default, validate
 from traitlets.config import Configurable
 
+from .activity import install as install_activity
 from .authorizer import install_gate
 from .desktop_socket import desktop_socket_handler
 from .handlers import RoomHandler, desktop_handlers
@@ -97,6 +98,25 @@ class VisaDesktop(Configurable):
     def _default_owner_away_grace(self) -> float:
         return _env_seconds("VISA_OWNER_AWAY_GRACE", 10.0)
 
+    idle_disconnect = Float(
+        help="""
+        Seconds without input (keyboard, pointer, clipboard) after which a desktop connection is
+        closed; the page says why and reconnecting works. A tab left open on a shared desktop
+        otherwise holds a member's session (and their place in the room) for days. 0: never.
+        Default: ``$VISA_DESKTOP_IDLE_DISCONNECT`` or 21600 (6 h).
+        """,
+    ).tag(config=True)
+
+    @default("idle_disconnect")
+    def _default_idle_disconnect(self) -> float:
+        return _env_seconds("VISA_DESKTOP_IDLE_DISCONNECT", 6 * 3600.0)
+
+    @validate("idle_disconnect")
+    def _valid_idle_disconnect(self, proposal: Any) -> float:
+        if proposal["value"] < 0:
+            raise ValueError("idle_disconnect must be 0 (never) or a number of seconds")
+        return proposal["value"]
+
     @validate("websocket_path")
     def _valid_websocket_path(self, proposal: Any) -> str:
         value = proposal["value"].strip()
@@ -168,6 +188,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
                          owner_away_grace=config.owner_away_grace, logger=serverapp.log)
     web_app.settings["visa_room"] = room
     web_app.settings["visa_collab_prefix"] = config.collab_prefix if room.link else ""
+    web_app.settings["visa_desktop_idle_disconnect"] = config.idle_disconnect
+    install_activity(web_app, serverapp.log)  # the hub hears of real use only
     gated = install_gate(identity_provider, room, base_url)
     if gated and not _keep_memory_private():
         serverapp.log.warning("Could not make the server non-dumpable: code in the instance can read its memory")
