@@ -58,9 +58,11 @@ def capacity_report(plans: list[Plan], answers: dict[str, dict], rows: list[tupl
 
 
 class CapacityHandler(APIHandler):
-    """GET /hub/api/visa/capacity: admins only (the scope that stops and deletes any server)."""
+    """GET /hub/api/visa/capacity: admins, and services that may read every server (the visa-ops
+    console's token): `read:servers` unfiltered, which `admin:servers` includes. A person's own
+    `read:servers!user=...` is not enough (403)."""
 
-    @needs_scope("admin:servers")
+    @needs_scope("read:servers")
     async def get(self) -> None:
         plans = check_plans(self.config)
         names = sorted({p.backend for p in plans})
