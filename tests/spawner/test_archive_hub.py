@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 import uuid
 
@@ -12,6 +14,8 @@ import pytest
 
 from tests.hubtools import run_code, unique
 from tests.spawner.sandbox.test_instances import ALICE_PROPOSAL, create
+from tests.support import wait_for
+from visa_spawner.backends.sandbox.command import account_name
 
 pytestmark = pytest.mark.root
 
@@ -79,3 +83,28 @@ def test_a_deleted_home_is_archived_downloaded_by_its_owner_only_and_restored(hu
                    "print(open(p).read(), os.stat(p).st_uid == os.getuid())")
     assert out.split() == [secret, "True"], out
     assert os.path.exists(path)  # a restore copies; the archive stays until its retention ends
+
+
+def test_when_the_archive_fails_the_home_is_kept_and_jupyterhub_forgets_the_record(hub, hub_state, login):
+    """What JupyterHub 6.1.1 does when delete_forever raises: it logs the error ("Error cleaning up
+    persistent resources"), answers 204 and removes the server record anyway. The instance's data
+    stays on the host (nothing lost), but the refusal cannot reach the caller: a sweep must not
+    ask to delete instances of a backend that cannot archive (`archives.can_archive`)."""
+    carol = login("carol")
+    server = create(carol, unique("Unarchivable"), proposal="P-2026-042")
+    hub.wait_ready("carol", server)
+    run_code(carol, "carol", server, "import os\nopen(os.path.expanduser('~/kept.txt'), 'w').write('kept')")
+    blocker = hub_state / "archives" / "carol"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where carol's archive directory should be: archiving fails")
+    try:
+        r = hub.api("DELETE", f"/users/carol/servers/{server}", json={"remove": True})
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: hub.server_model("carol", server) is None, 60, "the record removed by JupyterHub")
+        wait_for(lambda: "NOT deleted, its data is kept" in hub.log_tail(400), 30, "the spawner's refusal logged")
+        home = hub_state / "sandbox" / "homes" / account_name("carol", server, "visa-")
+        assert (home / "kept.txt").read_text() == "kept"
+    finally:
+        blocker.unlink()
+        shutil.rmtree(hub_state / "sandbox" / "homes" / account_name("carol", server, "visa-"), ignore_errors=True)
+        subprocess.run(["userdel", account_name("carol", server, "visa-")], capture_output=True)  # the orphan
