@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import text
 
 from tests.ops.conftest import T0
-from visa_ops.inventory import Instance, load_instances_sync
+from visa_ops.inventory import load_instances_sync
 from visa_ops.sweep import sweep_once
 
 
@@ -147,12 +147,15 @@ def test_inventory_reads_5000_instances_from_the_hub_db_quickly(hubdb):
             raise AssertionError("the hub database was writable")
 
 
-async def test_decisions_over_5000_instances_take_under_a_second(ops, clock):
-    instances = [Instance(owner=f"u{i % 2000}", server=f"s{i}", plan="small", state="running",
-                          owner_roles=("USER",), created=T0 - timedelta(days=i % 20),
-                          last_activity=T0 - timedelta(hours=i % 100)) for i in range(5000)]
-    await ops.store.ensure_records([(i.owner, i.server, i.created) for i in instances])
-    ops.mailer.smtp_url = ""  # the warnings due fail fast: this measures decisions, not mail
-    report = await sweep_once(ops, instances=instances)
-    assert report.instances == 5000
-    assert report.decide_seconds < 1.0, report.decide_seconds
+async def test_sweep_over_5000_instances_decides_in_under_a_second(ops, hubdb, clock):
+    """The figure the issue sets (≤ 1 s of decision work); the whole steady sweep (hub DB read,
+    records, decisions) is asserted too, with room for a busy shared machine."""
+    hubdb.bulk(2000, 5000, T0)
+    clock.advance(days=1)
+    first = await sweep_once(ops)  # writes every lifecycle record
+    steady = await sweep_once(ops)
+    print(f"sweep over 5000: first {first.total_seconds:.3f}s, steady {steady.total_seconds:.3f}s "
+          f"(load {steady.load_seconds:.3f}s, decide {steady.decide_seconds:.3f}s)")
+    assert first.instances == steady.instances == 5000 and not steady.failed and not steady.deleted
+    assert first.decide_seconds < 1.0 and steady.decide_seconds < 1.0
+    assert steady.total_seconds < 2.0
