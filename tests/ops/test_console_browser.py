@@ -64,6 +64,18 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         assert after["expires_at"] > before["expires_at"], (before, after)
         assert admin.locator("#visa-error").is_hidden()
 
+        # a banner with HTML in it, through the form and the audited API: shown as text
+        admin.goto(f"{hub.url}{CONSOLE}notifications")
+        form = admin.locator("#visa-new-notification")
+        form.locator("select[name=level]").select_option("warn")
+        form.locator("input[name=text]").fill("<b>Beam down</b> until noon")
+        with admin.expect_navigation():
+            form.locator("button[type=submit]").click()
+        cell = admin.locator("#visa-notifications td.visa-text").first
+        assert cell.inner_text() == "<b>Beam down</b> until noon"
+        assert cell.locator("b").count() == 0
+        admin.screenshot(path=str(artifacts / "console-notifications.png"), full_page=True)
+
         # live sessions: presence read from the collaboration service with its XSRF token
         admin.goto(f"{hub.url}{CONSOLE}sessions")
         status = admin.locator(f'#visa-sessions tr[data-server="{server}"] .visa-status')
