@@ -131,6 +131,10 @@ def apply(
             "info": {"description": "Demo mail sink: messages visa-ops sends, readable in the admin console"},
         })
 
+    # admins' tokens carry custom:visa-admin when the hub defines it (visa_collab.hub_config does)
+    oauth_scopes = [f"access:services!service={SERVICE}"]
+    if ADMIN_SCOPE in _get(c.JupyterHub, "custom_scopes", {}):
+        oauth_scopes.append(ADMIN_SCOPE)
     services.append({
         "name": SERVICE,
         "display": True,
@@ -138,7 +142,7 @@ def apply(
         "command": [python, "-m", "visa_ops.app"],
         "cwd": str(state),
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": [f"access:services!service={SERVICE}", ADMIN_SCOPE],
+        "oauth_client_allowed_scopes": oauth_scopes,
         "environment": environment,
         "info": {"description": "Instance lifetimes, warnings, extension requests, notifications, admin console"},
     })

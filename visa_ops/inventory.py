@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine, make_url
 
 RUNNING, PENDING, STOPPED = "running", "pending", "stopped"
+log = logging.getLogger("visa_ops.inventory")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def instance_from_row(row: Any, roles: tuple[str, ...], plan_backends: Mapping[s
     """One spawner row (+ its owner's facility roles) → Instance. Pure; bad fields become blanks."""
     options = row.user_options if isinstance(row.user_options, Mapping) else {}
     saved = row.state if isinstance(row.state, Mapping) else {}
-    plan = str(options.get("plan") or (saved.get("backend") or {}).get("plan") or "")
+    own = saved.get("backend") if isinstance(saved.get("backend"), Mapping) else {}
+    plan = str(options.get("plan") or own.get("plan") or "")
     started = _naive(row.started)
     if row.server_id is not None:
         state = RUNNING
@@ -152,7 +155,13 @@ def load_instances_sync(hub_db_url: str, plan_backends: Mapping[str, str] | None
             roles.setdefault(user, []).append(group.split(":", 1)[1].upper())
         rows = conn.execute(query).all()
     backends = plan_backends or {}
-    return [instance_from_row(r, tuple(sorted(roles.get(r.owner, ()))), backends) for r in rows]
+    out = []
+    for r in rows:
+        try:
+            out.append(instance_from_row(r, tuple(sorted(roles.get(r.owner, ()))), backends))
+        except Exception:  # one unreadable row (a hand-edited database) must not hide the others
+            log.exception("Hub server %s/%s: unreadable record, skipped", r.owner, r.name)
+    return out
 
 
 async def load_instances(hub_db_url: str, plan_backends: Mapping[str, str] | None = None,

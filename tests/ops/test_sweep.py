@@ -94,11 +94,13 @@ async def test_bad_record_does_not_stop_the_sweep(ops, hubdb, clock, outbox):
     bad = hubdb.server("alice", "bad", started=T0, last_activity=T0)
     bad.user_options = {"plan": ["not", "a", "string"]}
     bad.state = "garbage"
+    worse = hubdb.server("alice", "worse", started=T0, last_activity=T0)
+    worse.state = {"backend": "not a dict", "identity": ["nor", "this"]}
     hubdb.session.commit()
     ops.policy.plan_rules = {"bad-plan": "not a dict"}
     clock.advance(days=3)
     report = await sweep_once(ops)
-    assert {s for _, s, _ in report.warned} == {"good", "bad"}
+    assert {s for _, s, _ in report.warned} == {"good", "bad", "worse"}
 
 
 async def test_prune_archives_past_retention(ops, tmp_path, clock):
