@@ -261,7 +261,7 @@ class PendingRequestsHandler(ApiHandler):
         names = [server] if server else await my_server_names(self.collab, self.actor)
         out = []
         for name in names:
-            out += self.collab.requests_for(self.actor, name, "pending")
+            out += await self.collab.requests_for(self.actor, name, "pending")
         return out
 
 
@@ -376,7 +376,7 @@ class PresenceHandler(InstanceChannelHandler):
     async def post(self, owner: str, server: str) -> None:
         self.instance_identity(owner, server)
         body = self.body()
-        self.send(self.collab.report(owner, server, body.get("sessions"), body.get("events")))
+        self.send(await self.collab.report(owner, server, body.get("sessions"), body.get("events")))
 
 
 class RoomHandler(InstanceChannelHandler):
@@ -385,7 +385,7 @@ class RoomHandler(InstanceChannelHandler):
         self.instance_identity(owner, server)
         wait = min(max(float(self.get_argument("wait", "0") or 0), 0.0), 55.0)
         state = await self.collab.wait_room(owner, server, self.get_argument("version", None), wait)
-        self.send({**state, "pending_requests": len(self.collab.requests_for(owner, server, "pending"))})
+        self.send({**state, "pending_requests": len(await self.collab.requests_for(owner, server, "pending"))})
 
 
 def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:

@@ -9,7 +9,6 @@ audited there) with JupyterHub's XSRF token, except the plan switch, a form post
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import mailbox
 import os
@@ -69,22 +68,12 @@ class SessionsPage(ConsolePage):
         self.page("admin_sessions.html", running=running[:SESSIONS_LIMIT], truncated=len(running) > SESSIONS_LIMIT)
 
 
-def configured_plans(settings: dict) -> list[dict]:
-    """The plan catalogue: the app's ``plans`` setting, else ``$VISA_OPS_PLANS`` (JSON), else the default."""
+def configured_plans(settings: dict, plan_backends: dict[str, str]) -> list[dict]:
+    """The plan catalogue when the hub's capacity answer is missing: the app's ``plans`` setting,
+    else the plan ids and backends the service is configured with (``VISA_OPS_PLAN_BACKENDS``)."""
     if settings.get("plans") is not None:
         return list(settings["plans"])
-    raw = os.environ.get("VISA_OPS_PLANS")
-    if raw:
-        try:
-            plans = json.loads(raw)
-            if isinstance(plans, list) and all(isinstance(p, dict) and "id" in p for p in plans):
-                return plans
-        except ValueError:
-            pass
-        log.warning("VISA_OPS_PLANS is not a JSON list of plans; showing the default plans")
-    from visa_spawner.spawner import DEFAULT_PLANS
-
-    return list(DEFAULT_PLANS)
+    return [{"id": pid, "display_name": pid, "backend": backend} for pid, backend in sorted(plan_backends.items())]
 
 
 class PlansPage(ConsolePage):
@@ -98,15 +87,19 @@ class PlansPage(ConsolePage):
         loop = asyncio.get_running_loop()
         disabled = await loop.run_in_executor(None, read_disabled, self.switch_file) if self.switch_file else set()
         capacity, capacity_error = await self.capacity()
-        self.page("admin_plans.html", plans=plan_rows(configured_plans(self.settings), disabled, capacity),
-                  capacity=capacity, capacity_error=capacity_error, switch_file=self.switch_file)
+        plans = plan_rows(configured_plans(self.settings, self.ops.plan_backends), disabled, capacity)
+        self.page("admin_plans.html", plans=plans, capacity=capacity, capacity_error=capacity_error,
+                  switch_file=self.switch_file)
 
     async def post(self) -> None:
         """Enable or disable one plan (``plan``, ``enabled`` yes/no): the hub reads the file at its next spawn."""
         if not self.switch_file:
             raise web.HTTPError(409, "VISA_OPS_PLAN_SWITCH_FILE is not set: plans cannot be switched here.")
         plan, enabled = self.get_body_argument("plan", ""), self.get_body_argument("enabled", "")
-        if plan not in {str(p["id"]) for p in configured_plans(self.settings)}:
+        known = {str(p["id"]) for p in configured_plans(self.settings, self.ops.plan_backends)}
+        capacity, _ = await self.capacity()
+        known |= {str(p.get("id")) for p in (capacity or {}).get("plans") or () if isinstance(p, dict)}
+        if plan not in known:
             raise web.HTTPError(400, "No such plan.")
         if enabled not in ("yes", "no"):
             raise web.HTTPError(400, 'enabled must be "yes" or "no".')

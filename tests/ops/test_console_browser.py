@@ -45,7 +45,7 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         admin.goto(f"{hub.url}{CONSOLE}")  # through the hub's OAuth, no confirmation page
         admin.wait_for_selector("#visa-states")
         assert admin.locator('[data-state="running"]').inner_text().strip() == "1"
-        assert admin.locator("#visa-capacity").count() == 1
+        assert admin.locator("#visa-capacity").get_attribute("data-known") == "true"  # the hub's capacity call
         assert admin.locator("#visa-plot svg").count() == 1
         admin.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
 
@@ -63,6 +63,20 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         after = lifecycle(admin, "alice", server)
         assert after["expires_at"] > before["expires_at"], (before, after)
         assert admin.locator("#visa-error").is_hidden()
+
+        # plans: switched off here, the hub sees it at once (its capacity answer re-reads the file)
+        admin.goto(f"{hub.url}{CONSOLE}plans")
+        large = admin.locator('#visa-plans tr[data-plan="sandbox-large"]')
+        with admin.expect_navigation():
+            large.locator("button[type=submit]").click()
+        assert "disabled" in large.locator(".visa-availability").inner_text()
+        hub_view = {p["id"]: p for p in hub.api("GET", "/visa/capacity").json()["plans"]}
+        assert hub_view["sandbox-large"]["enabled"] is False and hub_view["sandbox-small"]["enabled"] is True
+        admin.screenshot(path=str(artifacts / "console-plans.png"), full_page=True)
+        with admin.expect_navigation():
+            large.locator("button[type=submit]").click()  # and back on
+        hub_view = {p["id"]: p for p in hub.api("GET", "/visa/capacity").json()["plans"]}
+        assert hub_view["sandbox-large"]["enabled"] is True
 
         # a banner with HTML in it, through the form and the audited API: shown as text
         admin.goto(f"{hub.url}{CONSOLE}notifications")
