@@ -50,7 +50,9 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         presence_ttl: float = 45.0, request_ttl: float = 300.0, owner_page_ttl: float = 90.0,
         monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = db.now,
     ) -> None:
-        self.engine, self.hub = engine, hub
+        self.hub = hub
+        # every query runs in the database's worker threads, never on the event loop
+        self.database = db.Database(engine)
         self.service_prefix = service_prefix
         self.presence_ttl, self.request_ttl = presence_ttl, request_ttl
         # how long after the owner's pages last polled this service the owner still counts as present
@@ -127,21 +129,20 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             detail=db.dumps(detail), source=source,
         ))
 
-    def refuse(self, inst_key: tuple[str, str], actor: str, action: str, error: CollabError, **kw: Any) -> CollabError:
+    async def refuse(self, inst_key: tuple[str, str], actor: str, action: str, error: CollabError,
+                     **kw: Any) -> CollabError:
         """Record a refusal in the instance's audit log and return the error to raise."""
-        with self.engine.begin() as conn:
-            self.audit(conn, inst_key, actor, action, outcome="refused",
-                       detail={"reason": error.message, **kw.pop("detail", {})}, **kw)
+        detail = {"reason": error.message, **kw.pop("detail", {})}
+        await self.database.run(self.audit, inst_key, actor, action, outcome="refused", detail=detail, **kw)
         return error
 
     async def audit_log(self, actor: str, owner: str, server: str, limit: int = 500) -> list[dict]:
         if actor != owner and not await self.is_admin(actor):
             raise CollabError(403, "Only the owner of this instance and administrators can read its audit log.")
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(db.audit).where(db.audit.c.owner == owner, db.audit.c.server == server)
-                .order_by(db.audit.c.at.desc(), db.audit.c.id.desc()).limit(limit)
-            ).mappings().all()
+        rows = await self.database.all(
+            select(db.audit).where(db.audit.c.owner == owner, db.audit.c.server == server)
+            .order_by(db.audit.c.at.desc(), db.audit.c.id.desc()).limit(limit)
+        )
         return [self._audit_model(r) for r in rows]
 
     @staticmethod
@@ -160,11 +161,14 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             db.grants.c.revoked_at.is_(None),
         ).order_by(db.grants.c.id.desc())).mappings().first()
 
-    def active_grants(self, owner: str, server: str) -> list[dict]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(db.grants).where(
-                db.grants.c.owner == owner, db.grants.c.server == server, db.grants.c.revoked_at.is_(None),
-            ).order_by(db.grants.c.member)).mappings().all()
+    async def active_grant(self, owner: str, server: str, member: str):
+        """The member's current grant on the instance, or None."""
+        return await self.database.run(self._active_grant, owner, server, member)
+
+    async def active_grants(self, owner: str, server: str) -> list[dict]:
+        rows = await self.database.all(select(db.grants).where(
+            db.grants.c.owner == owner, db.grants.c.server == server, db.grants.c.revoked_at.is_(None),
+        ).order_by(db.grants.c.member))
         return [dict(r) for r in rows]
 
     async def _hub_grant(self, inst: Instance, member: str, role: Role, previous: Role | None) -> None:
@@ -175,18 +179,18 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
 
     async def _grant(self, inst: Instance, member: str, role: Role, *, actor: str, granted_by: str,
                      source: str, action: str, detail: dict | None = None) -> dict:
-        with self.engine.connect() as conn:
-            current = self._active_grant(conn, inst.owner, inst.server, member)
+        current = await self.active_grant(inst.owner, inst.server, member)
         previous = Role(current["role"]) if current else None
         try:
             await self._hub_grant(inst, member, role, previous)
         except HubError as e:
             log.error("Granting %s on %s/%s to %s failed: %s", role.value, inst.owner, inst.server, member, e)
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(502, "The hub refused the grant; nothing was changed."),
-                              member=member, role=role.value, detail={"hub_status": e.status}) from None
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(502, "The hub refused the grant; nothing was changed."),
+                                    member=member, role=role.value, detail={"hub_status": e.status}) from None
         at = self.now()
-        with self.engine.begin() as conn:
+
+        def record(conn) -> None:
             if current:
                 conn.execute(db.grants.update().where(db.grants.c.id == current["id"]).values(
                     revoked_at=at, revoked_by=actor, revoke_reason=f"role changed to {role.value}"))
@@ -195,6 +199,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
                 source=source, created_at=at))
             self.audit(conn, inst.key, actor, action, member=member, role=role.value, granted_by=granted_by,
                        detail={**({"previous_role": previous.value} if previous else {}), **(detail or {})}, at=at)
+
+        await self.database.run(record)
         self.room(inst.owner, inst.server).bump()
         return {"member": member, "role": role.value, "granted_by": granted_by, "source": source,
                 "created_at": db.iso(at)}
@@ -208,7 +214,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             if e.status != 404:  # the server is gone: its shares went with it
                 raise
         at = self.now()
-        with self.engine.begin() as conn:
+
+        def record(conn) -> None:
             current = self._active_grant(conn, owner, server, member)
             if current:
                 conn.execute(db.grants.update().where(db.grants.c.id == current["id"]).values(
@@ -216,47 +223,50 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             self.audit(conn, inst_key, actor, action, member=member,
                        role=current["role"] if current else None,
                        granted_by=current["granted_by"] if current else None, detail={"reason": reason}, at=at)
+
+        await self.database.run(record)
         self.room(owner, server).bump()
 
     async def _check_member(self, actor: str, inst: Instance, member: Any, role: Role, action: str) -> dict:
         """The member's hub model, or a recorded refusal."""
         if not isinstance(member, str) or not member.strip():
-            raise self.refuse(inst.key, actor, action, CollabError(400, "Say who to share with."))
+            raise await self.refuse(inst.key, actor, action, CollabError(400, "Say who to share with."))
         member = member.strip()
         if member == inst.owner:
-            raise self.refuse(inst.key, actor, action, CollabError(400, "You cannot share an instance with yourself."),
-                              member=member, role=role.value)
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(400, "You cannot share an instance with yourself."),
+                                    member=member, role=role.value)
         model = await self.person(member)
         if model is None:
-            raise self.refuse(inst.key, actor, action, CollabError(
+            raise await self.refuse(inst.key, actor, action, CollabError(
                 404, f"Nobody called {member[:60]!r} has used VISA: they must log in once before you can add them."),
                 member=member[:255], role=role.value)
         why = refusal(role, member, model.get("groups", []), inst.proposal)
         if why and inst.proposal is None and not inst.ready and inst.key not in self.confirmed_proposals:
             why = "Start this instance first: its proposal is known once it runs."
         if why:
-            raise self.refuse(inst.key, actor, action, CollabError(403, why), member=member, role=role.value)
+            raise await self.refuse(inst.key, actor, action, CollabError(403, why), member=member, role=role.value)
         return model
 
-    def _role(self, inst: Instance, actor: str, value: Any, action: str, member: str | None = None) -> Role:
+    async def _role(self, inst: Instance, actor: str, value: Any, action: str, member: str | None = None) -> Role:
         try:
             return parse_role(value)
         except RoleError as e:
-            raise self.refuse(inst.key, actor, action, CollabError(400, str(e)),
-                              member=member, detail={"role": str(value)[:40]}) from None
+            raise await self.refuse(inst.key, actor, action, CollabError(400, str(e)),
+                                    member=member, detail={"role": str(value)[:40]}) from None
 
     async def members(self, actor: str, owner: str, server: str) -> dict:
         inst = await self.instance(owner, server)
         await self._require_owner(actor, inst, allow_admin=True)
-        grants = self.active_grants(owner, server)
+        grants = await self.active_grants(owner, server)
         return {
             "instance": inst.model(),
             "members": [{"member": g["member"], "role": g["role"], "granted_by": g["granted_by"],
                          "source": g["source"], "created_at": db.iso(g["created_at"])} for g in grants],
-            "policy": self.policy(owner, server),
+            "policy": await self.policy(owner, server),
             "presence": self.presence(owner, server),
-            "invitations": self.invitations(owner, server),
-            "requests": self.requests_for(owner, server, status="pending"),
+            "invitations": await self.invitations(owner, server),
+            "requests": await self.requests_for(owner, server, status="pending"),
             "roles": [{"value": r.value, "label": r.label} for r in GRANTABLE],
             "owner_away_policies": OWNER_AWAY_POLICIES,
         }
@@ -265,15 +275,14 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "grant"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(403, "Only the owner of this instance can share it."),
-                              member=str(member)[:255] if member else None)
-        r = self._role(inst, actor, role, action, member=str(member)[:255] if member else None)
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(403, "Only the owner of this instance can share it."),
+                                    member=str(member)[:255] if member else None)
+        r = await self._role(inst, actor, role, action, member=str(member)[:255] if member else None)
         model = await self._check_member(actor, inst, member, r, action)
-        with self.engine.connect() as conn:
-            current = self._active_grant(conn, owner, server, model["name"])
+        current = await self.active_grant(owner, server, model["name"])
         if current:
-            raise self.refuse(inst.key, actor, action, CollabError(
+            raise await self.refuse(inst.key, actor, action, CollabError(
                 409, f"{model['name']} is already a member ({current['role']}): change their role instead."),
                 member=model["name"], role=r.value)
         return await self._grant(inst, model["name"], r, actor=actor, granted_by=actor, source="direct", action=action)
@@ -282,14 +291,15 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "change-role"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(403, "Only the owner of this instance can change roles."), member=member)
-        r = self._role(inst, actor, role, action, member=member)
-        with self.engine.connect() as conn:
-            current = self._active_grant(conn, owner, server, member)
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(403, "Only the owner of this instance can change roles."),
+                                    member=member)
+        r = await self._role(inst, actor, role, action, member=member)
+        current = await self.active_grant(owner, server, member)
         if not current:
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(404, f"{member[:60]} is not a member of this instance."), member=member[:255])
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(404, f"{member[:60]} is not a member of this instance."),
+                                    member=member[:255])
         if current["role"] == r.value:
             return {"member": member, "role": r.value, "granted_by": current["granted_by"], "unchanged": True}
         await self._check_member(actor, inst, member, r, action)
@@ -301,27 +311,27 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         inst = await self.instance(owner, server)
         action = "revoke"
         if actor != owner:
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(403, "Only the owner of this instance can remove members."), member=member)
-        with self.engine.connect() as conn:
-            current = self._active_grant(conn, owner, server, member)
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(403, "Only the owner of this instance can remove members."),
+                                    member=member)
+        current = await self.active_grant(owner, server, member)
         if not current:
-            raise self.refuse(inst.key, actor, action,
-                              CollabError(404, f"{member[:60]} is not a member of this instance."), member=member[:255])
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(404, f"{member[:60]} is not a member of this instance."),
+                                    member=member[:255])
         await self._revoke(inst.key, member, actor=actor, reason="removed by the owner")
-        ran_code = self._could_run_code(inst.key, member)
+        ran_code = await self._could_run_code(inst.key, member)
         return {"member": member, "role": current["role"], "restart_suggested": ran_code and inst.ready,
                 "message": (f"{member} no longer has access. Programs {member} started in the instance "
                             "(a kernel, a terminal, anything on the desktop) keep running until it restarts: "
                             "restart it now?") if ran_code and inst.ready else f"{member} no longer has access."}
 
-    def _could_run_code(self, inst_key: tuple[str, str], member: str) -> bool:
+    async def _could_run_code(self, inst_key: tuple[str, str], member: str) -> bool:
         """Did `member` ever hold USER or SUPPORT here (per the audit log: demoted first counts too)?"""
         code_roles = (Role.USER.value, Role.SUPPORT.value)
-        with self.engine.connect() as conn:
-            row = conn.execute(select(db.audit.c.id).where(
-                db.audit.c.owner == inst_key[0], db.audit.c.server == inst_key[1], db.audit.c.member == member,
-                db.audit.c.role.in_(code_roles), db.audit.c.outcome == "ok").limit(1)).first()
+        row = await self.database.first(select(db.audit.c.id).where(
+            db.audit.c.owner == inst_key[0], db.audit.c.server == inst_key[1], db.audit.c.member == member,
+            db.audit.c.role.in_(code_roles), db.audit.c.outcome == "ok").limit(1))
         return row is not None
 
     async def restart(self, actor: str, owner: str, server: str, timeout: float = 120.0) -> dict:
@@ -329,8 +339,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         in it ends, whoever started it. Everyone connected is disconnected."""
         inst = await self.instance(owner, server)
         if actor != owner:
-            raise self.refuse(inst.key, actor, "restart",
-                              CollabError(403, "Only the owner of this instance can restart it."))
+            raise await self.refuse(inst.key, actor, "restart",
+                                    CollabError(403, "Only the owner of this instance can restart it."))
         model = await self.person(owner) or {}
         options = dict((model.get("servers", {}).get(server) or {}).get("user_options") or {})
         if not inst.ready:
@@ -345,36 +355,45 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
                 raise CollabError(504, "The instance did not stop in time; try again.")
             await asyncio.sleep(0.5)
         await self.hub.start_server(owner, server, options)
-        with self.engine.begin() as conn:
-            self.audit(conn, inst.key, actor, "restart")
+        await self.database.run(self.audit, inst.key, actor, "restart")
         return {"restarting": True, "url": inst.url}
 
     # -- keeping grants true to the hub and the catalogue -----------------------------------
     async def reconcile(self) -> int:
         """Revoke grants whose holder left the proposal (or lost their support role), and
         forget grants whose share or server no longer exists. Returns how many changed."""
-        with self.engine.connect() as conn:
-            keys = conn.execute(select(db.grants.c.owner, db.grants.c.server).where(
-                db.grants.c.revoked_at.is_(None)).distinct()).all()
+        keys = await self.database.all(select(db.grants.c.owner, db.grants.c.server).where(
+            db.grants.c.revoked_at.is_(None)).distinct())
         changed = 0
-        for owner, server in keys:
+        for owner, server in ((k["owner"], k["server"]) for k in keys):
             try:
                 changed += await self._reconcile_instance(owner, server)
             except Exception:  # one broken instance must not stop the others
                 log.exception("Reconciling the members of %s/%s failed", owner, server)
         return changed
 
+    def _forget_removed_share(self, conn, inst_key: tuple[str, str], grant: dict) -> None:
+        """A grant whose share someone removed in the hub: revoked here too, and audited."""
+        reason = "share removed in the hub"
+        conn.execute(db.grants.update().where(db.grants.c.id == grant["id"]).values(
+            revoked_at=self.now(), revoked_by="hub", revoke_reason=reason))
+        self.audit(conn, inst_key, "visa-collab", "revoke", member=grant["member"], role=grant["role"],
+                   granted_by=grant["granted_by"], detail={"reason": reason})
+
     async def _reconcile_instance(self, owner: str, server: str) -> int:
         try:
             inst = await self.instance(owner, server)
         except CollabError:
             inst = None
-        grants = self.active_grants(owner, server)
+        grants = await self.active_grants(owner, server)
         if inst is None:
-            with self.engine.begin() as conn:
-                for g in grants:
-                    conn.execute(db.grants.update().where(db.grants.c.id == g["id"]).values(
-                        revoked_at=self.now(), revoked_by="visa-collab", revoke_reason="instance deleted"))
+            ids = [g["id"] for g in grants]
+
+            def forget(conn) -> None:
+                conn.execute(db.grants.update().where(db.grants.c.id.in_(ids)).values(
+                    revoked_at=self.now(), revoked_by="visa-collab", revoke_reason="instance deleted"))
+
+            await self.database.run(forget)
             return len(grants)
         shares = {s["user"]["name"]: s for s in await self.hub.shares(owner, server) if s.get("user")}
         changed = 0
@@ -382,11 +401,7 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
             member, role = g["member"], Role(g["role"])
             share = shares.get(member)
             if share is None or role_of_share(share.get("scopes", [])) is None:
-                with self.engine.begin() as conn:
-                    conn.execute(db.grants.update().where(db.grants.c.id == g["id"]).values(
-                        revoked_at=self.now(), revoked_by="hub", revoke_reason="share removed in the hub"))
-                    self.audit(conn, inst.key, "visa-collab", "revoke", member=member, role=role.value,
-                               granted_by=g["granted_by"], detail={"reason": "share removed in the hub"})
+                await self.database.run(self._forget_removed_share, inst.key, g)
                 changed += 1
                 continue
             if not inst.ready and inst.key not in self.confirmed_proposals:

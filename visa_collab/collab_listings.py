@@ -29,17 +29,14 @@ class ListingsMixin:
             if not spawner.get("name"):
                 continue
             inst = self._instance(actor, spawner)
-            out.append({**inst.model(), "members": len(self.active_grants(actor, inst.server)),
-                        "pending_requests": len(self.requests_for(actor, inst.server, "pending")),
+            out.append({**inst.model(), "members": len(await self.active_grants(actor, inst.server)),
+                        "pending_requests": len(await self.requests_for(actor, inst.server, "pending")),
                         "presence": self.presence(actor, inst.server)})
         return sorted(out, key=lambda i: i["display_name"].lower())
 
     async def shared_with_me(self, actor: str) -> list[dict]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(db.grants).where(
-                db.grants.c.member == actor, db.grants.c.revoked_at.is_(None))).mappings().all()
         out = []
-        for g in rows:
+        for g in await self._my_grants(actor):
             try:
                 inst = await self.instance(g["owner"], g["server"])
             except CollabError:
@@ -88,6 +85,6 @@ class ListingsMixin:
         return sorted(out, key=lambda i: (i["owner"], i["display_name"].lower()))
 
     async def _my_grants(self, actor: str) -> list[dict]:
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(select(db.grants).where(
-                db.grants.c.member == actor, db.grants.c.revoked_at.is_(None))).mappings().all()]
+        rows = await self.database.all(select(db.grants).where(
+            db.grants.c.member == actor, db.grants.c.revoked_at.is_(None)))
+        return [dict(r) for r in rows]

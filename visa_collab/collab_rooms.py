@@ -25,21 +25,21 @@ class RoomsMixin:
 
 
     # -- owner-away policy ------------------------------------------------------------------
-    def policy(self, owner: str, server: str) -> str:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(db.settings.c.owner_away).where(
-                db.settings.c.owner == owner, db.settings.c.server == server)).first()
-        return row[0] if row else DEFAULT_OWNER_AWAY
+    async def policy(self, owner: str, server: str) -> str:
+        row = await self.database.first(select(db.settings.c.owner_away).where(
+            db.settings.c.owner == owner, db.settings.c.server == server))
+        return row["owner_away"] if row else DEFAULT_OWNER_AWAY
 
     async def set_policy(self, actor: str, owner: str, server: str, owner_away: Any) -> dict:
         inst = await self.instance(owner, server)
         if actor != owner:
-            raise self.refuse(inst.key, actor, "set-policy", CollabError(403, "Only the owner can change this."))
+            raise await self.refuse(inst.key, actor, "set-policy", CollabError(403, "Only the owner can change this."))
         if not isinstance(owner_away, str) or owner_away not in OWNER_AWAY_POLICIES:
-            raise self.refuse(inst.key, actor, "set-policy", CollabError(
+            raise await self.refuse(inst.key, actor, "set-policy", CollabError(
                 400, f"Unknown policy {str(owner_away)[:30]!r}: choose one of {', '.join(OWNER_AWAY_POLICIES)}."))
         at = self.now()
-        with self.engine.begin() as conn:
+
+        def save(conn) -> None:
             exists = conn.execute(select(func.count()).select_from(db.settings).where(
                 db.settings.c.owner == owner, db.settings.c.server == server)).scalar()
             values = dict(owner_away=owner_away, updated_at=at, updated_by=actor)
@@ -49,6 +49,8 @@ class RoomsMixin:
             else:
                 conn.execute(db.settings.insert().values(owner=owner, server=server, **values))
             self.audit(conn, inst.key, actor, "set-policy", detail={"owner_away": owner_away}, at=at)
+
+        await self.database.run(save)
         self.room(owner, server).bump()
         return {"owner_away": owner_away}
 
@@ -82,7 +84,7 @@ class RoomsMixin:
         return (room is not None and room.owner_seen is not None
                 and self.monotonic() - room.owner_seen <= self.owner_page_ttl)
 
-    def report(self, owner: str, server: str, sessions: Any, events: Any) -> dict:
+    async def report(self, owner: str, server: str, sessions: Any, events: Any) -> dict:
         """The instance's presence snapshot and its connection events (audited)."""
         room = self.room(owner, server)
         room.sessions = [
@@ -92,24 +94,26 @@ class RoomsMixin:
         ]
         room.reported_at = self.monotonic()
         if isinstance(events, list) and events:
-            grants = {g["member"]: g for g in self.active_grants(owner, server)}
-            with self.engine.begin() as conn:
-                for ev in events[:500]:
-                    if not isinstance(ev, dict):
-                        continue
-                    member = str(ev.get("user", ""))[:255]
-                    grant = grants.get(member)
-                    self.audit(
-                        conn, (owner, server), member or "?", str(ev.get("event", "event"))[:48],
-                        member=member, role=str(ev.get("role", ""))[:16] or None,
-                        granted_by=grant["granted_by"] if grant else None,
-                        detail={k: ev[k] for k in ("channel", "reason", "dropped_input") if k in ev},
-                        source="instance", at=_parse_time(ev.get("at")) or self.now(),
-                    )
-        return self.room_state(owner, server)
+            grants = {g["member"]: g for g in await self.active_grants(owner, server)}
+            await self.database.run(self._audit_events, owner, server, events[:500], grants)
+        return await self.room_state(owner, server)
 
-    def room_state(self, owner: str, server: str) -> dict:
-        return {"version": self.room_version(owner, server), "owner_away": self.policy(owner, server)}
+    def _audit_events(self, conn, owner: str, server: str, events: list, grants: dict[str, dict]) -> None:
+        for ev in events:
+            if not isinstance(ev, dict):
+                continue
+            member = str(ev.get("user", ""))[:255]
+            grant = grants.get(member)
+            self.audit(
+                conn, (owner, server), member or "?", str(ev.get("event", "event"))[:48],
+                member=member, role=str(ev.get("role", ""))[:16] or None,
+                granted_by=grant["granted_by"] if grant else None,
+                detail={k: ev[k] for k in ("channel", "reason", "dropped_input") if k in ev},
+                source="instance", at=_parse_time(ev.get("at")) or self.now(),
+            )
+
+    async def room_state(self, owner: str, server: str) -> dict:
+        return {"version": self.room_version(owner, server), "owner_away": await self.policy(owner, server)}
 
     async def wait_room(self, owner: str, server: str, version: str | None, timeout: float) -> dict:
         room = self.room(owner, server)
@@ -118,7 +122,7 @@ class RoomsMixin:
                 await asyncio.wait_for(room.changed.wait(), timeout)
             except TimeoutError:
                 pass
-        return self.room_state(owner, server)
+        return await self.room_state(owner, server)
 
     # -- access requests --------------------------------------------------------------------
     def _request_model(self, r) -> dict:
@@ -129,11 +133,10 @@ class RoomsMixin:
                 "status": status, "created_at": db.iso(r["created_at"]), "decided_at": db.iso(r["decided_at"]),
                 "decided_by": r["decided_by"]}
 
-    def requests_for(self, owner: str, server: str, status: str | None = None) -> list[dict]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(db.requests).where(
-                db.requests.c.owner == owner, db.requests.c.server == server,
-            ).order_by(db.requests.c.id)).mappings().all()
+    async def requests_for(self, owner: str, server: str, status: str | None = None) -> list[dict]:
+        rows = await self.database.all(select(db.requests).where(
+            db.requests.c.owner == owner, db.requests.c.server == server,
+        ).order_by(db.requests.c.id))
         out = [self._request_model(r) for r in rows]
         return [r for r in out if status is None or r["status"] == status]
 
@@ -143,73 +146,80 @@ class RoomsMixin:
         action = "request-access"
         if actor == owner:
             return {"status": "owner", "instance": inst.model()}
-        with self.engine.connect() as conn:
-            current = self._active_grant(conn, owner, server, actor)
+        current = await self.active_grant(owner, server, actor)
         if current:
             return {"status": "member", "role": current["role"], "instance": inst.model()}
         model = await self.person(actor)
         if not model or not may_request_support(model.get("groups", []), inst.proposal):
-            raise self.refuse(inst.key, actor, action, CollabError(
+            raise await self.refuse(inst.key, actor, action, CollabError(
                 403, "Only facility support staff for this proposal can ask to join this instance."), member=actor)
         if not inst.ready:
-            raise self.refuse(inst.key, actor, action, CollabError(409, "This instance is not running."), member=actor)
+            raise await self.refuse(inst.key, actor, action,
+                                    CollabError(409, "This instance is not running."), member=actor)
         if not self.owner_present(owner, server):
             grant = await self._grant(inst, actor, Role.SUPPORT, actor=actor, granted_by="facility role",
                                       source="policy", action=action, detail={"owner_connected": False})
             return {"status": "full", "role": grant["role"], "instance": inst.model()}
-        pending = [r for r in self.requests_for(owner, server, "pending") if r["requester"] == actor]
+        pending = [r for r in await self.requests_for(owner, server, "pending") if r["requester"] == actor]
         if pending:
             return {**pending[-1], "instance": inst.model()}
         at = self.now()
-        with self.engine.begin() as conn:
+
+        def record(conn) -> int:
             rid = conn.execute(db.requests.insert().values(
                 owner=owner, server=server, requester=actor, status="pending", created_at=at,
             )).inserted_primary_key[0]
             self.audit(conn, inst.key, actor, action, member=actor, detail={"request": rid, "owner_connected": True},
                        at=at)
+            return rid
+
+        rid = await self.database.run(record)
         self.room(owner, server).bump()
         self.events.request_changed(rid, owner, server, actor, expires_in=self.request_ttl)
-        return {**self.request(rid), "instance": inst.model()}
+        return {**(await self.request(rid)), "instance": inst.model()}
 
-    def request(self, rid: int) -> dict:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(db.requests).where(db.requests.c.id == rid)).mappings().first()
+    async def request(self, rid: int) -> dict:
+        row = await self.database.first(select(db.requests).where(db.requests.c.id == rid))
         if row is None:
             raise CollabError(404, "No such access request.")
         return self._request_model(row)
 
     async def request_status(self, actor: str, rid: int) -> dict:
-        req = self.request(rid)
+        req = await self.request(rid)
         if actor not in (req["requester"], req["owner"]) and not await self.is_admin(actor):
             raise CollabError(404, "No such access request.")
         return req
 
     async def decide(self, actor: str, rid: int, decision: Any) -> dict:
-        req = self.request(rid)
+        req = await self.request(rid)
         inst_key = (req["owner"], req["server"])
         action = "decide-request"
         if actor != req["owner"]:
-            raise self.refuse(inst_key, actor, action, CollabError(403, "Only the owner can answer this request."),
-                              member=req["requester"], detail={"request": rid})
+            raise await self.refuse(inst_key, actor, action,
+                                    CollabError(403, "Only the owner can answer this request."),
+                                    member=req["requester"], detail={"request": rid})
         roles = {"full": Role.SUPPORT, "read-only": Role.GUEST, "reject": None}
         if not isinstance(decision, str) or decision not in roles:
-            raise self.refuse(inst_key, actor, action, CollabError(
+            raise await self.refuse(inst_key, actor, action, CollabError(
                 400, "Answer with full, read-only or reject."), member=req["requester"], detail={"request": rid})
         if req["status"] != "pending":
-            raise self.refuse(inst_key, actor, action, CollabError(409, f"This request is already {req['status']}."),
-                              member=req["requester"], detail={"request": rid})
+            raise await self.refuse(inst_key, actor, action,
+                                    CollabError(409, f"This request is already {req['status']}."),
+                                    member=req["requester"], detail={"request": rid})
         role = roles[decision]
         if role is not None:
             inst = await self.instance(*inst_key)
             await self._grant(inst, req["requester"], role, actor=actor, granted_by=actor, source="request",
                               action=action, detail={"request": rid, "decision": decision})
         else:
-            with self.engine.begin() as conn:
-                self.audit(conn, inst_key, actor, action, member=req["requester"],
-                           detail={"request": rid, "decision": decision})
-        with self.engine.begin() as conn:
+            await self.database.run(self.audit, inst_key, actor, action, member=req["requester"],
+                                    detail={"request": rid, "decision": decision})
+
+        def record(conn) -> None:
             conn.execute(db.requests.update().where(db.requests.c.id == rid).values(
                 status="rejected" if role is None else decision, decided_at=self.now(), decided_by=actor))
+
+        await self.database.run(record)
         self.room(*inst_key).bump()
         self.events.request_changed(rid, *inst_key, req["requester"])
-        return self.request(rid)
+        return await self.request(rid)

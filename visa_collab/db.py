@@ -41,7 +41,8 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.sql import Executable
 
 from . import migrate as migrations
 from .migrate import SchemaTooNew
@@ -196,9 +197,25 @@ class Database:
         with self.engine.begin() as conn:
             return fn(conn, *args, **kwargs)
 
+    async def all(self, statement: Executable) -> list[RowMapping]:
+        """Every row of a query, as mappings (read in a worker thread)."""
+        return await self.run(_all, statement)
+
+    async def first(self, statement: Executable) -> RowMapping | None:
+        """The first row of a query, or None."""
+        return await self.run(_first, statement)
+
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+def _all(conn: Connection, statement: Executable) -> list[RowMapping]:
+    return list(conn.execute(statement).mappings().all())
+
+
+def _first(conn: Connection, statement: Executable) -> RowMapping | None:
+    return conn.execute(statement).mappings().first()
 
 
 def private_sqlite(url: str) -> None:

@@ -56,7 +56,7 @@ def collab(tmp_path, fake, clock) -> Collaboration:
 
 
 def audit(collab: Collaboration) -> list[dict]:
-    with collab.engine.connect() as conn:
+    with collab.database.engine.connect() as conn:
         return [dict(r) for r in conn.execute(select(db.audit).order_by(db.audit.c.id)).mappings()]
 
 
@@ -216,7 +216,7 @@ async def test_only_support_staff_may_ask(collab) -> None:
 
 
 async def test_presence_goes_stale(collab, clock) -> None:
-    collab.report("alice", "run", [{"user": "bob", "role": "user", "channel": "desktop"}], [])
+    await collab.report("alice", "run", [{"user": "bob", "role": "user", "channel": "desktop"}], [])
     assert collab.presence("alice", "run")
     clock.advance(46)
     assert collab.presence("alice", "run") == []
@@ -229,10 +229,10 @@ async def test_presence_goes_stale(collab, clock) -> None:
 async def test_a_forged_instance_report_does_not_let_support_in_while_the_owners_page_polls(collab, fake) -> None:
     """Code in the instance holds its server token and may post any presence: "owner away"
     must not let support staff in without asking while the owner's own page polls the service."""
-    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
+    await collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
     await owner_page_polls(collab)
     # a removed member's leftover process, with the server token, says alice left
-    collab.report("alice", "run", [], [{"event": "disconnect", "user": "alice", "role": "owner",
+    await collab.report("alice", "run", [], [{"event": "disconnect", "user": "alice", "role": "owner",
                                         "channel": "desktop"}])
     assert collab.presence("alice", "run") == []  # the report is kept, as information
     assert collab.owner_present("alice", "run")
@@ -256,7 +256,7 @@ async def test_the_owners_polls_alone_make_them_present(collab, fake, clock) -> 
 
 
 async def test_the_instance_saying_the_owner_is_there_does_not_make_her_present(collab) -> None:
-    collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
+    await collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "desktop"}], [])
     assert collab.presence("alice", "run") and not collab.owner_present("alice", "run")
 
 
@@ -268,7 +268,7 @@ async def test_owner_polls_for_unknown_instances_leave_nothing(collab) -> None:
 
 async def test_connection_events_are_audited_with_who_granted(collab) -> None:
     await collab.add_member("alice", "alice", "run", "bob", "guest")
-    collab.report("alice", "run", [], [
+    await collab.report("alice", "run", [], [
         {"at": "2026-11-24T12:00:05+00:00", "event": "connect", "user": "bob", "role": "guest", "channel": "desktop"},
         {"event": "disconnect", "user": "bob", "role": "guest", "channel": "desktop", "dropped_input": 12},
     ])

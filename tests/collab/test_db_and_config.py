@@ -1,10 +1,71 @@
 """The service's database access and the hub configuration it adds (migrations: test_migrations.py)."""
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from sqlalchemy import event
 from traitlets.config import Config
 
-from visa_collab import hub_config, roles
+from tests.collab.fakehub import FakeHub
+from visa_collab import db, hub_config, roles
+from visa_collab.collab import Collaboration
+
+SLOW = 0.25  # seconds each statement takes in the slow database
+
+
+async def test_a_slow_database_does_not_stop_the_event_loop(tmp_path) -> None:
+    """Every statement takes SLOW seconds (a busy PostgreSQL, a lock): the service's loop keeps
+    serving meanwhile, because the queries run in the database's worker thread(s)."""
+    engine = db.connect(f"sqlite:///{tmp_path / 'slow.sqlite'}")
+    db.migrate(engine)
+    fake = FakeHub()
+    fake.add_person("alice", ["proposal:P-1", "role:user"])
+    fake.add_server("alice", "run", "P-1")
+    collab = Collaboration(engine, fake)
+    assert collab.database.workers == 1  # SQLite: one writer at a time, transactions queue
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _slow(*_args) -> None:
+        time.sleep(SLOW)
+
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    model = await collab.members("alice", "alice", "run")  # grants, policy, invitations, requests
+    elapsed = time.monotonic() - started
+    ticker.cancel()
+    assert model["members"] == [] and model["policy"] == roles.DEFAULT_OWNER_AWAY
+    assert elapsed >= 4 * SLOW
+    # blocking queries would let the ticker run only between them (a handful of ticks)
+    assert ticks >= 20, f"the loop ticked {ticks} times in {elapsed:.2f} s"
+    collab.database.close()
+
+
+async def test_other_databases_get_a_small_pool_and_errors_roll_back(tmp_path) -> None:
+    database = db.Database(db.connect("postgresql+psycopg2://nobody@127.0.0.1:1/none"))
+    assert database.workers == 4  # below the engine's 5 pooled connections: a worker never waits for one
+    database.close()
+    database = db.Database(db.connect(f"sqlite:///{tmp_path / 'c.sqlite'}"))
+    db.migrate(database.engine)
+
+    def add_then_fail(conn) -> None:
+        conn.execute(db.settings.insert().values(owner="a", server="s", owner_away="ask", updated_at=db.now(),
+                                                 updated_by="a"))
+        raise ValueError("refused half-way")
+
+    with pytest.raises(ValueError, match="half-way"):
+        await database.run(add_then_fail)
+    assert await database.all(db.settings.select()) == []
+    database.close()
 
 
 def test_apply_extends_the_profile(tmp_path) -> None:
