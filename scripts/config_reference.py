@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "docs" / "config-reference.md"
 #: configured in the instance's jupyter_server_config, not in the hub's jupyterhub_config.py
 INSTANCE_PACKAGES = ("visa_instance",)
+#: services the hub runs as processes, configured through their environment (e.g. VISA_OPS_POLICY)
+SERVICE_PACKAGES = ("visa_ops",)
 
 HEADER = """# Configuration reference
 
@@ -67,7 +69,7 @@ def configurable_classes(packages: list[str] | None = None) -> list[type[Configu
 
 
 def is_hub_class(cls: type) -> bool:
-    return not cls.__module__.startswith(INSTANCE_PACKAGES)
+    return not cls.__module__.startswith(INSTANCE_PACKAGES + SERVICE_PACKAGES)
 
 
 def _default_generator(cls: type, name: str) -> Callable | None:
