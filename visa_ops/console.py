@@ -37,8 +37,8 @@ class DashboardPage(ConsolePage):
     title = "Dashboard"
 
     async def get(self) -> None:
-        now = self.now()
         summary = await take_sample(self.ops)
+        now = self.now()  # after the sample: a sample later than `now` is not plotted
         points = hourly(await series(self.ops.store.engine, now - timedelta(days=PLOT_DAYS)), now, PLOT_DAYS)
         capacity, capacity_error = await self.capacity()
         self.page("admin_dashboard.html", summary=summary, capacity=capacity, capacity_error=capacity_error,

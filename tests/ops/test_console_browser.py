@@ -46,7 +46,7 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         admin.wait_for_selector("#visa-states")
         assert admin.locator('[data-state="running"]').inner_text().strip() == "1"
         assert admin.locator("#visa-capacity").get_attribute("data-known") == "true"  # the hub's capacity call
-        assert admin.locator("#visa-plot svg").count() == 1
+        assert admin.locator("#visa-plot svg circle").count() >= 1  # at least the sample this visit took
         admin.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
 
         admin.goto(f"{hub.url}{CONSOLE}instances?user=alice")
