@@ -41,7 +41,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.sql import Executable
 
 from . import migrate as migrations
@@ -222,8 +222,6 @@ def private_sqlite(url: str) -> None:
     """An SQLite database file (and its journal, WAL and shared-memory files, which SQLite
     creates with the database's mode) readable by its owner only: 0600, made so before first
     use. Other URLs are left alone."""
-    from sqlalchemy.engine import make_url
-
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return
@@ -235,9 +233,16 @@ def private_sqlite(url: str) -> None:
             pass
 
 
+def engine_url(url: str) -> URL:
+    """`url` with a plain ``postgresql://`` meaning psycopg2, the driver the ``production``
+    extra installs (SQLAlchemy 2.1 would pick psycopg 3, which is not installed)."""
+    u = make_url(url)
+    return u.set(drivername="postgresql+psycopg2") if u.drivername == "postgresql" else u
+
+
 def connect(url: str) -> Engine:
     private_sqlite(url)
-    engine = create_engine(url, future=True)
+    engine = create_engine(engine_url(url), future=True)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial

@@ -50,8 +50,9 @@ async def test_a_slow_database_does_not_stop_the_event_loop(tmp_path) -> None:
     collab.database.close()
 
 
-async def test_other_databases_get_a_small_pool_and_errors_roll_back(tmp_path) -> None:
-    database = db.Database(db.connect("postgresql+psycopg2://nobody@127.0.0.1:1/none"))
+async def test_postgresql_gets_psycopg2_and_a_small_pool_and_errors_roll_back(tmp_path) -> None:
+    database = db.Database(db.connect("postgresql://nobody@127.0.0.1:1/none"))  # (never connected)
+    assert database.engine.dialect.driver == "psycopg2"  # what the production extra installs
     assert database.workers == 4  # below the engine's 5 pooled connections: a worker never waits for one
     database.close()
     database = db.Database(db.connect(f"sqlite:///{tmp_path / 'c.sqlite'}"))

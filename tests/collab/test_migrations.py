@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,10 @@ from sqlalchemy import Engine, inspect, select, text
 
 from tests.authenticator.services import PostgresCluster
 from tests.collab import legacy_collab_db as legacy
+from tests.collab.conftest import COLLAB_CONFIG
+from tests.collab.helpers import Person
+from tests.hubtools import DEMO_CONFIG, Hub, make_demo_data, make_state_dir
+from tests.support import free_port
 from visa_collab import db, migrate
 
 T0 = datetime(2026, 11, 24, 12, 0, 0)
@@ -195,3 +200,39 @@ def test_the_runner_serves_another_services_tables_beside_these(new_engine, tmp_
     assert {"other_things", "other_alembic_version", db.VERSION_TABLE, db.grants.name} <= tables
     with engine.connect() as conn:
         assert migrate.current_revision(conn, "other_alembic_version") == "a1"
+
+
+@pytest.mark.root
+@pytest.mark.postgres
+def test_the_service_serves_a_pre_alembic_postgresql_database_behind_the_hub(postgres: PostgresCluster) -> None:
+    """The real hub starts the service on PostgreSQL (``VISA_COLLAB_DB_URL=postgresql://``) holding
+    a database from before Alembic: it upgrades it at start and alice, signed in through the hub,
+    reads her instance's audit log written back then (no instance needs to run for that)."""
+    url = postgres.create_database("visa_collab_service")
+    engine = db.connect(url)
+    legacy.migrate(engine)
+    write_rows(engine)
+    state = make_state_dir("visahub-collab-pg-")
+    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+    config = state / "hub_config_pg.py"
+    config.write_text(
+        f"load_subconfig({str(COLLAB_CONFIG)!r})\n"
+        "for service in get_config().JupyterHub.services:\n"
+        "    if service['name'] == 'visa-collab':\n"
+        f"        service['environment']['VISA_COLLAB_DB_URL'] = {url.replace('+psycopg2', '')!r}\n"
+    )
+    hub = Hub(state, config=config, extra_env={"VISA_COLLAB_PORT": str(free_port())})
+    try:
+        hub.start()
+        r = Person(hub, "alice").collab("GET", "instances/alice/run/audit")
+        assert r.status_code == 200, r.text[:300]
+        log = r.json()
+        assert [(a["action"], a["member"], a["outcome"]) for a in log] == [
+            ("disconnect", "bob", "ok"), ("connect", "bob", "ok"), ("grant", "mallory", "refused"), ("grant", "bob", "ok"),
+        ]
+        assert log[0]["detail"] == {"channel": "desktop", "dropped_input": 12} and log[0]["source"] == "instance"
+        assert revision(engine) == db.head()
+    finally:
+        hub.stop()
+        engine.dispose()
+        shutil.rmtree(state, ignore_errors=True)
