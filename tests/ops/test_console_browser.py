@@ -8,6 +8,7 @@ import pytest
 
 from tests.browser import chromium
 from tests.hubtools import Hub
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.browser]
 
@@ -110,3 +111,16 @@ def test_admin_console_dashboard_and_instances(hub: Hub, login, artifacts) -> No
         response = other.goto(f"{hub.url}{CONSOLE}instances")
         assert response.status == 403
         assert "Administrators only." in other.locator("#visa-admin-error").inner_text()
+
+        # alice on her desktop: the live sessions page shows her, as owner, from the collab presence
+        other.goto(f"{hub.url}/user/alice/{server}/visa/desktop")
+        other.wait_for_function("window.visaDesktop && window.visaDesktop.state === 'connected'")
+
+        def alice_listed() -> bool:
+            admin.goto(f"{hub.url}{CONSOLE}sessions")
+            admin.wait_for_function("() => !document.querySelector('#visa-sessions').textContent.includes('asking')")
+            cells = admin.locator(f'#visa-sessions tr[data-server="{server}"] td.visa-session').all_inner_texts()
+            return cells[:2] == ["alice", "owner"]
+
+        wait_for(alice_listed, 60, "alice's desktop session on the live sessions page", interval=2)
+        admin.screenshot(path=str(artifacts / "console-sessions-live.png"), full_page=True)
