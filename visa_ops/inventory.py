@@ -41,6 +41,7 @@ class Instance:
     last_activity: datetime | None = None  # the hub's: real use only (helper "activity")
     owner_roles: tuple[str, ...] = ()  # facility roles, upper case ("USER", "STAFF"), from `role:*` groups
     instruments: tuple[str, ...] = field(default=())
+    spawner_id: int | None = None  # the hub's row: a server deleted and made again under the same name is another
 
     @property
     def key(self) -> tuple[str, str]:
@@ -96,6 +97,7 @@ def instance_from_row(row: Any, roles: tuple[str, ...], plan_backends: Mapping[s
         created=min(created) if created else None, started=started,
         last_activity=_naive(row.last_activity), owner_roles=roles,
         instruments=tuple(map(str, instruments)) if isinstance(instruments, (list, tuple)) else (),
+        spawner_id=getattr(row, "spawner_id", None),
     )
 
 
@@ -134,8 +136,8 @@ def load_instances_sync(hub_db_url: str, plan_backends: Mapping[str, str] | None
     engine = read_only_engine(hub_db_url)
     s, u = orm.Spawner, orm.User
     query = (
-        select(u.name.label("owner"), s.name, s.display_name, s.user_options, s.state, s.server_id,
-               s.started, s.last_activity)
+        select(u.name.label("owner"), s.id.label("spawner_id"), s.name, s.display_name, s.user_options, s.state,
+               s.server_id, s.started, s.last_activity)
         .join(u, s.user_id == u.id)
         .where(s.name != "")
     )

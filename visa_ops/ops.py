@@ -155,7 +155,7 @@ class Operations:
         if actor != owner:
             raise OpsError(403, "Only the owner of this instance can ask for more time.")
         inst = await self.instance(owner, server)
-        record = await self.store.upsert(owner, server, created_at=inst.created)
+        record = await self.store.upsert(owner, server, created_at=inst.created, spawner_id=inst.spawner_id)
         if record["unlimited"]:
             raise OpsError(400, "This instance has no lifetime limit.")
         if await self.store.list_extensions(st.PENDING, owner, server):
@@ -234,7 +234,8 @@ class Operations:
         sent = await self.mail(inst, f"warning-{kind}", subject, body)
         self.metrics.warnings.labels(kind, "sent" if sent else "failed").inc()
         if sent:
-            await self.store.upsert(inst.owner, inst.server, **{f"warned_{kind}_for": deadline,
+            await self.store.upsert(inst.owner, inst.server, spawner_id=inst.spawner_id,
+                                    **{f"warned_{kind}_for": deadline,
                                                                 f"warned_{kind}_at": self.now()})
         await self.store.add_audit(SWEEP_ACTOR, "warn", inst.owner, inst.server, reason=kind,
                                    outcome="ok" if sent else "failed", detail={"deadline": iso(deadline)})
@@ -250,7 +251,7 @@ class Operations:
                                        detail={"error": str(e), "why": why})
             self.metrics.actions.labels("delete", reason, "failed").inc()
             raise
-        await self.store.upsert(inst.owner, inst.server, deleted_at=self.now())
+        await self.store.upsert(inst.owner, inst.server, spawner_id=inst.spawner_id, deleted_at=self.now())
         await self.store.add_audit(actor, "delete", inst.owner, inst.server, reason=reason,
                                    detail={"why": why, "proposal": inst.proposal, "plan": inst.plan} if why
                                    else {"proposal": inst.proposal, "plan": inst.plan})
@@ -274,7 +275,7 @@ class Operations:
             days = body.get("days")
             if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
                 raise OpsError(400, "days must be a whole number from 1 to 3650.")
-            await self.store.upsert(owner, server, created_at=inst.created)
+            await self.store.upsert(owner, server, created_at=inst.created, spawner_id=inst.spawner_id)
             await self.store.add_extra_days(owner, server, days)
             await self.store.add_audit(actor, "extend", owner, server, reason="admin",
                                        detail={"days": days, "why": comment})
@@ -283,7 +284,8 @@ class Operations:
             value = body.get("unlimited", True)
             if not isinstance(value, bool):
                 raise OpsError(400, "unlimited must be true or false.")
-            await self.store.upsert(owner, server, created_at=inst.created, unlimited=value)
+            await self.store.upsert(owner, server, created_at=inst.created, spawner_id=inst.spawner_id,
+                                    unlimited=value)
             await self.store.add_audit(actor, "unlimited", owner, server, reason="admin",
                                        detail={"unlimited": value, "why": comment})
             self.metrics.actions.labels("unlimited", "admin", "ok").inc()

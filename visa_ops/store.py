@@ -50,8 +50,9 @@ lifecycle = Table(
     Column("warned_lifetime_at", DateTime),
     Column("warned_inactivity_for", DateTime),  # the inactivity deadline a warning went out for
     Column("warned_inactivity_at", DateTime),
-    Column("deleted_at", DateTime),
+    Column("deleted_at", DateTime),  # asked the hub to delete it (the row goes when the server has gone)
     Column("updated_at", DateTime, nullable=False),
+    Column("spawner_id", Integer),  # the hub's spawner row it describes (revision 0002)
 )
 
 extensions = Table(
@@ -108,6 +109,8 @@ mail_log = Table(
 )
 
 PENDING, ACCEPTED, REFUSED, AUTO_ACCEPTED = "pending", "accepted", "refused", "auto-accepted"
+_UNSET = {"warned_lifetime_for": None, "warned_lifetime_at": None, "warned_inactivity_for": None,
+          "warned_inactivity_at": None, "deleted_at": None}
 T = TypeVar("T")
 
 
@@ -123,6 +126,15 @@ def _before_alembic(conn: Connection) -> str | None:
 def migrate(engine: Engine) -> str | None:
     """Bring the database to the newest Alembic revision (`visa_collab.migrate.upgrade`)."""
     return upgrade(engine, ALEMBIC_DIR, VERSION_TABLE, legacy=_before_alembic, name="visa-ops")
+
+
+def _another_server(record: dict, created: datetime | None, spawner_id: int | None) -> bool:
+    """Does `record` describe an earlier server of the same name? Its hub row differs, or we had
+    it deleted and this one was created since (SQLite may give a new row the old one's id)."""
+    if spawner_id is not None and record.get("spawner_id") not in (None, spawner_id):
+        return True
+    deleted = record.get("deleted_at")
+    return bool(deleted and created and created > deleted)
 
 
 def _dumps(detail: dict | None) -> str | None:
@@ -170,33 +182,50 @@ class Store:
 
     record = in_executor(record_sync)
 
-    def upsert_sync(self, owner: str, server: str, created_at: datetime | None = None, **values: Any) -> dict:
-        """Create the record if missing (created_at: given, else now), then set `values`."""
+    def upsert_sync(self, owner: str, server: str, created_at: datetime | None = None,
+                    spawner_id: int | None = None, **values: Any) -> dict:
+        """Create the record if missing (created_at: given, else now), then set `values`. A record
+        of another hub server of the same name (deleted, then made again) starts afresh."""
         at = self.clock()
         with self.engine.begin() as conn:
             where = and_(lifecycle.c.owner == owner, lifecycle.c.server == server)
             row = conn.execute(select(lifecycle).where(where)).first()
+            if row is not None and _another_server(dict(row._mapping), created_at, spawner_id):
+                conn.execute(lifecycle.delete().where(where))
+                row = None
             if row is None:
-                row = {"unlimited": False, "extra_days": 0, **values}
+                fresh = {"unlimited": False, "extra_days": 0, **values}
                 conn.execute(lifecycle.insert().values(owner=owner, server=server, created_at=created_at or at,
-                                                       updated_at=at, **row))
-            elif values:
-                conn.execute(lifecycle.update().where(where).values(updated_at=at, **values))
+                                                       updated_at=at, spawner_id=spawner_id, **fresh))
+            elif values or (spawner_id is not None and row.spawner_id is None):
+                ids = {"spawner_id": spawner_id} if spawner_id is not None else {}
+                conn.execute(lifecycle.update().where(where).values(updated_at=at, **ids, **values))
             return dict(conn.execute(select(lifecycle).where(where)).first()._mapping)
 
     upsert = in_executor(upsert_sync)
 
-    def ensure_records_sync(self, seen: Iterable[tuple[str, str, datetime | None]]) -> dict[tuple[str, str], dict]:
-        """Records for every (owner, server, created) seen, made in one transaction; all returned."""
+    def ensure_records_sync(self, seen: Iterable[tuple], prune: bool = False) -> dict[tuple[str, str], dict]:
+        """Records for every ``(owner, server, created[, spawner_id])`` seen, made in one
+        transaction; a record of an earlier server of the same name starts afresh; with `prune`
+        (a full sweep), records of servers the hub no longer has go. Returns every record."""
         at = self.clock()
         existing = self.records_sync()
+        current: dict[tuple[str, str], tuple[datetime | None, int | None]] = {}
+        for o, s, c, *rest in seen:
+            current[(o, s)] = (c, rest[0] if rest else None)
+        stale = [k for k, (c, sid) in current.items() if k in existing and _another_server(existing[k], c, sid)]
+        gone = [k for k in existing if k not in current] if prune else []
         new = [{"owner": o, "server": s, "created_at": min(c, at) if c else at, "unlimited": False,
-                "extra_days": 0, "updated_at": at}
-               for o, s, c in seen if (o, s) not in existing]
-        if new:
+                "extra_days": 0, "updated_at": at, "spawner_id": sid}
+               for (o, s), (c, sid) in current.items() if (o, s) not in existing or (o, s) in stale]
+        if stale or gone or new:
             with self.engine.begin() as conn:
-                conn.execute(lifecycle.insert(), new)
-            existing.update({(r["owner"], r["server"]): r for r in new})
+                for o, s in stale + gone:
+                    conn.execute(lifecycle.delete().where(lifecycle.c.owner == o, lifecycle.c.server == s))
+                    existing.pop((o, s), None)
+                if new:
+                    conn.execute(lifecycle.insert(), new)
+            existing.update({(r["owner"], r["server"]): {**r, **_UNSET} for r in new})
         return existing
 
     ensure_records = in_executor(ensure_records_sync)

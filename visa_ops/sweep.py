@@ -21,6 +21,7 @@ from .inventory import Instance
 from .ops import SWEEP_ACTOR, Operations
 
 log = logging.getLogger("visa_ops.sweep")
+DELETE_PENDING = timedelta(hours=1)
 
 
 @dataclass
@@ -42,9 +43,11 @@ async def sweep_once(ops: Operations, archive_dir: str | os.PathLike | None = No
     """Run the rules once over every instance (or the `instances` given, for the bench)."""
     report = SweepReport()
     started = time.perf_counter()
+    full = instances is None  # every server the hub has: records of the others can go
     if instances is None:
         instances = await ops.instances()
-    records = await ops.store.ensure_records([(i.owner, i.server, i.created) for i in instances])
+    records = await ops.store.ensure_records([(i.owner, i.server, i.created, i.spawner_id) for i in instances],
+                                             prune=full)
     report.load_seconds = time.perf_counter() - started
     report.instances = len(instances)
 
@@ -58,6 +61,9 @@ async def sweep_once(ops: Operations, archive_dir: str | os.PathLike | None = No
             log.exception("%s/%s: cannot decide", inst.owner, inst.server)
             report.failed.append((inst.owner, inst.server, f"decide: {type(e).__name__}"))
             continue
+        asked = records.get(inst.key, {}).get("deleted_at")
+        if verdict.delete and asked and at - asked < DELETE_PENDING:
+            continue  # the hub is still stopping and archiving it: do not ask twice
         if verdict.delete or verdict.warn_now:
             due.append((inst, verdict))
     report.decide_seconds = time.perf_counter() - t0

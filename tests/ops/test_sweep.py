@@ -161,3 +161,21 @@ async def test_sweep_over_5000_instances_decides_in_under_a_second(ops, hubdb, c
     assert first.instances == steady.instances == 5000 and not steady.failed and not steady.deleted
     assert first.decide_seconds < 1.0 and steady.decide_seconds < 1.0
     assert steady.total_seconds < 2.0
+
+
+async def test_a_server_made_again_under_the_same_name_starts_afresh(ops, hubdb, clock, fakehub, outbox):
+    hubdb.server("alice", "s1", started=T0, last_activity=T0)
+    clock.advance(days=3)
+    assert (await sweep_once(ops)).warned == [("alice", "s1", "inactivity")]
+    clock.advance(days=1)
+    assert (await sweep_once(ops)).deleted == [("alice", "s1", "inactivity")]
+    clock.advance(minutes=10)
+    report = await sweep_once(ops)  # the hub is still archiving: not asked again
+    assert report.deleted == [] and fakehub.calls.count(("remove", "alice", "s1")) == 1
+    # the hub deletes it; alice makes a new "s1" right away
+    hubdb.remove("alice", "s1")
+    hubdb.server("alice", "s1", started=clock(), last_activity=clock())
+    report = await sweep_once(ops)
+    assert report.warned == [] and report.deleted == []
+    record = await ops.store.record("alice", "s1")
+    assert record["created_at"] == clock() and record["warned_inactivity_for"] is None and record["deleted_at"] is None
