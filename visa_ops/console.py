@@ -147,20 +147,33 @@ def _text_body(msg: Message) -> str:
 
 
 def read_outbox(path: str, limit: int = OUTBOX_LIMIT) -> list[dict]:
-    """The newest `limit` messages of a Maildir (new and cur), newest first. Blocking: run in an executor."""
+    """The newest `limit` messages of a Maildir (new/ and cur/), newest first: only those are
+    parsed, by delivery time (the files' mtime, which `mailbox.Maildir` sets). Blocking: run in an executor."""
     if not os.path.isdir(path):
         return []
     box = mailbox.Maildir(path, factory=None, create=False)
-    found = []
-    for key in box.keys():
+    files = []
+    for sub in ("new", "cur"):
+        try:
+            entries = list(os.scandir(os.path.join(path, sub)))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.name.startswith("."):
+                    files.append((entry.stat().st_mtime, entry.name.split(box.colon)[0]))
+            except FileNotFoundError:  # moved from new/ to cur/ while we looked
+                continue
+    files.sort(reverse=True)
+    out = []
+    for at, key in files[:limit]:
         try:
             msg = box.get_message(key)
-        except (OSError, KeyError):  # delivered or moved while we looked
+        except (OSError, KeyError):
             continue
-        found.append((msg.get_date(), key, msg))
-    found.sort(key=lambda m: m[0], reverse=True)
-    return [{"key": key, "date": when(datetime.fromtimestamp(at, UTC)), "subject": _header(msg, "Subject"),
-             "to": _header(msg, "To"), "body": _text_body(msg)} for at, key, msg in found[:limit]]
+        out.append({"key": key, "date": when(datetime.fromtimestamp(at, UTC)), "subject": _header(msg, "Subject"),
+                    "to": _header(msg, "To"), "body": _text_body(msg)})
+    return out
 
 
 class OutboxPage(ConsolePage):

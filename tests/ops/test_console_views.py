@@ -89,3 +89,26 @@ def test_samples_keep_a_gap_forget_the_old_and_tolerate_a_twin(tmp_path) -> None
     assert not record_sample_sync(engine, t0 + MIN_GAP / 2, {"running": 2})
     assert record_sample_sync(engine, NOW, {"running": 3})  # aware UTC is stored as naive UTC
     assert series_sync(engine, t0) == [(NOW.replace(tzinfo=None), 3)]  # the 40-day-old one is gone
+
+
+def test_outbox_parses_only_the_newest_messages(tmp_path) -> None:
+    import mailbox
+    from email.message import EmailMessage
+
+    from visa_ops.console import read_outbox
+
+    box = mailbox.Maildir(tmp_path / "outbox", create=True)
+    for n in range(5):
+        msg = EmailMessage()
+        msg["Subject"], msg["To"] = f"message {n}", "alice@example.org"
+        msg.set_content("é" * n)
+        m = mailbox.MaildirMessage(msg)
+        m.set_date(NOW.timestamp() + n)
+        if n == 3:
+            m.set_subdir("cur")  # read once
+        box.add(m)
+    assert len(list((tmp_path / "outbox" / "cur").iterdir())) == 1
+    shown = read_outbox(str(tmp_path / "outbox"), limit=2)
+    assert [m["subject"] for m in shown] == ["message 4", "message 3"]
+    assert shown[0]["body"].strip() == "éééé" and shown[0]["date"] == "2026-12-03 12:00"
+    assert read_outbox(str(tmp_path / "missing")) == []
