@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlencode
 
 from jupyter_server.utils import url_path_join
 from traitlets import Float, Unicode, default, validate
@@ -74,6 +75,30 @@ class VisaDesktop(Configurable):
     @default("collab_prefix")
     def _default_collab_prefix(self) -> str:
         return os.environ.get("VISA_COLLAB_PREFIX", "")
+
+    ops_prefix = Unicode(
+        help="""
+        Path of the visa-ops service as browsers reach it (same origin), e.g.
+        ``/services/visa-ops/``: the desktop page's bar embeds its banner (notifications, this
+        instance's lifetime or inactivity warning, "Ask for more time"); if the service answers
+        404 the banner stays hidden. Default: ``$VISA_OPS_PREFIX``, else
+        ``{$JUPYTERHUB_BASE_URL}services/visa-ops/`` under JupyterHub. Empty: no banner.
+        """,
+    ).tag(config=True)
+
+    @default("ops_prefix")
+    def _default_ops_prefix(self) -> str:
+        if "VISA_OPS_PREFIX" in os.environ:
+            return os.environ["VISA_OPS_PREFIX"]
+        if not os.environ.get("JUPYTERHUB_USER"):
+            return ""
+        return url_path_join(os.environ.get("JUPYTERHUB_BASE_URL") or "/", "services/visa-ops/")
+
+    def ops_banner_url(self, owner: str, server: str) -> str:
+        """The banner of this instance (``banner?owner=&server=``), or "" without the service."""
+        if not self.ops_prefix or not owner:
+            return ""
+        return url_path_join(self.ops_prefix, "banner") + "?" + urlencode({"owner": owner, "server": server})
 
     presence_timeout = Float(
         help="""
@@ -189,6 +214,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app.settings["visa_room"] = room
     web_app.settings["visa_collab_prefix"] = config.collab_prefix if room.link else ""
     web_app.settings["visa_desktop_idle_disconnect"] = config.idle_disconnect
+    web_app.settings["visa_ops_banner"] = config.ops_banner_url(
+        os.environ.get("JUPYTERHUB_USER", ""), os.environ.get("JUPYTERHUB_SERVER_NAME", ""))
     install_activity(web_app, serverapp.log)  # the hub hears of real use only
     gated = install_gate(identity_provider, room, base_url)
     if gated and not _keep_memory_private():

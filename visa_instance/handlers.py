@@ -59,6 +59,8 @@ class DesktopPageHandler(JupyterHandler):
         if collab:
             server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
             config["collabPrompt"] = url_path_join(collab, "prompt") + "?server=" + quote(server, safe="")
+        if self.settings.get("visa_ops_banner"):
+            config["opsBanner"] = self.settings["visa_ops_banner"]  # visa_instance.extension
         self.set_header("Cache-Control", "no-store")
         self.finish(
             _jinja.get_template("desktop.html").render(

@@ -10,8 +10,11 @@ const reconnectButton = document.getElementById("visa-reconnect");
 const fullscreenButton = document.getElementById("visa-fullscreen");
 const peopleEl = document.getElementById("visa-people");
 const promptFrame = document.getElementById("visa-prompt");
+const bannerFrame = document.getElementById("visa-ops-banner");
 
 const AUTO_RETRIES = 3; // drops retried on their own (1 s, 2 s, 4 s), then the user decides
+const CLOSE_IDLE = 4408; // the server closed an input-less connection (VisaDesktop.idle_disconnect)
+const BANNER_REFRESH_MS = 15 * 60 * 1000; // warnings move by hours; a reload must not cost the hub
 
 // Exposed for tests and for the humans debugging a stuck session.
 const desktop = {
@@ -21,6 +24,8 @@ const desktop = {
   connects: 0,
   retries: 0,
   lastDisconnect: null,
+  lastClose: null, // {code, reason} of the websocket's last close
+  banner: "none", // 'none' (no ops service) | 'empty' | 'shown'
   securityFailure: null,
   rfb: null,
   room: null, // {role, level, view_only, owner_present, ...} from visa/api/room
@@ -55,7 +60,10 @@ function connect() {
   setState("connecting", "Connecting…");
   let rfb;
   try {
-    rfb = new RFB(screen, desktop.url, { shared: true });
+    // our own websocket, so the page can read the close code and reason (noVNC does not say)
+    const ws = new WebSocket(desktop.url);
+    ws.addEventListener("close", (event) => { desktop.lastClose = { code: event.code, reason: event.reason }; });
+    rfb = new RFB(screen, ws, { shared: true });
   } catch (e) {
     onDisconnect(String(e));
     return;
@@ -78,6 +86,11 @@ function connect() {
   });
   rfb.addEventListener("disconnect", (event) => {
     if (desktop.rfb !== rfb) return;
+    const close = desktop.lastClose;
+    if (close && close.code === CLOSE_IDLE) {
+      onIdleClose(close.reason || "no input for a long time");
+      return;
+    }
     onDisconnect(event.detail.clean ? "closed" : "connection lost");
   });
   rfb.addEventListener("securityfailure", (event) => {
@@ -101,6 +114,13 @@ function onDisconnect(reason) {
     return;
   }
   setState("disconnected", `Disconnected (${reason})`);
+}
+
+// Closed for lack of input: not a fault, so no automatic retry; the desktop itself keeps running.
+function onIdleClose(reason) {
+  desktop.rfb = null;
+  desktop.lastDisconnect = reason;
+  setState("disconnected", `Disconnected: ${reason}. Your desktop is still running: Reconnect to continue.`);
 }
 
 function connectedText() {
@@ -164,14 +184,53 @@ window.addEventListener("message", (event) => {
 reconnectButton.addEventListener("click", () => {
   desktop.retries = 0;
   connect();
-pollRoom();
-setInterval(pollRoom, 2000);
 });
 fullscreenButton.addEventListener("click", () => {
   if (document.fullscreenElement) document.exitFullscreen();
   else document.documentElement.requestFullscreen().catch(() => {});
 });
 
+// The operations banner (notifications, this instance's lifetime or inactivity warning, "Ask for
+// more time"): a page of the visa-ops service, same origin. Shown only when the service answers
+// and has something to say; its height follows its content.
+let bannerTimer = null;
+
+async function loadBanner() {
+  let r;
+  try {
+    r = await fetch(config.opsBanner, { credentials: "same-origin" });
+  } catch (e) {
+    return; // the next refresh will tell
+  }
+  if (!r.ok) { // 404: no ops service on this hub; stays hidden
+    desktop.banner = "none";
+    bannerFrame.hidden = true;
+    if (r.status === 404) clearInterval(bannerTimer);
+    return;
+  }
+  if (document.activeElement === bannerFrame) return; // never wipe a request being typed
+  bannerFrame.src = config.opsBanner;
+}
+
+function fitBanner() {
+  const doc = bannerFrame.contentDocument;
+  const body = doc && doc.body;
+  const empty = !body || !body.innerText.trim();
+  desktop.banner = empty ? "empty" : "shown";
+  bannerFrame.hidden = empty;
+  if (!empty) bannerFrame.style.height = `${Math.min(doc.documentElement.scrollHeight, window.innerHeight * 0.4)}px`;
+}
+
+bannerFrame.addEventListener("load", () => {
+  fitBanner();
+  const body = bannerFrame.contentDocument && bannerFrame.contentDocument.body;
+  if (body && window.ResizeObserver) new ResizeObserver(fitBanner).observe(body); // e.g. "Sent" after the form
+});
+
 connect();
 pollRoom();
 setInterval(pollRoom, 2000);
+if (config.opsBanner) {
+  loadBanner();
+  bannerTimer = setInterval(loadBanner, BANNER_REFRESH_MS);
+}
