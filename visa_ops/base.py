@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("visa_ops")
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-ADMIN_CACHE_SECONDS = 30.0
 
 __all__ = ["ApiHandler", "BaseHandler", "jinja", "row_id"]
 
@@ -81,19 +79,3 @@ class BaseHandler(CollabBaseHandler):
 
 class ApiHandler(BaseHandler):
     api = True
-
-
-class AdminCache:
-    """name → (is admin, when asked): the hub is asked at most once per `ttl` per person."""
-
-    def __init__(self, ttl: float = ADMIN_CACHE_SECONDS) -> None:
-        self.ttl = ttl
-        self._seen: dict[str, tuple[bool, float]] = {}
-
-    def get(self, name: str) -> bool | None:
-        hit = self._seen.get(name)
-        return hit[0] if hit and time.monotonic() - hit[1] < self.ttl else None
-
-    def put(self, name: str, value: bool) -> bool:
-        self._seen[name] = (value, time.monotonic())
-        return value

@@ -17,7 +17,7 @@ from visa_collab.db import iso
 from visa_collab.hubapi import HubAPI, HubError
 
 from . import store as st
-from .base import AdminCache
+from .admins import AdminCache
 from .inventory import Instance, load_instances
 from .mail import Mailer, MailError, decision_message, warning_message
 from .metrics import Metrics

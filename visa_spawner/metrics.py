@@ -131,6 +131,15 @@ def instance_rows(records: Iterable[tuple[Any, Any, Any, bool]], plan_backends: 
     return rows
 
 
+_hub_plans: dict[str, Any] = {"backend_classes": {}, "check_plans": lambda config: []}
+
+
+def bind_plans(backend_classes: dict[str, str], check_plans: Callable[[Any], list]) -> None:
+    """Told by `visa_spawner.spawner` when it is imported, so this module never imports the
+    spawner (no import cycle): the default backends and how the hub's plans are read."""
+    _hub_plans.update(backend_classes=backend_classes, check_plans=check_plans)
+
+
 def hub_instance_rows() -> list[InstanceRow]:
     """Every named server of the running hub (none outside a hub).
 
@@ -141,15 +150,13 @@ def hub_instance_rows() -> list[InstanceRow]:
     from jupyterhub import orm
     from jupyterhub.app import JupyterHub
 
-    from .spawner import BACKEND_CLASSES, check_plans
-
     if not JupyterHub.initialized():
         return []
     app = JupyterHub.instance()
     if getattr(app, "db", None) is None:
         return []
     try:
-        plans = check_plans(app.config)
+        plans = _hub_plans["check_plans"](app.config)
     except ValueError:
         plans = []
     pending = {(user.id, name) for user in app.users.values()
@@ -158,7 +165,7 @@ def hub_instance_rows() -> list[InstanceRow]:
                          orm.Spawner.state).filter(orm.Spawner.name != "")
     records = [(server_id is not None, options, state, (user_id, name) in pending)
                for user_id, name, server_id, options, state in query]
-    backends = app.config.get("VisaSpawner", {}).get("backend_classes", BACKEND_CLASSES)
+    backends = app.config.get("VisaSpawner", {}).get("backend_classes", _hub_plans["backend_classes"])
     return instance_rows(records, {p.id: p.backend for p in plans}, backends)
 
 

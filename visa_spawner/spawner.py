@@ -73,6 +73,9 @@ def check_plans(config: Config) -> list[Plan]:
     return parse_plans(section.get("plans", DEFAULT_PLANS), section.get("backend_classes", BACKEND_CLASSES))
 
 
+metrics.bind_plans(BACKEND_CLASSES, check_plans)
+
+
 class VisaSpawner(Spawner):
     """Spawns a proposal's analysis instance on the backend of the chosen plan."""
 
