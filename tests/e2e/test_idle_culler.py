@@ -8,9 +8,12 @@ second, and the real culler as a process with the tests' admin token.
 """
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 
@@ -63,7 +66,10 @@ def new_instance(alice: Person, hub: Hub, name: str) -> str:
 
 
 def open_desktop(alice: Person, server: str) -> RfbClient:
-    alice.open_instance(OWNER, server, "visa/desktop")
+    page = alice.open_instance(OWNER, server, "visa/desktop")
+    config = json.loads(re.search(r'id="visa-desktop-config" type="application/json">(.*?)</script>', page.text)[1])
+    # the page's bar embeds this instance's operations banner (shown if the service answers)
+    assert config["opsBanner"] == f"/services/visa-ops/banner?{urlencode({'owner': OWNER, 'server': server})}"
     client = RfbClient(alice.websocket(OWNER, server, "desktop/"))
     client.screen()
     return client
