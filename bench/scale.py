@@ -77,7 +77,7 @@ def background_mode() -> dict:
         return {"kind": "poll", "path": "api/pending-requests", "interval": int(poll.group(1)) / 1000,
                 "home_query": home_query}
     if "subscribe(" in prompt or "EventSource" in prompt:
-        m = re.search(r'EventSource\([^)]*?"((?:api/)[\w/-]+)', base + prompt)
+        m = re.search(r'"(api/[\w/-]*events[\w/-]*)', base + prompt)
         return {"kind": "sse", "path": m.group(1) if m else "api/events", "interval": None, "home_query": home_query}
     raise SystemExit("cannot tell what an open page does in the background: read visa_collab/templates/prompt.html")
 
@@ -437,10 +437,12 @@ def print_table(args, mode, results, idle, busy, background, sweeps, sweep_note,
               f"failed {len(report.failed)}")
     print(row("hub RSS (peak)", f"{rss_peak / 2**20:.0f} MiB", "<= 1 GiB", rss_peak <= TARGETS["rss_gib"] * 2**30))
     print(row("hub CPU, no page open (% of a core)", f"{idle['hub']:.1f} %"))
-    print(row(f"hub CPU, {args.pages} open pages", f"{busy['hub']:.1f} %"))
-    extra = busy["hub"] - idle["hub"]
-    print(row(f"hub CPU from the {args.pages} open pages (difference)", f"{extra:.1f} %", "<= 10 %",
-              extra <= TARGETS["hub_cpu_pages_pct"]))
+    # judged on the whole figure with the pages open (the difference is shown, not judged: the
+    # collab service's reconciliation loop calls the hub too and runs when it runs)
+    starved = mode["kind"] == "poll" and background["rate"] < 0.9 * args.pages / mode["interval"]
+    print(row(f"hub CPU, {args.pages} open pages", f"{busy['hub']:.1f} %", "<= 10 %",
+              None if starved else busy["hub"] <= TARGETS["hub_cpu_pages_pct"]) + (" (n/a: pages starved)" * starved))
+    print(row("  difference from no page open", f"{busy['hub'] - idle['hub']:+.1f} %"))
     for role in ("collab", "proxy", "postgres", "ops"):
         print(row(f"{role} CPU, no page / {args.pages} pages", f"{idle[role]:.1f} % / {busy[role]:.1f} %"))
     print(row("page emulator CPU (not under test)", f"{busy['emulator']:.1f} %"))
