@@ -26,6 +26,7 @@ from tests.support import ManualClock, free_port
 from visa_collab import db
 from visa_collab.app import make_app
 from visa_collab.collab import Collaboration
+from visa_collab.events import RESYNC, EventBus, request_notice
 from visa_collab.hubapi import HubAPI
 
 SERVICE = "/services/visa-collab/"
@@ -349,6 +350,19 @@ async def test_an_expired_request_is_pushed(tmp_path, fake: FakeHub, clock: Manu
         assert await prompt.event(timeout=5) == ("pending", [])
         prompt.close()
         waiting.close()
+
+
+async def test_a_stream_that_falls_behind_is_told_to_read_everything_again() -> None:
+    bus = EventBus()
+    with bus.subscribe("alice") as slow, bus.subscribe("alice") as other, bus.subscribe("dave"):
+        for rid in range(100):
+            bus.publish(["alice"], request_notice(rid, "alice", "run", "erin"))
+        assert slow.queue.get_nowait() == RESYNC and slow.queue.qsize() < 64
+        assert bus.subscribers("alice") == 2 and bus.subscribers() == 3
+        other.close()
+        items = [other.queue.get_nowait() for _ in range(other.queue.qsize())]
+        assert other.closed and items[-1] is None
+    assert bus.subscribers() == 0
 
 
 # -- presence ----------------------------------------------------------------------------------
