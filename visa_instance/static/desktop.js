@@ -195,14 +195,18 @@ fullscreenButton.addEventListener("click", () => {
 // and has something to say; its height follows its content.
 let bannerTimer = null;
 
+// Is there an ops service? Asked without following redirects: a fetch is refused the service's
+// login cookie (no XSRF header), so following would loop through the hub's OAuth; the service
+// answers a redirect (to log in) or the page, a hub without it answers 404. The iframe itself
+// navigates, logs in through the hub and shows the page.
 async function loadBanner() {
   let r;
   try {
-    r = await fetch(config.opsBanner, { credentials: "same-origin" });
+    r = await fetch(config.opsBanner, { credentials: "same-origin", redirect: "manual" });
   } catch (e) {
     return; // the next refresh will tell
   }
-  if (!r.ok) { // 404: no ops service on this hub; stays hidden
+  if (!r.ok && r.type !== "opaqueredirect") { // 404: no ops service on this hub; stays hidden
     desktop.banner = "none";
     bannerFrame.hidden = true;
     if (r.status === 404) clearInterval(bannerTimer);
@@ -215,7 +219,9 @@ async function loadBanner() {
 function fitBanner() {
   const doc = bannerFrame.contentDocument;
   const body = doc && doc.body;
-  const empty = !body || !body.innerText.trim();
+  const nav = doc && bannerFrame.contentWindow.performance.getEntriesByType("navigation")[0];
+  const failed = nav && nav.responseStatus >= 400; // an error page is not a banner
+  const empty = failed || !body || !body.innerText.trim();
   desktop.banner = empty ? "empty" : "shown";
   bannerFrame.hidden = empty;
   if (!empty) bannerFrame.style.height = `${Math.min(doc.documentElement.scrollHeight, window.innerHeight * 0.4)}px`;
