@@ -389,8 +389,6 @@ class RoomHandler(InstanceChannelHandler):
 
 
 def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
-    from .push import EventsHandler  # it builds on this module's handlers
-
     p = prefix
     inst = f"{NAME}/{NAME}"
     return [
@@ -407,7 +405,6 @@ def make_handlers(prefix: str, callback_handler: type) -> list[tuple]:
         (f"{p}api/support-instances", SupportInstancesHandler),
         (f"{p}api/shared-with-me", SharedWithMeHandler),
         (f"{p}api/pending-requests", PendingRequestsHandler),
-        (f"{p}api/events", EventsHandler),
         (f"{p}api/invitations/accept", AcceptInvitationHandler),
         (f"{p}api/instances/{inst}", InstanceHandler),
         (f"{p}api/instances/{inst}/members", MembersHandler),

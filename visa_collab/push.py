@@ -161,3 +161,8 @@ class EventsHandler(ApiHandler):
             model = await off_loop(self.collab.request, request_id)
             if model["status"] != "pending":
                 await self._send("request", model)
+
+
+def push_handlers(prefix: str) -> list[tuple]:
+    """The stream's route, beside `handlers.make_handlers` (this module builds on that one)."""
+    return [(f"{prefix}api/events", EventsHandler)]
