@@ -73,7 +73,9 @@ async def main_async(args: argparse.Namespace) -> None:
     hub = OpsHubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     ops = Operations(store, policy, hub, args.hub_db_url, Mailer(),
                      plan_backends=json.loads(os.environ.get("VISA_OPS_PLAN_BACKENDS", "") or "{}"),
-                     public_url=os.environ.get("VISA_OPS_PUBLIC_URL", ""))
+                     public_url=os.environ.get("VISA_OPS_PUBLIC_URL", ""),
+                     archiving_backends=json.loads(os.environ["VISA_OPS_ARCHIVING_BACKENDS"])
+                     if os.environ.get("VISA_OPS_ARCHIVING_BACKENDS") else None)
     secret = os.environ.get("VISA_OPS_COOKIE_SECRET")
     app = make_app(ops, prefix, hub_prefix, bytes.fromhex(secret) if secret else secrets.token_bytes(32))
     app.listen(url.port or 80, url.hostname or "127.0.0.1")

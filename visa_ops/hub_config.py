@@ -76,6 +76,18 @@ def public_url(c: Any, env: Mapping[str, str]) -> str:
     return f"http://{_get(c.JupyterHub, 'ip', '127.0.0.1') or '127.0.0.1'}:{_get(c.JupyterHub, 'port', 8000)}"
 
 
+def archiving_backends(c: Any) -> list[str]:
+    """The configured backends that archive an instance before deleting it: the only ones whose
+    instances lifecycle rules may delete (JupyterHub forgets a server even when its spawner refused)."""
+    from visa_spawner.archives import can_archive
+    from visa_spawner.spawner import BACKEND_CLASSES
+
+    classes = dict(_get(c.VisaSpawner, "backend_classes", BACKEND_CLASSES))
+    if not _get(c.VisaSpawner, "archive_on_delete", True):
+        return []
+    return sorted(name for name in classes if can_archive(name, classes))
+
+
 def apply(
     c: Any, *, state_dir: str | os.PathLike, env: Mapping[str, str] | None = None, policy: dict | None = None,
     sweep_interval: float | None = None, python: str = sys.executable,
@@ -108,6 +120,7 @@ def apply(
         "VISA_OPS_ARCHIVE_RETENTION_DAYS": str(retention),
         "VISA_OPS_POLICY": json.dumps(policy, sort_keys=True),
         "VISA_OPS_PLAN_BACKENDS": json.dumps(backends, sort_keys=True),
+        "VISA_OPS_ARCHIVING_BACKENDS": json.dumps(archiving_backends(c)),
         "VISA_OPS_PLAN_SWITCH_FILE": _get(c.VisaSpawner, "plan_switch_file", "") or str(state / "plans-disabled.json"),
         "VISA_OPS_PUBLIC_URL": public_url(c, env),
     }

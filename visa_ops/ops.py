@@ -7,7 +7,7 @@ records (`visa_ops.store`), decides with `visa_ops.policy` and acts through the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -58,10 +58,12 @@ class OpsHubAPI(HubAPI):
 class Operations:
     def __init__(self, store: Store, policy: LifecyclePolicy, hub: OpsHubAPI, hub_db_url: str, mailer: Mailer, *,
                  plan_backends: Mapping[str, str] | None = None, public_url: str = "",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, archiving_backends: Collection[str] | None = None) -> None:
         self.store, self.policy, self.hub, self.mailer = store, policy, hub, mailer
         self.hub_db_url = hub_db_url
         self.plan_backends = dict(plan_backends or {})
+        # backends whose instances the hub archives before deleting (None: all of them)
+        self.archiving_backends = None if archiving_backends is None else frozenset(archiving_backends)
         self.public_url = public_url.rstrip("/")  # the hub as people reach it, for links in e-mails
         self.metrics = metrics or Metrics()
         self._admins = AdminCache()
@@ -69,6 +71,10 @@ class Operations:
 
     def now(self) -> datetime:
         return self.policy.now()
+
+    def archives(self, backend: str) -> bool:
+        """Does the hub archive this backend's instances before deleting them? Rules delete only those."""
+        return self.archiving_backends is None or backend in self.archiving_backends
 
     # -- people ------------------------------------------------------------------------------
     async def is_admin(self, name: str) -> bool:

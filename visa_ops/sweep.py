@@ -32,6 +32,7 @@ class SweepReport:
     warned: list[tuple[str, str, str]] = field(default_factory=list)  # (owner, server, kind)
     deleted: list[tuple[str, str, str]] = field(default_factory=list)  # (owner, server, reason)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (owner, server, error)
+    kept: list[tuple[str, str, str]] = field(default_factory=list)  # due, but its backend cannot archive
     pruned: list[str] = field(default_factory=list)  # archive paths
     load_seconds: float = 0.0
     decide_seconds: float = 0.0  # the pure decision work over every instance
@@ -64,6 +65,10 @@ async def sweep_once(ops: Operations, archive_dir: str | os.PathLike | None = No
         asked = records.get(inst.key, {}).get("deleted_at")
         if verdict.delete and asked and at - asked < DELETE_PENDING:
             continue  # the hub is still stopping and archiving it: do not ask twice
+        if verdict.delete and not ops.archives(inst.backend):
+            # JupyterHub would forget the record even though nothing was archived: an admin decides
+            report.kept.append((inst.owner, inst.server, verdict.delete))
+            continue
         if verdict.delete or verdict.warn_now:
             due.append((inst, verdict))
     report.decide_seconds = time.perf_counter() - t0
@@ -149,10 +154,11 @@ async def keep_sweeping(ops: Operations, interval: float, archive_dir: str | Non
     while True:
         try:
             report = await sweep_once(ops, archive_dir, retention_days)
-            if report.warned or report.deleted or report.failed or report.pruned:
-                log.info("Sweep: %d instances, %d warned, %d deleted, %d failed, %d archive files pruned (%.2fs)",
-                         report.instances, len(report.warned), len(report.deleted), len(report.failed),
-                         len(report.pruned), report.total_seconds)
+            if report.warned or report.deleted or report.kept or report.failed or report.pruned:
+                log.info("Sweep: %d instances, %d warned, %d deleted, %d kept (backend cannot archive), %d failed, "
+                         "%d archive files pruned (%.2fs)",
+                         report.instances, len(report.warned), len(report.deleted), len(report.kept),
+                         len(report.failed), len(report.pruned), report.total_seconds)
         except Exception:
             log.exception("Sweep failed; trying again in %ss", interval)
         await asyncio.sleep(interval)

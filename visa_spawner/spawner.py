@@ -24,6 +24,7 @@ from traitlets.config import Config
 from . import metrics
 from .archives import Archive, archive_file, archive_instance, find_archive, list_archives
 from .backends.base import (
+    ArchiveNotSupported,
     Backend,
     BackendError,
     InstanceIdentity,
@@ -378,6 +379,12 @@ class VisaSpawner(Spawner):
                     backend, state, archive_dir=self.archive_dir, owner=identity.owner,
                     server=identity.server_name, display_name=self.display_name or self.name,
                     options=self.user_options or {}, backend_name=identity.backend)
+            except ArchiveNotSupported:
+                # the owner or an admin asked for this deletion; lifecycle rules never ask it of
+                # these backends (visa_ops skips them), so nothing is deleted by a rule unarchived
+                self.log.warning("%s: not archived (the %s backend cannot archive); deleted as asked",
+                                 self._log_name, identity.backend)
+                archive = None
             except BackendError as e:
                 self.log.error("%s: NOT deleted, its data is kept: %s %s", self._log_name, e.message, e.log_detail)
                 raise

@@ -77,6 +77,23 @@ async def test_inactivity_deletion_and_failed_delete_is_audited_and_sweep_goes_o
     assert failed[0]["outcome"] == "failed" and "the hub failed" in failed[0]["detail"]
 
 
+async def test_an_instance_whose_backend_cannot_archive_is_warned_but_never_deleted_by_a_rule(
+        ops, hubdb, clock, fakehub, outbox):
+    """JupyterHub forgets a server even when its spawner refuses to delete it unarchived: the sweep
+    must not ask (OpenStack cannot archive yet); an admin decides."""
+    ops.archiving_backends = frozenset({"sandbox", "qemu"})
+    hubdb.server("alice", "cloud", started=T0, last_activity=T0, backend="openstack", plan="cloud")
+    hubdb.server("alice", "box", started=T0, last_activity=T0)
+    clock.advance(days=3)
+    assert sorted(s for _, s, _ in (await sweep_once(ops)).warned) == ["box", "cloud"]
+    outbox.wait_count(2)
+    clock.advance(days=2)
+    report = await sweep_once(ops)
+    assert report.deleted == [("alice", "box", "inactivity")]
+    assert report.kept == [("alice", "cloud", "inactivity")]
+    assert ("remove", "alice", "cloud") not in fakehub.calls and ("remove", "alice", "box") in fakehub.calls
+
+
 async def test_no_address_no_warning_marked(ops, hubdb, clock, fakehub, outbox):
     fakehub.add_person("nomail", groups=["role:user"], email="")
     hubdb.server("nomail", "x", roles=("user",), started=T0, last_activity=T0)

@@ -8,7 +8,7 @@ import pytest
 from traitlets import import_item
 
 from visa_spawner.archives import list_archives
-from visa_spawner.backends.base import ArchiveNotSupported, Backend, BackendError, InstanceIdentity
+from visa_spawner.backends.base import Backend, BackendError, InstanceIdentity
 from visa_spawner.backends.sandbox.backend import SandboxBackend
 from visa_spawner.spawner import VisaSpawner
 
@@ -64,10 +64,12 @@ async def test_the_home_is_archived_then_deleted(tmp_path):
     assert (tmp_path / "deleted").exists()
 
 
-async def test_no_archive_no_deletion(tmp_path):
-    with pytest.raises(ArchiveNotSupported):
-        await spawner(tmp_path, "openstack").delete_forever()
-    assert not (tmp_path / "deleted").exists()
+async def test_a_backend_that_cannot_archive_deletes_as_asked_and_says_so(tmp_path, caplog):
+    """An owner's or admin's own deletion goes ahead; lifecycle rules never ask it (visa_ops)."""
+    await spawner(tmp_path, "openstack").delete_forever()
+    assert (tmp_path / "deleted").exists()
+    assert "not archived (the openstack backend cannot archive)" in caplog.text
+    assert not (tmp_path / "archives").exists() or not list_archives(tmp_path / "archives", "alice")
 
 
 async def test_a_failed_archive_deletes_nothing(tmp_path):
