@@ -52,6 +52,8 @@ c.JupyterHub.db_url = os.environ["VISA_BENCH_HUB_DB_URL"]
 for service in c.JupyterHub.services:
     if service["name"] == "visa-collab":
         service["environment"]["VISA_COLLAB_DB_URL"] = os.environ["VISA_BENCH_COLLAB_DB_URL"]
+        if os.environ.get("VISA_BENCH_RECONCILE"):  # --collab-reconcile: isolate the pages' own cost
+            service["environment"]["VISA_COLLAB_RECONCILE_INTERVAL"] = os.environ["VISA_BENCH_RECONCILE"]
     if service["name"] == "visa-ops":  # its inventory reads the hub's database; its own on PostgreSQL too
         service["environment"]["VISA_OPS_HUB_DB_URL"] = os.environ["VISA_BENCH_HUB_DB_URL"]
         service["environment"]["VISA_OPS_DB_URL"] = os.environ["VISA_BENCH_OPS_DB_URL"]
@@ -207,6 +209,25 @@ def cpu_window(procs: dict[str, list[psutil.Process]], seconds: float, extra: di
     return {k: 100.0 * (after[k] - before[k]) / wall for k in roles}
 
 
+HUB_LOG_LINE = re.compile(r"\] (\d{3}) (GET|POST|PATCH|PUT|DELETE) (\S+) \(([^@)]*)@")
+
+
+def hub_requests(log: Path, start: int, end: int, seconds: float, top: int = 4) -> str:
+    """What called the hub during a window, from its access log: the busiest routes by caller,
+    as requests/s (names and query strings folded, so routes group)."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode("utf8", "replace")
+    tally: dict[str, int] = {}
+    for m in HUB_LOG_LINE.finditer(text):
+        path = re.sub(r"/(users|shares)/[^/?\s]+", r"/\1/*", m.group(3).split("?")[0])
+        path = re.sub(r"/shares/\*/[^/?\s]+", "/shares/*/*", path)
+        key = f"{m.group(2)} {path} ({m.group(4) or 'anonymous'})"
+        tally[key] = tally.get(key, 0) + 1
+    busiest = sorted(tally.items(), key=lambda kv: -kv[1])[:top]
+    return "; ".join(f"{k} {n / seconds:.1f}/s" for k, n in busiest) or "none"
+
+
 class RssSampler(threading.Thread):
     """Peak RSS of the hub process, sampled every second for the whole run."""
 
@@ -326,6 +347,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=5000)
     ap.add_argument("--pages", type=int, default=2000)
     ap.add_argument("--requests", type=int, default=200, help="requests per measured page")
+    ap.add_argument("--collab-reconcile", default="", metavar="SECONDS",
+                    help="the collab service's reconciliation interval (default: the profile's, 60 s)")
     ap.add_argument("--budget", type=float, default=120.0, help="seconds at most for each measured page")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of each CPU window")
     ap.add_argument("--staff", type=int, default=40, help="support staff the instances are shared with, in turn")
@@ -349,14 +372,18 @@ def main() -> None:
         hub = Hub(state, config=config, extra_env={"VISA_BENCH_HUB_DB_URL": hub_db_url,
                                                    "VISA_BENCH_COLLAB_DB_URL": collab_db_url,
                                                    "VISA_BENCH_OPS_DB_URL": ops_db_url,
-                                                   "VISA_CATALOGUE": str(catalogue)}).start()
+                                                   "VISA_CATALOGUE": str(catalogue),
+                                                   "VISA_BENCH_RECONCILE": args.collab_reconcile}).start()
         print(f"seeding {args.users} people, {args.instances} instances (PostgreSQL on port {pg.port}):", flush=True)
         seeded = seed(hub, hub_db_url, staff, args)
         procs = processes(hub, pg)
 
         print(f"baseline: {args.window:g} s with no page open", flush=True)
+        log_at = hub.log_path.stat().st_size
         idle = cpu_window(procs, args.window)
+        idle_calls = hub_requests(hub.log_path, log_at, hub.log_path.stat().st_size, args.window)
         print("  CPU % of a core: " + ", ".join(f"{k} {v:.1f}" for k, v in idle.items()), flush=True)
+        print(f"  hub requests: {idle_calls}", flush=True)
         pages = open_pages(seeded, mode, args.pages)
         emulator = Emulator(hub.url, pages, mode).start()
         procs_em = {"emulator": [psutil.Process(emulator.proc.pid)]}
@@ -366,10 +393,13 @@ def main() -> None:
                  f"{len(pages)} open pages' first requests")
         print(f"{len(pages)} open pages ({mode['kind']}): {args.window:g} s window", flush=True)
         n0, t0 = emulator.counters[0] + emulator.counters[1], time.monotonic()
+        log_at = hub.log_path.stat().st_size
         busy = cpu_window(procs, args.window, procs_em)
+        busy_calls = hub_requests(hub.log_path, log_at, hub.log_path.stat().st_size, args.window)
         rate = (emulator.counters[0] + emulator.counters[1] - n0) / (time.monotonic() - t0)
         print("  CPU % of a core: " + ", ".join(f"{k} {v:.1f}" for k, v in busy.items())
               + f"; {rate:.0f} background requests/s", flush=True)
+        print(f"  hub requests: {busy_calls}", flush=True)
 
         print(f"measuring pages, {args.requests} requests each, with the pages still open", flush=True)
         alice = Browserless(hub, HOME_USER, f"{HOME_USER}-demo")
@@ -402,6 +432,7 @@ def main() -> None:
         emulator = None
         print_table(args, mode, results, idle, busy, background, sweeps, sweep_note,
                     max(rss.peak, rss_now), seeded.shares)
+        print(f"hub requests, no page open: {idle_calls}\nhub requests, {len(pages)} pages open: {busy_calls}")
     finally:
         if emulator:
             emulator.stop()
