@@ -25,6 +25,7 @@ from . import db
 from .collab import Collaboration
 from .handlers import make_handlers
 from .hubapi import HubAPI
+from .metrics import metrics_handlers, registry_for
 from .push import push_handlers
 
 log = logging.getLogger("visa_collab")
@@ -43,8 +44,9 @@ def log_request(handler: web.RequestHandler) -> None:
 def make_app(collab: Collaboration, prefix: str, hub_prefix: str, cookie_secret: bytes,
              events_keepalive: float = 30.0) -> web.Application:
     return web.Application(
-        make_handlers(prefix, HubOAuthCallbackHandler) + push_handlers(prefix),
-        collab=collab, service_prefix=prefix, hub_prefix=hub_prefix, cookie_secret=cookie_secret,
+        make_handlers(prefix, HubOAuthCallbackHandler) + push_handlers(prefix) + metrics_handlers(prefix),
+        collab=collab, metrics_registry=registry_for(collab), service_prefix=prefix, hub_prefix=hub_prefix,
+        cookie_secret=cookie_secret,
         events_keepalive=events_keepalive,
         log_function=log_request, xsrf_cookies=False,  # JupyterHub's own XSRF rules (HubOAuth)
     )

@@ -127,7 +127,8 @@ METRICS_SERVICE = "prometheus"
 
 def apply_metrics_scraper(c: Any, env: Mapping[str, str]) -> None:
     """The production scrape role: with VISA_METRICS_TOKEN set, a `prometheus` service whose token
-    may read `/hub/metrics` and nothing else (`read:metrics`); metrics stay authenticated
+    may read `/hub/metrics` (`read:metrics`) and reach the two services' `/metrics` pages, and
+    nothing else; metrics stay authenticated
     (`JupyterHub.authenticate_prometheus`). Services and roles are added to the profile's, not
     replaced (so not in `production_config`, which is merged). Raises SettingsError on a short token.
 
@@ -144,4 +145,6 @@ def apply_metrics_scraper(c: Any, env: Mapping[str, str]) -> None:
         raise SettingsError("VISA_METRICS_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)")
     services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != METRICS_SERVICE]
     c.JupyterHub.services = [*services, {"name": METRICS_SERVICE, "api_token": token}]
-    _add_role(c, {"name": METRICS_SERVICE, "scopes": ["read:metrics"], "services": [METRICS_SERVICE]})
+    # the services' own metrics (lifecycle actions, collab sessions) at /services/<name>/metrics
+    _add_role(c, {"name": METRICS_SERVICE, "services": [METRICS_SERVICE], "scopes": [
+        "read:metrics", "access:services!service=visa-collab", "access:services!service=visa-ops"]})

@@ -419,3 +419,39 @@ async def test_another_persons_request_is_not_theirs_to_follow(service: Service)
     assert nosy.status == 404 and "No such access request" in (await nosy.body())["message"]
     owner.close()
     nosy.close()
+
+
+# -- metrics: sessions by role and open streams, counted from memory --------------------------
+async def scrape(service: Service, person: str) -> tuple[int, str]:
+    try:
+        r = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}{SERVICE}metrics",
+                                          headers={"Authorization": f"token t-{person}"})
+    except HTTPClientError as e:
+        return e.code, ""
+    return r.code, r.body.decode()
+
+
+async def test_sessions_by_role_and_open_streams_for_admins_only(service: Service, fake) -> None:
+    fake.add_person("root", ["role:admin"], admin=True)
+    await service.collab.report("alice", "run", [
+        {"user": "alice", "role": "owner", "channel": "desktop"},
+        {"user": "bob", "role": "guest", "channel": "desktop", "view_only": True},
+        {"user": "dave", "role": "support", "channel": "lab"},
+    ], [])
+    await service.page("alice", "?server=run")
+    status, text = await scrape(service, "root")
+    assert status == 200
+    assert 'visa_collab_sessions{role="owner"} 1.0' in text
+    assert 'visa_collab_sessions{role="guest"} 1.0' in text
+    assert 'visa_collab_sessions{role="support"} 1.0' in text
+    assert "visa_collab_occupied_instances 1.0" in text
+    assert "visa_collab_event_streams 1.0" in text
+    assert (await scrape(service, "alice"))[0] == 403
+
+
+async def test_sessions_older_than_the_presence_ttl_are_not_counted(service: Service, fake, clock) -> None:
+    fake.add_person("root", ["role:admin"], admin=True)
+    await service.collab.report("alice", "run", [{"user": "alice", "role": "owner", "channel": "lab"}], [])
+    clock.t += service.collab.presence_ttl + 1
+    status, text = await scrape(service, "root")
+    assert status == 200 and "visa_collab_sessions{" not in text and "visa_collab_occupied_instances 0.0" in text

@@ -23,7 +23,8 @@ def test_the_scrape_role_reads_metrics_only_and_keeps_the_profiles_services(tmp_
     assert [s["name"] for s in c.JupyterHub.services] == [*before, "prometheus"]
     assert c.JupyterHub.services[-1] == {"name": "prometheus", "api_token": TOKEN}
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == "prometheus")
-    assert role == {"name": "prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}
+    assert role == {"name": "prometheus", "services": ["prometheus"], "scopes": [
+        "read:metrics", "access:services!service=visa-collab", "access:services!service=visa-ops"]}
     assert c.JupyterHub.authenticate_prometheus is True
     apply_metrics_scraper(c, {"VISA_METRICS_TOKEN": TOKEN})  # applied twice: still one service
     assert [s["name"] for s in c.JupyterHub.services].count("prometheus") == 1
