@@ -54,7 +54,7 @@ class InstancesPage(ConsolePage):
             query = InstanceQuery.parse(args)
         except BadQuery as e:
             raise web.HTTPError(400, "%s", str(e)) from None
-        instances = await self.ops.instances()
+        instances = await self.ops.listing()
         page = select_instances(instances, query, self.now())
         plans = sorted({i.plan for i in instances if i.plan} | set(self.ops.plan_backends))
         self.page("admin_instances.html", query=query, page=page, plans=plans, states=STATES)
@@ -64,7 +64,7 @@ class SessionsPage(ConsolePage):
     section, title = "sessions", "Live sessions"
 
     async def get(self) -> None:
-        running = sorted((i for i in await self.ops.instances() if i.state == "running"), key=lambda i: i.key)
+        running = sorted((i for i in await self.ops.listing() if i.state == "running"), key=lambda i: i.key)
         self.page("admin_sessions.html", running=running[:SESSIONS_LIMIT], truncated=len(running) > SESSIONS_LIMIT)
 
 

@@ -45,7 +45,7 @@ def num(value: float | None) -> str:
 async def take_sample(ops: Operations) -> dict:
     """Count the hub's instances now and record them (skipped within MIN_GAP of the last)."""
     now = ops.now().replace(tzinfo=UTC)
-    summary = summarise(await ops.instances(), now)
+    summary = summarise(await ops.listing(), now)
     await record_sample(ops.store.engine, now, summary["by_state"])
     return summary
 
