@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from visa_ops import ops as ops_module
-
 from tests.ops.conftest import T0
+from visa_ops import ops as ops_module
 
 
 async def test_pages_share_one_read_and_an_action_forgets_it(ops, hubdb, monkeypatch):
