@@ -66,7 +66,7 @@ def _scalar(value: object) -> object:
 
 
 def _text(value: str) -> ReadOnlyText:
-    return ReadOnlyText(value=value, max_length=MESSAGE_LENGTH, report_as_string=True)
+    return ReadOnlyText(value=value, max_length=MESSAGE_LENGTH)
 
 
 class InstrumentIOC(LoggingConfigurable):
