@@ -104,6 +104,7 @@ class InstrumentIOC(LoggingConfigurable):
         self.model = Instrument(self.instrument, clock)
         self.runs = RunControl(catalogue_data, self.instrument, self.data_root, now or self._now)
         self.run_number = 0
+        self._starting = asyncio.Lock()  # a second START while the file is written is refused
         self.pvdb = self._build()
 
     def _now(self) -> datetime:
@@ -181,21 +182,29 @@ class InstrumentIOC(LoggingConfigurable):
     async def _start_run(self, value):
         """Refused with RUN:MESSAGE (and an error to the client) unless an experiment is scheduled;
         the put completes once the file is written."""
+        if self._starting.locked():
+            await self._say("a run is starting: wait for it")
+            raise RunRefused("a run is starting")
         if self.pv("RUN:STATE").value == "Running":
             await self._say(f"run {self.run_number} is in progress: stop it first")
             raise RunRefused("a run is in progress")
         proposal = str(self.pv("RUN:PROPOSAL").value).strip()
         loop = asyncio.get_running_loop()
-        try:
-            started = await loop.run_in_executor(None, self.runs.start, proposal, self.model.snapshot())
-        except RunRefused as refused:
-            await self._say(f"run refused: {refused}")
-            raise
-        self.run_number = started.number
-        await self.pv("RUN:NUMBER").write(started.number, verify_value=False)
-        await self.pv("RUN:PROPOSAL").write(started.proposal_id, verify_value=False)
-        await self.pv("RUN:FILE").write(started.path, verify_value=False)
-        await self.pv("RUN:STATE").write("Running", verify_value=False)
+        async with self._starting:  # until RUN:STATE says Running
+            try:
+                started = await loop.run_in_executor(None, self.runs.start, proposal, self.model.snapshot())
+            except RunRefused as refused:
+                await self._say(f"run refused: {refused}")
+                raise
+            except OSError as e:  # the data root: full, missing, not writable
+                self.log.exception("%s: writing the run's file failed", self.instrument)
+                await self._say(f"run failed: cannot write the file ({e.strerror or e})")
+                raise RunRefused(f"cannot write the file ({e.strerror or e})") from None
+            self.run_number = started.number
+            await self.pv("RUN:NUMBER").write(started.number, verify_value=False)
+            await self.pv("RUN:PROPOSAL").write(started.proposal_id, verify_value=False)
+            await self.pv("RUN:FILE").write(started.path, verify_value=False)
+            await self.pv("RUN:STATE").write("Running", verify_value=False)
         await self._say(f"run {started.number} started for {started.proposal_id} ({started.experiment_id})")
         return value
 

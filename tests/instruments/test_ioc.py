@@ -3,6 +3,7 @@
 only while an experiment is scheduled on the instrument."""
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from caproto import AccessRights
 
-from tests.instruments.conftest import DURING_D11_EXPERIMENT, NOTHING_SCHEDULED
-from visa_instruments.ioc import InstrumentIOC
+from tests.instruments.conftest import CATALOGUE, DURING_D11_EXPERIMENT, NOTHING_SCHEDULED
+from visa_instruments.ioc import InstrumentIOC, main
 from visa_instruments.runs import RunRefused
 
 
@@ -119,3 +120,28 @@ async def test_a_run_during_the_experiment_writes_a_new_nexus_file(demo_catalogu
     await ioc.pvdb["D11:RUN:START"].write(1)
     assert value(ioc, "D11:RUN:NUMBER") == number + 1
     assert sorted(os.listdir(path.parent)) == [f"{number:06d}.nxs", f"{number + 1:06d}.nxs"]
+
+
+async def test_two_starts_at_once_make_one_run(demo_catalogue, clock, tmp_path):
+    ioc = make_ioc(demo_catalogue, clock, tmp_path, DURING_D11_EXPERIMENT)
+    results = await asyncio.gather(ioc.pvdb["D11:RUN:START"].write(1), ioc.pvdb["D11:RUN:START"].write(1),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, RunRefused) for r in results) == 1, results
+    assert len(os.listdir(tmp_path / "data" / "P-2026-011")) == 1
+
+
+async def test_a_data_root_that_cannot_be_written_is_a_message_not_a_crash(demo_catalogue, clock, tmp_path):
+    (tmp_path / "data").write_text("a file where the data root should be")
+    ioc = make_ioc(demo_catalogue, clock, tmp_path, DURING_D11_EXPERIMENT)
+    with pytest.raises(RunRefused):
+        await ioc.pvdb["D11:RUN:START"].write(1)
+    assert value(ioc, "D11:RUN:MESSAGE").startswith("run failed: cannot write the file (")
+    assert value(ioc, "D11:RUN:STATE") == "Idle"
+
+
+def test_the_console_script_refuses_an_unknown_instrument_in_one_line(tmp_path, capsys):
+    code = main(["--catalogue", str(CATALOGUE), "--instrument", "D99", "--data-root", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "visa-instrument-ioc: instrument 'D99' is not in the catalogue (D11, IN5)\n"
+    )
