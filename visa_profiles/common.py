@@ -101,6 +101,7 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.SandboxBackend.state_dir = str(state / "sandbox")
     c.VisaSpawner.archive_dir = str(state / "archives")  # homes of deleted instances (visa_spawner/archives.py)
     c.VisaSpawner.plan_switch_file = str(state / "plans-disabled.json")  # plans switched off in the ops console
+    c.VisaSpawner.quota_overrides_file = str(state / "quota-overrides.json")  # quotas set in the ops console
     c.SandboxBackend.instance_env = env.get("VISA_INSTANCE_ENV", "/opt/visahub/instance-env")
     apply_vm_plan(c, state, env)
 

@@ -31,11 +31,10 @@ class NewInstanceHandler(BaseHandler):
         user = self.current_user
         spawner = user.spawner  # the default spawner carries the configuration (plans, screens…)
         form = {k: [v.decode("utf8", "replace") for v in vs] for k, vs in self.request.body_arguments.items()}
-        auth_state = await user.get_auth_state() or {}
         existing = {s.name: (s.display_name or s.name) for s in user.orm_user._orm_spawners if s.name}
         try:
             request = validate_request(
-                form, entitlements=auth_state.get("visa") or {}, plans=spawner.plan_catalogue(),
+                form, entitlements=await spawner.entitlements(), plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
                 roles_without_proposal=spawner.roles_without_proposal,
                 disabled=spawner.disabled_plans(), gpus_free=await spawner.gpus_free(),
@@ -88,18 +87,18 @@ async def named_server_limit(handler) -> int:
       create instances. Existing instances are still shown their spawn page (whose start
       button POSTs with the XSRF token).
 
-    Quota -1 (unlimited) maps to JupyterHub's 0.
+    Quota -1 (unlimited) maps to JupyterHub's 0. An admin's override beats the catalogue's quota
+    (`VisaSpawner.quota_for`).
     """
     user = handler.current_user
     if not hasattr(user, "get_auth_state"):
         return 0
+    quota = user.spawner.quota_for(((await user.get_auth_state()) or {}).get("visa") or {})
     if _creates_a_record(handler):
         if handler.request.method == "GET":
             raise web.HTTPError(405, "Instances are created from the home page, not by following a link.")
-        quota = ((await user.get_auth_state()) or {}).get("visa", {}).get("quota", 2)
         if quota == 0:
             raise web.HTTPError(403, "Your account is awaiting approval: you cannot create instances yet.")
-    quota = ((await user.get_auth_state()) or {}).get("visa", {}).get("quota", 2)
     return 0 if quota in (-1, 0) else int(quota)
 
 

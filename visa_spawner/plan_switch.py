@@ -6,6 +6,8 @@ and not started; instances already running on it are untouched.
 
 Why a file and not the hub's database: the ops console is a separate service (it must not write
 the hub's tables), and a file written atomically is read by the hub without any lock.
+`read_switch_file` and `write_switch_file` are that mechanism for any such file (the quota
+overrides use them too: `quota_overrides.py`).
 """
 from __future__ import annotations
 
@@ -13,14 +15,63 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: path → ((inode, mtime_ns, size), disabled ids): the last good read of each file (each atomic
+#: (path, parser) → ((inode, mtime_ns, size), parsed): the last good read of each file (each atomic
 #: write makes a new inode, so two writes within one mtime tick are still told apart)
-_cache: dict[str, tuple[tuple[int, int, int], frozenset[str]]] = {}
+_cache: dict[tuple[str, Callable], tuple[tuple[int, int, int], Any]] = {}
+
+
+def read_switch_file(path: str | os.PathLike, parse: Callable[[str], T], empty: T, what: str) -> T:
+    """`parse` of the file's text, re-parsed only when the file changed; `empty` if it does not exist.
+
+    A file that cannot be read or parsed (`parse` raises ValueError) keeps the last good answer
+    (logged): a hand edit gone wrong must not switch everything back on, or off. The answer is
+    shared between callers: `parse` should return an immutable value (or callers copy it).
+    """
+    key = (os.fspath(path), parse)
+    try:
+        st = os.stat(key[0])
+    except FileNotFoundError:
+        _cache.pop(key, None)
+        return empty
+    except OSError as e:
+        log.warning("%s %s: cannot stat (%s); keeping the last answer", what, key[0], e.strerror)
+        return _cache.get(key, ((0, 0, 0), empty))[1]
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _cache.get(key)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    try:
+        parsed = parse(Path(key[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("%s %s is unusable (%s); keeping the last answer", what, key[0], e)
+        return cached[1] if cached else empty
+    _cache[key] = (stamp, parsed)
+    return parsed
+
+
+def write_switch_file(path: str | os.PathLike, data: Any) -> None:
+    """Replace the file with `data` as JSON, atomically (readers see the old or the new file, never half)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # the hub (another account, maybe) reads it
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def parse_disabled(text: str) -> frozenset[str]:
@@ -33,46 +84,10 @@ def parse_disabled(text: str) -> frozenset[str]:
 
 
 def read_disabled(path: str | os.PathLike) -> set[str]:
-    """Ids of the plans disabled in `path` (none if the file does not exist).
-
-    A file that cannot be read or parsed keeps the last good answer (logged): a hand edit gone
-    wrong must not switch every plan back on, or off.
-    """
-    key = os.fspath(path)
-    try:
-        st = os.stat(key)
-    except FileNotFoundError:
-        _cache.pop(key, None)
-        return set()
-    except OSError as e:
-        log.warning("Plan switch file %s: cannot stat (%s); keeping the last answer", key, e.strerror)
-        return set(_cache.get(key, ((0, 0, 0), frozenset()))[1])
-    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-    cached = _cache.get(key)
-    if cached and cached[0] == stamp:
-        return set(cached[1])
-    try:
-        disabled = parse_disabled(Path(key).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("Plan switch file %s is unusable (%s); keeping the last answer", key, e)
-        return set(cached[1]) if cached else set()
-    _cache[key] = (stamp, disabled)
-    return set(disabled)
+    """Ids of the plans disabled in `path` (none if the file does not exist, last good answer if broken)."""
+    return set(read_switch_file(path, parse_disabled, frozenset(), "Plan switch file"))
 
 
 def write_disabled(path: str | os.PathLike, ids: Iterable[str]) -> None:
     """Replace the file atomically (readers see the old or the new list, never half of one)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"disabled": sorted(set(ids))}, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # the hub (another account, maybe) reads it
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_switch_file(path, {"disabled": sorted(set(ids))})

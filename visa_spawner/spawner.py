@@ -36,6 +36,7 @@ from .backends.base import (
 from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
 from .plan_switch import read_disabled
 from .plans import parse_plans, plan_offer
+from .quota_overrides import effective_quota, read_overrides
 
 DEFAULT_PLANS = [
     {"id": "sandbox-small", "display_name": "Small sandbox", "backend": "sandbox", "cpus": 1,
@@ -108,6 +109,13 @@ class VisaSpawner(Spawner):
         help="JSON file of the plans an admin switched off ({\"disabled\": [ids]}, written by the ops "
         "console): not offered, not started; running instances are untouched. Re-read when it changes, "
         "no restart. Empty: every plan is on.",
+    )
+
+    quota_overrides_file = Unicode(
+        "", config=True,
+        help="JSON file of per-person instance quotas set by an admin ({\"quota\": {user: -1..1000}}, written "
+        "by the ops console): each replaces the catalogue's quota (-1 unlimited, 0 no new instance). Re-read "
+        "when it changes, no restart. Empty: the catalogue's quotas apply.",
     )
 
     archive_dir = Unicode(
@@ -206,9 +214,16 @@ class VisaSpawner(Spawner):
         return plan_offer(self.plan_catalogue(), self.disabled_plans(), await self.gpus_free())
 
     async def entitlements(self) -> dict[str, Any]:
-        """The owner's facility entitlements, computed by the VISA authenticator at login/refresh."""
+        """The owner's facility entitlements, computed by the VISA authenticator at login/refresh,
+        with the quota an admin may have overridden since (`quota_for`)."""
         auth_state = await self.user.get_auth_state() or {}
-        return auth_state.get("visa") or {}
+        visa = auth_state.get("visa") or {}
+        return {**visa, "quota": self.quota_for(visa)}
+
+    def quota_for(self, entitlements: Mapping[str, Any]) -> int:
+        """The owner's quota now: an admin's override (`quota_overrides_file`) beats the catalogue's."""
+        overrides = read_overrides(self.quota_overrides_file) if self.quota_overrides_file else {}
+        return effective_quota(entitlements, overrides.get(self.user.name))
 
     # -- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict:
