@@ -122,6 +122,7 @@ def apply(
         "VISA_OPS_PLAN_BACKENDS": json.dumps(backends, sort_keys=True),
         "VISA_OPS_ARCHIVING_BACKENDS": json.dumps(archiving_backends(c)),
         "VISA_OPS_PLAN_SWITCH_FILE": _get(c.VisaSpawner, "plan_switch_file", "") or str(state / "plans-disabled.json"),
+        "VISA_OPS_QUOTA_OVERRIDES_FILE": _get(c.VisaSpawner, "quota_overrides_file", ""),  # empty: not read by the hub
         "VISA_OPS_PUBLIC_URL": public_url(c, env),
     }
     for name in ("VISA_OPS_MAIL_FROM", "VISA_OPS_CLOCK_OFFSET"):
