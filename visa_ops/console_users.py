@@ -133,6 +133,6 @@ class UsersPage(ConsolePage):
             if "quota" in visa:
                 person.quota = quota_text(visa["quota"])
             if "GUEST" in visa.get("roles", ()):
-                person.guest_until = str((visa.get("role_expires") or {}).get("GUEST") or "no end given")
+                person.guest_until = str((visa.get("role_expires") or {}).get("GUEST") or "see the catalogue")
 
         await asyncio.gather(*(one(p) for p in people))

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tests.ops.test_console import Console, console, fake_hub, hub_oauth, people  # noqa: F401
 from visa_spawner.quota_overrides import read_overrides
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+aio = pytest.mark.asyncio(loop_scope="session")  # the console app serves on the tests' loop
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -40,6 +40,7 @@ def cell(html: str, user: str, css: str) -> str:
     return unescape(found.group(1)).strip() if found else ""
 
 
+@aio
 async def test_an_admin_sets_and_clears_an_override_audited(users_console: Console, people) -> None:  # noqa: F811
     c = users_console
     r = await post(c, people["ada"], {"user": "carol", "quota": "1"})
@@ -59,6 +60,7 @@ async def test_an_admin_sets_and_clears_an_override_audited(users_console: Conso
         ("ada", "carol", "clear"), ("root", "dave", "set"), ("ada", "carol", "set")]
 
 
+@aio
 async def test_guest_expiry_is_shown_read_only(users_console: Console, people) -> None:  # noqa: F811
     html = (await users_console.get(people["root"], "admin/users")).body.decode()
     assert cell(html, "carol", "visa-guest-until") == "2026-12-31"
@@ -77,6 +79,7 @@ async def test_guest_expiry_is_shown_read_only(users_console: Console, people) -
     ({"user": "", "quota": "1"}, "No such user."),
     ({"user": "<b>x</b>", "quota": "1"}, "No such user."),
 ])
+@aio
 async def test_bad_overrides_are_a_clear_400_and_change_nothing(users_console: Console, people, form, message) -> None:  # noqa: F811
     audited = len(await users_console.store.audit_rows(action="quota"))
     r = await post(users_console, people["root"], form)
@@ -86,11 +89,13 @@ async def test_bad_overrides_are_a_clear_400_and_change_nothing(users_console: C
 
 
 @pytest.mark.parametrize("who", ["bob", "eve"])
+@aio
 async def test_a_non_admin_cannot_override(users_console: Console, people, who: str) -> None:  # noqa: F811
     r = await post(users_console, people[who], {"user": who, "quota": "1000"})
     assert r.code == 403 and not users_console.overrides_file.exists()
 
 
+@aio
 async def test_the_override_form_needs_the_xsrf_token(users_console: Console, people) -> None:  # noqa: F811
     """Signed in by cookie, as a browser is: without the page's XSRF token the POST is refused."""
     c = users_console
@@ -108,9 +113,38 @@ async def test_the_override_form_needs_the_xsrf_token(users_console: Console, pe
     assert done.code == 303 and read_overrides(c.overrides_file) == {"bob": 5}
 
 
+@aio
 async def test_without_an_overrides_file_the_form_is_not_offered(users_console: Console, people) -> None:  # noqa: F811
     del users_console.app.settings["quota_overrides_file"]
     html = (await users_console.get(people["root"], "admin/users")).body.decode()
     assert 'name="quota"' not in html
     r = await post(users_console, people["root"], {"user": "bob", "quota": "1"})
     assert r.code == 409 and "VISA_OPS_QUOTA_OVERRIDES_FILE is not set" in r.body.decode()
+
+
+@pytest.mark.root
+def test_on_a_real_hub_an_admin_lets_grace_create_an_instance_without_a_restart(hub, login) -> None:
+    """grace's catalogue quota is 0 (awaiting approval): refused; the admin sets 1 in the console
+    (its form, through the hub's OAuth and XSRF): grace creates an instance, same hub process."""
+    hub_pid = hub.proc.pid
+    grace = login("grace")
+    form = {"proposal": "P-2021-007", "plan": "sandbox-small", "screen": "1280x720", "keyboard": "us"}
+    refused = grace.new_instance(name="Before", **form)
+    assert refused.status_code == 400 and "waiting for approval" in refused.text
+    admin = login("admin")
+    page = admin.s.get(f"{hub.url}/services/visa-ops/admin/users?name=grace", timeout=30)
+    assert page.status_code == 200 and '<tr data-user="grace">' in page.text, page.text[:500]
+    xsrf = unescape(re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1))
+    r = admin.s.post(f"{hub.url}/services/visa-ops/admin/users", data={"_xsrf": xsrf, "user": "grace", "quota": "1"},
+                     allow_redirects=False, timeout=30)
+    assert r.status_code == 303, r.text[:500]
+    try:
+        r = grace.new_instance(name="After", **form)
+        assert r.status_code == 302, r.text[:500]
+        server = r.headers["location"].rsplit("/", 1)[1]
+        hub.wait_ready("grace", server)
+        assert hub.proc.pid == hub_pid and hub.proc.poll() is None, "no restart"
+        hub.delete_server("grace", server)
+    finally:
+        admin.s.post(f"{hub.url}/services/visa-ops/admin/users", data={"_xsrf": xsrf, "user": "grace", "quota": ""},
+                     allow_redirects=False, timeout=30)
