@@ -131,6 +131,7 @@ def test_on_a_real_hub_an_admin_lets_grace_create_an_instance_without_a_restart(
     form = {"proposal": "P-2021-007", "plan": "sandbox-small", "screen": "1280x720", "keyboard": "us"}
     refused = grace.new_instance(name="Before", **form)
     assert refused.status_code == 400 and "waiting for approval" in refused.text
+    assert 'id="visa-pending"' in grace.home().text
     admin = login("admin")
     page = admin.s.get(f"{hub.url}/services/visa-ops/admin/users?name=grace", timeout=30)
     assert page.status_code == 200 and '<tr data-user="grace">' in page.text, page.text[:500]
@@ -139,6 +140,7 @@ def test_on_a_real_hub_an_admin_lets_grace_create_an_instance_without_a_restart(
                      allow_redirects=False, timeout=30)
     assert r.status_code == 303, r.text[:500]
     try:
+        assert 'id="visa-pending"' not in grace.home().text, "the home page follows the override"
         r = grace.new_instance(name="After", **form)
         assert r.status_code == 302, r.text[:500]
         server = r.headers["location"].rsplit("/", 1)[1]
