@@ -55,6 +55,15 @@ def active_roles(person: Person, today: date) -> list[str]:
     return [r.value for r in Role if r in held]
 
 
+def role_expiry(person: Person, today: date) -> dict[str, str]:
+    """Active roles that end, with their last day (ISO): what admins see of a guest's expiry."""
+    ends: dict[str, date] = {}
+    for g in person.roles:
+        if g.expires is not None and g.active_on(today):
+            ends[g.role.value] = max(ends.get(g.role.value, g.expires), g.expires)
+    return {role: end.isoformat() for role, end in sorted(ends.items())}
+
+
 def refusal(person: Person, today: date) -> str | None:
     """Why this person may not log in today, or None if they may."""
     if active_roles(person, today):
@@ -157,6 +166,7 @@ def entitlements(facts: Facts, now: datetime, policy: Policy) -> dict[str, Any]:
     return {
         "person": {"id": person.id, "name": person.name, "email": person.email},
         "roles": roles,
+        "role_expires": role_expiry(person, today),
         "admin": Role.ADMIN.value in roles,
         "quota": quota(person, roles, policy),
         "proposals": proposals(facts, roles, today),

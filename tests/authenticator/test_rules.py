@@ -175,7 +175,8 @@ def test_entitlements_contract_shape() -> None:
     f = facts("USER", "INSTRUMENT_SCIENTIST", scientist=True)
     ent = rules.entitlements(f, NOW, rules.Policy())
     assert json.loads(json.dumps(ent)) == ent
-    assert set(ent) == {"person", "roles", "admin", "quota", "proposals", "instrument_control", "computed_at"}
+    assert set(ent) == {"person", "roles", "role_expires", "admin", "quota", "proposals", "instrument_control",
+                        "computed_at"}
     assert ent["person"] == {"id": "pat", "name": "Pat Doe", "email": "pat@example.org"}
     assert ent["admin"] is False and ent["quota"] == 2
     assert ent["computed_at"] == "2026-11-24T12:00:00+00:00"
@@ -209,3 +210,11 @@ GROUP_TABLE = [
 def test_groups(f: rules.Facts, expected: list[str]) -> None:
     ent = rules.entitlements(f, NOW, rules.Policy())
     assert rules.groups(f, ent) == expected
+
+
+def test_role_expires_names_active_roles_that_end_with_their_last_day() -> None:
+    """What the admin console shows as a guest's expiry; a role that never ends or has ended is absent."""
+    person = Person("g", "Guest", roles=(RoleGrant(Role.GUEST, date(2026, 12, 5)), RoleGrant(Role.USER),
+                                         RoleGrant(Role.STAFF, date(2026, 1, 1))))
+    assert rules.role_expiry(person, date(2026, 12, 3)) == {"GUEST": "2026-12-05"}
+    assert rules.role_expiry(person, date(2026, 12, 6)) == {}
