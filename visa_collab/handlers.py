@@ -37,6 +37,7 @@ def row_id(text: str, missing: str) -> int:
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     api = False
+    templates = _jinja  # a service built on these handlers (visa_ops) sets its own
 
     async def prepare(self) -> None:
         """Identify the caller without blocking the loop: HubAuthenticated's own (synchronous)
@@ -86,7 +87,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     def render(self, template: str, status: int = 200, **ns: Any) -> None:  # type: ignore[override]
         user = self.current_user
-        html = _jinja.get_template(template).render(
+        html = self.templates.get_template(template).render(
             prefix=self.prefix, hub_prefix=self.settings["hub_prefix"], user=user and user.get("name"),
             xsrf=self.xsrf if user else "", roles=GRANTABLE, Role=Role, policies=OWNER_AWAY_POLICIES,
             **ns,
@@ -105,7 +106,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.finish(json.dumps({"status": status_code, "message": message}))
         else:
             self.set_header("Content-Type", "text/html; charset=UTF-8")
-            self.finish(_jinja.get_template("error.html").render(
+            self.finish(self.templates.get_template("error.html").render(
                 prefix=self.prefix, hub_prefix=self.settings["hub_prefix"], status=status_code,
                 message=message, user=None))
 

@@ -7,7 +7,6 @@ frame-ancestors header) and renders visa-ops' own templates. The console pages
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,8 @@ __all__ = ["ApiHandler", "BaseHandler", "jinja", "row_id"]
 class BaseHandler(CollabBaseHandler):
     """Settings it reads: ``ops`` (`visa_ops.ops.Operations`), ``service_prefix``, ``hub_prefix``."""
 
+    templates = jinja  # visa-ops' own pages and error page
+
     @property
     def ops(self) -> Operations:
         return self.settings["ops"]
@@ -55,26 +56,13 @@ class BaseHandler(CollabBaseHandler):
 
     def render(self, template: str, status: int = 200, **ns: Any) -> None:  # type: ignore[override]
         user = self.current_user
-        html = jinja.get_template(template).render(
+        html = self.templates.get_template(template).render(
             prefix=self.prefix, hub_prefix=self.settings["hub_prefix"], user=user and user.get("name"),
             xsrf=self.xsrf if user else "", **ns,
         )
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(html)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = self._reason
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        if self.api or self.request.path.startswith(self.prefix + "api/"):
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"status": status_code, "message": message}))
-        else:
-            self.set_header("Content-Type", "text/html; charset=UTF-8")
-            self.finish(jinja.get_template("error.html").render(
-                prefix=self.prefix, hub_prefix=self.settings["hub_prefix"], status=status_code, message=message))
 
 
 class ApiHandler(BaseHandler):
