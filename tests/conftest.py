@@ -4,11 +4,14 @@ Markers name what a test needs (setup.cfg): openstack, qemu, postgres, root, bro
 of the fixtures in FIXTURE_REQUIRES gets that marker here; every test with none of them is `fast`."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
+from tests.authenticator.services import PostgresCluster
 from tests.hubtools import Hub, demo_state, login_factory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -65,3 +68,38 @@ def _delete_instances_after_test(request):
         for name in u.get("servers", {}):
             if name:
                 hub.delete_server(u["name"], name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL cluster (Debian's package) for the whole session."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def new_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+    """new_engine() → an engine (visa_collab.db.connect, as both services make theirs) on a new,
+    empty database of the kind under test: SQLite, and PostgreSQL where the test claims it."""
+    from visa_collab.db import connect
+
+    engines: list[Engine] = []
+
+    def make() -> Engine:
+        n = next(_databases)
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / f'db{n}.sqlite'}"
+        else:
+            url = request.getfixturevalue("postgres").create_database(f"visa_test_{n}")
+        engines.append(connect(url))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.dispose()

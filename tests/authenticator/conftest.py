@@ -76,13 +76,6 @@ def demo_auth() -> Callable[..., VisaDemoAuthenticator]:
     return make
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@ Alembic (``visa_collab_schema`` 1 and 2) are recognised and upgraded with every 
 get the newest revision, newer ones are refused; the runner serves any service's tables."""
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,35 +22,10 @@ from tests.support import free_port
 from visa_collab import db, migrate
 
 T0 = datetime(2026, 11, 24, 12, 0, 0)
-_names = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def new_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
-    """new_engine() → an engine on a new, empty database of the kind under test."""
-    engines: list[Engine] = []
-
-    def make() -> Engine:
-        n = next(_names)
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / f'collab{n}.sqlite'}"
-        else:
-            url = request.getfixturevalue("postgres").create_database(f"visa_collab_{n}")
-        engines.append(db.connect(url))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.dispose()
 
 
 def insert(conn, table, rows: list[dict]) -> None:

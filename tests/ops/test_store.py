@@ -1,49 +1,13 @@
 """visa-ops' tables under Alembic on SQLite and PostgreSQL, and the store's round trips."""
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import inspect, select
 
-from tests.authenticator.services import PostgresCluster
 from tests.ops.conftest import T0, DateClock
 from visa_collab import migrate as runner
-from visa_collab.db import connect
 from visa_ops import store as st
-
-_names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def new_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
-    engines: list[Engine] = []
-
-    def make() -> Engine:
-        n = next(_names)
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / f'ops{n}.sqlite'}"
-        else:
-            url = request.getfixturevalue("postgres").create_database(f"visa_ops_{n}")
-        engines.append(connect(url))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.dispose()
 
 
 def test_new_database_gets_the_newest_revision_matching_the_tables(new_engine):
