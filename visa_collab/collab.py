@@ -23,28 +23,18 @@ from sqlalchemy.engine import Engine
 from . import db
 from .events import EventBus
 from .hubapi import HubAPI, HubError
-from .roles import (
-    GRANTABLE,
-    OWNER_AWAY_POLICIES,
-    Role,
-    RoleError,
-    may_request_support,
-    on_team,
-    parse_role,
-    refusal,
-    role_of_share,
-    share_scopes,
-)
+from .roles import GRANTABLE, OWNER_AWAY_POLICIES, Role, RoleError, parse_role, refusal, share_scopes
 
 log = logging.getLogger("visa_collab")
 
 from .collab_invitations import InvitationsMixin  # noqa: E402 (after the shared names above)
 from .collab_listings import ListingsMixin  # noqa: E402
+from .collab_reconcile import ReconcileMixin  # noqa: E402
 from .collab_rooms import RoomsMixin  # noqa: E402
 from .collab_types import CollabError, Instance, Room, hash_code  # noqa: E402 (re-exported)
 
 
-class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
+class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin):
     def __init__(
         self, engine: Engine, hub: HubAPI, *, service_prefix: str = "/services/visa-collab/",
         presence_ttl: float = 45.0, request_ttl: float = 300.0, owner_page_ttl: float = 90.0,
@@ -357,70 +347,6 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin):
         await self.hub.start_server(owner, server, options)
         await self.database.run(self.audit, inst.key, actor, "restart")
         return {"restarting": True, "url": inst.url}
-
-    # -- keeping grants true to the hub and the catalogue -----------------------------------
-    async def reconcile(self) -> int:
-        """Revoke grants whose holder left the proposal (or lost their support role), and
-        forget grants whose share or server no longer exists. Returns how many changed."""
-        keys = await self.database.all(select(db.grants.c.owner, db.grants.c.server).where(
-            db.grants.c.revoked_at.is_(None)).distinct())
-        changed = 0
-        for owner, server in ((k["owner"], k["server"]) for k in keys):
-            try:
-                changed += await self._reconcile_instance(owner, server)
-            except Exception:  # one broken instance must not stop the others
-                log.exception("Reconciling the members of %s/%s failed", owner, server)
-        return changed
-
-    def _forget_removed_share(self, conn, inst_key: tuple[str, str], grant: dict) -> None:
-        """A grant whose share someone removed in the hub: revoked here too, and audited."""
-        reason = "share removed in the hub"
-        conn.execute(db.grants.update().where(db.grants.c.id == grant["id"]).values(
-            revoked_at=self.now(), revoked_by="hub", revoke_reason=reason))
-        self.audit(conn, inst_key, "visa-collab", "revoke", member=grant["member"], role=grant["role"],
-                   granted_by=grant["granted_by"], detail={"reason": reason})
-
-    async def _reconcile_instance(self, owner: str, server: str) -> int:
-        try:
-            inst = await self.instance(owner, server)
-        except CollabError:
-            inst = None
-        grants = await self.active_grants(owner, server)
-        if inst is None:
-            ids = [g["id"] for g in grants]
-
-            def forget(conn) -> None:
-                conn.execute(db.grants.update().where(db.grants.c.id.in_(ids)).values(
-                    revoked_at=self.now(), revoked_by="visa-collab", revoke_reason="instance deleted"))
-
-            await self.database.run(forget)
-            return len(grants)
-        shares = {s["user"]["name"]: s for s in await self.hub.shares(owner, server) if s.get("user")}
-        changed = 0
-        for g in grants:
-            member, role = g["member"], Role(g["role"])
-            share = shares.get(member)
-            if share is None or role_of_share(share.get("scopes", [])) is None:
-                await self.database.run(self._forget_removed_share, inst.key, g)
-                changed += 1
-                continue
-            if not inst.ready and inst.key not in self.confirmed_proposals:
-                continue  # stopped since before this service started: its proposal is unknown
-            model = await self.person(member)
-            groups = (model or {}).get("groups", [])
-            if g["source"] in ("request", "policy"):
-                still = model is not None and may_request_support(groups, inst.proposal)
-                reason = "no longer facility support staff for this proposal"
-            elif role is Role.SUPPORT:
-                still = model is not None and refusal(role, member, groups, inst.proposal) is None
-                reason = "no longer facility support staff for this proposal"
-            else:
-                still = model is not None and on_team(groups, inst.proposal)
-                reason = f"left the team of proposal {inst.proposal}"
-            if not still:
-                await self._revoke(inst.key, member, actor="visa-collab", reason=reason)
-                changed += 1
-        return changed
 
 
 __all__ = ["Collaboration", "CollabError", "Instance", "Room", "hash_code"]

@@ -45,12 +45,14 @@ def _q(name: str) -> str:
 
 class HubAPI:
     def __init__(self, api_url: str, token: str, timeout: float = 10.0, retries: int = 3,
-                 cache_ttl: float = 30.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 cache_ttl: float = 30.0, monotonic: Callable[[], float] = time.monotonic,
+                 page_size: int = 200) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self.timeout, self.retries = timeout, retries
         # the longest a cached answer is used by callers that accept one (`max_age`)
         self.cache_ttl = cache_ttl
+        self.page_size = page_size  # items per request of a paged listing (the hub's default maximum)
         self.monotonic = monotonic
         self._cache: dict[str, tuple[float, str]] = {}  # path → (when read, JSON text)
         self._inflight: dict[str, asyncio.Future] = {}  # path → the read under way (one at a time)
@@ -165,15 +167,43 @@ class HubAPI:
     async def group(self, name: str, max_age: float = 0.0) -> dict | None:
         return await self._read(f"/groups/{_q(name)}", max_age, ok404=True)
 
-    async def users(self) -> list[dict]:
+    async def _pages(self, path: str, ok404: bool = False) -> list[dict]:
+        """Every item of a paged listing, `page_size` a request, always read fresh.
+
+        The hub answers a plain list (users) or ``{"items", "_pagination"}`` (shares); for the
+        latter its ``next`` decides, not the page's length: expired shares are dropped *after*
+        paging, so a short page need not be the last. A 404 (no such user) is an empty list.
+        """
         out: list[dict] = []
-        offset = 0
+        offset, size = 0, self.page_size
+        sep = "&" if "?" in path else "?"
         while True:
-            page = await self._call("GET", f"/users?include_stopped_servers=1&offset={offset}&limit=200")
+            page = await self._call("GET", f"{path}{sep}offset={offset}&limit={size}", ok404=ok404)
+            if page is None:
+                return out
+            if isinstance(page, dict):
+                out.extend(page.get("items") or [])
+                following = (page.get("_pagination") or {}).get("next")
+                if not following:
+                    return out
+                offset = int(following["offset"])
+                continue
             out.extend(page)
-            if len(page) < 200:
+            if len(page) < size:
                 return out
             offset += len(page)
+
+    async def users(self) -> list[dict]:
+        """Every person, with all their servers and groups."""
+        return await self._pages("/users?include_stopped_servers=1")
+
+    async def shared_with(self, member: str) -> list[dict]:
+        """Every share `member` holds (theirs and their groups'), on anyone's servers."""
+        return await self._pages(f"/users/{_q(member)}/shared", ok404=True)
+
+    async def owner_shares(self, owner: str) -> list[dict]:
+        """Every share on any of `owner`'s servers."""
+        return await self._pages(f"/shares/{_q(owner)}", ok404=True)
 
     async def shares(self, owner: str, server: str, max_age: float = 0.0) -> list[dict]:
         model = await self._read(f"/shares/{_q(owner)}/{_q(server)}", max_age, ok404=True)

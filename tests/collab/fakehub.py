@@ -8,7 +8,8 @@ class FakeHub:
     def __init__(self) -> None:
         self.people: dict[str, dict] = {}
         self.share_table: dict[tuple[str, str, str], set[str]] = {}
-        self.calls: list[tuple] = []
+        self.calls: list[tuple] = []  # writes
+        self.reads: list[tuple] = []  # listings (what one reconciliation pass reads)
 
     def add_person(self, name: str, groups=(), admin: bool = False) -> None:
         self.people[name] = {"kind": "user", "name": name, "groups": list(groups), "admin": admin, "servers": {}}
@@ -27,11 +28,27 @@ class FakeHub:
         return {"name": name, "users": users} if users else None
 
     async def users(self):
+        self.reads.append(("users",))
         return list(self.people.values())
 
     async def shares(self, owner: str, server: str):
         return [{"user": {"name": m}, "scopes": sorted(s)} for (o, sv, m), s in self.share_table.items()
                 if (o, sv) == (owner, server)]
+
+    def share_items(self, owner: str | None = None, member: str | None = None) -> list[dict]:
+        """Shares as the hub lists them (`/shares/<owner>`, `/users/<member>/shared`)."""
+        return [{"server": {"user": {"name": o}, "name": sv, "ready": self.people[o]["servers"][sv]["ready"]},
+                 "user": {"name": m}, "group": None, "kind": "user", "scopes": sorted(s)}
+                for (o, sv, m), s in self.share_table.items()
+                if owner in (None, o) and member in (None, m) and sv in self.people.get(o, {}).get("servers", {})]
+
+    async def shared_with(self, member: str):
+        self.reads.append(("shared", member))
+        return self.share_items(member=member)
+
+    async def owner_shares(self, owner: str):
+        self.reads.append(("shares", owner))
+        return self.share_items(owner=owner)
 
     async def grant(self, owner: str, server: str, member: str, scopes: list[str]):
         self.calls.append(("grant", owner, server, member, tuple(scopes)))
