@@ -74,6 +74,15 @@ async def keep_reconciling(collab: Collaboration, interval: float) -> None:
             log.exception("Reconciliation failed; trying again in %ss", interval)
 
 
+async def until_stopped() -> None:
+    """Return when the hub (or a person) asks the service to stop: SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/visa-collab/")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
@@ -89,11 +98,7 @@ async def main_async(args: argparse.Namespace) -> None:
     app.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("VISA collaboration service at %s%s (database revision %s)", url.geturl().rstrip("/"), prefix, db.head())
     task = asyncio.ensure_future(keep_reconciling(collab, args.reconcile_interval))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     task.cancel()
     engine.dispose()
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import urlparse
@@ -24,7 +23,7 @@ from tornado import web
 from tornado.log import enable_pretty_logging
 from traitlets.config import Config
 
-from visa_collab.app import log_request
+from visa_collab.app import log_request, until_stopped
 from visa_collab.db import now as utcnow
 
 from .handlers import make_handlers
@@ -82,11 +81,7 @@ async def main_async(args: argparse.Namespace) -> None:
     log.info("VISA operations service at %s%s (mail via %s)", url.geturl().rstrip("/"), prefix, ops.mailer.describe())
     task = asyncio.ensure_future(keep_sweeping(ops, args.sweep_interval, args.archive_dir or None,
                                                args.archive_retention_days))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     task.cancel()
     store.engine.dispose()
 
