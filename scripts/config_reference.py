@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "docs" / "config-reference.md"
 #: configured in the instance's jupyter_server_config, not in the hub's jupyterhub_config.py
 INSTANCE_PACKAGES = ("visa_instance",)
-#: services the hub runs as processes, configured through their environment (e.g. VISA_OPS_POLICY)
-SERVICE_PACKAGES = ("visa_ops",)
+#: processes beside the hub, configured through their environment (e.g. VISA_OPS_POLICY) or command
+#: line: the services the hub runs, and the demo instruments' IOCs (visa-instrument-ioc)
+SERVICE_PACKAGES = ("visa_ops", "visa_instruments")
 
 HEADER = """# Configuration reference
 
