@@ -218,6 +218,7 @@ async function loadBanner() {
 
 function fitBanner() {
   const doc = bannerFrame.contentDocument;
+  if (!doc || doc.URL === "about:blank") return; // the empty frame before its page: nothing known yet
   const body = doc && doc.body;
   const nav = doc && bannerFrame.contentWindow.performance.getEntriesByType("navigation")[0];
   const failed = nav && nav.responseStatus >= 400; // an error page is not a banner

@@ -31,4 +31,7 @@ c.QemuBackend.boot_timeout = 570  # below start_timeout, so the backend's own me
 c.QemuBackend.state_dir = str(state / "qemu")
 c.QemuBackend.image_dir = image_dir
 c.QemuBackend.warm_start = os.environ.get("VISA_QEMU_WARM") == "1"
+# deleting a VM here does not archive its disk (a flattened, compressed copy: a minute of CPU per VM on
+# this host); tests/spawner/test_archive_qemu.py covers the qemu archive itself
+c.VisaSpawner.archive_on_delete = False
 c.QemuBackend.build_snapshots = False  # the tests build the snapshot themselves (and count QEMU processes)
