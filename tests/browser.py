@@ -36,3 +36,16 @@ def chromium() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+def demo_login(browser, hub_url: str, name: str, width: int = 1400, height: int = 900, timeout: float = 90_000):
+    """A new browser context signed in to the hub with a demo account (password `<name>-demo`),
+    on its home page; its own cookies, so several people can share one browser."""
+    page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+    page.set_default_timeout(timeout)
+    page.goto(f"{hub_url}/hub/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", f"{name}-demo")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/home")
+    return page

@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from tests.browser import CANVAS_COLOURS, chromium
+from tests.browser import CANVAS_COLOURS, chromium, demo_login
 from tests.hubtools import Hub
 from tests.spawner.sandbox.sandbox_probe import account
 from tests.support import wait_for
@@ -39,15 +39,7 @@ def browser():
 
 
 def login(browser, hub: Hub, name: str):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT)
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=password]", f"{name}-demo")
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/home")
-    return page
+    return demo_login(browser, hub.url, name, 1280, 800, TIMEOUT)
 
 
 def authorize_if_asked(page) -> None:

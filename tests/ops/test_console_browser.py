@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import chromium
+from tests.browser import chromium, demo_login
 from tests.hubtools import Hub
 from tests.support import wait_for
 
@@ -17,15 +17,7 @@ TIMEOUT = 90_000
 
 
 def browser_login(browser, hub: Hub, name: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT)
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=password]", f"{name}-demo")
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/home")
-    return page
+    return demo_login(browser, hub.url, name, timeout=TIMEOUT)
 
 
 def lifecycle(page, owner: str, server: str) -> dict:
