@@ -92,6 +92,9 @@ def test_errors_become_readable_reasons():
     assert is_transient(ksa_exc.ConnectTimeout())
     assert is_transient(sdk_exc.SDKException("Endless pagination loop detected, aborting"))
     assert not is_transient(sdk_exc.SDKException("Invalid flavor"))
+    discovery = sdk_exc.NotSupported("The image service for lab-demo:RegionOne exists but does not have any "
+                                     "supported versions.")  # discovery that got a 502 from the root
+    assert to_backend_error(discovery, "looking up the image").reason == "cloud-unavailable"
     assert not is_transient(sdk_exc.HttpException(message="x", http_status=400))
     assert to_backend_error(ksa_exc.ConnectFailure(), "listing").reason == "cloud-unavailable"
     fault = fault_error({"message": "No valid host was found. password=hunter2", "code": 500}, "ERROR")

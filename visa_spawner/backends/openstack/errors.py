@@ -33,9 +33,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ksa_exc.HttpError) or isinstance(exc, sdk_exc.HttpException):
         return status_code(exc) in TRANSIENT_STATUS
     # openstacksdk wraps some transport failures in a bare SDKException; its "Endless pagination
-    # loop" comes from a listing that changed between two pages: the next listing is fine
+    # loop" comes from a listing that changed between two pages: the next listing is fine; "does not
+    # have any supported versions" is version discovery that got a 5xx from the service's root
     if isinstance(exc, sdk_exc.SDKException) and not isinstance(exc, sdk_exc.HttpException):
-        return any(word in str(exc).lower() for word in ("timed out", "connection", "pagination loop"))
+        return any(word in str(exc).lower()
+                   for word in ("timed out", "connection", "pagination loop", "any supported versions"))
     return False
 
 
