@@ -231,12 +231,12 @@ async def test_a_started_instance_whose_server_never_answers_counts_as_unreachab
 def test_openstack_quota_is_novas_absolute_limits():
     from types import SimpleNamespace
 
-    from visa_spawner.backends.openstack.backend import _absolute_limits
+    from visa_spawner.backends.openstack.cloud import absolute_limits
 
     absolute = SimpleNamespace(instances=10, instances_used=3, total_cores=-1, total_cores_used=6, total_ram=51200,
                                total_ram_used=None)
     conn = SimpleNamespace(compute=SimpleNamespace(get_limits=lambda: SimpleNamespace(absolute=absolute)))
-    assert _absolute_limits(conn) == {"instances": {"limit": 10, "used": 3}, "cores": {"limit": -1, "used": 6},
+    assert absolute_limits(conn) == {"instances": {"limit": 10, "used": 3}, "cores": {"limit": -1, "used": 6},
                                       "ram_mb": {"limit": 51200, "used": 0}}
 
 

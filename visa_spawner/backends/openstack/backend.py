@@ -1,9 +1,9 @@
 """The OpenStack backend: one Nova server per instance, in the facility's cloud.
 
 Why it looks the way it does (see docs/openstack.md):
-- every SDK call runs in a small thread pool with retries (`openstack_cloud.CloudCalls`), so a
+- every SDK call runs in a small thread pool with retries (`cloud.CloudCalls`; the blocking steps themselves are in `cloud.py` too), so a
   burst of spawns or a slow cloud never blocks the hub;
-- servers have deterministic names and a hub tag (`openstack_model`), so a restarted hub finds
+- servers have deterministic names and a hub tag (`model.py`), so a restarted hub finds
   its servers again with one server-side filtered listing; a server left by a start the hub
   never finished is reused (rebuilt with fresh user-data) rather than duplicated;
 - progress is real: Nova's build states, then the stages the instance itself reports through
@@ -18,13 +18,21 @@ import secrets
 import time
 from typing import Any
 
-from openstack import exceptions as sdk_exc
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
-from visa_spawner.backends.openstack.cloud import CloudCalls, CloudSettings, list_servers, poll_until
+from visa_spawner.backends.openstack.cloud import (
+    CloudCalls,
+    CloudSettings,
+    absolute_limits,
+    delete_server,
+    find_servers,
+    get_server,
+    list_servers,
+    poll_until,
+)
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
@@ -45,40 +53,9 @@ ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}
 RESUME_META = "visa-resume"  # fingerprint of the server's resume key (phonehome.resume_fingerprint)
 
 
-# blocking SDK steps, each run in the pool as fn(conn, ...) --------------------------------------
-def _get(conn, server_id: str):
-    try:
-        return conn.compute.get_server(server_id)
-    except sdk_exc.NotFoundException:
-        return None
-
-
 def _config_error(e: ValueError) -> BackendError:
     return BackendError("This instance's settings cannot be turned into a server configuration.",
                         reason="config", log_detail=str(e))
-
-
-def _find(conn, name: str, tag: str) -> list:
-    """The servers of one name: a few at most, so one page. Not paged on purpose: with `limit`,
-    openstacksdk asks once more after every page, and under fault injection that extra request
-    once ended a spawn with openstacksdk's "Endless pagination loop detected" (cause not pinned)."""
-    return list(conn.compute.servers(details=True, name=f"^{name}$", tags=tag))
-
-
-def _delete(conn, server_id: str) -> None:
-    try:
-        conn.compute.delete_server(server_id)
-    except sdk_exc.NotFoundException:
-        pass
-
-
-def _absolute_limits(conn) -> dict[str, dict[str, int]]:
-    """Nova's absolute limits as {resource: {"limit", "used"}} (limit -1: unlimited)."""
-    absolute = conn.compute.get_limits().absolute
-    return {name: {"limit": int(getattr(absolute, limit) or 0), "used": int(getattr(absolute, used) or 0)}
-            for name, limit, used in (("instances", "instances", "instances_used"),
-                                      ("cores", "total_cores", "total_cores_used"),
-                                      ("ram_mb", "total_ram", "total_ram_used"))}
 
 
 class OpenStackBackend(Backend):
@@ -230,7 +207,7 @@ class OpenStackBackend(Backend):
         if not server_id:
             return InstanceStatus.STOPPED
         try:
-            server = await self.cloud_calls.call(_get, server_id, doing="checking the server", attempts=2)
+            server = await self.cloud_calls.call(get_server, server_id, doing="checking the server", attempts=2)
         except BackendError:
             return InstanceStatus.UNKNOWN
         if server is None or server.status in GONE_STATES:
@@ -275,7 +252,7 @@ class OpenStackBackend(Backend):
         no `quota` key when the cloud cannot be asked (then `quota_error` says why). No GPU plans
         on OpenStack yet: `gpus_free` 0."""
         try:
-            limits = await self.cloud_calls.call(_absolute_limits, doing="reading the project's quota",
+            limits = await self.cloud_calls.call(absolute_limits, doing="reading the project's quota",
                                                  attempts=2)
         except BackendError as e:
             self.log.warning("OpenStack quota unknown: %s %s", e.message, e.log_detail)
@@ -285,7 +262,7 @@ class OpenStackBackend(Backend):
     async def exists(self, name: str) -> bool:
         """Is a server of this name there (not deleted)? Asked directly: a listing made while
         servers are being built can miss one (Nova pages build requests and instances apart)."""
-        found = await self.cloud_calls.call(_find, name, self.tag, doing="looking for the server")
+        found = await self.cloud_calls.call(find_servers, name, self.tag, doing="looking for the server")
         return any(s.status not in ("DELETED", "SOFT_DELETED") for s in found)
 
     # -- steps --------------------------------------------------------------------------------------
@@ -352,7 +329,7 @@ class OpenStackBackend(Backend):
         disk, or a server a previous start left (safe states only) rebuilt, or a new one. Creation
         is idempotent: after a failed POST, look before posting again."""
         name = fields["name"]
-        existing = await self.cloud_calls.call(_find, name, self.tag, doing="looking for an existing server")
+        existing = await self.cloud_calls.call(find_servers, name, self.tag, doing="looking for an existing server")
         for server in existing:
             mine = owner_of(server.metadata or {}) == (spec.owner, spec.server_name)
             resume = (server.metadata or {}).get(RESUME_META, "")
@@ -374,7 +351,7 @@ class OpenStackBackend(Backend):
                 if not is_transient(e) or attempt == self.call_attempts:
                     raise to_backend_error(e, "creating the server") from None
                 await asyncio.sleep(self.cloud_calls.delay(attempt))
-                found = await self.cloud_calls.call(_find, name, self.tag, doing="looking for the new server")
+                found = await self.cloud_calls.call(find_servers, name, self.tag, doing="looking for the new server")
                 if found:
                     return found[0], ""
         raise AssertionError("unreachable")
@@ -389,7 +366,7 @@ class OpenStackBackend(Backend):
         return server
 
     async def _is(self, server_id: str, statuses: set[str]) -> bool:
-        server = await self.cloud_calls.call(_get, server_id, doing="checking the server")
+        server = await self.cloud_calls.call(get_server, server_id, doing="checking the server")
         return bool(server and server.status in statuses and not server.task_state)
 
     async def _wait_active(self, server, progress: ProgressCallback):
@@ -399,7 +376,7 @@ class OpenStackBackend(Backend):
         while True:
             current = await self.watch.next(server.id)
             if current is None:  # not listed (yet, or any more): ask for this one server
-                current = await self.cloud_calls.call(_get, server.id, doing="following the server's build")
+                current = await self.cloud_calls.call(get_server, server.id, doing="following the server's build")
             if current is None:
                 raise BackendError("The server disappeared while the cloud was building it.", reason="vanished")
             if current.status == "ERROR":
@@ -448,7 +425,7 @@ class OpenStackBackend(Backend):
         elif self.address_source == "floating-ip":
             address = floating
         else:
-            current = await self.cloud_calls.call(_get, server.id, doing="reading the server's address")
+            current = await self.cloud_calls.call(get_server, server.id, doing="reading the server's address")
             net = "" if self.networks in ("auto", "none") else self.networks
             address = server_address((current.addresses if current else {}) or {}, network=net)
         if not address:
@@ -469,7 +446,7 @@ class OpenStackBackend(Backend):
 
     async def _shelve_quietly(self, name: str) -> None:
         try:
-            for server in await self.cloud_calls.call(_find, name, self.tag, doing="looking for the server"):
+            for server in await self.cloud_calls.call(find_servers, name, self.tag, doing="looking for the server"):
                 if server.status != "ERROR" and not server.status.startswith("SHELVED"):
                     await self._shelve(server.id)
         except Exception as e:  # noqa: BLE001 - the reconciler and the next start see it as it is
@@ -482,9 +459,9 @@ class OpenStackBackend(Backend):
     async def _delete_named(self, name: str, *, wait: bool, quiet: bool = False) -> None:
         """Delete every server called `name` (and its floating IPs); wait until Nova forgets them."""
         try:
-            servers = await self.cloud_calls.call(_find, name, self.tag, doing="finding the server to delete")
+            servers = await self.cloud_calls.call(find_servers, name, self.tag, doing="finding the server to delete")
             for server in servers:
-                await self.cloud_calls.call(_delete, server.id, doing="deleting the server")
+                await self.cloud_calls.call(delete_server, server.id, doing="deleting the server")
             if self.floating_ip_network:
                 await self.cloud_calls.call(lambda c: [c.network.delete_ip(ip) for ip in c.network.ips(
                     description=name)], doing="releasing the floating IP")
@@ -513,6 +490,6 @@ class OpenStackBackend(Backend):
             server = await self.watch.next(server_id)
             if server is not None and server.status != "DELETED":
                 if server.status == "ERROR" and not server.task_state:
-                    await self.cloud_calls.call(_delete, server_id, doing="deleting the server again")
+                    await self.cloud_calls.call(delete_server, server_id, doing="deleting the server again")
                 return False
         return True

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import openstack
+from openstack import exceptions as sdk_exc
 
 from visa_spawner.backends.openstack.errors import cloud_message, is_transient, to_backend_error
 
@@ -162,3 +163,34 @@ def list_servers(conn: Any, page: int = 50, **query: Any) -> list:
         if len(batch) < page or not new:
             return out
         marker = batch[-1].id
+
+
+# -- blocking SDK steps the backend runs in the pool as fn(conn, ...) --------------------------------
+def get_server(conn, server_id: str):
+    try:
+        return conn.compute.get_server(server_id)
+    except sdk_exc.NotFoundException:
+        return None
+
+
+def find_servers(conn, name: str, tag: str) -> list:
+    """The servers of one name: a few at most, so one page. Not paged on purpose: with `limit`,
+    openstacksdk asks once more after every page, and under fault injection that extra request
+    once ended a spawn with openstacksdk's "Endless pagination loop detected" (cause not pinned)."""
+    return list(conn.compute.servers(details=True, name=f"^{name}$", tags=tag))
+
+
+def delete_server(conn, server_id: str) -> None:
+    try:
+        conn.compute.delete_server(server_id)
+    except sdk_exc.NotFoundException:
+        pass
+
+
+def absolute_limits(conn) -> dict[str, dict[str, int]]:
+    """Nova's absolute limits as {resource: {"limit", "used"}} (limit -1: unlimited)."""
+    absolute = conn.compute.get_limits().absolute
+    return {name: {"limit": int(getattr(absolute, limit) or 0), "used": int(getattr(absolute, used) or 0)}
+            for name, limit, used in (("instances", "instances", "instances_used"),
+                                      ("cores", "total_cores", "total_cores_used"),
+                                      ("ram_mb", "total_ram", "total_ram_used"))}
