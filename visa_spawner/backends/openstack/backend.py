@@ -1,8 +1,8 @@
 """The OpenStack backend: one Nova server per instance, in the facility's cloud.
 
 Why it looks the way it does (see docs/openstack.md):
-- every SDK call runs in a small thread pool with retries (`cloud.CloudCalls`; the blocking steps themselves are in `cloud.py` too), so a
-  burst of spawns or a slow cloud never blocks the hub;
+- every SDK call runs in a small thread pool with retries (`cloud.CloudCalls`; the blocking
+  steps themselves are in `cloud.py` too), so a burst of spawns or a slow cloud never blocks the hub;
 - servers have deterministic names and a hub tag (`model.py`), so a restarted hub finds
   its servers again with one server-side filtered listing; a server left by a start the hub
   never finished is reused (rebuilt with fresh user-data) rather than duplicated;
