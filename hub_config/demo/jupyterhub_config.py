@@ -8,6 +8,7 @@ profile (visa_profiles.common); only identity, catalogue and database differ.
 import os
 from pathlib import Path
 
+from visa_demo.clock import DEMO_TODAY, pinned_clock
 from visa_profiles.common import (
     apply_hub_and_instances,
     exit_on_bad_plans,
@@ -30,5 +31,7 @@ c.CryptKeeper.keys = [bytes.fromhex(secret_file(state, "crypt_key"))]
 c.JupyterHub.authenticator_class = "visa-demo"
 c.Authenticator.enable_auth_state = True
 c.FileCatalogue.path = os.environ.get("VISA_CATALOGUE", str(here / "catalogue.yaml"))
+# the demo's facility date (its schedule is written around it); VISA_DEMO_TODAY= (empty): the real date
+c.VisaAuthenticator.clock = pinned_clock(os.environ.get("VISA_DEMO_TODAY", DEMO_TODAY))
 
 exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name
