@@ -329,6 +329,7 @@ class VisaSpawner(Spawner):
                 f"This instance lives on {self.identity.backend}; the plan {plan.display_name} runs on "
                 f"{plan.backend}. Create a new instance for that plan.", reason="options")
         proposal = next((p for p in entitlements.get("proposals", []) if p.get("id") == request.proposal), {})
+        instruments = self._record_instruments(proposal)
         backend = self.backend(plan.backend)
         restore_from = await self._restore_source(plan) if self.identity is None else ""  # first start only
         self.identity = InstanceIdentity(backend=plan.backend, owner=self.user.name, server_name=self.name)
@@ -337,6 +338,7 @@ class VisaSpawner(Spawner):
         env.update({
             "VISA_PROPOSAL": request.proposal, "VISA_PLAN": plan.id, "VISA_SCREEN": request.screen,
             "VISA_KEYBOARD": request.keyboard, "VISA_INSTANCE_NAME": self.display_name or self.name,
+            "VISA_INSTRUMENTS": ",".join(instruments),
         })
         spec = InstanceSpec(
             owner=self.user.name, server_name=self.name, instance_id=f"{self.user.name}/{self.name}",
@@ -345,7 +347,7 @@ class VisaSpawner(Spawner):
             data_path=f"{self.data_root}/{request.proposal}" if request.proposal else "", screen=request.screen,
             keyboard=request.keyboard, proposal_title=str(proposal.get("title", "")),
             roles=tuple(map(str, entitlements.get("roles", []))),
-            instruments=tuple(map(str, proposal.get("instruments", []))), restore_from=restore_from,
+            instruments=instruments, restore_from=restore_from,
         )
         try:
             state = await backend.create(spec, self.emit)
@@ -354,6 +356,16 @@ class VisaSpawner(Spawner):
             raise SpawnException(e.message, reason=e.reason) from None
         self.backend_state = {**state, "plan": plan.id}
         return await backend.address(state)
+
+    def _record_instruments(self, proposal: Mapping[str, Any]) -> tuple[str, ...]:
+        """The proposal's instruments (auth_state), saved in the server's user_options at each start
+        so the ops console filters by instrument and the gateway of issue 18 can read them."""
+        instruments = tuple(dict.fromkeys(str(i) for i in proposal.get("instruments") or () if str(i)))
+        options = {**(self.user_options or {}), "instruments": list(instruments)}
+        self.user_options = options
+        if self.orm_spawner is not None:  # a new dict: the hub's JSON column sees the change
+            self.orm_spawner.user_options = options
+        return instruments
 
     def get_args(self) -> list[str]:
         # the data lives outside home: serve "/" (the sandbox's own small tree) and open in home
