@@ -31,14 +31,28 @@ Putter = Callable[[object], Awaitable[object]]
 MESSAGE_LENGTH = 256
 
 
-class _ReadOnly:
+class _Observed:
+    """Tells its observers each value it publishes, as CA monitors get it: how the PVA face
+    (`pva.py`) serves the same state without polling."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.observers: list[Callable[[object], None]] = []
+
+    async def publish(self, flags):
+        await super().publish(flags)
+        for observe in self.observers:
+            observe(self)
+
+
+class _ReadOnly(_Observed):
     """A readback: clients may read and monitor it, never write it."""
 
     def check_access(self, hostname: str, username: str) -> AccessRights:
         return AccessRights.READ
 
 
-class _Commanded:
+class _Commanded(_Observed):
     """A setpoint whose put is handed to the device first; the device refuses by raising."""
 
     def __init__(self, *args, on_put: Putter, **kwargs) -> None:
@@ -79,6 +93,11 @@ class InstrumentIOC(LoggingConfigurable):
     interface = Unicode("127.0.0.1", help="Address the CA server binds (UDP search and TCP).").tag(config=True)
     port = Int(5064, help="CA server port (EPICS_CA_SERVER_PORT); clients search on it.").tag(config=True)
     repeater_port = Int(5065, help="CA repeater/beacon port (EPICS_CA_REPEATER_PORT).").tag(config=True)
+    pva_port = Int(
+        5075,
+        help="PVAccess port (TCP, and UDP for searches) of the PVA face on `interface`, which the "
+             "gateway reaches (`pva.py`); 0: no PVA face.",
+    ).tag(config=True)
     tick = Float(0.1, help="Seconds between readback updates (motor RBV, temperature, rate).").tag(config=True)
     today = Unicode(
         "",
@@ -257,11 +276,19 @@ class InstrumentIOC(LoggingConfigurable):
 
         os.environ.update(self.ca_environment())
         context = Context(self.pvdb, [self.interface])
+        pva = None
+        if self.pva_port:
+            from .pva import PVAFace
+
+            pva = PVAFace(self.pvdb, self.interface, self.pva_port, self.pva_port)
+            pva.start()
         updates = asyncio.create_task(self.update_forever())
         try:
             await context.run(log_pv_names=False)
         finally:
             updates.cancel()
+            if pva is not None:
+                pva.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,13 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interface", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5064, help="CA server port (default 5064)")
     parser.add_argument("--repeater-port", type=int, default=5065, help="CA repeater/beacon port")
+    parser.add_argument("--pva-port", type=int, default=5075,
+                        help="PVAccess port of the PVA face the gateway reads (default 5075; 0: none)")
     parser.add_argument("--prefix", help="PV prefix (default '<instrument>:')")
     parser.add_argument("--today", default="", help="fixed date YYYY-MM-DD for the schedule (demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = dict(catalogue=args.catalogue, instrument=args.instrument, data_root=args.data_root,
                    interface=args.interface, port=args.port, repeater_port=args.repeater_port,
-                   today=args.today)
+                   pva_port=args.pva_port, today=args.today)
     if args.prefix:
         options["prefix"] = args.prefix
     try:
@@ -290,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visa-instrument-ioc: {e}", file=sys.stderr)
         return 2
     print(f"visa-instrument-ioc: {args.instrument} on {args.interface}:{args.port}, "
-          f"{len(ioc.pvdb)} PVs with prefix {ioc.prefix}", flush=True)
+          f"PVA port {args.pva_port}, {len(ioc.pvdb)} PVs with prefix {ioc.prefix}", flush=True)
     try:
         asyncio.run(ioc.serve())
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ def d11_ioc(tmp_path, monkeypatch):
     process = subprocess.Popen(
         [str(IOC), "--catalogue", str(CATALOGUE), "--instrument", "D11",
          "--data-root", str(tmp_path / "data"), "--port", str(port),
-         "--repeater-port", str(repeater), "--today", "2026-11-24"],
+         "--repeater-port", str(repeater), "--pva-port", str(free_port()), "--today", "2026-11-24"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     # the client searches only this IOC (no broadcast, no repeater to spawn)
