@@ -31,8 +31,8 @@ from .backends.base import Backend, BackendError
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 #: an archive id: a server name made safe for a file name, then the UTC stamp of the archive
 ARCHIVE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}-\d{8}T\d{6}Z")
-#: backends whose archives can become the home of a new instance (qemu: download only, for now)
-RESTORABLE_BACKENDS = frozenset({"sandbox"})
+#: backends whose archives can become the home (sandbox) or disk (qemu) of a new instance
+RESTORABLE_BACKENDS = frozenset({"sandbox", "qemu"})
 MEDIA_TYPES = {".tar.gz": "application/gzip", ".qcow2": "application/octet-stream"}
 
 

@@ -158,7 +158,8 @@ def an_archive(ident="sans-20261203T080509Z", proposal="P-2026-011", backend="sa
 
 
 MINE = {a.id: a for a in (an_archive(), an_archive("vm-20261203T080509Z", backend="qemu"),
-                          an_archive("other-20261203T080509Z", proposal="P-2021-007"))}
+                          an_archive("other-20261203T080509Z", proposal="P-2021-007"),
+                          an_archive("cloud-20261203T080509Z", backend="openstack"))}
 
 
 @pytest.mark.parametrize("restore, proposal, plan, error", [
@@ -169,7 +170,9 @@ MINE = {a.id: a for a in (an_archive(), an_archive("vm-20261203T080509Z", backen
     ("sans-20261203T080509Z", "P-2021-007", SANDBOX, "belongs to proposal P-2026-011"),
     ("other-20261203T080509Z", "P-2026-011", SANDBOX, "belongs to proposal P-2021-007"),
     ("sans-20261203T080509Z", "P-2026-011", VM, "Choose a sandbox plan"),
-    ("vm-20261203T080509Z", "P-2026-011", VM, "cannot be restored yet: download it instead"),
+    ("vm-20261203T080509Z", "P-2026-011", VM, None),  # a qemu archive becomes a new VM's disk
+    ("vm-20261203T080509Z", "P-2026-011", SANDBOX, "Choose a qemu plan"),
+    ("cloud-20261203T080509Z", "P-2026-011", VM, "cannot be restored yet: download it instead"),
 ])
 def test_restore_is_only_of_ones_own_archive_into_the_same_proposal(restore, proposal, plan, error):
     if error is None:

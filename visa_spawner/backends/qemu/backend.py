@@ -56,6 +56,7 @@ from visa_spawner.backends.qemu.command import (
     vm_size,
 )
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
+from visa_spawner.backends.qemu.restore import restore_disk
 from visa_spawner.backends.qemu.state import QemuState
 from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
 from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, TemplateVm, build_snapshot, prune_snapshots
@@ -187,12 +188,18 @@ class QemuBackend(Backend):
             self._check_capacity(memory, live)
             self._pending[vm] = memory
         fresh, started = not paths.overlay.exists(), False
+        restore = fresh and bool(spec.restore_from)  # its disk from an archive: a cold boot (restore.py)
         try:
-            snapshot = self.pool.find(image.identity, cpus, memory, accel.name) if fresh and self.warm_start else None
-            if fresh and self.warm_start and snapshot is None and self.build_snapshots:
+            warm = fresh and self.warm_start and not restore
+            snapshot = self.pool.find(image.identity, cpus, memory, accel.name) if warm else None
+            if warm and snapshot is None and self.build_snapshots:
                 self.prepare_snapshot(cpus, memory, live)  # for the next instances; this one boots cold
-            progress(10, "Preparing the virtual machine's disk" + (" (warm start)" if snapshot else ""))
-            await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
+            if restore:
+                progress(10, "Restoring the virtual machine's disk from its archive")
+                await restore_disk(qemu_img, spec.restore_from, paths.overlay)
+            else:
+                progress(10, "Preparing the virtual machine's disk" + (" (warm start)" if snapshot else ""))
+                await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
             config = self._instance_config(spec, vm)
             layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot)
             if snapshot is None:
