@@ -15,7 +15,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
+from traitlets import TraitError, Unicode, validate
 from traitlets.config import SingletonConfigurable
+
+from visa_spawner.backends.instrument_net import parse_gateway
 
 #: progress callback: (percent, message) -> None
 ProgressCallback = Callable[[int, str], None]
@@ -161,6 +164,7 @@ class InstanceSpec:
     proposal_title: str = ""  # free text from the catalogue: only ever a value, never code
     roles: tuple[str, ...] = ()  # the owner's facility roles (e.g. security groups by role)
     instruments: tuple[str, ...] = ()  # the proposal's instruments (e.g. instrument-control networks)
+    instrument_control: tuple[str, ...] = ()  # of those, where the proposal's control window is open now
     restore_from: str = ""  # an archive (made by `Backend.archive`) the new instance's home starts from
 
 
@@ -171,6 +175,23 @@ class Backend(SingletonConfigurable):
     spawner and by the OpenStack reconciler: one thread pool, one listing loop, one view of what
     is in flight.
     """
+
+    instrument_gateway = Unicode(
+        "", config=True,
+        help="HOST:PORT of the instrument gateway's PVAccess TCP server as the hub's host reaches it "
+        "(docs/instrument.md). Set: each sandbox and qemu instance gets its own 127.77.x.y source "
+        "address (saved as `instrument_address`) and one route to the gateway, EPICS_PVA_NAME_SERVERS "
+        "pointing at it; they need it on a loopback address. Empty: instances get no route to it.")
+
+    @validate("instrument_gateway")
+    def _check_gateway(self, proposal: dict) -> str:
+        value = proposal["value"].strip()
+        if value:
+            try:
+                parse_gateway(value)
+            except ValueError as e:
+                raise TraitError(str(e)) from None
+        return value
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -27,6 +27,7 @@ from visa_spawner.backends.base import (
     private_partial,
 )
 from visa_spawner.backends.guest.protocol import mask_secrets
+from visa_spawner.backends.instrument_net import PVA_PORT, AddressBook, instrument_env
 from visa_spawner.backends.qemu.accel import host_memory
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
 from visa_spawner.backends.sandbox.command import (
@@ -36,7 +37,7 @@ from visa_spawner.backends.sandbox.command import (
     proposal_mount_point,
     sandbox_env,
 )
-from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, hub_routes
+from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, gateway_route, hub_routes
 from visa_spawner.backends.sandbox.state import SandboxState
 
 
@@ -106,6 +107,7 @@ class SandboxBackend(Backend):
         super().__init__(**kwargs)
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._bridges: dict[str, asyncio.subprocess.Process] = {}
+        self.addresses = AddressBook()  # account → 127.77.x.y (instrument gateway identity)
 
     # -- paths -------------------------------------------------------------------------------
     def _home(self, account: str) -> Path:
@@ -118,6 +120,7 @@ class SandboxBackend(Backend):
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
         account = account_name(spec.owner, spec.server_name, self.account_prefix)
         hub_env, routes = self._hub_routes(spec)
+        instrument_address, routes = self._instrument_route(account, hub_env, routes, spec.port)
         progress(20, "Preparing the instance's account and home")
         uid, gid = await self._ensure_account(account)
         home = self._home(account)
@@ -140,6 +143,9 @@ class SandboxBackend(Backend):
         env = sandbox_env(hub_env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
         progress(40, f"Starting the sandbox ({spec.plan.cpus:g} CPU, {spec.plan.memory_mb} MB)")
         log_path = self._log_path(account)
+        state = SandboxState(
+            backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, account=account,
+            uid=uid, port=spec.port, instrument_address=instrument_address)
         # the bridge (same cgroup, so stop ends it too) joins the sandbox's own network namespace
         with open(log_path, "ab") as log_file, BridgePipes() as pipes:
             argv = bwrap_argv(layout, self._command(spec, layout.home_inside),
@@ -159,10 +165,7 @@ class SandboxBackend(Backend):
                 preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
             )
         self._procs[account] = proc
-        state = SandboxState(
-            backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, account=account,
-            uid=uid, pid=proc.pid, port=spec.port, started=time.time(),
-        ).to_dict()
+        state = {**state.to_dict(), "pid": proc.pid, "started": time.time()}
         progress(60, "Waiting for Jupyter in the sandbox")
         try:
             await self._wait_listening(proc, spec.port, log_path, bridge)
@@ -188,7 +191,11 @@ class SandboxBackend(Backend):
         except CgroupError:
             return InstanceStatus.UNKNOWN
         # after a hub restart: the pid must still be alive *and* be ours (pids get reused)
-        return InstanceStatus.RUNNING if cgroup.contains(pid) else InstanceStatus.STOPPED
+        if not cgroup.contains(pid):
+            return InstanceStatus.STOPPED
+        if saved.instrument_address:  # its bridge still binds this address: no new instance may get it
+            self.addresses.claim(account, saved.instrument_address)
+        return InstanceStatus.RUNNING
 
     async def stop(self, state: dict, now: bool = False) -> None:
         account = SandboxState.from_dict(state).account
@@ -207,6 +214,8 @@ class SandboxBackend(Backend):
                 await proc.wait()
         if cgroup.pids():
             self.log.error("Sandbox %s: processes survived SIGKILL: %s", account, cgroup.pids())
+        else:
+            self.addresses.release(account)
         cgroup.remove()
 
     async def delete(self, state: dict) -> None:
@@ -253,6 +262,22 @@ class SandboxBackend(Backend):
         except ValueError as e:
             raise BackendError("The hub's address cannot be given to the instance; ask an admin.",
                                reason="network", log_detail=str(e)) from e
+
+    def _instrument_route(self, account: str, env: dict[str, str], routes: tuple[HubRoute, ...],
+                          jupyter_port: int) -> tuple[str, tuple[HubRoute, ...]]:
+        """With an instrument gateway: the instance's own source address, one more route (to the
+        gateway, bound to that address) and the EPICS variables naming it inside (`env`, in place)."""
+        if not self.instrument_gateway:
+            return "", routes
+        address = self.addresses.claim(account)
+        try:
+            route = gateway_route(self.instrument_gateway, address, routes, jupyter_port=jupyter_port)
+        except ValueError as e:
+            self.addresses.release(account)
+            raise BackendError("The instrument gateway cannot be given to the instance; ask an admin.",
+                               reason="network", log_detail=str(e)) from e
+        env.update(instrument_env(f"127.0.0.1:{PVA_PORT}"))
+        return address, (*routes, route)
 
     def _layout(self, spec: InstanceSpec, account: str, uid: int, gid: int) -> SandboxLayout:
         data_inside = ""

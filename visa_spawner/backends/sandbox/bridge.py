@@ -9,7 +9,9 @@ socket file or in-sandbox helper is needed:
 * **publish**: host 127.0.0.1:<port> → the sandbox's 127.0.0.1:<port> (Jupyter), so the hub and
   the proxy reach Jupyter where they always did;
 * **routes**: the sandbox's 127.0.0.1:<p> → one hub address on the host (the hub API, the
-  collaboration service): the only host ports an instance can reach.
+  collaboration service, the instrument gateway): the only host ports an instance can reach.
+  A route may name a source address (`@127.77.x.y`): its host-side sockets bind it before
+  connecting, so the instrument gateway knows the instance by where the connection comes from.
 
 Start-up, driven by bubblewrap's own pipes: read the sandbox's pid from `--info-fd`, enter its
 network namespace in one worker thread, open the route listeners there, then release the
@@ -52,13 +54,14 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def route(text: str) -> tuple[int, str, int]:
-    """`<inside port>=<host>:<port>` → (inside port, host, port)."""
+def route(text: str) -> tuple[int, str, int, str]:
+    """`<inside port>=<host>:<port>[@<source address>]` → (inside port, host, port, source)."""
     inside, _, target = text.partition("=")
+    target, _, source = target.partition("@")
     host, _, port = target.rpartition(":")
-    if not inside.isdigit() or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"bad route {text!r}: expected PORT=HOST:PORT")
-    return int(inside), host.strip("[]"), int(port)
+    if not inside.isdigit() or not port.isdigit() or not host or (source and not source[0].isdigit()):
+        raise argparse.ArgumentTypeError(f"bad route {text!r}: expected PORT=HOST:PORT[@SOURCE]")
+    return int(inside), host.strip("[]"), int(port), source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--info-fd", type=int, required=True, help="read end of bwrap's --info-fd pipe")
     p.add_argument("--block-fd", type=int, required=True, help="write end of bwrap's --block-fd pipe")
     p.add_argument("--publish", type=int, required=True, help="Jupyter's port, on 127.0.0.1 on both sides")
-    p.add_argument("--route", type=route, action="append", default=[], help="PORT=HOST:PORT (repeatable)")
+    p.add_argument("--route", type=route, action="append", default=[],
+                   help="PORT=HOST:PORT[@SOURCE] (repeatable)")
     p.add_argument("--uid", type=int, required=True, help="uid to run as once the sockets exist")
     p.add_argument("--gid", type=int, required=True, help="gid to run as once the sockets exist")
     return p.parse_args(argv)
@@ -141,18 +145,19 @@ class Bridge:
         self.pidfd = os.pidfd_open(self.sandbox_pid)
         self.inside = ThreadPoolExecutor(1, thread_name_prefix="inside", initializer=setns, initargs=(ns_fd,))
         route_socks = await self.loop.run_in_executor(
-            self.inside, lambda: [listener(LOOPBACK, port) for port, _, _ in a.route]
+            self.inside, lambda: [listener(LOOPBACK, port) for port, *_ in a.route]
         )
         os.close(ns_fd)
         self.public = listener(LOOPBACK, a.publish, listen=False)  # reserved now, listening once Jupyter is
         os.write(a.block_fd, b"1")  # the routes exist: let the sandbox start Jupyter
         os.close(a.block_fd)
         drop_privileges(a.uid, a.gid)
-        for sock, (_, host, port) in zip(route_socks, a.route, strict=True):
+        for sock, (_, host, port, source) in zip(route_socks, a.route, strict=True):
             self.servers.append(await asyncio.start_server(
-                lambda r, w, host=host, port=port: self._to_host(r, w, host, port), sock=sock, limit=BUFFER))
+                lambda r, w, host=host, port=port, source=source: self._to_host(r, w, host, port, source),
+                sock=sock, limit=BUFFER))
         self.loop.add_reader(self.pidfd, self.done.set)
-        log(f"sandbox pid {self.sandbox_pid}: routes {[p for p, _, _ in a.route]} open, waiting for Jupyter")
+        log(f"sandbox pid {self.sandbox_pid}: routes {[p for p, *_ in a.route]} open, waiting for Jupyter")
 
     # -- connections ----------------------------------------------------------------------------
     async def _inside_socket(self) -> socket.socket:
@@ -169,9 +174,10 @@ class Bridge:
             raise
         return s
 
-    async def _to_host(self, reader, writer, host: str, port: int) -> None:
+    async def _to_host(self, reader, writer, host: str, port: int, source: str = "") -> None:
         try:
-            upstream = await asyncio.open_connection(host, port, limit=BUFFER)
+            upstream = await asyncio.open_connection(
+                host, port, limit=BUFFER, local_addr=(source, 0) if source else None)
         except OSError:
             writer.transport.abort()
             return

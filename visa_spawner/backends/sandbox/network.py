@@ -8,7 +8,9 @@ and no host port (other instances, the hub's internal ports, PostgreSQL, ...) is
 * the hub and the proxy reach Jupyter on host 127.0.0.1:<port>, as before;
 * the instance reaches the hub addresses its environment names (`JUPYTERHUB_API_URL`,
   `JUPYTERHUB_ACTIVITY_URL`, `VISA_COLLAB_URL`), each on 127.0.0.1 at the same port inside,
-  and nothing else.
+  and, when the backend has an instrument gateway, the gateway on 127.0.0.1:5075 inside, its
+  host-side socket bound to the instance's own 127.77.x.y address (`instrument_net.py`); nothing
+  else.
 
 The planning here is pure (table-tested); `BridgePipes` only makes the two pipes that tie
 bubblewrap and the bridge together.
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
+from visa_spawner.backends.instrument_net import PVA_PORT, local_gateway
+
 BRIDGE_SCRIPT = str(Path(__file__).with_name("bridge.py"))
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -30,14 +34,26 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True)
 class HubRoute:
-    """127.0.0.1:`port` inside the sandbox leads to `host`:`target_port` on the host."""
+    """127.0.0.1:`port` inside the sandbox leads to `host`:`target_port` on the host, from the
+    host address `source` when set (the instance's identity for the instrument gateway)."""
 
     port: int
     host: str
     target_port: int
+    source: str = ""
 
     def arg(self) -> str:
-        return f"{self.port}={self.host}:{self.target_port}"
+        return f"{self.port}={self.host}:{self.target_port}" + (f"@{self.source}" if self.source else "")
+
+
+def gateway_route(gateway: str, source: str, routes: Sequence[HubRoute], *, jupyter_port: int) -> HubRoute:
+    """The route to the instrument gateway (`host:port` on the host's loopback) from `source`,
+    inside on PVA's port; ValueError when that port is taken by Jupyter or a hub route."""
+    host, port = local_gateway(gateway)
+    if PVA_PORT == jupyter_port or any(r.port == PVA_PORT for r in routes):
+        raise ValueError(f"port {PVA_PORT} inside the sandbox is needed for the instrument gateway "
+                         "but taken by Jupyter or a hub URL")
+    return HubRoute(port=PVA_PORT, host=host, target_port=port, source=source)
 
 
 def hub_routes(

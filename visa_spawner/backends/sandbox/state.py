@@ -9,7 +9,8 @@ from visa_spawner.backends.sandbox.command import account_name
 
 @dataclass(frozen=True)
 class SandboxState(SavedState):
-    """The instance's Unix account and the sandbox's first process (pid + cgroup prove it is ours)."""
+    """The instance's Unix account and the sandbox's first process (pid + cgroup prove it is ours);
+    `instrument_address`: its 127.77.x.y identity at the instrument gateway ("" without one)."""
 
     backend: str = "sandbox"
     owner: str = ""
@@ -19,6 +20,7 @@ class SandboxState(SavedState):
     pid: int = 0
     port: int = 0
     started: float = 0.0
+    instrument_address: str = ""
 
     def account_or_derived(self, prefix: str) -> str:
         """The saved account, or the deterministic one of (owner, server) when only those are known."""
