@@ -17,6 +17,7 @@ pip_q() { "$@" -q 2>&1 | grep -v -E "is ignored: it is neither|BuildBackendWarni
 apt_packages=(
   tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils x11-utils
   dbus-x11 xfonts-base bubblewrap novnc util-linux procps
+  libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-image0 libxcb-render-util0  # PyDM's Qt (instrument panels)
   chromium fonts-dejavu-core
   postgresql
   python3-venv python3-dev

@@ -388,9 +388,9 @@ def _own_session(parent: int) -> None:
     _procs.become_subreaper()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one desktop until stopped; non-zero when Xvnc died by itself (so it gets restarted)."""
-    parser = argparse.ArgumentParser(prog="visa-desktop", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "visa-desktop", description: str = __doc__.split("\n")[0]) -> argparse.ArgumentParser:
+    """The options every display launcher takes (the instrument panels' adds its own)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--socket", required=True, help="unix socket path to serve RFB on")
     parser.add_argument("--timeout", type=float, default=18.0, help="start-up deadline, seconds")
     parser.add_argument(
@@ -399,16 +399,29 @@ def main(argv: list[str] | None = None) -> int:
         "creates one per server and never removes it)",
     )
     parser.add_argument("--debug", action="store_true", help="verbose logging")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one desktop until stopped; non-zero when Xvnc died by itself (so it gets restarted)."""
+    args = build_parser().parse_args(argv)
+    configure_logging("visa-desktop", args.debug)
+    return run(DesktopSession(settings_from_env(os.environ, log), args.socket, args.timeout), args)
+
+
+def configure_logging(prog: str, debug: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="[visa-desktop %(levelname)s] %(message)s", stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.INFO,
+        format=f"[{prog} %(levelname)s] %(message)s", stream=sys.stderr,
     )
+
+
+def run(session: DesktopSession, args: argparse.Namespace) -> int:
+    """Serve ``session`` until stopped, then stop its whole family; the exit code as main's."""
     parent = os.getppid()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
 
-    session = DesktopSession(settings_from_env(os.environ, log), args.socket, args.timeout)
     code = 0
     stopped = False
     try:

@@ -149,12 +149,16 @@ class DesktopSocketMixin:
         super().on_close()  # type: ignore[misc]
 
 
-def desktop_socket_handler() -> tuple[type, dict]:
-    """Our handler class for ``desktop/(.*)`` and its init kwargs (jsp's process state)."""
+def desktop_socket_handler(name: str = "desktop", process: dict | None = None) -> tuple[type, dict]:
+    """Our handler class for ``<name>/(.*)`` and its init kwargs (jsp's process state).
+
+    ``process`` is the ServerProcess configuration (default: the desktop's); the instrument
+    panels' displays (`visa_instance.instrument`) are served the same way.
+    """
     from jupyter_server_proxy.config import ServerProcess
 
     from .desktop import setup_desktop
 
-    base, kwargs = ServerProcess(name="desktop", **setup_desktop()).make_proxy_handler()
+    base, kwargs = ServerProcess(name=name, **(process or setup_desktop())).make_proxy_handler()
     cls = type("VisaDesktopSocketHandler", (DesktopSocketMixin, base), {})
     return cls, kwargs

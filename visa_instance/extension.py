@@ -198,6 +198,16 @@ def _keep_memory_private() -> bool:
         return False
 
 
+def _link_jupyter_server_extension(serverapp: Any) -> None:
+    """Offer the instrument panels: jupyter-server links every extension before loading any,
+    so jupyter-server-proxy (loaded before us, alphabetically) finds them in its config."""
+    import sys
+
+    from .instrument import link
+
+    link(serverapp, sys.executable)
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the routes and the room (jupyter-server calls this once at start-up)."""
     config = VisaDesktop(parent=serverapp)
@@ -223,12 +233,29 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
     socket_class, socket_kwargs = desktop_socket_handler()
     _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])
+    _add_instrument_routes(serverapp, web_app, base_url)
     web_app.add_handlers(".*", [(url_path_join(base_url, r"visa/api/room/?"), RoomHandler)])
     serverapp.log.info(
         "VISA desktop page at %svisa/desktop (noVNC from %s); member roles %s; collaboration service %s",
         base_url, config.novnc_path, "enforced" if gated else "off (not under JupyterHub)",
         config.collab_url or "not configured",
     )
+
+
+def _add_instrument_routes(serverapp: Any, web_app: Any, base_url: str) -> None:
+    """The instrument panels' pages and gated websockets (`visa_instance.instrument_page`)."""
+    import sys
+
+    from .instrument import VisaInstruments
+    from .instrument_page import page_routes, socket_routes
+
+    instruments = VisaInstruments(parent=serverapp)  # the same answer as at link time
+    if not instruments.instruments:
+        return
+    web_app.add_handlers(".*", page_routes(base_url, instruments.instruments))
+    for route in socket_routes(base_url, instruments.server_processes(sys.executable)):
+        _add_handlers_first(web_app, [route])
+    serverapp.log.info("VISA instrument panels: %s", ", ".join(instruments.instruments))
 
 
 async def _start_jupyter_server_extension(serverapp: Any) -> None:

@@ -35,9 +35,11 @@ class DesktopPageHandler(JupyterHandler):
     """The full-window noVNC page at ``{base_url}visa/desktop``."""
 
     auth_resource = AUTH_RESOURCE
+    template = "desktop.html"
 
-    def initialize(self, websocket_path: str) -> None:
+    def initialize(self, websocket_path: str, page_vars: dict[str, Any] | None = None) -> None:
         self.websocket_path = websocket_path
+        self.page_vars = page_vars or {}  # what a page built on this one adds (instrument panels)
 
     @web.authenticated
     @authorized
@@ -63,10 +65,12 @@ class DesktopPageHandler(JupyterHandler):
             config["opsBanner"] = self.settings["visa_ops_banner"]  # visa_instance.extension
         self.set_header("Cache-Control", "no-store")
         self.finish(
-            _jinja.get_template("desktop.html").render(
+            _jinja.get_template(self.template).render(
                 title=name,
                 static_url=url_path_join(self.base_url, "visa/static/"),
                 config=config,
+                can_write=can_write,
+                **self.page_vars,
             )
         )
 

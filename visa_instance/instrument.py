@@ -1,0 +1,245 @@
+"""Instrument control beside Lab (issue 18): one PyDM panel per instrument, in its own tab.
+
+The hub passes ``VISA_INSTRUMENTS`` (comma-separated catalogue ids of the instruments on which
+this instance's proposal has an experiment, e.g. ``D11``). Per instrument this module gives
+
+* a jupyter-server-proxy server ``instrument-<id>`` (its own Xvnc with PyDM full screen,
+  :mod:`visa_instance.instrument_launcher`) with a Lab launcher tile "Instrument control — D11"
+  that opens our noVNC page ``visa/instrument/<ID>``;
+* an XDG ``.desktop`` launcher in the instance's home, which opens the same panel as a window
+  on the instance's desktop.
+
+No listed instrument, no entry. The servers are added to ``c.ServerProxy.servers`` when
+the extension is *linked*, which jupyter-server does for every extension before it loads any,
+so jupyter-server-proxy (loaded before us) finds them. The websockets are then shadowed by the
+desktop's gated handler (:mod:`visa_instance.desktop_socket`): the same role checks and the
+same dropping of a view-only member's input as the desktop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from traitlets import Dict, List, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .desktop import READY_TIMEOUT, ready_timeout
+
+log = logging.getLogger("visa_instance.instrument")
+
+ICON_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "instrument.svg")
+PAGE_PREFIX = "visa/instrument/"
+SERVER_PREFIX = "instrument-"
+DESKTOP_FILE_PREFIX = "visa-instrument-"
+# A catalogue id becomes part of a URL, a process name and a PV prefix: letters, digits, - and _.
+_INSTRUMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# An axis of the EPICS motor record's naming (``DET:Z``), never anything a shell or PV name
+# would read as more than one name.
+_MOTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]{0,59}$")
+
+# The demo instruments' axes (visa_instruments/model.py DEVICES, the IOCs' contract in
+# docs/instrument.md); a facility configures its own in c.VisaInstruments.motors.
+DEFAULT_MOTORS: dict[str, list[str]] = {
+    "D11": ["DET:Z", "SAMPLE:X", "SAMPLE:Y"],
+    "IN5": ["SAMPLE:ROT", "CHOPPER:PHASE"],
+}
+FALLBACK_MOTORS = ["SAMPLE:ROT"]
+
+
+def parse_instruments(value: str | None, logger: logging.Logger | logging.LoggerAdapter = log) -> list[str]:
+    """``"D11, IN5"`` → ``["D11", "IN5"]``: valid ids, in order, each once (case-insensitively)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for raw in (value or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if not _INSTRUMENT_RE.fullmatch(item):
+            logger.warning("VISA_INSTRUMENTS: %r is not an instrument id; ignoring it", item[:40])
+            continue
+        if item.lower() in seen:
+            continue
+        seen.add(item.lower())
+        found.append(item)
+    return found
+
+
+def server_name(instrument: str) -> str:
+    """The jupyter-server-proxy name, and so the URL path, of the instrument's panel."""
+    return SERVER_PREFIX + instrument.lower()
+
+
+def page_path(instrument: str) -> str:
+    """The page (relative to the base URL) that the launcher tile opens."""
+    return PAGE_PREFIX + instrument
+
+
+def title(instrument: str) -> str:
+    return f"Instrument control — {instrument}"
+
+
+def panel_command(python: str, instrument: str, motors: Sequence[str]) -> list[str]:
+    """Run the panel (:mod:`visa_instance.instrument_panel`) with this interpreter."""
+    return [python, "-m", "visa_instance.instrument_panel", "--instrument", instrument,
+            "--motors", ",".join(motors)]
+
+
+def launcher_command(python: str, instrument: str, motors: Sequence[str],
+                     timeout: float = READY_TIMEOUT) -> list[str]:
+    """The instrument's display on jupyter-server-proxy's unix socket (``{unix_socket}``)."""
+    python = python.replace("{", "{{").replace("}", "}}")  # the list is str.format()ed
+    return [
+        python, "-m", "visa_instance.instrument_launcher",
+        "--socket", "{unix_socket}",
+        "--timeout", f"{max(timeout - 2.0, 1.0):g}",
+        "--remove-socket-dir",
+        "--instrument", instrument,
+        "--motors", ",".join(motors),
+    ]
+
+
+def server_process(python: str, instrument: str, motors: Sequence[str],
+                   timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """The ServerProcess configuration of one instrument's panel (as the desktop's)."""
+    return {
+        "command": launcher_command(python, instrument, motors, timeout),
+        "unix_socket": True,
+        "raw_socket_proxy": True,
+        "timeout": timeout,
+        "new_browser_tab": True,
+        "launcher_entry": {
+            "enabled": True,
+            "title": title(instrument),
+            "icon_path": ICON_PATH,
+            "path_info": page_path(instrument),
+            "category": "Notebook",
+        },
+    }
+
+
+def desktop_entry(python: str, instrument: str, motors: Sequence[str]) -> str:
+    """An XDG desktop entry opening the panel as a window on the instance's desktop."""
+    exec_line = " ".join(shlex.quote(arg) for arg in panel_command(python, instrument, motors))
+    return (
+        "[Desktop Entry]\n"
+        "Type=Application\n"
+        f"Name={title(instrument)}\n"
+        f"Comment=PyDM panel of {instrument}: motors, temperature, shutter, detector, runs\n"
+        f"Exec={exec_line.replace('%', '%%')}\n"
+        f"Icon={ICON_PATH}\n"
+        "Terminal=false\n"
+        "Categories=Science;Physics;\n"
+    )
+
+
+def write_desktop_entries(
+    directory: str, python: str, panels: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """Write one ``.desktop`` file per instrument, remove those of instruments no longer listed.
+
+    Returns the paths written. Errors are logged: a read-only home must not stop the server.
+    """
+    wanted = {
+        os.path.join(directory, f"{DESKTOP_FILE_PREFIX}{instrument.lower()}.desktop"):
+            desktop_entry(python, instrument, motors)
+        for instrument, motors in panels.items()
+    }
+    try:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.startswith(DESKTOP_FILE_PREFIX) and name.endswith(".desktop") and path not in wanted:
+                os.unlink(path)
+        for path, text in wanted.items():
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o755)  # desktops launch only executable entries from a user's home
+            os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not write the instrument launchers in %s: %s", directory, e)
+        return []
+    return sorted(wanted)
+
+
+class VisaInstruments(LoggingConfigurable):
+    """Which instrument panels this instance offers, and what each panel shows."""
+
+    instruments = List(
+        Unicode(),
+        help="""
+        Catalogue ids of the instruments whose control panel this instance offers, e.g.
+        ``["D11"]``. Default: ``$VISA_INSTRUMENTS`` (comma-separated), set by the hub to the
+        instruments on which the instance's proposal has an experiment. Empty: no panel.
+        Invalid ids are logged and ignored.
+        """,
+    ).tag(config=True)
+
+    @default("instruments")
+    def _default_instruments(self) -> list[str]:
+        return parse_instruments(os.environ.get("VISA_INSTRUMENTS"), self.log)
+
+    @validate("instruments")
+    def _valid_instruments(self, proposal: Any) -> list[str]:
+        return parse_instruments(",".join(proposal["value"]), self.log)
+
+    motors = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="""
+        Per instrument id, the motor axes the panel shows (PVs ``<ID>:<axis>.VAL/.RBV/.DMOV``).
+        An instrument not listed gets ``["SAMPLE:ROT"]``. Default: the demo IOCs' axes (D11:
+        DET:Z, SAMPLE:X, SAMPLE:Y; IN5: SAMPLE:ROT, CHOPPER:PHASE).
+        """,
+    ).tag(config=True)
+
+    @default("motors")
+    def _default_motors(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in DEFAULT_MOTORS.items()}
+
+    @validate("motors")
+    def _valid_motors(self, proposal: Any) -> dict[str, list[str]]:
+        for instrument, axes in proposal["value"].items():
+            bad = [axis for axis in axes if not _MOTOR_RE.fullmatch(axis)]
+            if bad or not axes:
+                raise ValueError(f"VisaInstruments.motors[{instrument!r}]: bad axis names {bad or axes}")
+        return proposal["value"]
+
+    desktop_entries_dir = Unicode(
+        help="""
+        Where the ``.desktop`` launchers are written (one per instrument; stale ones removed).
+        Default: ``$XDG_DATA_HOME/applications`` (``~/.local/share/applications``). Empty: none.
+        """,
+    ).tag(config=True)
+
+    @default("desktop_entries_dir")
+    def _default_desktop_entries_dir(self) -> str:
+        data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        return os.path.join(data_home, "applications")
+
+    def panels(self) -> dict[str, list[str]]:
+        """``{instrument id: motor axes}`` for each instrument offered, in order."""
+        table = {k.lower(): v for k, v in self.motors.items()}
+        return {i: list(table.get(i.lower(), FALLBACK_MOTORS)) for i in self.instruments}
+
+    def server_processes(self, python: str) -> dict[str, dict[str, Any]]:
+        """``c.ServerProxy.servers`` entries, one per instrument offered."""
+        timeout = ready_timeout()
+        return {server_name(i): server_process(python, i, motors, timeout) for i, motors in self.panels().items()}
+
+
+def link(serverapp: Any, python: str) -> VisaInstruments:
+    """Add the panels to jupyter-server-proxy's configuration and write the desktop launchers."""
+    config = VisaInstruments(parent=serverapp)
+    servers = dict(serverapp.config.ServerProxy.get("servers") or {})
+    for name, process in config.server_processes(python).items():
+        servers.setdefault(name, process)  # a deployment's own entry of that name wins
+    serverapp.config.ServerProxy.servers = servers
+    if config.desktop_entries_dir:
+        write_desktop_entries(config.desktop_entries_dir, python, config.panels())
+    return config
