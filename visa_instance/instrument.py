@@ -25,7 +25,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from traitlets import Dict, List, Unicode, default, validate
+from traitlets import Dict, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .desktop import READY_TIMEOUT, ready_timeout
@@ -207,7 +207,7 @@ class VisaInstruments(LoggingConfigurable):
         for instrument, axes in proposal["value"].items():
             bad = [axis for axis in axes if not _MOTOR_RE.fullmatch(axis)]
             if bad or not axes:
-                raise ValueError(f"VisaInstruments.motors[{instrument!r}]: bad axis names {bad or axes}")
+                raise TraitError(f"VisaInstruments.motors[{instrument!r}]: bad axis names {bad or axes}")
         return proposal["value"]
 
     desktop_entries_dir = Unicode(
