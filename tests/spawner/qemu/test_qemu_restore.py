@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.hubtools import run_code, wait_for
-from tests.spawner.qemu.conftest import PROPOSAL, create_vm, progress_messages
+from tests.spawner.qemu.conftest import PROPOSAL, create_vm
 from visa_spawner.archives import archive_instance, find_archive
 from visa_spawner.backends.qemu.backend import QemuBackend, vm_name
 
@@ -52,7 +52,8 @@ async def test_an_archived_vm_disk_is_restored_into_a_new_vm(hub, hub_state, log
         model = hub.wait_ready("alice", restored, timeout=600)
         boot = time.monotonic() - t0
         assert model["user_options"]["restore"] == archive.id
-        assert "Restoring the virtual machine's disk from its archive" in progress_messages(hub, "alice", restored)
+        log = hub.log_path.read_text(errors="replace")
+        assert f"alice:{restored}: Restoring the virtual machine's disk from its archive" in log
         out = run_code(alice, "alice", restored,
                        "import os\np = os.path.expanduser('~/kept.txt')\nprint(open(p).read(), os.stat(p).st_uid == os.getuid())",
                        timeout=120)
