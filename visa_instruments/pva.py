@@ -10,6 +10,7 @@ by TCP (`EPICS_PVA_NAME_SERVERS`), so the gateway needs no UDP path to it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from caproto import ChannelChar, ChannelData, ChannelDouble, ChannelEnum, ChannelInteger, ChannelString
@@ -103,7 +104,7 @@ class PVAFace:
         """Open the PVs and the server (needs the running loop: SharedPV handlers run on it)."""
         for name, ca_pv in self.pvdb.items():
             nt, initial = _initial(ca_pv)
-            shared = SharedPV(nt=nt, initial=initial, handler=_Bridge(name, ca_pv))
+            shared = SharedPV(nt=nt, initial=initial, timestamp=time.time(), handler=_Bridge(name, ca_pv))
             ca_pv.observers.append(self._poster(shared))
             self.pvs[name] = shared
         self.server = Server(providers=[self.pvs], conf=self.conf, useenv=False)
@@ -111,7 +112,7 @@ class PVAFace:
     @staticmethod
     def _poster(shared: SharedPV):
         def post(ca_pv: ChannelData) -> None:
-            shared.post(_pva_value(ca_pv))
+            shared.post(_pva_value(ca_pv), timestamp=time.time())
         return post
 
     def stop(self) -> None:
