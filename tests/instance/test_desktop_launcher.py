@@ -59,7 +59,8 @@ def rfb_handshake(path: str, timeout: float = 10) -> ServerInit:
 class Launcher:
     """``python -m visa_instance.desktop_launcher`` with its own TMPDIR and socket directory."""
 
-    def __init__(self, tmp: Path, **env: str) -> None:
+    def __init__(self, tmp: Path, command: list[str] | None = None, **env: str) -> None:
+        """``command``: another launcher (the instrument panels'), run with ``--socket`` added."""
         self.tmp = tmp
         self.tmp.mkdir(mode=0o700)
         self.socket = str(tmp / "socket")
@@ -67,7 +68,7 @@ class Launcher:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VISA_")}
         full_env.update(env, TMPDIR=str(tmp))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "visa_instance.desktop_launcher", "--socket", self.socket],
+            (command or [sys.executable, "-m", "visa_instance.desktop_launcher"]) + ["--socket", self.socket],
             env=full_env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"),
         )

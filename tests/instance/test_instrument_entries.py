@@ -185,3 +185,16 @@ def test_view_only_members_reach_the_panels_only(path: str, view: bool, none: bo
     assert route_allowed(FULL, path)
     assert route_allowed(VIEW, path) is view
     assert route_allowed(NONE, path) is none
+
+
+@pytest.mark.parametrize("can_write", [True, False])
+def test_page_says_read_only_to_view_only_members(can_write: bool) -> None:
+    from visa_instance.handlers import _jinja
+
+    html = _jinja.get_template("instrument.html").render(
+        title="<b>beam</b>", static_url="/s/", config={"websocketPath": "instrument-d11/"},
+        can_write=can_write, instrument="D11", instrument_title="Instrument control — D11",
+    )
+    assert "<title>Instrument control — D11 – &lt;b&gt;beam&lt;/b&gt;</title>" in html
+    assert ("read-only: you cannot write to the instrument" in html) is not can_write
+    assert 'id="visa-screen"' in html and "desktop.js" in html  # the desktop page's client

@@ -24,13 +24,16 @@ from pydm.widgets import PyDMByteIndicator, PyDMEnumComboBox, PyDMLabel, PyDMLin
 from pydm.widgets.channel import PyDMChannel
 from pydm.widgets.display_format import DisplayFormat
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 log = logging.getLogger("visa_instance.instrument_panel")
 
 # Where PyDM's PVAccess plugin logs a put that failed (and a put refused in read-only mode).
 PUT_LOGGERS = ("pydm.data_plugins.epics_plugins.p4p_plugin_component",)
 READ_ONLY_NOTE = "read-only: you cannot write to the instrument"
+# Positions to the micrometre/millidegree whatever precision the PV announces (a PVA server
+# that sets none announces 0, which would round 7.5 mm to 8).
+MOTOR_PRECISION = {"precisionFromPV": False, "precision": 3}
 
 
 class PutErrors(QObject, logging.Handler):
@@ -46,6 +49,18 @@ class PutErrors(QObject, logging.Handler):
         message = record.getMessage()
         if "put" in message.lower() or "write" in message.lower():
             self.refused.emit(message)
+
+
+class SetpointEdit(PyDMLineEdit):
+    """PyDM's line edit, showing the PV's value again when the person leaves the field.
+
+    PyDMLineEdit skips updates while it has the focus and, on leaving it, restores the text it
+    last displayed: a setpoint just written (or refused) would show the old value.
+    """
+
+    def focusOutEvent(self, event: object) -> None:  # noqa: N802 (Qt's name)
+        super().focusOutEvent(event)
+        self.set_display()
 
 
 def _field(parent: QWidget, kind: type, channel: str, **props: object) -> QWidget:
@@ -122,8 +137,9 @@ class InstrumentPanel(Display):
             name = QLabel(motor, box)
             name.setToolTip(f"{self.instrument}:{motor}")
             grid.addWidget(name, row, 0)
-            grid.addWidget(_field(box, PyDMLineEdit, self.pv(f"{motor}.VAL"), showUnits=True), row, 1)
-            grid.addWidget(_field(box, PyDMLabel, self.pv(f"{motor}.RBV"), showUnits=True), row, 2)
+            setpoint = _field(box, SetpointEdit, self.pv(f"{motor}.VAL"), showUnits=True, **MOTOR_PRECISION)
+            grid.addWidget(setpoint, row, 1)
+            grid.addWidget(_field(box, PyDMLabel, self.pv(f"{motor}.RBV"), showUnits=True, **MOTOR_PRECISION), row, 2)
             grid.addWidget(_indicator(box, self.pv(f"{motor}.DMOV")), row, 3)
         return box
 
@@ -131,7 +147,7 @@ class InstrumentPanel(Display):
         box = QGroupBox("Sample, beam and detector", self)
         grid = QGridLayout(box)
         grid.addWidget(QLabel("temperature setpoint (K)", box), 0, 0)
-        grid.addWidget(_field(box, PyDMLineEdit, self.pv("TEMP:SP")), 0, 1)
+        grid.addWidget(_field(box, SetpointEdit, self.pv("TEMP:SP")), 0, 1)
         grid.addWidget(QLabel("temperature (K)", box), 1, 0)
         grid.addWidget(_field(box, PyDMLabel, self.pv("TEMP:RBV"), precisionFromPV=False, precision=3), 1, 1)
         grid.addWidget(QLabel("settled", box), 1, 2)
@@ -150,7 +166,7 @@ class InstrumentPanel(Display):
         grid.addWidget(start, 0, 0)
         grid.addWidget(stop, 0, 1)
         grid.addWidget(QLabel("proposal", box), 1, 0)
-        grid.addWidget(_field(box, PyDMLineEdit, self.pv("RUN:PROPOSAL"), displayFormat=DisplayFormat.String), 1, 1)
+        grid.addWidget(_field(box, SetpointEdit, self.pv("RUN:PROPOSAL"), displayFormat=DisplayFormat.String), 1, 1)
         rows = (("state", "RUN:STATE"), ("run number", "RUN:NUMBER"),
                 ("message", "RUN:MESSAGE"), ("file", "RUN:FILE"))
         for row, (text, pv) in enumerate(rows, start=2):
@@ -178,6 +194,9 @@ class InstrumentPanel(Display):
     def _show_refused(self, message: str) -> None:
         log.warning("write refused: %s", message)
         self.write_error.setText(f"Write refused: {message}")
+        field = QApplication.focusWidget()
+        if isinstance(field, SetpointEdit):
+            field.clearFocus()  # back to the value the instrument has
 
     def channel_addresses(self) -> list[str]:
         """Every channel a widget of the panel uses, once."""
