@@ -135,7 +135,7 @@ def load_snapshot_sync(hub_db_url: str) -> HubSnapshot:
     s, u, share = orm.Spawner, orm.User, orm.Share
     servers = (select(s.id, u.name.label("owner"), s.name, s.user_options, s.state)
                .join(u, s.user_id == u.id).where(s.name != "", s.server_id.is_not(None)))
-    shares = select(share.spawner_id, u.name, share.scopes).join(u, share.user_id == u.id)
+    shares = select(share.spawner_id, u.name, share.__table__.c.scopes).join(u, share.user_id == u.id)
     groups = (select(orm.Group.name, u.name)
               .join(orm.user_group_map, orm.user_group_map.c.group_id == orm.Group.id)
               .join(u, orm.user_group_map.c.user_id == u.id)

@@ -14,11 +14,15 @@ import argparse
 import asyncio
 import itertools
 import logging
+import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
+from urllib.parse import urlparse
 
+from jupyterhub.utils import url_path_join
 from p4p import _gw
 from p4p.client.thread import Context
 from p4p.gw import GWHandler
@@ -28,9 +32,11 @@ from traitlets.config import LoggingConfigurable
 
 from visa_authenticator.catalogue_data import CatalogueData
 from visa_authenticator.file_catalogue import FileCatalogue
+from visa_collab.app import until_stopped
 
-from .access import HubInstances, InstanceSource, VisaAccess, decide_all
+from .access import HubInstances, HubSnapshot, InstanceSource, VisaAccess, decide_all
 from .audit import AuditLog, ValueHistory, WriteRecord, display_value, parse_audit_line
+from .gateway_api import make_app
 
 _names = itertools.count()
 # p4p drops an unused upstream channel at its second sweep; pvagw sweeps every 30 s, "longer than
@@ -108,6 +114,7 @@ class InstrumentGateway(LoggingConfigurable):
         self.audit_log = AuditLog(self.audit_db_url)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="gw-audit")  # in order, off the loop
         self.evaluations = 0
+        self.snapshot = HubSnapshot()
         self.server: Server | None = None
 
     def _today(self) -> date:
@@ -115,12 +122,17 @@ class InstrumentGateway(LoggingConfigurable):
 
     # --- decisions
 
+    def scientists(self, instrument: str) -> frozenset[str]:
+        """The instrument's scientists (hub group `instrument:<id>`) at the last evaluation."""
+        return self.snapshot.scientists(instrument)
+
     async def evaluate(self) -> None:
         """One pass: the hub's instances and the catalogue → levels, applied to open channels."""
         loop = asyncio.get_running_loop()
         snapshot = await self.source.snapshot()
         catalogue = await loop.run_in_executor(None, self.catalogue_data)
         levels = decide_all(snapshot, self.upstreams, catalogue, self.now(), self.instrument_control_days)
+        self.snapshot = snapshot
         if self.access.apply(levels, snapshot.instances) and self.server is not None:
             self.handler.provider.clearBan()  # a peer refused before may search again
         self.evaluations += 1
@@ -248,10 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(gateway: InstrumentGateway) -> int:
-    from visa_collab.app import until_stopped
-
+    """The gateway, and its audit API when the hub runs it as a service (JUPYTERHUB_SERVICE_URL)."""
     await gateway.start()
     print(f"visa-instrument-gateway: serving on {gateway.interface}:{gateway.port}", flush=True)
+    if os.environ.get("JUPYTERHUB_SERVICE_URL"):
+        url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/visa-instruments/")
+        hub_prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/")
+        make_app(gateway, prefix, hub_prefix, secrets.token_bytes(32)).listen(url.port or 80, url.hostname)
+        gateway.log.info("Instrument write audit at %s%sapi/audit", url.geturl().rstrip("/"), prefix)
     try:
         await until_stopped()
     finally:

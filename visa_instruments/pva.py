@@ -13,12 +13,10 @@ import logging
 import time
 from collections.abc import Mapping
 
-from caproto import ChannelChar, ChannelData, ChannelDouble, ChannelEnum, ChannelInteger, ChannelString
+from caproto import AccessRights, ChannelChar, ChannelData, ChannelDouble, ChannelEnum, ChannelInteger, ChannelString
 from p4p.nt import NTEnum, NTScalar
 from p4p.server import Server
 from p4p.server.asyncio import SharedPV
-
-from .ioc import _ReadOnly
 
 log = logging.getLogger("visa_instruments.pva")
 
@@ -72,7 +70,7 @@ class _Bridge:
         self.name, self.ca_pv = name, ca_pv
 
     async def put(self, pv: SharedPV, op) -> None:
-        if isinstance(self.ca_pv, _ReadOnly):
+        if not self.ca_pv.check_access("pva", "pva") & AccessRights.WRITE:  # the CA side's own rule
             op.done(error=f"{self.name} is read-only")
             return
         try:
