@@ -34,6 +34,7 @@ from visa_spawner.backends.base import (
 )
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD
+from visa_spawner.backends.instrument_net import PVA_PORT, AddressBook, instrument_env
 from visa_spawner.backends.qemu import relay as qemu_relay
 from visa_spawner.backends.qemu.accel import (
     Acceleration,
@@ -45,8 +46,11 @@ from visa_spawner.backends.qemu.accel import (
 )
 from visa_spawner.backends.qemu.boot import BootWatcher
 from visa_spawner.backends.qemu.command import (
+    GATEWAY_GUEST_ADDRESS,
     GUEST_JUPYTER_PORT,
     VmLayout,
+    gateway_relay_argv,
+    gateway_relay_command,
     guest_env,
     hub_port_of,
     mount_templates,
@@ -122,11 +126,18 @@ class QemuBackend(Backend):
     )
     hub_relay = List(Unicode(), config=True,
                      help="Command run per guest connection to the hub ({port}: the hub API port).")
+    gateway_relay = List(Unicode(), config=True,
+                         help="With `instrument_gateway`: command run per guest connection to the gateway "
+                         "({host}, {port}: the gateway; {source}: the VM's 127.77.x.y address, to bind).")
     extra_args = List(Unicode(), config=True, help="Extra QEMU arguments appended to every VM's command line.")
 
     @default("hub_relay")
     def _hub_relay_default(self) -> list[str]:
         return list(relay_command(shutil.which("socat"), sys.executable, qemu_relay.__file__))
+
+    @default("gateway_relay")
+    def _gateway_relay_default(self) -> list[str]:
+        return list(gateway_relay_command(shutil.which("socat"), sys.executable, qemu_relay.__file__))
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -136,6 +147,7 @@ class QemuBackend(Backend):
         self._accel: Acceleration | None = None
         self.pool = SnapshotPool(Path(self.state_dir) / "snapshots")
         self._snapshot_build: asyncio.Task | None = None
+        self.addresses = AddressBook()  # vm → 127.77.x.y (instrument gateway identity)
 
     # -- host checks ---------------------------------------------------------------------------
     def image(self) -> VmImage:
@@ -184,9 +196,13 @@ class QemuBackend(Backend):
         paths = VmPaths(Path(self.state_dir) / "instances" / vm)
         data_dir = await self._data_dir(spec)
         async with self._lock:
-            live = len(await self._live())
+            live_states = await self._live()
+            live = len(live_states)
             self._check_capacity(memory, live)
             self._pending[vm] = memory
+            address = ""  # the VM's identity at the instrument gateway, unique among running and starting VMs
+            if self.instrument_gateway:
+                address = self.addresses.claim(vm, also_taken=[s.get("instrument_address") or "" for s in live_states])
         fresh, started = not paths.overlay.exists(), False
         restore = fresh and bool(spec.restore_from)  # its disk from an archive: a cold boot (restore.py)
         try:
@@ -200,8 +216,8 @@ class QemuBackend(Backend):
             else:
                 progress(10, "Preparing the virtual machine's disk" + (" (warm start)" if snapshot else ""))
                 await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
-            config = self._instance_config(spec, vm)
-            layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot)
+            config = self._instance_config(spec, vm, address)
+            layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot, address)
             if snapshot is None:
                 await self._run_blocking(self._write_fw_cfg, paths, config)
             proc = await launch(qemu_argv(qemu, layout), paths.log)
@@ -211,7 +227,7 @@ class QemuBackend(Backend):
                 backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, vm=vm, pid=proc.pid,
                 port=spec.port, overlay=str(paths.overlay), qmp=str(paths.qmp), accel=accel.name,
                 warm=snapshot is not None, image=image.name, started=time.time(),
-                snapshot=snapshot.dir.name if snapshot else "").to_dict()
+                snapshot=snapshot.dir.name if snapshot else "", instrument_address=address).to_dict()
             await self._run_blocking(self._write_state, paths, state)
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
@@ -239,7 +255,11 @@ class QemuBackend(Backend):
         proc = self._procs.get(saved.vm)
         if proc is not None and proc.returncode is not None:
             return InstanceStatus.STOPPED
-        return InstanceStatus.RUNNING if pid_runs(saved.pid, saved.overlay) else InstanceStatus.STOPPED
+        if not pid_runs(saved.pid, saved.overlay):
+            return InstanceStatus.STOPPED
+        if saved.instrument_address:  # its relay binds this address: no new VM may get it (hub restart)
+            self.addresses.claim(saved.vm, saved.instrument_address)
+        return InstanceStatus.RUNNING
 
     async def stop(self, state: dict, now: bool = False) -> None:
         saved = QemuState.from_dict(state)
@@ -250,6 +270,7 @@ class QemuBackend(Backend):
             await terminate(pid, str(paths.overlay), str(paths.qmp), 0 if now else self.stop_grace,
                             self._procs.get(vm), self.log)
         self._procs.pop(vm, None)
+        self.addresses.release(vm)
         for runtime in (paths.qmp, paths.agent, paths.state, *(f for _, f in paths.fw_cfg())):
             runtime.unlink(missing_ok=True)
 
@@ -323,13 +344,15 @@ class QemuBackend(Backend):
             if inbox is not None:
                 BOARD.unregister(inbox)
 
-    def _instance_config(self, spec: InstanceSpec, vm: str) -> dict:
+    def _instance_config(self, spec: InstanceSpec, vm: str, address: str = "") -> dict:
         hub_port = hub_port_of(spec.env)
+        gateway_env = instrument_env(f"{GATEWAY_GUEST_ADDRESS}:{PVA_PORT}") if address else {}
         try:
             return cloudinit.instance_config(
                 owner=spec.owner, server_name=spec.server_name, display_name=spec.display_name,
                 proposal=spec.proposal, command=spec.command,
-                env={**guest_env(spec.env, hub_port), "VISA_DESKTOP_TIMEOUT": f"{self.desktop_timeout:g}"},
+                env={**guest_env(spec.env, hub_port), **gateway_env,
+                     "VISA_DESKTOP_TIMEOUT": f"{self.desktop_timeout:g}"},
                 port=GUEST_JUPYTER_PORT, screen=spec.screen, keyboard=spec.keyboard,
                 proposal_title=spec.proposal_title, mount_templates=mount_templates(bool(spec.data_path)),
                 data_path=spec.data_path, bind_address="0.0.0.0", start_timeout=self.boot_timeout,
@@ -338,15 +361,16 @@ class QemuBackend(Backend):
             raise BackendError("This proposal's data cannot be mounted.", reason="data", log_detail=str(e)) from None
 
     def _layout(self, vm: str, paths: VmPaths, image: VmImage, accel: Acceleration, cpus: int, memory: int,
-                spec: InstanceSpec, data_dir: str, snapshot: Snapshot | None) -> VmLayout:
+                spec: InstanceSpec, data_dir: str, snapshot: Snapshot | None, address: str = "") -> VmLayout:
         fw_cfg = () if snapshot else tuple((name, str(path)) for name, path in paths.fw_cfg())
         try:
+            gateway = gateway_relay_argv(self.gateway_relay, self.instrument_gateway, address) if address else ()
             return VmLayout(
                 name=vm, overlay=str(paths.overlay), kernel=image.kernel, initrd=image.initrd,
                 kernel_cmdline=image.kernel_cmdline, qmp_socket=str(paths.qmp), agent_socket=str(paths.agent),
                 console_log=str(paths.console), cpus=cpus, memory_mb=memory, host_port=spec.port,
                 data_dir=data_dir, hub_port=hub_port_of(spec.env), hub_relay=tuple(self.hub_relay),
-                accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
+                gateway_relay=gateway, accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
                 incoming=snapshot.incoming_uri if snapshot else "", extra_args=tuple(self.extra_args),
             )
         except ValueError as e:
@@ -386,7 +410,8 @@ class QemuBackend(Backend):
                 f.write(blobs[name])
 
     async def _abandon(self, vm: str, paths: VmPaths, *, fresh: bool, started: bool) -> None:
-        """Undo a failed create: no process; no disk either if the disk was new."""
+        """Undo a failed create: no process, no address; no disk either if the disk was new."""
+        self.addresses.release(vm)
         if started:
             await self.stop({"vm": vm}, now=True)
         if fresh:

@@ -5,8 +5,10 @@ process is started and no file is touched. images/probe.py boots the image with 
 
 Network: QEMU user-mode networking with `restrict=on`, so the guest reaches nothing but what is
 forwarded explicitly: the hub's API at 10.0.2.100:<hub port> (a `guestfwd` that runs a relay per
-connection to 127.0.0.1:<hub port>) and, the other way, 127.0.0.1:<host port> on the host to the
-guest's Jupyter port (`hostfwd`, loopback only).
+connection to 127.0.0.1:<hub port>), with an instrument gateway the gateway at 10.0.2.101:5075 (its
+relay binds the instance's 127.77.x.y address before connecting: the gateway's only proof of who
+connects) and, the other way, 127.0.0.1:<host port> on the host to the guest's Jupyter port
+(`hostfwd`, loopback only).
 """
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from visa_spawner.backends.guest.protocol import AGENT_PORT_NAME, CONSOLE_PREFIX
+from visa_spawner.backends.instrument_net import PVA_PORT, local_gateway
 
 #: where the guest sees the hub (inside QEMU's user-mode network 10.0.2.0/24)
 HUB_GUEST_ADDRESS = "10.0.2.100"
+#: where the guest sees the instrument gateway (PVA's TCP port; `instrument_net.PVA_PORT`)
+GATEWAY_GUEST_ADDRESS = "10.0.2.101"
 #: the port Jupyter listens on inside every VM (host ports differ; guest ports need not)
 GUEST_JUPYTER_PORT = 8888
 #: 9p mount tag of the proposal's data, and how the guest mounts it (argv template, no shell)
@@ -47,6 +52,7 @@ class VmLayout:
     data_dir: str  # shared read-only as `visa-data` (an empty directory when there is no data)
     hub_port: int = 0  # 0: the guest reaches no hub at all
     hub_relay: tuple[str, ...] = ()  # per-connection relay to the hub: argv with {port}
+    gateway_relay: tuple[str, ...] = ()  # per-connection relay to the instrument gateway (ready argv); () = none
     guest_port: int = GUEST_JUPYTER_PORT
     accel_argv: tuple[str, ...] = ("-accel", "tcg,thread=multi", "-cpu", "max")
     fw_cfg: tuple[tuple[str, str], ...] = ()  # (fw_cfg name, host file)
@@ -77,6 +83,9 @@ def netdev_arg(layout: VmLayout) -> str:
         if "," in relay:
             raise ValueError(f"the hub relay command may not contain commas: {relay!r}")
         parts.append(f"guestfwd=tcp:{HUB_GUEST_ADDRESS}:{layout.hub_port}-cmd:{relay}")
+    if layout.gateway_relay:  # socat's `,bind=` needs a comma: QEMU's option syntax escapes it as ",,"
+        relay = " ".join(shlex.quote(a) for a in layout.gateway_relay).replace(",", ",,")
+        parts.append(f"guestfwd=tcp:{GATEWAY_GUEST_ADDRESS}:{PVA_PORT}-cmd:{relay}")
     return ",".join(parts)
 
 
@@ -150,6 +159,21 @@ def relay_command(socat: str | None, python: str, relay_module_file: str) -> tup
     if socat:
         return (socat, "STDIO", "TCP:127.0.0.1:{port}")
     return (python, relay_module_file, "{port}")
+
+
+def gateway_relay_command(socat: str | None, python: str, relay_module_file: str) -> tuple[str, ...]:
+    """Per-connection relay from the guest to the instrument gateway, bound to the instance's
+    address ({host}, {port}, {source}): socat when installed, else the stdlib Python one."""
+    if socat:
+        return (socat, "STDIO", "TCP:{host}:{port},bind={source}")
+    return (python, relay_module_file, "{port}", "--host={host}", "--bind={source}")
+
+
+def gateway_relay_argv(template: tuple[str, ...] | list[str], gateway: str, source: str) -> tuple[str, ...]:
+    """The relay's argv for one VM: the template filled with the (loopback) gateway and `source`;
+    ValueError for a gateway the instance could not reach from a 127.77.x.y address."""
+    host, port = local_gateway(gateway)
+    return tuple(a.format(host=host, port=port, source=source) for a in template)
 
 
 def vm_size(cpus: float, memory_mb: int) -> tuple[int, int]:

@@ -9,7 +9,8 @@ from visa_spawner.backends.base import SavedState
 @dataclass(frozen=True)
 class QemuState(SavedState):
     """The VM's directory name, its QEMU pid (checked against its overlay: pids get reused), the
-    forwarded port and how it booted (the snapshot it came from keeps that snapshot from pruning)."""
+    forwarded port and how it booted (the snapshot it came from keeps that snapshot from pruning);
+    `instrument_address`: its 127.77.x.y identity at the instrument gateway ("" without one)."""
 
     backend: str = "qemu"
     owner: str = ""
@@ -24,3 +25,4 @@ class QemuState(SavedState):
     image: str = ""
     started: float = 0.0
     snapshot: str = ""
+    instrument_address: str = ""
