@@ -195,8 +195,12 @@ class InstrumentGateway(LoggingConfigurable):
     # --- the p4p gateway
 
     async def start(self) -> None:
-        """Decide once, then open the upstream client and the server (p4p's threads)."""
-        await self.evaluate()
+        """Decide once, then open the upstream client and the server (p4p's threads). A hub
+        database not readable yet leaves every peer with nothing until a later pass succeeds."""
+        try:
+            await self.evaluate()
+        except Exception:
+            self.log.exception("Instrument gateway: first evaluation failed; nobody may read or write yet")
         self.client = Context("pva", conf=tcp_client_conf(self.upstreams.values()), useenv=False)
         self._subscriptions: list = []
         self.access.on_channel = self._watch
@@ -247,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        upstreams = dict(item.split("=", 1) for item in args.upstream)
+        upstreams = dict(_upstream(item) for item in args.upstream)
         gateway = InstrumentGateway(
             log=logging.getLogger("visa-instrument-gateway"), upstreams=upstreams, hub_db_url=args.hub_db_url,
             catalogue=args.catalogue, interface=args.interface, port=args.port, audit_db_url=args.audit_db_url,
@@ -257,6 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visa-instrument-gateway: {e}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(gateway))
+
+
+def _upstream(item: str) -> tuple[str, str]:
+    instrument, sep, address = item.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not (sep and instrument and host and colon and port.isdigit()):
+        raise ValueError(f"--upstream {item!r} is not ID=HOST:PORT (e.g. D11=127.0.0.1:5075)")
+    return instrument, address
 
 
 async def _serve(gateway: InstrumentGateway) -> int:

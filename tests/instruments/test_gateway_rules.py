@@ -10,8 +10,10 @@ from jupyterhub import orm
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from tests.instruments.conftest import CATALOGUE
 from visa_instruments.access import HubSnapshot, InstanceView, Level, VisaAccess, decide, load_snapshot_sync
 from visa_instruments.audit import AuditLog, ValueHistory, WriteRecord, parse_audit_line
+from visa_instruments.gateway import main
 
 W, R, N = Level.WRITE, Level.READ, Level.NONE
 D11_WINDOW = (date(2026, 11, 14), date(2026, 12, 3))  # E-2026-0110 (21..26 Nov) ± 7 days
@@ -156,3 +158,13 @@ def test_the_audit_table_and_the_old_values(tmp_path):
 
 def test_hub_snapshot_without_groups_has_no_scientists():
     assert HubSnapshot().scientists("D11") == frozenset()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--upstream", "D11"], "--upstream 'D11' is not ID=HOST:PORT"),
+    (["--upstream", "D11=127.0.0.1:5075", "--reevaluate-interval", "60"], "must be in (0, 30] s"),
+])
+def test_the_console_script_refuses_bad_options_in_one_line(capsys, tmp_path, args, message):
+    code = main([*args, "--hub-db-url", f"sqlite:///{tmp_path / 'hub.sqlite'}", "--catalogue", str(CATALOGUE)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
