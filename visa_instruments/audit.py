@@ -9,7 +9,8 @@ permission (`pvxs_gw.cpp`, `onPut`), as one text line per put::
 allowed is the decision in force when the line arrives (`VisaAccess.may_write`). The line carries
 the new value (not for structures such as an enum's); the old value comes from `ValueHistory`, the
 upstream values the gateway saw before the put. The claimed account is kept for forensics only,
-labelled as claimed: no decision reads it.
+labelled as claimed: no decision reads it. The table is made by Alembic revisions
+(`alembic/versions`, `visa_collab.migrate.upgrade`, own version table), like visa-collab's.
 """
 from __future__ import annotations
 
@@ -19,10 +20,16 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, create_engine, select
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.engine import Engine
 
+from visa_collab.db import connect
+from visa_collab.migrate import upgrade
+
+ALEMBIC_DIR = Path(__file__).resolve().parent / "alembic"
+VERSION_TABLE = "visa_instruments_alembic_version"  # the database may be shared with other services
 metadata = MetaData()
 writes = Table(
     "visa_instruments_writes", metadata,
@@ -142,9 +149,14 @@ class WriteRecord:
 class AuditLog:
     """The writes table (SQLite or PostgreSQL through SQLAlchemy); blocking: call it off the loop."""
 
-    def __init__(self, url: str) -> None:
-        self.engine: Engine = create_engine(url, future=True)
-        metadata.create_all(self.engine)  # one table, created when missing
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        upgrade(self.engine, ALEMBIC_DIR, VERSION_TABLE, name="instrument gateway")
+
+    @classmethod
+    def from_url(cls, url: str) -> AuditLog:
+        """As visa-collab and visa-ops open theirs (a new SQLite file is private, WAL)."""
+        return cls(connect(url))
 
     def record(self, record: WriteRecord) -> None:
         with self.engine.begin() as conn:

@@ -111,7 +111,7 @@ class InstrumentGateway(LoggingConfigurable):
         self.now = now or self._today
         self.access = VisaAccess({prefix: i for i, prefix in self.prefixes.items()})
         self.history = ValueHistory()
-        self.audit_log = AuditLog(self.audit_db_url)
+        self.audit_log = AuditLog.from_url(self.audit_db_url)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="gw-audit")  # in order, off the loop
         self.evaluations = 0
         self.snapshot = HubSnapshot()

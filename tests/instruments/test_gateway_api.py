@@ -28,7 +28,7 @@ class AuditedGateway:
 
     def __init__(self, tmp_path) -> None:
         self.upstreams = {"D11": "127.0.0.1:5075", "IN5": "127.0.0.1:5077"}
-        self.audit_log = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+        self.audit_log = AuditLog.from_url(f"sqlite:///{tmp_path / 'audit.sqlite'}")
         self.snapshot = HubSnapshot(groups={"instrument:D11": frozenset({"dave"})})
 
     def scientists(self, instrument: str) -> frozenset[str]:

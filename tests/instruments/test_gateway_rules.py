@@ -6,13 +6,17 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from jupyterhub import orm
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from tests.instruments.conftest import CATALOGUE
+from visa_collab.migrate import own_tables
 from visa_instruments.access import HubSnapshot, InstanceView, Level, VisaAccess, decide, load_snapshot_sync
 from visa_instruments.audit import AuditLog, ValueHistory, WriteRecord, parse_audit_line
+from visa_instruments.audit import metadata as audit_metadata
 from visa_instruments.gateway import main
 
 W, R, N = Level.WRITE, Level.READ, Level.NONE
@@ -140,12 +144,12 @@ def test_audit_lines_are_read_back_even_with_a_forged_account():
     assert parse_audit_line("2026-12-03 12:04:05.000000000 ... put audit log overflow") is None
 
 
-def test_the_audit_table_and_the_old_values(tmp_path):
+def test_the_audit_table_and_the_old_values(new_engine):
     history = ValueHistory()
     history.seen("D11:TEMP:SP", "295.0", at=100.0)
     history.seen("D11:TEMP:SP", "280.0", at=101.0)
     assert history.before("D11:TEMP:SP", 100.5) == "295.0" and history.before("D11:TEMP:SP", 99) is None
-    log = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    log = AuditLog(new_engine())  # SQLite, and PostgreSQL (marker postgres)
     for pv, allowed in (("D11:TEMP:SP", True), ("D11:SHUTTER", False)):
         log.record(WriteRecord(at=datetime(2026, 11, 24, 10), peer="127.77.0.12:4", owner="bob", server="lab",
                                instrument="D11", pv=pv, old_value="1", new_value="2", allowed=allowed))
@@ -154,6 +158,10 @@ def test_the_audit_table_and_the_old_values(tmp_path):
     rows = log.rows("D11")
     assert [(r["pv"], r["allowed"]) for r in rows] == [("D11:SHUTTER", False), ("D11:TEMP:SP", True)]
     assert rows[0]["at"] == "2026-11-24T10:00:00.000" and len(log.rows()) == 3
+    with log.engine.connect() as conn:  # the Alembic revision makes exactly the table the code uses
+        ctx = MigrationContext.configure(conn, opts={"include_name": own_tables(audit_metadata)})
+        assert compare_metadata(ctx, audit_metadata) == []
+    assert AuditLog(log.engine).rows("IN5")[0]["owner"] == "carol"  # opened again: kept as it is
 
 
 def test_hub_snapshot_without_groups_has_no_scientists():
