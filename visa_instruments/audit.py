@@ -7,8 +7,9 @@ permission (`pvxs_gw.cpp`, `onPut`), as one text line per put::
 
 `VisaAccess` sets the flag on every channel, so refused puts are reported too; whether a put was
 allowed is the decision in force when the line arrives (`VisaAccess.may_write`). The line carries
-the new value (not for structures such as an enum's); the old value comes from `ValueHistory`, the
-upstream values the gateway saw before the put. The claimed account is kept for forensics only,
+the new value, except for structures such as an enum's: then it is the first upstream value seen
+after an allowed put (waited for briefly); the old value is the last one seen before the put
+(`ValueHistory`). The claimed account is kept for forensics only,
 labelled as claimed: no decision reads it. The table is made by Alembic revisions
 (`alembic/versions`, `visa_collab.migrate.upgrade`, own version table), like visa-collab's.
 """
@@ -100,7 +101,7 @@ class ValueHistory:
 
     def __init__(self, depth: int = 16) -> None:
         self._seen: dict[str, deque[tuple[float, str]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.depth = depth
 
     def watching(self, pv: str) -> bool:
@@ -114,11 +115,24 @@ class ValueHistory:
     def seen(self, pv: str, value: object, at: float | None = None) -> None:
         with self._lock:
             self._seen.setdefault(pv, deque(maxlen=self.depth)).append((at or time.time(), str(value)))
+            self._lock.notify_all()
 
     def before(self, pv: str, at: float) -> str | None:
         with self._lock:
             older = [v for t, v in self._seen.get(pv, ()) if t < at]
         return older[-1] if older else None
+
+    def after(self, pv: str, at: float, timeout: float) -> str | None:
+        """The first value received after `at`, waiting up to `timeout` s for it (blocking: the
+        audit's own thread): the new value of a put whose audit line has none (an enum's)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                newer = [v for t, v in self._seen.get(pv, ()) if t > at]
+                left = deadline - time.monotonic()
+                if newer or left <= 0:
+                    return newer[0] if newer else None
+                self._lock.wait(left)
 
 
 def display_value(value: object) -> str:

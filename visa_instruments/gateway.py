@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -42,6 +43,7 @@ _names = itertools.count()
 # p4p drops an unused upstream channel at its second sweep; pvagw sweeps every 30 s, "longer than
 # twice the longest search interval": sooner, a client's next search finds its upstream gone again
 SWEEP_PERIOD = 30.0
+NEW_VALUE_WAIT = 1.0  # seconds the audit waits for the value an enum put produced
 
 
 class VisaGWHandler(GWHandler):
@@ -188,6 +190,9 @@ class InstrumentGateway(LoggingConfigurable):
 
     def _record(self, record: WriteRecord) -> None:
         try:
+            if record.new_value is None and record.allowed:  # an enum: its line has no value
+                new = self.history.after(record.pv, record.at.timestamp(), NEW_VALUE_WAIT)
+                record = dataclasses.replace(record, new_value=new)
             self.audit_log.record(record)
         except Exception:
             self.log.exception("Instrument gateway: recording a write in the audit failed")

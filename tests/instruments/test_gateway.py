@@ -123,6 +123,10 @@ def test_every_write_is_audited_allowed_or_refused(gateway, clients):
     assert (refused["owner"], refused["allowed"], refused["new_value"]) == ("bob", False, "100")
     assert refused["claimed_account"] == "dave"  # recorded as claimed, decided on nothing
     assert alice.get("D11:TEMP:SP", timeout=5) == 280.0
+    alice.put("D11:SHUTTER", "Open", timeout=10)  # an enum: p4p's audit line carries no value
+    shutter = wait_for(lambda: [r for r in gateway.audit_log.rows("D11") if r["pv"] == "D11:SHUTTER"],
+                       timeout=10, what="the shutter's audit row")[0]
+    assert (shutter["old_value"], shutter["new_value"], shutter["allowed"]) == ("Closed", "Open", True)
 
 
 def _put_ok(context: Context, pv: str, value) -> bool:
