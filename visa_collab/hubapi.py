@@ -120,7 +120,8 @@ class HubAPI:
             self._cache.pop(path, None)
         return value
 
-    async def _call(self, method: str, path: str, body: Any = None, ok404: bool = False) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, ok404: bool = False,
+                    timeout: float | None = None) -> Any:
         attempts = self.retries if method == "GET" else 1
         delay = 0.2
         for attempt in range(1, attempts + 1):
@@ -128,7 +129,7 @@ class HubAPI:
                 f"{self.api_url}{path}", method=method,
                 headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
                 body=None if body is None else json.dumps(body),
-                allow_nonstandard_methods=True, request_timeout=self.timeout,
+                allow_nonstandard_methods=True, request_timeout=timeout or self.timeout,
                 connect_timeout=self.timeout,
             )
             try:

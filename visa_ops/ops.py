@@ -52,10 +52,15 @@ def notification_model(n: Mapping[str, Any]) -> dict:
 class OpsHubAPI(HubAPI):
     """visa_collab's hub client, plus the one call only visa-ops makes."""
 
+    #: seconds a deletion may take: for a stopped server JupyterHub answers only once VisaSpawner has
+    #: archived it (a VM's disk: about a minute of qemu-img on 2 cores), so the usual timeout would
+    #: report a deletion that completes anyway as failed
+    remove_timeout = 900.0
+
     async def remove_server(self, owner: str, server: str) -> dict:
         """Delete a named server for good (its VisaSpawner archives the home first)."""
         return await self._call("DELETE", f"/users/{quote(owner, safe='')}/servers/{quote(server, safe='')}",
-                                {"remove": True})
+                                {"remove": True}, timeout=self.remove_timeout)
 
 
 class Operations:
