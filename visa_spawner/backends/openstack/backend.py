@@ -90,6 +90,8 @@ class OpenStackBackend(Backend):
                                    "[{name, description, when: {roles|instruments|flavors: [...]}, rules: "
                                    "[{direction, protocol, port_range_min, port_range_max, remote_ip_prefix}]}]. "
                                    "Ensured (created, missing rules added) through Neutron.")
+    instrument_security_groups = Dict(config=True, help="Instrument id → egress rules (to its gateway or network) "
+                                      "of its group visa-instrument-<id>, on servers only while its window is open.")
     floating_ip_network = Unicode("", config=True,
                                   help="External network for a floating IP per instance; empty = none.")
     address_source = Enum(["fixed-ip", "floating-ip", "phone-home"], "fixed-ip", config=True,
@@ -130,7 +132,8 @@ class OpenStackBackend(Backend):
         )
         self.cloud_calls = CloudCalls(settings, workers=self.max_concurrent_calls, attempts=self.call_attempts,
                                       backoff=self.retry_backoff, log=self.log)
-        self.security = SecurityGroups(self.cloud_calls, self.security_group_policies, log=self.log)
+        self.security = SecurityGroups(self.cloud_calls, self.security_group_policies, log=self.log,
+                                       instrument_rules=self.instrument_security_groups)
         self._ids: dict[tuple[str, str], str] = {}
         self._flavors: list | None = None
         self.watch = ServerWatch(self.cloud_calls, hub_tag(self.hub_id), self.poll_interval, self.log)
@@ -155,8 +158,8 @@ class OpenStackBackend(Backend):
             user_data = self.render_user_data(config)
             flavor_id, flavor_name = await self._flavor(spec.plan)
             image_id = await self._lookup("image", self.images.get(spec.plan.image, spec.plan.image))
-            groups = await self.security.ensure_for(
-                roles=spec.roles, instruments=spec.instruments, flavor=flavor_name)
+            groups = await self.security.ensure_for(roles=spec.roles, instruments=spec.instruments,
+                                                    flavor=flavor_name, open_instruments=spec.instrument_control)
             progress(10, f"Requesting a server ({flavor_name}) from the facility cloud")
             fields = dict(
                 name=name, flavor_id=flavor_id, image_id=image_id, user_data=user_data,
@@ -173,7 +176,9 @@ class OpenStackBackend(Backend):
             report = await self._wait_booted(server, inbox, progress)
             address = await self._address(server, report, floating)
             state = OpenStackState(backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name,
-                                   server_id=server.id, name=name, address=address, port=report.port or spec.port)
+                                   server_id=server.id, name=name, address=address, port=report.port or spec.port,
+                                   instrument_address=server_address(server.addresses or {}, network=self.networks
+                                                                     if self.networks not in ("auto", "none") else ""))
             self.running.add(name)
             self.log.info("%s/%s: server %s (%s) ready at %s:%s", spec.owner, spec.server_name, name,
                           server.id, address, state.port)

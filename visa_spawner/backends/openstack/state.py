@@ -9,7 +9,8 @@ from visa_spawner.backends.base import SavedState
 @dataclass(frozen=True)
 class OpenStackState(SavedState):
     """The server's id and deterministic name (the name alone finds it after a lost id), and
-    where the hub reaches Jupyter in it."""
+    where the hub reaches Jupyter in it; `instrument_address`: its fixed IP, which the instrument
+    gateway knows it by (Neutron port security keeps it from using another)."""
 
     backend: str = "openstack"
     owner: str = ""
@@ -18,3 +19,4 @@ class OpenStackState(SavedState):
     name: str = ""
     address: str = ""
     port: int = 0
+    instrument_address: str = ""
