@@ -194,6 +194,7 @@ class VisaAccess:
         self._levels: dict[tuple[str, str], Level] = {}
         self._instances: dict[str, InstanceView] = {}
         self._channels: WeakKeyDictionary = WeakKeyDictionary()  # channel -> (host, instrument)
+        self._claims: WeakKeyDictionary = WeakKeyDictionary()  # channel -> (peer ip:port, PV, claimed account)
         self.on_channel = None  # called with the PV name of each new channel (the audit's history)
 
     def instrument_of(self, pv: str) -> str | None:
@@ -238,6 +239,16 @@ class VisaAccess:
         for channel, (host, group) in channels:
             channel.access(put=self.level(host, group) >= Level.WRITE)
         return gained
+
+    def remember(self, channel, peer: str, pv: str, account: str) -> None:
+        """What the channel's client claimed, to read p4p's audit lines back unambiguously."""
+        with self._lock:
+            self._claims[channel] = (peer, pv, account)
+
+    def claimed(self, peer: str, pv: str, account: str) -> bool:
+        """A live channel from `peer` (ip:port) to `pv` whose client claimed `account`."""
+        with self._lock:
+            return any(claim == (peer, pv, account) for c, claim in list(self._claims.items()) if not c.expired)
 
     def may_write(self, peer: str, pv: str) -> bool:
         """The decision in force for a put from `peer` (ip[:port]) to `pv`, for the audit."""

@@ -64,11 +64,12 @@ class Put:
     account: str  # claimed by the client: never trusted
 
 
-def parse_audit_line(line: str, is_channel=lambda peer, pv: True) -> Put | None:
+def parse_audit_line(line: str, is_channel=lambda peer, pv, account: True) -> Put | None:
     """The put of one audit line, or None (an overflow notice, an unreadable line).
 
-    The claimed account is client text and may itself look like "@ip:port PV as PV": of the
-    candidate splits, the first whose (peer, PV) is a channel the gateway knows is taken."""
+    The claimed account (and a string's value) is client text and may itself hold
+    "@ip:port PV as PV": of the candidate splits, the first that is a live channel — this
+    peer's port, this PV, this exact claimed account (`is_channel`) — is taken."""
     head = _HEAD.match(line)
     if head is None:
         return None
@@ -81,8 +82,8 @@ def parse_audit_line(line: str, is_channel=lambda peer, pv: True) -> Put | None:
         if match:
             candidates.append((at_sign, match))
     for at_sign, match in candidates:
-        if is_channel(match["peer"], match["pv"]):
-            account = rest[:at_sign].split("/", 1)[-1]
+        account = rest[:at_sign].split("/", 1)[-1]  # "<method>/<account>"; a method has no "/"
+        if is_channel(match["peer"], match["pv"], account):
             return Put(at, match["peer"], match["pv"], _plain(match["value"]), account)
     return None
 

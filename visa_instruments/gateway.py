@@ -53,6 +53,13 @@ class VisaGWHandler(GWHandler):
         super().__init__(access, access, readOnly=False)
         self.on_audit = on_audit
 
+    def makeChannel(self, op):
+        channel = super().makeChannel(op)
+        if channel is not None:
+            name = op.name.decode() if isinstance(op.name, bytes) else op.name
+            self.acf.remember(channel, op.peer, name, op.account)
+        return channel
+
     def audit(self, msgs) -> None:
         self.on_audit(list(msgs))
 
@@ -165,13 +172,10 @@ class InstrumentGateway(LoggingConfigurable):
         self._subscriptions.append(self.client.monitor(
             pv, lambda value, pv=pv: self.history.seen(pv, display_value(value)), notify_disconnect=False))
 
-    def _is_channel(self, peer: str, pv: str) -> bool:
-        return self.access.instrument_of(pv) is not None
-
     def on_audit(self, msgs: list[str]) -> None:
         """On p4p's worker thread: parse, decide allowed now, write in order on the audit thread."""
         for line in msgs:
-            put = parse_audit_line(line, self._is_channel)
+            put = parse_audit_line(line, self.access.claimed)
             if put is None:
                 self.log.warning("Instrument gateway: unreadable audit line %r", line[:300])
                 continue

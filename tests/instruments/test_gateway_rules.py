@@ -134,9 +134,10 @@ def test_audit_lines_are_read_back_even_with_a_forged_account():
     put = parse_audit_line(LINE.format(account="bob"))
     assert (put.peer, put.pv, put.value, put.account) == ("127.77.0.12:40001", "D11:TEMP:SP", "280", "bob")
     assert put.at == datetime(2026, 12, 3, 12, 4, 5, 123456)
-    forged = "x@127.77.0.11:1 D11:SHUTTER as D11:SHUTTER"  # pretends to be another peer's put
-    known = {("127.77.0.12:40001", "D11:TEMP:SP")}
-    put = parse_audit_line(LINE.format(account=forged), lambda peer, pv: (peer, pv) in known)
+    # pretends to be a put of another instance's live channel (which claimed "alice", not "x")
+    forged = "x@127.77.0.11:1 D11:SHUTTER as D11:SHUTTER -> 1 "
+    known = {("127.77.0.12:40001", "D11:TEMP:SP", forged), ("127.77.0.11:1", "D11:SHUTTER", "alice")}
+    put = parse_audit_line(LINE.format(account=forged), lambda peer, pv, account: (peer, pv, account) in known)
     assert (put.peer, put.pv, put.account) == ("127.77.0.12:40001", "D11:TEMP:SP", forged)
     text = parse_audit_line('2026-12-03 12:04:05.1 ca/bob@127.77.0.12:4 D11:RUN:PROPOSAL as D11:RUN:PROPOSAL'
                             ' -> string = "P-2026-011"')
