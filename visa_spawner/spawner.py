@@ -348,6 +348,7 @@ class VisaSpawner(Spawner):
             keyboard=request.keyboard, proposal_title=str(proposal.get("title", "")),
             roles=tuple(map(str, entitlements.get("roles", []))),
             instruments=instruments, restore_from=restore_from,
+            instrument_control=instruments if request.proposal in entitlements.get("instrument_control", []) else (),
         )
         try:
             state = await backend.create(spec, self.emit)
