@@ -101,10 +101,10 @@ class Relay:
     to <relay address>:<gateway port>."""
 
     def __init__(self, listen: str, source: str, target: tuple[str, int],
-                 rewrite: tuple[bytes, bytes] | None = None) -> None:
+                 rewrite: tuple[bytes, bytes] | None = None, port: int | None = None) -> None:
         self.source, self.target, self.rewrite = source, target, rewrite
-        self.listener = socket.create_server((listen, target[1]))
-        self.address = f"{listen}:{target[1]}"
+        self.listener = socket.create_server((listen, port or target[1]))
+        self.address = f"{listen}:{port or target[1]}"
         self.sockets: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -152,17 +152,17 @@ class Clients:
     relays: list[Relay] = field(default_factory=list)
     contexts: list[Context] = field(default_factory=list)
 
-    def from_address(self, source: str, claim: str | None = None) -> Context:
+    def from_address(self, source: str, claim: str | None = None, port: int | None = None) -> Context:
         """`claim`: the user name the client's 'ca' credentials claim (a forgery, rewritten in
         its connection validation by the relay: same length as the real name, a size-prefixed
-        PVA string)."""
+        PVA string). `port`: the relay's own, when not the gateway's (which loses the channel)."""
         listen = "127.78." + source.split(".", 2)[2]  # a loopback address of its own per client
         rewrite = None
         if claim is not None:
             real = getpass.getuser()
             assert len(real) == len(claim) < 254, f"forging {claim!r} needs a {len(claim)}-letter OS user, not {real!r}"
             rewrite = (bytes([len(real)]) + real.encode(), bytes([len(claim)]) + claim.encode())
-        relay = Relay(listen, source, ("127.0.0.1", self.gateway_port), rewrite)
+        relay = Relay(listen, source, ("127.0.0.1", self.gateway_port), rewrite, port)
         self.relays.append(relay)
         conf = tcp_client_conf([relay.address])
         context = Context("pva", conf=conf, useenv=False)

@@ -86,6 +86,17 @@ def test_an_instance_without_the_instrument_and_an_unknown_peer_get_nothing(gate
             clients.from_address(address).get("D11:SHUTTER", timeout=3)
 
 
+def test_a_route_must_keep_the_gateways_port_number(gateway, clients):
+    """pvxs answers a TCP search with the server's own port, and the client connects to the name
+    server's address at that port: a route listening on another port loses the channel (the
+    search arrives from 127.77.x.y, the channel from 127.0.0.1 straight to the gateway: refused).
+    The instances' routes (sandbox bridge, qemu guestfwd) must listen on the gateway's port."""
+    alice_elsewhere = clients.from_address(ALICE, port=free_port())
+    with pytest.raises(PVATimeout):
+        alice_elsewhere.get("D11:DET:Z.RBV", timeout=3)
+    assert clients.from_address(ALICE).get("D11:DET:Z.RBV", timeout=10) > 0  # same port: served
+
+
 def test_a_scientist_member_gives_write_and_a_user_member_with_the_right_too(gateway, clients, fake_hub):
     fake_hub.groups = {"instrument:D11": frozenset({"dave"})}
     fake_hub.change(CAROL, other_members=("dave",))  # a GUEST/SUPPORT scientist: read only
