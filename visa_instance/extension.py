@@ -250,12 +250,13 @@ def _add_instrument_routes(serverapp: Any, web_app: Any, base_url: str) -> None:
     from .instrument_page import page_routes, socket_routes
 
     instruments = VisaInstruments(parent=serverapp)  # the same answer as at link time
-    if not instruments.instruments:
+    panels = list(instruments.panels())
+    if not panels:
         return
-    web_app.add_handlers(".*", page_routes(base_url, instruments.instruments))
+    web_app.add_handlers(".*", page_routes(base_url, panels))
     for route in socket_routes(base_url, instruments.server_processes(sys.executable)):
         _add_handlers_first(web_app, [route])
-    serverapp.log.info("VISA instrument panels: %s", ", ".join(instruments.instruments))
+    serverapp.log.info("VISA instrument panels: %s", ", ".join(panels))
 
 
 async def _start_jupyter_server_extension(serverapp: Any) -> None:

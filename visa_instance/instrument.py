@@ -51,6 +51,13 @@ DEFAULT_MOTORS: dict[str, list[str]] = {
 FALLBACK_MOTORS = ["SAMPLE:ROT"]
 
 
+def pydm_installed() -> bool:
+    """Can this environment run a panel? (found without importing Qt)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pydm") is not None
+
+
 def parse_instruments(value: str | None, logger: logging.Logger | logging.LoggerAdapter = log) -> list[str]:
     """``"D11, IN5"`` → ``["D11", "IN5"]``: valid ids, in order, each once (case-insensitively)."""
     found: list[str] = []
@@ -223,7 +230,15 @@ class VisaInstruments(LoggingConfigurable):
         return os.path.join(data_home, "applications")
 
     def panels(self) -> dict[str, list[str]]:
-        """``{instrument id: motor axes}`` for each instrument offered, in order."""
+        """``{instrument id: motor axes}`` for each instrument offered, in order.
+
+        None where PyDM is not installed (the VM image has no GUI yet): a tile that opens a
+        panel that cannot start would be worse than no tile.
+        """
+        if self.instruments and not pydm_installed():
+            self.log.warning("Instruments %s listed but PyDM is not installed here: no instrument panel",
+                             ", ".join(self.instruments))
+            return {}
         table = {k.lower(): v for k, v in self.motors.items()}
         return {i: list(table.get(i.lower(), FALLBACK_MOTORS)) for i in self.instruments}
 

@@ -35,6 +35,7 @@ def panel_env(env: dict[str, str]) -> dict[str, str]:
     out.setdefault("PYDM_PVA_LIB", "P4P")
     out.setdefault("QT_ACCESSIBILITY", "0")  # no AT-SPI bus in an Xvnc session: no warnings
     out.setdefault("NO_AT_BRIDGE", "1")
+    out.setdefault("DBUS_SESSION_BUS_ADDRESS", "disabled:")  # no session bus: none autolaunched
     return out
 
 

@@ -22,6 +22,12 @@ from visa_instance.instrument_panel import PANEL_FILE, pydm_argv
 PY = "/opt/env/bin/python"
 
 
+@pytest.fixture(autouse=True)
+def _pydm_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the instance env (the hub venv these tests run in has no PyDM)."""
+    monkeypatch.setattr(instrument, "pydm_installed", lambda: True)
+
+
 @pytest.mark.parametrize("raw, expected", [
     (None, []),
     ("", []),
@@ -69,6 +75,14 @@ def test_instruments_come_from_the_hub_environment() -> None:
     assert _config({}, instruments=["D11"], motors={"d11": ["TH"]}).panels() == {"D11": ["TH"]}
     with pytest.raises(TraitError, match="bad axis"):
         _config({}, motors={"D11": ["DET:Z; rm -rf /"]})
+
+
+def test_no_panel_without_pydm(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The VM image has no GUI yet: listed instruments give no tile there, and a log line says why."""
+    monkeypatch.setattr(instrument, "pydm_installed", lambda: False)
+    config = _config({"VISA_INSTRUMENTS": "D11"})
+    assert config.instruments == ["D11"] and config.server_processes(PY) == {} and config.panels() == {}
+    assert "PyDM is not installed" in caplog.text
 
 
 def test_default_axes_are_the_demo_iocs() -> None:
