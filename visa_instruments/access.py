@@ -24,13 +24,13 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from enum import IntEnum
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 from jupyterhub import orm
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from visa_authenticator.catalogue_data import CatalogueData
 from visa_authenticator.rules import Facts, active_roles, instrument_control
@@ -130,12 +130,15 @@ def _address(state: Any) -> str:
 
 
 def load_snapshot_sync(hub_db_url: str) -> HubSnapshot:
-    """Running named servers with an address, their user shares and the instrument groups."""
+    """Running named servers with an address, their unexpired user shares (shares with groups
+    are not read) and the instrument groups."""
     engine = read_only_engine(hub_db_url)
     s, u, share = orm.Spawner, orm.User, orm.Share
     servers = (select(s.id, u.name.label("owner"), s.name, s.user_options, s.state)
                .join(u, s.user_id == u.id).where(s.name != "", s.server_id.is_not(None)))
-    shares = select(share.spawner_id, u.name, share.__table__.c.scopes).join(u, share.user_id == u.id)
+    now = datetime.now(UTC).replace(tzinfo=None)  # the hub stores naive UTC
+    shares = (select(share.spawner_id, u.name, share.__table__.c.scopes).join(u, share.user_id == u.id)
+              .where(or_(share.expires_at.is_(None), share.expires_at > now)))
     groups = (select(orm.Group.name, u.name)
               .join(orm.user_group_map, orm.user_group_map.c.group_id == orm.Group.id)
               .join(u, orm.user_group_map.c.user_id == u.id)

@@ -239,7 +239,7 @@ class InstrumentGateway(LoggingConfigurable):
         for subscription in self._subscriptions:
             subscription.close()
         self.client.close()
-        self._writer.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)  # pending audit rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,6 +115,8 @@ def test_the_hubs_database_gives_running_instances_by_address_with_members(tmp_p
                       scopes=["access:servers!server=bob/lab", "custom:visa-user!server=bob/lab"]),
             orm.Share(owner=people["bob"], spawner=lab, user=people["carol"],
                       scopes=["access:servers!server=bob/lab", "custom:visa-guest!server=bob/lab"]),
+            orm.Share(owner=people["bob"], spawner=lab, user=people["dave"], expires_at=datetime(2020, 1, 1),
+                      scopes=["access:servers!server=bob/lab", "custom:visa-user!server=bob/lab"]),
         ])
         db.commit()
     engine.dispose()
@@ -122,7 +124,7 @@ def test_the_hubs_database_gives_running_instances_by_address_with_members(tmp_p
     assert set(snapshot.instances) == {"127.77.0.12", "10.20.0.7"}
     bob = snapshot.instances["127.77.0.12"]
     assert (bob.owner, bob.server, bob.proposal) == ("bob", "lab", "P-2026-011")
-    assert (bob.user_members, bob.other_members) == (("alice",), ("carol",))
+    assert (bob.user_members, bob.other_members) == (("alice",), ("carol",))  # dave's share expired
     assert snapshot.instances["10.20.0.7"].owner == "alice"
     assert snapshot.scientists("D11") == {"dave"} and snapshot.scientists("IN5") == frozenset()
 
