@@ -120,6 +120,10 @@ def spec_for(owner: str, port: int, probes: dict, hub_api: int) -> InstanceSpec:
     )
 
 
+def addresses_of(states: list[dict]) -> set[str]:
+    return {s["instrument_address"] for s in states}
+
+
 async def start(backend: SandboxBackend, owner: str, probes: dict, hub_api: int) -> tuple[dict, dict]:
     port = free_port()
     state = await backend.create(spec_for(owner, port, probes, hub_api), lambda *_: None)
@@ -150,6 +154,12 @@ async def test_only_the_gateway_route_leads_out_and_the_gateway_sees_each_instan
             pass
         second, result = await start(backend, owners[1], probes, h["hub_api"])
         states.append(second)
+        # a restarted hub (a new backend object) learns the running sandboxes' addresses when it polls them
+        restarted = SandboxBackend(state_dir=backend.state_dir, instrument_gateway=backend.instrument_gateway)
+        assert restarted.addresses.holder(first["instrument_address"]) is None
+        assert (await restarted.status(first)).value == "running"
+        assert restarted.addresses.holder(first["instrument_address"]) == first["account"]
+        assert restarted.addresses.claim("visa-newcomer", saved=first["instrument_address"]) not in addresses_of(states)
     finally:
         for state in states:
             await backend.delete(state)
