@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,9 +128,22 @@ def server_process(python: str, instrument: str, motors: Sequence[str],
     }
 
 
+_EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
+
+
+def exec_quote(arg: str) -> str:
+    """One argument of a desktop entry's ``Exec`` key (the XDG spec's double-quote rules, not a shell's)."""
+    if arg and not _EXEC_RESERVED.intersection(arg):
+        return arg
+    escaped = "".join("\\" + ch if ch in '"`$\\' else ch for ch in arg)
+    return f'"{escaped}"'
+
+
 def desktop_entry(python: str, instrument: str, motors: Sequence[str]) -> str:
     """An XDG desktop entry opening the panel as a window on the instance's desktop."""
-    exec_line = " ".join(shlex.quote(arg) for arg in panel_command(python, instrument, motors))
+    exec_line = " ".join(exec_quote(arg) for arg in panel_command(python, instrument, motors))
+    # a string value's own escapes come first: each backslash of the quoted line is written twice
+    exec_line = exec_line.replace("\\", "\\\\")
     return (
         "[Desktop Entry]\n"
         "Type=Application\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 from pathlib import Path
 
 import pytest
@@ -146,15 +145,40 @@ def test_link_adds_only_listed_instruments(tmp_path: Path, monkeypatch: pytest.M
     assert list(apps.iterdir()) == []
 
 
-def test_desktop_entry_runs_the_panel(tmp_path: Path) -> None:
-    (path,) = instrument.write_desktop_entries(str(tmp_path), "/opt/my env/bin/python", {"D11": ["DET:Z", "SAMPLE:X"]})
+def xdg_exec_argv(value: str) -> list[str]:
+    """An ``Exec`` value as a desktop reads it: string escapes, %-codes, then the XDG spec's
+    quoting (inside double quotes a backslash escapes ", `, $ and itself; nothing else quotes)."""
+    value = value.replace("\\\\", "\\").replace("%%", "%")
+    args: list[str] = []
+    current, quoted, started, i = "", False, False, 0
+    while i < len(value):
+        ch = value[i]
+        if quoted and ch == "\\" and value[i + 1:i + 2] in ('"', "`", "$", "\\"):
+            current, i = current + value[i + 1], i + 2
+            continue
+        if ch == '"':
+            quoted, started = not quoted, True
+        elif ch == " " and not quoted:
+            if current or started:
+                args.append(current)
+            current, started = "", False
+        else:
+            current += ch
+        i += 1
+    if current or started:
+        args.append(current)
+    return args
+
+
+@pytest.mark.parametrize("python", ["/opt/env/bin/python", "/opt/my env/bin/python", '/o p"t/$HOME/`x`/5%\\/python'])
+def test_desktop_entry_runs_the_panel(tmp_path: Path, python: str) -> None:
+    (path,) = instrument.write_desktop_entries(str(tmp_path), python, {"D11": ["DET:Z", "SAMPLE:X"]})
     text = Path(path).read_text()
     fields = dict(line.split("=", 1) for line in text.splitlines()[1:])
     assert text.startswith("[Desktop Entry]\n")
     assert fields["Name"] == "Instrument control — D11" and fields["Type"] == "Application"
-    assert shlex.split(fields["Exec"]) == [
-        "/opt/my env/bin/python", "-m", "visa_instance.instrument_panel",
-        "--instrument", "D11", "--motors", "DET:Z,SAMPLE:X",
+    assert xdg_exec_argv(fields["Exec"]) == [
+        python, "-m", "visa_instance.instrument_panel", "--instrument", "D11", "--motors", "DET:Z,SAMPLE:X",
     ]
     assert os.stat(path).st_mode & 0o777 == 0o755
 
