@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, inspect, select
+from sqlalchemy.engine import Connection, Engine
 
 from visa_collab.db import connect
 from visa_collab.migrate import upgrade
@@ -161,12 +161,17 @@ class WriteRecord:
     claimed_account: str = ""
 
 
+def _before_alembic(conn: Connection) -> str | None:
+    """A table made by the first gateway (create_all, before its revision) is revision 0001."""
+    return "0001" if inspect(conn).has_table(writes.name) else None
+
+
 class AuditLog:
     """The writes table (SQLite or PostgreSQL through SQLAlchemy); blocking: call it off the loop."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        upgrade(self.engine, ALEMBIC_DIR, VERSION_TABLE, name="instrument gateway")
+        upgrade(self.engine, ALEMBIC_DIR, VERSION_TABLE, legacy=_before_alembic, name="instrument gateway")
 
     @classmethod
     def from_url(cls, url: str) -> AuditLog:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from tests.instruments.conftest import CATALOGUE
 from visa_collab.migrate import own_tables
 from visa_instruments.access import HubSnapshot, InstanceView, Level, VisaAccess, decide, load_snapshot_sync
-from visa_instruments.audit import AuditLog, ValueHistory, WriteRecord, parse_audit_line
+from visa_instruments.audit import AuditLog, ValueHistory, WriteRecord, parse_audit_line, writes
 from visa_instruments.audit import metadata as audit_metadata
 from visa_instruments.gateway import main
 
@@ -165,6 +165,15 @@ def test_the_audit_table_and_the_old_values(new_engine):
         ctx = MigrationContext.configure(conn, opts={"include_name": own_tables(audit_metadata)})
         assert compare_metadata(ctx, audit_metadata) == []
     assert AuditLog(log.engine).rows("IN5")[0]["owner"] == "carol"  # opened again: kept as it is
+
+
+def test_an_audit_table_made_before_its_revision_is_kept(new_engine):
+    engine = new_engine()
+    audit_metadata.create_all(engine)  # what the first gateway did
+    with engine.begin() as conn:
+        conn.execute(writes.insert().values(at=datetime(2026, 11, 24), peer="127.77.0.12:4", owner="bob", server="lab",
+                                            instrument="D11", pv="D11:SHUTTER", allowed=False))
+    assert [r["owner"] for r in AuditLog(engine).rows("D11")] == ["bob"]
 
 
 def test_hub_snapshot_without_groups_has_no_scientists():
