@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 from traitlets import Dict, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
@@ -186,6 +188,62 @@ def write_desktop_entries(
     return sorted(wanted)
 
 
+OPENBOX_MENU_MARK = "<!-- written by visa_instance.instrument: rewritten when the instruments change -->"
+
+
+def openbox_menu(python: str, panels: Mapping[str, Sequence[str]]) -> str:
+    """The desktop's right-click menu: a terminal and one entry per instrument panel.
+
+    Openbox reads no ``.desktop`` files; its ``<execute>`` is split like a shell word list (no
+    shell runs it), so POSIX quoting, then XML escaping.
+    """
+    items = [("Terminal", ["xterm"])] + [
+        (title(i), panel_command(python, i, motors)) for i, motors in panels.items()
+    ]
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        OPENBOX_MENU_MARK,
+        '<openbox_menu xmlns="http://openbox.org/">',
+        '<menu id="root-menu" label="VISA">',
+    ]
+    for label, argv in items:
+        command = xml_escape(" ".join(shlex.quote(a) for a in argv))
+        lines.append(f'  <item label="{xml_escape(label, {chr(34): "&quot;"})}">'
+                     f'<action name="Execute"><execute>{command}</execute></action></item>')
+    lines += ["</menu>", "</openbox_menu>", ""]
+    return "\n".join(lines)
+
+
+def write_openbox_menu(path: str, python: str, panels: Mapping[str, Sequence[str]]) -> bool:
+    """Write the menu while instruments are offered, remove ours when none is; never replace a
+    menu someone else wrote. True when the file now is ours."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours = OPENBOX_MENU_MARK in f.read(4096)
+    except FileNotFoundError:
+        ours = None
+    except OSError as e:
+        log.warning("could not read %s: %s", path, e)
+        return False
+    try:
+        if ours is False:
+            log.info("%s is not ours: the instrument panels are not added to the desktop's menu", path)
+            return False
+        if not panels:
+            if ours:
+                os.unlink(path)
+            return False
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(openbox_menu(python, panels))
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        log.warning("could not write the desktop's menu %s: %s", path, e)
+        return False
+
+
 class VisaInstruments(LoggingConfigurable):
     """Which instrument panels this instance offers, and what each panel shows."""
 
@@ -241,6 +299,20 @@ class VisaInstruments(LoggingConfigurable):
         data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         return os.path.join(data_home, "applications")
 
+    openbox_menu = Unicode(
+        help="""
+        The desktop's (openbox) right-click menu, written with a terminal and one entry per
+        instrument panel while instruments are offered, removed when none is; a menu file
+        someone else wrote is left alone. Default: ``$XDG_CONFIG_HOME/openbox/menu.xml``
+        (``~/.config/openbox/menu.xml``). Empty: never written.
+        """,
+    ).tag(config=True)
+
+    @default("openbox_menu")
+    def _default_openbox_menu(self) -> str:
+        config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        return os.path.join(config_home, "openbox", "menu.xml")
+
     def panels(self) -> dict[str, list[str]]:
         """``{instrument id: motor axes}`` for each instrument offered, in order.
 
@@ -267,6 +339,9 @@ def link(serverapp: Any, python: str) -> VisaInstruments:
     for name, process in config.server_processes(python).items():
         servers.setdefault(name, process)  # a deployment's own entry of that name wins
     serverapp.config.ServerProxy.servers = servers
+    panels = config.panels()
     if config.desktop_entries_dir:
-        write_desktop_entries(config.desktop_entries_dir, python, config.panels())
+        write_desktop_entries(config.desktop_entries_dir, python, panels)
+    if config.openbox_menu:
+        write_openbox_menu(config.openbox_menu, python, panels)
     return config

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.request
@@ -274,3 +275,43 @@ def test_panel_through_jupyter_server(ioc: FakeInstrument, tmp_path: Path) -> No
         assert _get(server, "instrument-d11/")[0] == 404
     finally:
         server.stop(30)
+
+
+def test_desktop_menu_opens_the_panel(ioc: FakeInstrument, tmp_path: Path) -> None:
+    """On the instance's desktop, the right-click menu written at the server's start opens the
+    panel as a window; it goes with the desktop."""
+    from visa_instance.instrument import write_openbox_menu
+
+    home = tmp_path / "home"
+    home.mkdir()
+    assert write_openbox_menu(str(home / ".config" / "openbox" / "menu.xml"), INSTANCE_PYTHON, {"D11": MOTORS})
+    desktop = Launcher(tmp_path / "desktop", None, HOME=str(home), PYTHONPATH=str(REPO), **ioc.client_env())
+    try:
+        desktop.wait_ready(30)
+        rfb = RfbClient(UnixSocketFrames(desktop.socket))
+        before = rfb.screen()
+        for mask in (0, 4, 0):  # right button (mask bit 2) pressed and released on the background
+            rfb.ws.send_binary(struct.pack(">BBHH", 5, mask, 1000, 600))
+        wait_for(lambda: rfb.screen() != before, 10, "the menu to open")
+        rfb.click(1080, 627)  # its second entry, "Instrument control — D11"
+        wait_for(lambda: f"connected {CHANNELS}/{CHANNELS} channels" in desktop.log(), 40,
+                 f"the panel to open and connect:\n{desktop.log()[-3000:]}")
+        rfb.screen()
+        rfb.save_png(ARTIFACTS / "instrument-panel-D11-on-desktop.png")
+        rfb.close()
+        family = desktop.family()
+        assert any("visa_instance.instrument_panel" in _cmdline(p.pid) for p in family)
+        desktop.proc.send_signal(signal.SIGTERM)
+        assert desktop.proc.wait(20) == 0
+        assert_all_gone(family, desktop.proc.pid)
+    finally:
+        if desktop.proc.poll() is None:
+            desktop.proc.kill()
+            desktop.proc.wait()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

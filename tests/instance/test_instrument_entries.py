@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,8 @@ def _serverapp(servers: dict | None = None) -> LoggingConfigurable:
 def test_link_adds_only_listed_instruments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     apps = tmp_path / "applications"
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    menu = tmp_path / "config" / "openbox" / "menu.xml"
     mine = {"command": ["my-own"]}
 
     monkeypatch.setenv("VISA_INSTRUMENTS", "IN5,D11")
@@ -130,6 +134,7 @@ def test_link_adds_only_listed_instruments(tmp_path: Path, monkeypatch: pytest.M
     assert set(servers) == {"other", "instrument-in5", "instrument-d11"}
     assert servers["instrument-in5"] is mine  # a deployment's own entry of that name wins
     assert sorted(p.name for p in apps.iterdir()) == ["visa-instrument-d11.desktop", "visa-instrument-in5.desktop"]
+    assert [label for label, _ in menu_items(menu)] == ["Terminal", "Instrument control — IN5", "Instrument control — D11"]
 
     # the proposal no longer has an experiment on IN5: its tile and launcher go
     monkeypatch.setenv("VISA_INSTRUMENTS", "D11")
@@ -143,6 +148,7 @@ def test_link_adds_only_listed_instruments(tmp_path: Path, monkeypatch: pytest.M
     link(app, PY)
     assert list(app.config.ServerProxy.servers) == ["other"]
     assert list(apps.iterdir()) == []
+    assert not menu.exists()  # the desktop's own menu again
 
 
 def xdg_exec_argv(value: str) -> list[str]:
@@ -181,6 +187,31 @@ def test_desktop_entry_runs_the_panel(tmp_path: Path, python: str) -> None:
         python, "-m", "visa_instance.instrument_panel", "--instrument", "D11", "--motors", "DET:Z,SAMPLE:X",
     ]
     assert os.stat(path).st_mode & 0o777 == 0o755
+
+
+def menu_items(path: Path) -> list[tuple[str, list[str]]]:
+    """(label, argv) of each entry of an openbox menu file, as openbox splits ``<execute>``."""
+    ns = {"ob": "http://openbox.org/"}
+    root = ET.parse(path).getroot()
+    return [(item.get("label"), shlex.split(item.find("ob:action/ob:execute", ns).text))
+            for item in root.iterfind("ob:menu/ob:item", ns)]
+
+
+def test_openbox_menu(tmp_path: Path) -> None:
+    menu = tmp_path / "openbox" / "menu.xml"
+    python = "/opt/my env/bin/py<thon>"
+    assert instrument.write_openbox_menu(str(menu), python, {"D11": ["DET:Z"]})
+    assert menu_items(menu) == [
+        ("Terminal", ["xterm"]),
+        ("Instrument control — D11", [python, "-m", "visa_instance.instrument_panel",
+                                      "--instrument", "D11", "--motors", "DET:Z"]),
+    ]
+    assert not instrument.write_openbox_menu(str(menu), python, {}) and not menu.exists()
+    # a menu someone wrote by hand stays theirs
+    menu.write_text("<openbox_menu/>")
+    assert not instrument.write_openbox_menu(str(menu), python, {"D11": ["DET:Z"]})
+    assert not instrument.write_openbox_menu(str(menu), python, {})
+    assert menu.read_text() == "<openbox_menu/>"
 
 
 def test_unwritable_home_is_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
