@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 #: the loopback block instance identities come from (the gateway maps 127.77.x.y → instance)
 INSTRUMENT_NETWORK = ipaddress.IPv4Network("127.77.0.0/16")
-#: PVAccess' TCP port: where the gateway route listens inside an instance
+#: PVAccess' default TCP port (the gateway's own port may differ: see `gateway_port`)
 PVA_PORT = 5075
 
 
@@ -29,6 +29,14 @@ def parse_gateway(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"instrument gateway {text!r} is not HOST:PORT")
     return host, int(port)
+
+
+def gateway_port(text: str) -> int:
+    """The port the route listens on inside an instance: the gateway's own. A PVA server answers a
+    TCP search with its own bound port and the client then connects to the name server's address
+    on that port (pvxs `ServerConn::handle_SEARCH`, `procSearchReply`), so a route that changed
+    the port number would lose every channel after the search (docs/instrument.md)."""
+    return parse_gateway(text)[1]
 
 
 def local_gateway(text: str) -> tuple[str, int]:

@@ -41,10 +41,11 @@ def test_gateway_relay_refuses_a_gateway_a_127_77_source_cannot_reach(gateway):
 
 def test_netdev_has_one_more_guestfwd_with_qemus_comma_escape():
     relay = gateway_relay_argv(SOCAT_TEMPLATE, "127.0.0.1:15075", "127.77.1.2")
-    (net,) = opt(qemu_argv("q", layout(gateway_relay=relay)), "-netdev")
+    (net,) = opt(qemu_argv("q", layout(gateway_relay=relay, gateway_port=15075)), "-netdev")
     assert net == ("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:41234-:8888,"
                    "guestfwd=tcp:10.0.2.100:8081-cmd:/usr/bin/socat STDIO TCP:127.0.0.1:8081,"
-                   "guestfwd=tcp:10.0.2.101:5075-cmd:/usr/bin/socat STDIO TCP:127.0.0.1:15075,,bind=127.77.1.2")
+                   "guestfwd=tcp:10.0.2.101:15075-cmd:/usr/bin/socat STDIO TCP:127.0.0.1:15075,,bind=127.77.1.2")
+    # the guest's end keeps the gateway's port number: a PVA search reply names it
     assert "10.0.2.101" not in netdev_arg(layout())  # no gateway configured: no way to it
 
 
@@ -57,7 +58,7 @@ def test_backend_puts_the_gateway_in_the_guest_env_and_the_relay_in_the_layout(t
                         env={"JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api"})
     address = backend.addresses.claim("vm-x")
     env = backend._instance_config(spec, "vm-x", address)["env"]
-    assert env["EPICS_PVA_NAME_SERVERS"] == env["VISA_INSTRUMENT_GATEWAY"] == "10.0.2.101:5075"
+    assert env["EPICS_PVA_NAME_SERVERS"] == env["VISA_INSTRUMENT_GATEWAY"] == "10.0.2.101:15075"
     assert env["EPICS_PVA_AUTO_ADDR_LIST"] == env["EPICS_CA_AUTO_ADDR_LIST"] == "NO"
     assert env["EPICS_PVA_ADDR_LIST"] == env["EPICS_CA_ADDR_LIST"] == ""
     assert "EPICS_PVA_NAME_SERVERS" not in backend._instance_config(spec, "vm-x")["env"]
@@ -112,8 +113,8 @@ async def test_the_relay_binds_the_vms_address_before_connecting(template):
     def command_for(port: int) -> str:
         """The command string as QEMU's option parser hands it to /bin/sh (",," unescaped to ",")."""
         relay = gateway_relay_argv(template, f"127.0.0.1:{port}", source)
-        (net,) = opt(qemu_argv("q", layout(gateway_relay=relay)), "-netdev")
-        return net.split("guestfwd=tcp:10.0.2.101:5075-cmd:", 1)[1].replace(",,", ",")
+        (net,) = opt(qemu_argv("q", layout(gateway_relay=relay, gateway_port=port)), "-netdev")
+        return net.split(f"guestfwd=tcp:10.0.2.101:{port}-cmd:", 1)[1].replace(",,", ",")
 
     peer, reply = await relay_once(command_for)
     assert peer == source and ipaddress.IPv4Address(peer) in INSTRUMENT_NETWORK
@@ -122,8 +123,9 @@ async def test_the_relay_binds_the_vms_address_before_connecting(template):
 
 @pytest.mark.qemu
 def test_qemu_accepts_the_escaped_relay_and_refuses_it_unescaped():
-    relay = gateway_relay_argv(SOCAT_TEMPLATE, f"127.0.0.1:{free_port()}", "127.77.1.2")
-    (net,) = opt(qemu_argv("q", layout(gateway_relay=relay)), "-netdev")
+    port = free_port()
+    relay = gateway_relay_argv(SOCAT_TEMPLATE, f"127.0.0.1:{port}", "127.77.1.2")
+    (net,) = opt(qemu_argv("q", layout(gateway_relay=relay, gateway_port=port)), "-netdev")
     net = net.split(",guestfwd=tcp:10.0.2.100", 1)[0] + ",guestfwd=" + net.split(",guestfwd=", 2)[2]
 
     def run(netdev: str) -> subprocess.CompletedProcess:

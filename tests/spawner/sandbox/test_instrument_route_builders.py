@@ -10,7 +10,6 @@ import pytest
 from visa_spawner.backends.base import Backend
 from visa_spawner.backends.instrument_net import (
     INSTRUMENT_NETWORK,
-    PVA_PORT,
     AddressBook,
     allocate_address,
     instrument_env,
@@ -99,17 +98,17 @@ def test_instrument_env_names_one_tcp_name_server_and_no_udp_search():
 
 def test_gateway_route_and_its_bridge_argument():
     r = gateway_route("localhost:15075", "127.77.1.2", [HubRoute(8081, "127.0.0.1", 8081)], jupyter_port=9000)
-    assert r == HubRoute(PVA_PORT, "127.0.0.1", 15075, "127.77.1.2")
+    assert r == HubRoute(15075, "127.0.0.1", 15075, "127.77.1.2")  # inside on the gateway's own port
     argv = bridge_argv(info_fd=3, block_fd=4, jupyter_port=9000, uid=7, gid=8, python="/py", script="/b.py",
                        routes=[HubRoute(8081, "127.0.0.1", 8081), r])
-    assert argv[-2:] == ["--route=8081=127.0.0.1:8081", f"--route={PVA_PORT}=127.0.0.1:15075@127.77.1.2"]
-    assert route(argv[-1].removeprefix("--route=")) == (PVA_PORT, "127.0.0.1", 15075, "127.77.1.2")
+    assert argv[-2:] == ["--route=8081=127.0.0.1:8081", "--route=15075=127.0.0.1:15075@127.77.1.2"]
+    assert route(argv[-1].removeprefix("--route=")) == (15075, "127.0.0.1", 15075, "127.77.1.2")
     assert route("8081=127.0.0.1:8081") == (8081, "127.0.0.1", 8081, "")
 
 
-@pytest.mark.parametrize("routes, jupyter", [([HubRoute(PVA_PORT, "127.0.0.1", PVA_PORT)], 9000), ([], PVA_PORT)])
+@pytest.mark.parametrize("routes, jupyter", [([HubRoute(15075, "127.0.0.1", 15075)], 9000), ([], 15075)])
 def test_gateway_route_refuses_a_taken_inside_port(routes, jupyter):
-    with pytest.raises(ValueError, match=re.escape(f"port {PVA_PORT}")):
+    with pytest.raises(ValueError, match=re.escape("port 15075")):
         gateway_route("127.0.0.1:15075", "127.77.1.2", routes, jupyter_port=jupyter)
 
 

@@ -34,7 +34,7 @@ from visa_spawner.backends.base import (
 )
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD
-from visa_spawner.backends.instrument_net import PVA_PORT, AddressBook, instrument_env
+from visa_spawner.backends.instrument_net import AddressBook, gateway_port, instrument_env
 from visa_spawner.backends.qemu import relay as qemu_relay
 from visa_spawner.backends.qemu.accel import (
     Acceleration,
@@ -346,7 +346,8 @@ class QemuBackend(Backend):
 
     def _instance_config(self, spec: InstanceSpec, vm: str, address: str = "") -> dict:
         hub_port = hub_port_of(spec.env)
-        gateway_env = instrument_env(f"{GATEWAY_GUEST_ADDRESS}:{PVA_PORT}") if address else {}
+        gateway_env = (instrument_env(f"{GATEWAY_GUEST_ADDRESS}:{gateway_port(self.instrument_gateway)}")
+                       if address else {})
         try:
             return cloudinit.instance_config(
                 owner=spec.owner, server_name=spec.server_name, display_name=spec.display_name,
@@ -370,7 +371,8 @@ class QemuBackend(Backend):
                 kernel_cmdline=image.kernel_cmdline, qmp_socket=str(paths.qmp), agent_socket=str(paths.agent),
                 console_log=str(paths.console), cpus=cpus, memory_mb=memory, host_port=spec.port,
                 data_dir=data_dir, hub_port=hub_port_of(spec.env), hub_relay=tuple(self.hub_relay),
-                gateway_relay=gateway, accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
+                gateway_relay=gateway, gateway_port=gateway_port(self.instrument_gateway) if address else 0,
+                accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
                 incoming=snapshot.incoming_uri if snapshot else "", extra_args=tuple(self.extra_args),
             )
         except ValueError as e:

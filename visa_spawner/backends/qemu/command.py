@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from visa_spawner.backends.guest.protocol import AGENT_PORT_NAME, CONSOLE_PREFIX
-from visa_spawner.backends.instrument_net import PVA_PORT, local_gateway
+from visa_spawner.backends.instrument_net import local_gateway
 
 #: where the guest sees the hub (inside QEMU's user-mode network 10.0.2.0/24)
 HUB_GUEST_ADDRESS = "10.0.2.100"
-#: where the guest sees the instrument gateway (PVA's TCP port; `instrument_net.PVA_PORT`)
+#: where the guest sees the instrument gateway, on the gateway's own port (`instrument_net.gateway_port`)
 GATEWAY_GUEST_ADDRESS = "10.0.2.101"
 #: the port Jupyter listens on inside every VM (host ports differ; guest ports need not)
 GUEST_JUPYTER_PORT = 8888
@@ -53,6 +53,7 @@ class VmLayout:
     hub_port: int = 0  # 0: the guest reaches no hub at all
     hub_relay: tuple[str, ...] = ()  # per-connection relay to the hub: argv with {port}
     gateway_relay: tuple[str, ...] = ()  # per-connection relay to the instrument gateway (ready argv); () = none
+    gateway_port: int = 0  # the gateway's own port, also the guest's (a PVA search reply names it)
     guest_port: int = GUEST_JUPYTER_PORT
     accel_argv: tuple[str, ...] = ("-accel", "tcg,thread=multi", "-cpu", "max")
     fw_cfg: tuple[tuple[str, str], ...] = ()  # (fw_cfg name, host file)
@@ -85,7 +86,7 @@ def netdev_arg(layout: VmLayout) -> str:
         parts.append(f"guestfwd=tcp:{HUB_GUEST_ADDRESS}:{layout.hub_port}-cmd:{relay}")
     if layout.gateway_relay:  # socat's `,bind=` needs a comma: QEMU's option syntax escapes it as ",,"
         relay = " ".join(shlex.quote(a) for a in layout.gateway_relay).replace(",", ",,")
-        parts.append(f"guestfwd=tcp:{GATEWAY_GUEST_ADDRESS}:{PVA_PORT}-cmd:{relay}")
+        parts.append(f"guestfwd=tcp:{GATEWAY_GUEST_ADDRESS}:{layout.gateway_port}-cmd:{relay}")
     return ",".join(parts)
 
 

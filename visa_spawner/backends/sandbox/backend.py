@@ -27,7 +27,7 @@ from visa_spawner.backends.base import (
     private_partial,
 )
 from visa_spawner.backends.guest.protocol import mask_secrets
-from visa_spawner.backends.instrument_net import PVA_PORT, AddressBook, instrument_env
+from visa_spawner.backends.instrument_net import AddressBook, instrument_env
 from visa_spawner.backends.qemu.accel import host_memory
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError, Limits, join_cgroup_preexec
 from visa_spawner.backends.sandbox.command import (
@@ -276,7 +276,7 @@ class SandboxBackend(Backend):
             self.addresses.release(account)
             raise BackendError("The instrument gateway cannot be given to the instance; ask an admin.",
                                reason="network", log_detail=str(e)) from e
-        env.update(instrument_env(f"127.0.0.1:{PVA_PORT}"))
+        env.update(instrument_env(f"127.0.0.1:{route.port}"))
         return address, (*routes, route)
 
     def _layout(self, spec: InstanceSpec, account: str, uid: int, gid: int) -> SandboxLayout:

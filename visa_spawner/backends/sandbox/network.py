@@ -8,7 +8,7 @@ and no host port (other instances, the hub's internal ports, PostgreSQL, ...) is
 * the hub and the proxy reach Jupyter on host 127.0.0.1:<port>, as before;
 * the instance reaches the hub addresses its environment names (`JUPYTERHUB_API_URL`,
   `JUPYTERHUB_ACTIVITY_URL`, `VISA_COLLAB_URL`), each on 127.0.0.1 at the same port inside,
-  and, when the backend has an instrument gateway, the gateway on 127.0.0.1:5075 inside, its
+  and, when the backend has an instrument gateway, the gateway on 127.0.0.1:<the gateway's port> inside, its
   host-side socket bound to the instance's own 127.77.x.y address (`instrument_net.py`); nothing
   else.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
-from visa_spawner.backends.instrument_net import PVA_PORT, local_gateway
+from visa_spawner.backends.instrument_net import local_gateway
 
 BRIDGE_SCRIPT = str(Path(__file__).with_name("bridge.py"))
 LOOPBACK = "127.0.0.1"
@@ -48,12 +48,13 @@ class HubRoute:
 
 def gateway_route(gateway: str, source: str, routes: Sequence[HubRoute], *, jupyter_port: int) -> HubRoute:
     """The route to the instrument gateway (`host:port` on the host's loopback) from `source`,
-    inside on PVA's port; ValueError when that port is taken by Jupyter or a hub route."""
+    inside on the gateway's own port (`instrument_net.gateway_port`); ValueError when that port
+    is taken by Jupyter or a hub route."""
     host, port = local_gateway(gateway)
-    if PVA_PORT == jupyter_port or any(r.port == PVA_PORT for r in routes):
-        raise ValueError(f"port {PVA_PORT} inside the sandbox is needed for the instrument gateway "
+    if port == jupyter_port or any(r.port == port for r in routes):
+        raise ValueError(f"port {port} inside the sandbox is needed for the instrument gateway "
                          "but taken by Jupyter or a hub URL")
-    return HubRoute(port=PVA_PORT, host=host, target_port=port, source=source)
+    return HubRoute(port=port, host=host, target_port=port, source=source)
 
 
 def hub_routes(
