@@ -199,6 +199,7 @@ class VisaAccess:
         self._channels: WeakKeyDictionary = WeakKeyDictionary()  # channel -> (host, instrument)
         self._claims: WeakKeyDictionary = WeakKeyDictionary()  # channel -> (peer ip:port, PV, claimed account)
         self.on_channel = None  # called with the PV name of each new channel (the audit's history)
+        self.on_unknown = None  # called with the address of a peer that is no known instance (new ones)
 
     def instrument_of(self, pv: str) -> str | None:
         for prefix, instrument in self.prefixes.items():
@@ -218,6 +219,8 @@ class VisaAccess:
     def compute(self, pv: bytes, addr: str) -> tuple[str | None, str | None, int | None]:
         name = pv.decode("utf-8", "replace")
         instrument = self.instrument_of(name)
+        if instrument is not None and self.on_unknown is not None and self.instance(addr) is None:
+            self.on_unknown(addr)  # maybe an instance started since the last pass: look again soon
         if instrument is None or self.level(addr, instrument) < Level.READ:
             return None, None, None
         return name, instrument, 0

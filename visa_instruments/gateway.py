@@ -43,6 +43,10 @@ _names = itertools.count()
 # p4p drops an unused upstream channel at its second sweep; pvagw sweeps every 30 s, "longer than
 # twice the longest search interval": sooner, a client's next search finds its upstream gone again
 SWEEP_PERIOD = 30.0
+#: at least this long between two passes that searches from unknown peers bring forward
+EARLY_PASS_SPACING = 1.0
+#: how long such a search waits for that pass (on p4p's worker thread, never the event loop)
+EARLY_PASS_WAIT = 3.0
 NEW_VALUE_WAIT = 1.0  # seconds the audit waits for the value an enum put produced
 
 
@@ -146,6 +150,29 @@ class InstrumentGateway(LoggingConfigurable):
             self.handler.provider.clearBan()  # a peer refused before may search again
         self.evaluations += 1
 
+    def _unknown_peer(self, _addr: str) -> None:
+        """A search from an address that is no known instance, on p4p's worker thread: maybe an
+        instance started since the last pass. Run a pass now (at most one a second) and let this
+        search wait for it, so the instance's first search is answered: a refused client searches
+        again only seconds later (pvxs backs off)."""
+        try:
+            if asyncio.get_running_loop() is self._loop:  # never block the loop itself
+                return
+        except RuntimeError:
+            pass
+        done = asyncio.run_coroutine_threadsafe(self._early_pass(), self._loop)
+        try:
+            done.result(EARLY_PASS_WAIT)
+        except Exception:  # slow or failed: the search is refused this time, the client retries
+            self.log.warning("Instrument gateway: no early pass for a new peer within %s s", EARLY_PASS_WAIT)
+
+    async def _early_pass(self) -> None:
+        async with self._early_lock:  # searches arriving together share one pass
+            if self._loop.time() - self._last_early < EARLY_PASS_SPACING:
+                return
+            self._last_early = self._loop.time()
+            await self.evaluate()
+
     async def evaluate_forever(self) -> None:
         loop = asyncio.get_running_loop()
         swept = loop.time()
@@ -213,6 +240,10 @@ class InstrumentGateway(LoggingConfigurable):
         self.client = Context("pva", conf=tcp_client_conf(self.upstreams.values()), useenv=False)
         self._subscriptions: list = []
         self.access.on_channel = self._watch
+        self._loop = asyncio.get_running_loop()
+        self._early_lock = asyncio.Lock()
+        self._last_early = -EARLY_PASS_SPACING
+        self.access.on_unknown = self._unknown_peer
         self.handler = VisaGWHandler(self.access, self.on_audit)
         name = f"visa-gw-{next(_names)}"
         self.handler.provider = _gw.Provider(name, self.client, self.handler)  # installs `name`

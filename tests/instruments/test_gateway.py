@@ -146,3 +146,23 @@ def _put_ok(context: Context, pv: str, value) -> bool:
         return True
     except (RemoteError, Disconnected):
         return False
+
+
+def test_an_instance_started_after_the_last_pass_is_served_without_waiting_for_the_next(ioc, fake_hub, tmp_path):
+    """A 30 s interval, and an instance that appears in the hub just after a pass: its first search
+    (an unknown peer) runs a pass at once and waits for it, so it reads at once, not after 30 s
+    (nor after the seconds a refused pvxs client waits before searching again)."""
+    gateway = InstrumentGateway(
+        source=fake_hub, now=Today(), upstreams={"D11": f"127.0.0.1:{ioc}"}, catalogue=str(CATALOGUE),
+        port=free_port(), reevaluate_interval=30, audit_db_url=f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    with GatewayThread(gateway) as running:
+        clients = Clients(running.port)
+        try:
+            newcomer = "127.77.0.21"
+            fake_hub.add(newcomer, "alice", "P-2026-011")  # started after the gateway's first pass
+            evaluations = running.evaluations
+            context = clients.from_address(newcomer)
+            assert context.get("D11:DET:Z.RBV", timeout=3) > 0
+            assert running.evaluations == evaluations + 1  # one early pass, not the 30 s one
+        finally:
+            clients.close()
