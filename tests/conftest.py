@@ -37,7 +37,8 @@ def hub_state() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def hub(hub_state: Path) -> Iterator[Hub]:
-    hub = Hub(hub_state).start()
+    # the session's hub runs the demo's instruments (IOCs and gateway), as `make demo` does
+    hub = Hub(hub_state, extra_env={"VISA_DEMO_INSTRUMENTS": "D11,IN5"}).start()
     try:
         yield hub
     finally:

@@ -8,7 +8,9 @@ profile (visa_profiles.common); only identity, catalogue and database differ.
 import os
 from pathlib import Path
 
+import visa_instruments.hub_config
 from visa_demo.clock import DEMO_TODAY, pinned_clock
+from visa_ops.hub_config import hub_db_url
 from visa_profiles.common import (
     apply_hub_and_instances,
     exit_on_bad_plans,
@@ -32,6 +34,16 @@ c.JupyterHub.authenticator_class = "visa-demo"
 c.Authenticator.enable_auth_state = True
 c.FileCatalogue.path = os.environ.get("VISA_CATALOGUE", str(here / "catalogue.yaml"))
 # the demo's facility date (its schedule is written around it); VISA_DEMO_TODAY= (empty): the real date
-c.VisaAuthenticator.clock = pinned_clock(os.environ.get("VISA_DEMO_TODAY", DEMO_TODAY))
+demo_today = os.environ.get("VISA_DEMO_TODAY", DEMO_TODAY)
+c.VisaAuthenticator.clock = pinned_clock(demo_today)
+
+# -- the facility's instruments: D11 and IN5 as EPICS IOCs, and the gateway instances reach them by
+# (docs/instrument.md); VISA_DEMO_INSTRUMENTS= (empty) runs none
+instruments = [i for i in os.environ.get("VISA_DEMO_INSTRUMENTS", "D11,IN5").split(",") if i.strip()]
+if instruments:
+    visa_instruments.hub_config.apply(
+        c, state_dir=state, catalogue=c.FileCatalogue.path, hub_db_url=hub_db_url(c, os.environ),
+        instruments=[i.strip() for i in instruments], today=demo_today,
+    )
 
 exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name
