@@ -182,11 +182,13 @@ class AuditLog:
         with self.engine.begin() as conn:
             conn.execute(writes.insert().values(**asdict(record)))
 
-    def rows(self, instrument: str | None = None, limit: int = 500) -> list[dict]:
-        """Newest first, as JSON-ready dicts."""
+    def rows(self, instrument: str | None = None, limit: int = 500, *, owner: str | None = None,
+             server: str | None = None) -> list[dict]:
+        """Newest first, as JSON-ready dicts; `owner`/`server` narrow them to one person's instances."""
         query = select(writes).order_by(writes.c.id.desc()).limit(limit)
-        if instrument:
-            query = query.where(writes.c.instrument == instrument)
+        for column, value in ((writes.c.instrument, instrument), (writes.c.owner, owner), (writes.c.server, server)):
+            if value:
+                query = query.where(column == value)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [{**row, "at": row["at"].isoformat(timespec="milliseconds")} for row in rows]
