@@ -115,6 +115,8 @@ class Relay:
             except OSError:
                 return
             outside = socket.socket()
+            for s in (inside, outside):  # as the sandbox bridge's asyncio streams: no Nagle delay
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             outside.bind((self.source, 0))
             try:
                 outside.connect(self.target)
