@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 IMAGE_CACHE ?= /var/cache/visahub/images
 IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
-.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst bench-scale clean-demo
+.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument clean-demo
 
 setup:
 	bash scripts/setup.sh
@@ -39,6 +39,9 @@ bench-burst: setup
 
 bench-scale: setup
 	$(PY) bench/scale.py
+
+bench-instrument: setup
+	$(PY) bench/instrument.py
 
 clean-demo:
 	rm -rf $(STATE)
