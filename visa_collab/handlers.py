@@ -292,7 +292,18 @@ class MembersPage(BaseHandler):
     async def get(self, owner: str, server: str) -> None:
         model = await self.guard(self.collab.members(self.actor, owner, server))
         audit = await self.guard(self.collab.audit_log(self.actor, owner, server, limit=100))
-        self.render("members.html", model=model, audit=audit, owner=owner, server=server)
+        self.render("members.html", model=model, audit=audit, owner=owner, server=server,
+                    instruments=await instance_instruments(self.collab, owner, server),
+                    instrument_audit=os.environ.get("VISA_COLLAB_INSTRUMENT_AUDIT_URL")
+                    or self.prefix.replace("/visa-collab/", "/visa-instruments/") + "audit")
+
+
+async def instance_instruments(collab: Collaboration, owner: str, server: str) -> list[str]:
+    """The instruments the server started with (VisaSpawner keeps them in `user_options`): its
+    page links to each one's writes on the instrument gateway's audit (visa_instruments)."""
+    model = await collab.hub.user(owner, max_age=collab.hub.cache_ttl) or {}
+    options = ((model.get("servers") or {}).get(server) or {}).get("user_options") or {}
+    return [i for i in options.get("instruments") or () if isinstance(i, str) and i]
 
 
 class InvitePage(BaseHandler):
