@@ -101,8 +101,9 @@ def glance(lay: Layout) -> Ini:
 
 def nova(lay: Layout) -> Ini:
     d = lay.data / "nova"
+    # compute_driver: fake.FakeDriver whose snapshots upload a disk, as a hypervisor's do (lab_nova_driver.py)
     return {"DEFAULT": {"host": "lab-compute", "my_ip": HOST, "state_path": d, "log_dir": lay.logs,
-                        "transport_url": _transport(), "compute_driver": "fake.FakeDriver",
+                        "transport_url": _transport(), "compute_driver": "lab_nova_driver.SnapshotFakeDriver",
                         "instances_path": d / "instances"},
             "api": {"auth_strategy": "keystone"},
             "quota": {"instances": -1, "cores": -1, "ram": -1},  # tests set real project quotas

@@ -225,7 +225,8 @@ def start(lay: cfg.Layout, svc: dict[str, Service]) -> None:
     svc["nova-conductor"].wait(lambda: "conductor" in subprocess.run(
         queues, env={**os.environ, **renv}, capture_output=True, text=True).stdout.split(), 180, "consume its queue")
     say("nova-conductor consuming")
-    svc["nova-compute"].start([str(lay.venv / "bin" / "nova-compute"), *nova])
+    # FakeDriver whose snapshots upload a disk to Glance, as a real hypervisor does (lab_nova_driver.py)
+    svc["nova-compute"].start([py, str(HERE / "lab_nova_driver.py"), *nova])
     for name in ("placement", "glance", "neutron", "nova-api"):
         svc[name].wait(http_answers(APIS[name]), 180)
         say(f"{name} up")
