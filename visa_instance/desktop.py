@@ -58,17 +58,24 @@ def setup_desktop() -> dict[str, Any]:
     the desktop is dressed, so "connectable" means "ready".
     """
     timeout = ready_timeout()
+    return vnc_server_process(launcher_command(timeout), timeout, "Desktop", ICON_PATH, PAGE_PATH)
+
+
+def vnc_server_process(command: list[str], timeout: float, title: str, icon_path: str,
+                       page_path: str) -> dict[str, Any]:
+    """A ServerProcess for an Xvnc session on a unix socket (the desktop, an instrument panel):
+    proxied raw (RFB over the websocket), opened in its own tab from its page, with a Lab tile."""
     return {
-        "command": launcher_command(timeout),
+        "command": command,
         "unix_socket": True,
         "raw_socket_proxy": True,
         "timeout": timeout,
         "new_browser_tab": True,
         "launcher_entry": {
             "enabled": True,
-            "title": "Desktop",
-            "icon_path": ICON_PATH,
-            "path_info": PAGE_PATH,
+            "title": title,
+            "icon_path": icon_path,
+            "path_info": page_path,
             "category": "Notebook",
         },
     }

@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape as xml_escape
 from traitlets import Dict, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from .desktop import READY_TIMEOUT, ready_timeout
+from .desktop import READY_TIMEOUT, ready_timeout, vnc_server_process
 
 log = logging.getLogger("visa_instance.instrument")
 
@@ -114,20 +114,8 @@ def launcher_command(python: str, instrument: str, motors: Sequence[str],
 def server_process(python: str, instrument: str, motors: Sequence[str],
                    timeout: float = READY_TIMEOUT) -> dict[str, Any]:
     """The ServerProcess configuration of one instrument's panel (as the desktop's)."""
-    return {
-        "command": launcher_command(python, instrument, motors, timeout),
-        "unix_socket": True,
-        "raw_socket_proxy": True,
-        "timeout": timeout,
-        "new_browser_tab": True,
-        "launcher_entry": {
-            "enabled": True,
-            "title": title(instrument),
-            "icon_path": ICON_PATH,
-            "path_info": page_path(instrument),
-            "category": "Notebook",
-        },
-    }
+    return vnc_server_process(launcher_command(python, instrument, motors, timeout), timeout, title(instrument),
+                              ICON_PATH, page_path(instrument))
 
 
 _EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")

@@ -11,20 +11,9 @@ from traitlets.config import Config
 from tests.ops.conftest import T0
 from tests.ops.test_api import api  # noqa: F401 - the fixture
 from tests.spawner.test_spawner import OPTIONS, PLANS, FakeBackend, FakeUser
-from visa_spawner.backends.base import InstanceSpec, ProgressCallback
 from visa_spawner.spawner import VisaSpawner
 
-RECORDER = f"{__name__}.SpecRecorder"
-
-
-class SpecRecorder(FakeBackend):
-    """The fake backend, keeping the last spec it was asked to create."""
-
-    spec: InstanceSpec | None = None
-
-    async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
-        type(self).spec = spec
-        return await super().create(spec, progress)
+RECORDER = "tests.spawner.test_spawner.FakeBackend"
 
 
 class Owner(FakeUser):
@@ -38,10 +27,10 @@ class Owner(FakeUser):
 
 @pytest.fixture(autouse=True)
 def fresh_recorder():
-    SpecRecorder.clear_instance()
-    SpecRecorder.spec = None
+    FakeBackend.clear_instance()
+    FakeBackend.spec = None
     yield
-    SpecRecorder.clear_instance()
+    FakeBackend.clear_instance()
 
 
 def spawner_on(orm_spawner: Any, proposals: list[dict]) -> VisaSpawner:
@@ -61,8 +50,8 @@ async def test_a_start_records_the_proposals_instruments_and_the_console_filters
     await spawner.start()
     hubdb.session.commit()  # as the hub commits once start returns
 
-    assert SpecRecorder.spec.env["VISA_INSTRUMENTS"] == "D11,IN5"
-    assert SpecRecorder.spec.instruments == ("D11", "IN5")
+    assert FakeBackend.spec.env["VISA_INSTRUMENTS"] == "D11,IN5"
+    assert FakeBackend.spec.instruments == ("D11", "IN5")
     assert spawner.user_options == {**OPTIONS, "instruments": ["D11", "IN5"]}
     hubdb.session.expire_all()
     assert row.user_options["instruments"] == ["D11", "IN5"], "saved in the hub's record"
@@ -81,7 +70,7 @@ async def test_a_restart_follows_the_catalogue_and_no_proposal_means_no_instrume
     hubdb.session.commit()
     await spawner_on(row, [{"id": "P-1", "title": "Spins", "instruments": ["IN5"]}]).start()
     assert row.user_options["instruments"] == ["IN5"]
-    assert SpecRecorder.spec.env["VISA_INSTRUMENTS"] == "IN5"
+    assert FakeBackend.spec.env["VISA_INSTRUMENTS"] == "IN5"
 
     staff = hubdb.server("sam", "free", proposal="", plan="fake-small")
     staff.user_options = {**OPTIONS, "proposal": ""}
@@ -89,7 +78,7 @@ async def test_a_restart_follows_the_catalogue_and_no_proposal_means_no_instrume
     spawner = spawner_on(staff, [])
     spawner.user.get_auth_state = _staff_state
     await spawner.start()
-    assert staff.user_options["instruments"] == [] and SpecRecorder.spec.env["VISA_INSTRUMENTS"] == ""
+    assert staff.user_options["instruments"] == [] and FakeBackend.spec.env["VISA_INSTRUMENTS"] == ""
 
 
 async def _staff_state() -> dict:

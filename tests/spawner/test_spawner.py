@@ -40,7 +40,10 @@ OPTIONS = {"proposal": "P-1", "plan": "fake-small", "screen": "1920x1080", "keyb
 
 
 class FakeBackend(Backend):
-    """Records every call; `create` reports two stages, `status` answers what the test sets."""
+    """Records every call (and the last spec it was asked to create, `spec`); `create` reports two
+    stages, `status` answers what the test sets."""
+
+    spec: InstanceSpec | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -48,6 +51,7 @@ class FakeBackend(Backend):
         self.answer = InstanceStatus.RUNNING
 
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        type(self).spec = spec
         self.calls.append(("create", {"owner": spec.owner, "server_name": spec.server_name, "plan": spec.plan.id}))
         progress(30, "Fake: preparing")
         await asyncio.sleep(0)

@@ -10,18 +10,9 @@ from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from tests.spawner.test_spawner import OPTIONS, PLANS, FakeBackend, FakeUser
-from visa_spawner.backends.base import InstanceSpec, ProgressCallback
 from visa_spawner.spawner import VisaSpawner
 
 PROPOSALS = [{"id": "P-1", "title": "Spins", "instruments": ["D11", "IN5"]}]
-
-
-class SpecRecorder(FakeBackend):
-    spec: InstanceSpec | None = None
-
-    async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
-        type(self).spec = spec
-        return await super().create(spec, progress)
 
 
 class Owner(FakeUser):
@@ -38,9 +29,9 @@ class Owner(FakeUser):
     (["P-1"], ("D11", "IN5")), ([], ()), (["P-other"], ()),
 ])
 async def test_instrument_control_names_the_instruments_whose_window_is_open(open_windows, expected):
-    SpecRecorder.clear_instance()
+    FakeBackend.clear_instance()
     config = Config()
-    config.VisaSpawner.backend_classes = {"fake": f"{__name__}.SpecRecorder", "sandbox": f"{__name__}.SpecRecorder"}
+    config.VisaSpawner.backend_classes = {"fake": "tests.spawner.test_spawner.FakeBackend", "sandbox": "tests.spawner.test_spawner.FakeBackend"}
     config.VisaSpawner.plans = PLANS
     orm = SimpleNamespace(name="analysis", display_name="x", user_options=dict(OPTIONS), server=None)
     spawner = VisaSpawner(user=Owner(open_windows), orm_spawner=orm, hub=Hub(), config=config, api_token="t" * 32,
@@ -48,6 +39,6 @@ async def test_instrument_control_names_the_instruments_whose_window_is_open(ope
     try:
         await spawner.start()
     finally:
-        SpecRecorder.clear_instance()
-    assert SpecRecorder.spec.instruments == ("D11", "IN5")
-    assert SpecRecorder.spec.instrument_control == expected
+        FakeBackend.clear_instance()
+    assert FakeBackend.spec.instruments == ("D11", "IN5")
+    assert FakeBackend.spec.instrument_control == expected
