@@ -155,6 +155,16 @@ def instrument_control(
     )
 
 
+def may_pilot(person: Person, team: Iterable[Experiment], proposal: str, instrument: str, today: date,
+              days: int) -> bool:
+    """The person holds INSTRUMENT_CONTROL for an experiment of `proposal` on `instrument` today
+    (`team`: the experiments whose team they are in). The instrument gateway's write rule and the
+    OpenStack instrument groups' window, per instrument."""
+    on_instrument = tuple(e for e in team if e.instrument_id == instrument)
+    facts = Facts(person=person, team_experiments=on_instrument)
+    return proposal in instrument_control(facts, active_roles(person, today), today, days)
+
+
 def entitlements(facts: Facts, now: datetime, policy: Policy) -> dict[str, Any]:
     """The JSON-serialisable contract stored in `auth_state["visa"]`.
 

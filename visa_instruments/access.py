@@ -32,8 +32,8 @@ from weakref import WeakKeyDictionary
 from jupyterhub import orm
 from sqlalchemy import or_, select
 
+from visa_authenticator import rules
 from visa_authenticator.catalogue_data import CatalogueData
-from visa_authenticator.rules import Facts, active_roles, instrument_control
 from visa_collab.roles import ROLE_SCOPES
 from visa_collab.roles import Role as MemberRole
 from visa_ops.inventory import read_only_engine
@@ -86,9 +86,7 @@ def may_pilot(person_id: str, proposal: str, instrument: str, catalogue: Catalog
     person = catalogue.person(person_id)
     if person is None:
         return False
-    team = tuple(e for e in catalogue.experiments_of(person_id) if e.instrument_id == instrument)
-    facts = Facts(person=person, team_experiments=team)
-    return proposal in instrument_control(facts, active_roles(person, today), today, days)
+    return rules.may_pilot(person, catalogue.experiments_of(person_id), proposal, instrument, today, days)
 
 
 def decide(instance: InstanceView, instrument: str, catalogue: CatalogueData, scientists: frozenset[str],
