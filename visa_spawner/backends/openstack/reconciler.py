@@ -9,7 +9,9 @@ stop a record). Then:
 - a server no hub record owns (no ready or pending named server maps to its name) and older than
   the grace period is deleted — e.g. one left by a hub killed in the middle of `start()`;
 - a ready record of an OpenStack plan whose server vanished is stopped through the REST API, so
-  the person sees it stopped instead of a dead link.
+  the person sees it stopped instead of a dead link;
+- each running server's instrument security groups follow the experiment windows
+  (`instrument_windows`: attached while the window is open, detached after).
 
 Every action is logged; counts are Prometheus metrics (they appear on the hub's /hub/metrics).
 A failing cycle logs and carries on; no token ever reaches a log line.
@@ -30,6 +32,7 @@ from traitlets import Float, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from visa_spawner.backends.openstack.backend import OpenStackBackend
+from visa_spawner.backends.openstack.instrument_windows import InstrumentWindows, running_servers
 from visa_spawner.spawner import hub_backend
 
 SERVERS = Gauge("visa_openstack_servers", "Servers of this hub in the cloud at the last reconcile", ["kind"])
@@ -50,9 +53,10 @@ class Reconciler(LoggingConfigurable):
     hub_api_url = Unicode("", config=True, help="The hub's REST API URL (…/hub/api).")
     api_token = Unicode("", config=True, help="Token of the visa-reconciler service (set by install()).")
 
-    def __init__(self, backend: OpenStackBackend, openstack_plans: set[str], **kwargs: Any) -> None:
+    def __init__(self, backend: OpenStackBackend, openstack_plans: set[str],
+                 windows: InstrumentWindows | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.backend, self.openstack_plans = backend, openstack_plans
+        self.backend, self.openstack_plans, self.windows = backend, openstack_plans, windows
         self._task: asyncio.Task | None = None
 
     # -- hub side ----------------------------------------------------------------------------------
@@ -112,6 +116,9 @@ class Reconciler(LoggingConfigurable):
                 await self._api("DELETE", f"/users/{quote(user)}/servers/{quote(name)}")
                 MARKED.inc()
                 counts["stopped"] += 1
+        if self.windows is not None:
+            running = running_servers(records, by_name, self.backend.name_for, self.openstack_plans)
+            counts.update(await self.windows.follow(running))
         SERVERS.labels("managed").set(len(servers) - counts["orphans"])
         SERVERS.labels("orphan").set(counts["orphans"] - counts["deleted"])
         DURATION.set(time.monotonic() - t0)
@@ -141,6 +148,13 @@ def _parse_time(value: str | None) -> dt.datetime:
     if not value:
         return dt.datetime.now(dt.UTC)
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def _hub_authenticator() -> Any:
+    """The running hub's authenticator (its catalogue decides the instrument windows), if any."""
+    from jupyterhub.app import JupyterHub
+
+    return JupyterHub.instance().authenticator if JupyterHub.initialized() else None
 
 
 def install(c: Config, *, token_file: Path, first_delay: float = 5.0) -> None:
@@ -177,6 +191,7 @@ def install(c: Config, *, token_file: Path, first_delay: float = 5.0) -> None:
         backend = hub_backend("openstack", c)
         if not isinstance(backend, OpenStackBackend):
             raise TypeError(f"the reconciler needs an OpenStackBackend, the hub's 'openstack' is {type(backend)}")
-        Reconciler(backend, openstack_plans, config=c).start()
+        windows = InstrumentWindows.for_hub(backend.security, _hub_authenticator())
+        Reconciler(backend, openstack_plans, windows=windows, config=c).start()
 
     loop.call_later(first_delay, start)
