@@ -7,6 +7,9 @@ On disk (the archive dir and each owner's directory are root's only, 0700; files
     <archive_dir>/<owner>/<server>-<UTC stamp><ext>    the backend's archive (.tar.gz, .qcow2)
     <archive_dir>/<owner>/<server>-<UTC stamp>.json    its sidecar (`Archive.sidecar`)
 
+An OpenStack archive is a snapshot image kept by the cloud (`StoredImage`): no local file, its
+sidecar names the image (`image_id`, `image_name`); `file` is then only the download's name.
+
 A page or a form names an archive by its id (`<server>-<UTC stamp>`) under the signed-in
 person's own directory, never by a path, so no request can reach another file. The ops sweep
 prunes archives whose sidecar `created` is older than the retention.
@@ -17,7 +20,7 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +35,18 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 #: an archive id: a server name made safe for a file name, then the UTC stamp of the archive
 ARCHIVE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}-\d{8}T\d{6}Z")
 #: backends whose archives can become the home (sandbox) or disk (qemu) of a new instance
-RESTORABLE_BACKENDS = frozenset({"sandbox", "qemu"})
+RESTORABLE_BACKENDS = frozenset({"sandbox", "qemu", "openstack"})
 MEDIA_TYPES = {".tar.gz": "application/gzip", ".qcow2": "application/octet-stream"}
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What `Backend.archive` returns for an archive the cloud keeps (a snapshot image)."""
+
+    image_id: str
+    image_name: str
+    size: int  # bytes, as the image service reports it
+    extension: str  # of the download's file name (".raw", ".qcow2")
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class Archive:
     backend: str
     created: str  # ISO 8601, UTC: when the archive was made (retention counts from here)
     size: int
+    image_id: str = ""  # an image kept by the cloud (OpenStack): no local file
+    image_name: str = ""
 
     def sidecar(self) -> dict:
         return asdict(self)
@@ -93,10 +108,10 @@ def read_archive(directory: Path, archive: str) -> Archive | None:
         return None
     try:
         data = json.loads((directory / f"{archive}.json").read_text())
-        found = Archive(**{k: data[k] for k in Archive.__dataclass_fields__})
+        found = Archive(**{k: data[k] for k in Archive.__dataclass_fields__ if k in data})
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if found.id != archive or "/" in found.file or not (directory / found.file).is_file():
+    if found.id != archive or "/" in found.file or not (found.image_id or (directory / found.file).is_file()):
         return None
     return found
 
@@ -119,6 +134,11 @@ def find_archive(archive_dir: str | Path, owner: str, archive: str) -> Archive |
 
 def archive_file(archive_dir: str | Path, archive: Archive) -> Path:
     return owner_dir(archive_dir, archive.owner) / archive.file
+
+
+def restore_source(archive_dir: str | Path, archive: Archive) -> str:
+    """`InstanceSpec.restore_from`: the archive's path, or `glance:<image id>` for a cloud's image."""
+    return f"glance:{archive.image_id}" if archive.image_id else str(archive_file(archive_dir, archive))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -149,14 +169,16 @@ async def archive_instance(backend: Backend, state: dict, *, archive_dir: str, o
     ident = archive_id(server, now)
     try:
         await loop.run_in_executor(None, _private_dir, Path(archive_dir), directory)
-        path = await backend.archive(state, directory / ident)
-        if path is None:
+        made = await backend.archive(state, directory / ident)
+        if made is None:
             return None
+        stored = {"image_id": made.image_id, "image_name": made.image_name, "size": made.size,
+                  "file": ident + made.extension} if isinstance(made, StoredImage) else \
+            {"file": made.name, "size": (await loop.run_in_executor(None, made.stat)).st_size}
         archive = Archive(
-            id=ident, file=path.name, owner=owner, server=server, display_name=display_name,
+            id=ident, owner=owner, server=server, display_name=display_name,
             proposal=str(options.get("proposal") or ""), plan=str(options.get("plan") or ""),
-            backend=backend_name, created=now.isoformat(timespec="seconds"),
-            size=(await loop.run_in_executor(None, path.stat)).st_size)
+            backend=backend_name, created=now.isoformat(timespec="seconds"), **stored)
         await loop.run_in_executor(
             None, _write_private, directory / f"{ident}.json", json.dumps(archive.sidecar(), indent=1))
         return archive
@@ -197,22 +219,42 @@ class ArchiveDownloadHandler(BaseHandler):
         found = await loop.run_in_executor(None, find_archive, spawner.archive_dir or "", owner, archive)
         if not spawner.archive_dir or found is None:
             raise web.HTTPError(404, "No such archive: it may have passed its retention and been removed.")
+        if found.image_id:  # kept by the cloud: streamed from its image service by the backend
+            await self._send(found, spawner.backend(found.backend).archive_chunks(found.image_id))
+            return
         path = archive_file(spawner.archive_dir, found)
         try:
             f = await loop.run_in_executor(None, open, path, "rb")
         except OSError:
             raise web.HTTPError(404, "No such archive: it may have passed its retention and been removed.") from None
+        try:
+            await self._send(found, self._read(f))
+        finally:
+            f.close()
+
+    async def _read(self, f) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        while chunk := await loop.run_in_executor(None, f.read, self.chunk_size):
+            yield chunk
+
+    async def _send(self, found: Archive, chunks: AsyncIterator[bytes]) -> None:
         ext = found.file[len(found.id):]
         self.set_header("Content-Type", MEDIA_TYPES.get(ext, "application/octet-stream"))
         self.set_header("Content-Disposition", f'attachment; filename="{found.file}"')
         self.set_header("Content-Length", str(found.size))
-        self.log.info("%s downloads the archive %s", user.name, found.file)
+        self.log.info("%s downloads the archive %s", self.current_user.name, found.file)
+        sent = 0
         try:
-            while chunk := await loop.run_in_executor(None, f.read, self.chunk_size):
+            async for chunk in chunks:
                 self.write(chunk)
                 await self.flush()
-        finally:
-            f.close()
+                sent += len(chunk)
+        except BackendError as e:  # the cloud failed: a message if nothing was sent yet, else a cut download
+            self.log.error("Download of the archive %s failed after %d bytes: %s %s", found.file, sent, e.message,
+                           e.log_detail)
+            if not sent:
+                self.clear_header("Content-Disposition")
+                raise web.HTTPError(502, e.message) from None
 
 
 handlers = [(r"/visa/archives/([^/]+)/([^/]+)", ArchiveDownloadHandler)]

@@ -22,7 +22,7 @@ from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, imp
 from traitlets.config import Config
 
 from . import metrics
-from .archives import Archive, archive_file, archive_instance, find_archive, list_archives
+from .archives import Archive, archive_instance, find_archive, list_archives, restore_source
 from .backends.base import (
     ArchiveNotSupported,
     Backend,
@@ -439,4 +439,4 @@ class VisaSpawner(Spawner):
         if archive.backend != plan.backend:
             raise SpawnException(f"An archive of a {archive.backend} instance cannot be restored on the plan "
                                  f"{plan.display_name}.", reason="options")
-        return str(archive_file(self.archive_dir, archive))
+        return restore_source(self.archive_dir, archive)  # a path, or the cloud's image

@@ -20,7 +20,7 @@ from typing import Any
 
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
-from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
+from visa_spawner.backends.base import BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 from visa_spawner.backends.openstack.cloud import (
@@ -45,6 +45,7 @@ from visa_spawner.backends.openstack.model import (
     server_name,
 )
 from visa_spawner.backends.openstack.security import SecurityGroups
+from visa_spawner.backends.openstack.snapshot_archive import SnapshotArchiving
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.openstack.watch import ServerWatch
 
@@ -58,7 +59,7 @@ def _config_error(e: ValueError) -> BackendError:
                         reason="config", log_detail=str(e))
 
 
-class OpenStackBackend(Backend):
+class OpenStackBackend(SnapshotArchiving):
     """Instances as Nova servers, configured by cloud-init user-data from `cloudinit`."""
 
     # -- the cloud ----------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class OpenStackBackend(Backend):
             config = self.instance_config(spec, resume_key)
             user_data = self.render_user_data(config)
             flavor_id, flavor_name = await self._flavor(spec.plan)
-            image_id = await self._lookup("image", self.images.get(spec.plan.image, spec.plan.image))
+            image_id = await self.boot_image(spec)  # the plan's, or the archive's snapshot when restoring
             groups = await self.security.ensure_for(roles=spec.roles, instruments=spec.instruments,
                                                     flavor=flavor_name, open_instruments=spec.instrument_control)
             progress(10, f"Requesting a server ({flavor_name}) from the facility cloud")
