@@ -17,7 +17,7 @@ from tests.spawner.openstack.support import PLAN, Progress, make_backend, spec
 from tests.spawner.openstack.test_backend import standin_cloud  # noqa: F401 - the fixture
 from tests.support import free_port
 from visa_authenticator.file_catalogue import FileCatalogue
-from visa_spawner.backends.openstack.instrument_windows import InstrumentWindows, running_servers
+from visa_spawner.backends.openstack.instrument_windows import InstrumentWindows
 from visa_spawner.backends.openstack.reconciler import Reconciler
 from visa_spawner.backends.openstack.security import instrument_group_name
 
@@ -53,19 +53,6 @@ def hub_users(records: list[dict]) -> tuple[HTTPServer, str]:
 def record(owner: str, server: str, instrument: str, **options) -> dict:
     return {"name": owner, "servers": {server: {"name": server, "ready": True, "pending": None, "user_options": {
         "plan": PLAN.id, "proposal": "P-1", "instruments": [instrument], **options}}}}
-
-
-def test_running_servers_are_ready_active_openstack_records_with_instruments():
-    cloud = {"h-alice-a": {"server_id": "1", "status": "ACTIVE"}, "h-alice-b": {"server_id": "2", "status": "SHELVED"},
-             "h-alice-c": {"server_id": "3", "status": "ACTIVE"}, "h-bob-a": {"server_id": "4", "status": "ACTIVE"}}
-    records = [("alice", "a", {"ready": True, "user_options": {"plan": "os", "proposal": "P-1", "instruments": ["D11"]}}),
-               ("alice", "b", {"ready": True, "user_options": {"plan": "os", "proposal": "P-1", "instruments": ["D11"]}}),
-               ("alice", "c", {"ready": True, "user_options": {"plan": "os", "proposal": "P-1", "instruments": []}}),
-               ("bob", "a", {"ready": True, "pending": "stop", "user_options": {"plan": "os", "instruments": ["D11"]}}),
-               ("bob", "b", {"ready": True, "user_options": {"plan": "os", "instruments": ["D11"]}}),  # no server
-               ("alice", "q", {"ready": True, "user_options": {"plan": "qemu", "instruments": ["D11"]}})]
-    found = running_servers(records, cloud, lambda owner, name: f"h-{owner}-{name}", {"os"})
-    assert [(s.owner, s.proposal, s.instruments, s.server_id) for s in found] == [("alice", "P-1", ("D11",), "1")]
 
 
 async def test_the_reconciler_opens_and_closes_the_group_with_the_window(standin_cloud, lab_admin, tmp_path):  # noqa: F811
