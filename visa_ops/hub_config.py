@@ -85,7 +85,7 @@ def archiving_backends(c: Any) -> list[str]:
     classes = dict(_get(c.VisaSpawner, "backend_classes", BACKEND_CLASSES))
     if not _get(c.VisaSpawner, "archive_on_delete", True):
         return []
-    return sorted(name for name in classes if can_archive(name, classes))
+    return sorted(name for name in classes if can_archive(name, classes, c))
 
 
 def apply(

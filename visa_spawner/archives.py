@@ -28,6 +28,7 @@ from pathlib import Path
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 from traitlets import import_item
+from traitlets.config import Config
 
 from .backends.base import Backend, BackendError
 
@@ -67,7 +68,8 @@ class Archive:
     image_name: str = ""
 
     def sidecar(self) -> dict:
-        return asdict(self)
+        """The JSON of the sidecar (the image fields only for an image: a file's sidecar is as before)."""
+        return {k: v for k, v in asdict(self).items() if v or k not in ("image_id", "image_name")}
 
     @property
     def created_at(self) -> datetime:
@@ -189,10 +191,14 @@ async def archive_instance(backend: Backend, state: dict, *, archive_dir: str, o
                            reason="archive", log_detail=f"{type(e).__name__}: {e}") from e
 
 
-def can_archive(backend_name: str, classes: Mapping[str, str]) -> bool:
-    """Does this backend archive before deleting? (A sweep deletes only instances that do.)"""
+def can_archive(backend_name: str, classes: Mapping[str, str], config: Config | None = None) -> bool:
+    """Does this backend archive before deleting, as `config` sets it up? (A sweep deletes only
+    instances that do.) A backend may say no for some settings (`archives_before_delete`)."""
     cls = import_item(classes[backend_name]) if backend_name in classes else Backend
-    return cls.archive is not Backend.archive
+    if cls.archive is Backend.archive:
+        return False
+    check = getattr(cls, "archives_before_delete", None)
+    return check(config) if check else True
 
 
 def human_size(size: int) -> str:

@@ -150,6 +150,7 @@ def test_private_partial_renames_only_on_success(tmp_path):
 # -- restore: the New-instance form's `restore` field ---------------------------------------------
 SANDBOX = Plan("sandbox-small", "Small sandbox", "sandbox", 1, 2048, default=True)
 VM = Plan("vm", "Virtual machine", "qemu", 2, 2048)
+CLOUD = Plan("cloud", "Cloud server", "openstack", 2, 2048)
 
 
 def an_archive(ident="sans-20261203T080509Z", proposal="P-2026-011", backend="sandbox") -> Archive:
@@ -172,7 +173,8 @@ MINE = {a.id: a for a in (an_archive(), an_archive("vm-20261203T080509Z", backen
     ("sans-20261203T080509Z", "P-2026-011", VM, "Choose a sandbox plan"),
     ("vm-20261203T080509Z", "P-2026-011", VM, None),  # a qemu archive becomes a new VM's disk
     ("vm-20261203T080509Z", "P-2026-011", SANDBOX, "Choose a qemu plan"),
-    ("cloud-20261203T080509Z", "P-2026-011", VM, "cannot be restored yet: download it instead"),
+    ("cloud-20261203T080509Z", "P-2026-011", VM, "Choose a openstack plan"),  # a snapshot boots a new server
+    ("cloud-20261203T080509Z", "P-2026-011", CLOUD, None),
 ])
 def test_restore_is_only_of_ones_own_archive_into_the_same_proposal(restore, proposal, plan, error):
     if error is None:

@@ -18,17 +18,18 @@ from typing import Any
 
 from openstack import exceptions as sdk_exc
 from traitlets import Float
+from traitlets.config import Config
 
 from visa_spawner.archives import StoredImage
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec
-from visa_spawner.backends.openstack.cloud import CloudCalls, find_servers, poll_until
+from visa_spawner.backends.openstack.cloud import CloudCalls, find_servers, get_server, poll_until
 from visa_spawner.backends.openstack.errors import to_backend_error
 from visa_spawner.backends.openstack.state import OpenStackState
 
 #: Glance states an image never leaves for `active`
 FAILED_IMAGE = {"killed", "deleted", "pending_delete", "deactivated"}
-#: servers Nova cannot snapshot (a shelved-offloaded one has no disk on a host)
-UNSNAPSHOTTABLE = {"SHELVED", "SHELVED_OFFLOADED", "DELETED", "SOFT_DELETED", "BUILD"}
+#: servers Nova cannot snapshot as they are (a shelved one is unshelved first)
+UNSNAPSHOTTABLE = {"ERROR", "BUILD", "RESCUE"}
 #: image property naming the archive (owner/id), so an admin finds an archive image's sidecar
 ARCHIVE_PROPERTY = "visa-archive"
 RESTORE_PREFIX = "glance:"  # InstanceSpec.restore_from of an OpenStack archive: glance:<image id>
@@ -64,8 +65,10 @@ class SnapshotArchives:
         if not servers:
             return None
         server = servers[0]
-        if server.status in UNSNAPSHOTTABLE:
-            raise BackendError(f"The server is {server.status.lower()}: the cloud cannot snapshot it, so it was not "
+        if server.status.startswith("SHELVED"):
+            await self._unshelve(server.id)
+        elif server.status in UNSNAPSHOTTABLE:
+            raise BackendError(f"The server is in state {server.status}: the cloud cannot snapshot it, so it was not "
                                "deleted; ask an admin.", reason="archive", log_detail=f"server {server.id}")
         image_name = f"visa-archive-{archive}"
         metadata = {ARCHIVE_PROPERTY: f"{owner}/{archive}"[:255], "visa-hub-tag": self.tag}
@@ -80,6 +83,22 @@ class SnapshotArchives:
         except BaseException:
             await asyncio.shield(self.delete(image.id, quiet=True))
             raise
+
+    async def _unshelve(self, server_id: str) -> None:
+        """A shelved server's disk is only in its shelve image, which Nova cannot snapshot and deletes
+        with the server: bring the server back first (its boot leaves Jupyter stopped: no start waits)."""
+        await self.calls.call(lambda c: c.compute.unshelve_server(server_id), doing="unshelving to archive")
+
+        async def active() -> bool:
+            server = await self.calls.call(get_server, server_id, doing="following the unshelve")
+            if server is None or server.status == "ERROR":
+                raise BackendError("The shelved server could not be brought back to archive it, so it was not "
+                                   "deleted; ask an admin.", reason="archive", log_detail=f"server {server_id}")
+            return server.status == "ACTIVE" and not server.task_state
+
+        if not await poll_until(active, timeout=self.timeout, first=0.5, longest=5.0):
+            raise BackendError(f"The cloud did not unshelve the server within {self.timeout:g} s to archive it, so it "
+                               "was not deleted; ask an admin.", reason="archive-timeout")
 
     async def _wait_active(self, image_id: str, image_name: str) -> StoredImage:
         deadline = time.monotonic() + self.timeout
@@ -138,6 +157,14 @@ class SnapshotArchiving(Backend):
             self._snapshots = SnapshotArchives(self.cloud_calls, tag=self.tag, timeout=self.archive_timeout,
                                                log=self.log)
         return self._snapshots
+
+    @classmethod
+    def archives_before_delete(cls, config: Config | None) -> bool:
+        """May lifecycle rules delete these instances? The hub stops a server before deleting it, and
+        with `stop_action` "delete" that stop already deleted the server and its disk: only with
+        "shelve" is there still a disk to archive (`archives.can_archive`)."""
+        section = config.get(cls.__name__) if config is not None and cls.__name__ in config else {}
+        return (section or {}).get("stop_action", cls.class_traits()["stop_action"].default_value) == "shelve"
 
     async def archive(self, state: dict, dest: Path) -> StoredImage | None:
         """A snapshot image of the instance's server (None: no server is left to archive)."""
