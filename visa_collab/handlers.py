@@ -108,7 +108,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.set_header("Content-Type", "text/html; charset=UTF-8")
             self.finish(self.templates.get_template("error.html").render(
                 prefix=self.prefix, hub_prefix=self.settings["hub_prefix"], status=status_code,
-                message=message, user=None))
+                message=message, user=None, xsrf=""))  # base.html needs it (a TypeError, a blank page without)
 
     async def guard(self, coro):
         """Run a collaboration call, turning its refusals into HTTP errors."""

@@ -51,6 +51,7 @@ async def test_only_those_who_read_the_instance_audit_see_the_link(fake, service
     assert code == 200 and [t for _, t in instrument_links(page)] == ["Instrument writes — D11"]
     code, page = await members_page(service.port, "dave", "run")  # not the owner: no page at all
     assert code == 403 and instrument_links(page) == []
+    assert 'data-status="403"' in page and "Only the owner of this instance" in page  # the error page itself
 
 
 @pytest.mark.asyncio(loop_scope="session")
