@@ -36,17 +36,6 @@ def d11(hub: Hub) -> Iterator[Context]:
         yield direct
 
 
-def new_instance(page, name: str) -> str:
-    """Create a sandbox instance of P-2026-011 from the home page; its server name once Lab shows."""
-    page.fill("#visa-name", name)
-    page.select_option("#visa-proposal", PROPOSAL)
-    page.select_option("#visa-screen", "1280x720")
-    page.select_option("#visa-keyboard", "us")
-    page.click("#visa-create")
-    page.wait_for_url("**/lab**", timeout=120_000)
-    return page.url.split("/user/", 1)[1].split("/")[1]
-
-
 def red_pixels(page, region: tuple[int, int, int, int]) -> int:
     data = page.evaluate("""([x, y, w, h]) => Array.from(document.querySelector('#visa-screen canvas')
         .getContext('2d').getImageData(x, y, w, h).data)""", list(region))
@@ -56,7 +45,7 @@ def red_pixels(page, region: tuple[int, int, int, int]) -> int:
 def test_alice_moves_d11_and_starts_a_run_that_lab_lists(hub: Hub, d11: Context, artifacts) -> None:
     with chromium() as browser:
         lab = demo_login(browser, hub.url, "alice", width=1280, height=720 + ui.BAR)
-        server = new_instance(lab, unique("Beamtime"))
+        server = ui.new_instance(lab, unique("Beamtime"))
         base = f"{hub.url}/user/alice/{server}/"
         tile = lab.locator(".jp-LauncherCard", has_text=TILE)
         with lab.context.expect_page() as opened:
@@ -108,7 +97,7 @@ def test_alice_moves_d11_and_starts_a_run_that_lab_lists(hub: Hub, d11: Context,
 def test_bob_sees_d11_and_his_write_is_refused_visibly(hub: Hub, d11: Context, artifacts) -> None:
     with chromium() as browser:
         page = demo_login(browser, hub.url, "bob", width=1280, height=720 + ui.BAR)
-        server = new_instance(page, unique("Reading"))
+        server = ui.new_instance(page, unique("Reading"))
         page.goto(f"{hub.url}/user/bob/{server}/visa/instrument/D11")
         ui.wait_connected(page)
         position = d11.get("D11:SAMPLE:X.VAL", timeout=5)

@@ -51,6 +51,18 @@ WATCH_REGION = """([x, y, w, h]) => {
 }"""
 
 
+def new_instance(page, name: str, proposal: str = "P-2026-011") -> str:
+    """Create a sandbox instance from the hub's home page (1280x720 screen, US keyboard: what the
+    points above assume); its server name once Lab shows."""
+    page.fill("#visa-name", name)
+    page.select_option("#visa-proposal", proposal)
+    page.select_option("#visa-screen", "1280x720")
+    page.select_option("#visa-keyboard", "us")
+    page.click("#visa-create")
+    page.wait_for_url("**/lab**", timeout=120_000)
+    return page.url.split("/user/", 1)[1].split("/")[1]
+
+
 def wait_connected(page, timeout: float = 60) -> None:
     """Until noVNC is connected and something of the panel is drawn."""
     from tests.browser import CANVAS_COLOURS
