@@ -4,13 +4,13 @@ the detector and the readback drawn in the page follows."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 from p4p.client.thread import Context
 
 from tests.browser import CANVAS_COLOURS, chromium
+from tests.instance.instrument_ui import BAR, DET_Z_RBV, DET_Z_VAL, region_digest, type_setpoint
 from tests.instance.jupyter import ARTIFACTS, REPO, JupyterServer
 from tests.instance.test_instrument_display import CHANNELS, INSTANCE_PYTHON
 from tests.instruments.gateway_support import start_ioc
@@ -18,15 +18,6 @@ from tests.support import wait_for
 from visa_instruments.gateway import tcp_client_conf
 
 pytestmark = [pytest.mark.root, pytest.mark.browser]
-
-BAR = 26  # the page's status bar above the screen (desktop.css)
-DET_Z_VAL = (288, 143)  # on the panel's 1280x720 screen, the real IOC's layout
-DET_Z_RBV = (495, 134, 100, 20)  # x, y, width, height of the readback's text
-
-REGION_HASH = """([x, y, w, h]) => {
-  const canvas = document.querySelector('#visa-screen canvas');
-  return Array.from(canvas.getContext('2d').getImageData(x, y, w, h).data).join(',');
-}"""
 
 
 def test_instrument_tab_in_chromium(tmp_path: Path) -> None:
@@ -49,14 +40,11 @@ def test_instrument_tab_in_chromium(tmp_path: Path) -> None:
             page.wait_for_function(f"({CANVAS_COLOURS})() >= 3", timeout=15_000)
 
             def readback() -> str:
-                return hashlib.sha256(page.evaluate(REGION_HASH, list(DET_Z_RBV)).encode()).hexdigest()
+                return region_digest(page, DET_Z_RBV)
 
             start = direct.get("D11:DET:Z.RBV", timeout=5)
             before = readback()
-            page.mouse.click(DET_Z_VAL[0], DET_Z_VAL[1] + BAR)
-            page.keyboard.press("Control+A")
-            page.keyboard.type("12")
-            page.keyboard.press("Enter")
+            type_setpoint(page, *DET_Z_VAL, "12")
             wait_for(lambda: direct.get("D11:DET:Z.VAL", timeout=5) == 12.0, 15, "DET:Z.VAL = 12 from the browser")
             wait_for(lambda: direct.get("D11:DET:Z.RBV", timeout=5) not in (start, 12.0), 15, "the detector moving")
             wait_for(lambda: readback() != before, 10, "the moving readback drawn in the page")
