@@ -48,9 +48,9 @@ def image_dir(hub_state: Path) -> str:
     return pinned_image_dir(IMAGE_DIR, hub_state)
 
 
-@pytest.fixture(scope="session")
-def hub(hub_state: Path, image_dir: str) -> Iterator[Hub]:
-    hub = Hub(hub_state, config=QEMU_CONFIG, extra_env={"VISA_QEMU_IMAGE_DIR": image_dir, "VISA_QEMU_WARM": "1"})
+def start_qemu_hub(hub_state: Path, image_dir: str, **extra_env: str) -> Iterator[Hub]:
+    """The qemu test hub on `hub_state` (extra_env: e.g. VISA_DEMO_INSTRUMENTS); no VM outlives it."""
+    hub = Hub(hub_state, config=QEMU_CONFIG, extra_env={"VISA_QEMU_IMAGE_DIR": image_dir, **extra_env})
     hub.start()
     try:
         yield hub
@@ -58,6 +58,11 @@ def hub(hub_state: Path, image_dir: str) -> Iterator[Hub]:
         hub.stop()
         for pid in qemu_pids(hub_state):  # a failed test must not leave VMs running on the host
             os.kill(pid, 9)
+
+
+@pytest.fixture(scope="session")
+def hub(hub_state: Path, image_dir: str) -> Iterator[Hub]:
+    yield from start_qemu_hub(hub_state, image_dir, VISA_QEMU_WARM="1")
 
 
 @pytest.fixture(scope="session")
