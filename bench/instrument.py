@@ -13,7 +13,7 @@ Prints:
 - load: 20 instances monitoring every PV of D11 and IN5 (49) while a motor moves: gateway and
   IOC CPU (% of one core) over the window.
 
-The browser leg (value drawn in the PyDM panel through the hub) is not measured here.
+The browser leg (value drawn in the PyDM panel through the hub) is `bench/instrument_browser.py`.
 """
 from __future__ import annotations
 
