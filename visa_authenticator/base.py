@@ -15,7 +15,7 @@ then adds fresh entitlements.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from jupyterhub.auth import Authenticator
@@ -159,6 +159,18 @@ class VisaAuthenticator(Authenticator):
     def now(self) -> datetime:
         """Current time in the hub's timezone (its date is 'today')."""
         return self.clock().astimezone()
+
+    async def may_pilot(self, username: str, proposal: str, instrument: str, today: date | None = None) -> bool:
+        """Does this person hold INSTRUMENT_CONTROL for an experiment of `proposal` on `instrument`
+        today (± `instrument_control_days`)? Asked by hub-side code that must not import this
+        package (the OpenStack instrument groups, through the hub's authenticator). Raises
+        CatalogueUnavailable on an outage."""
+        person = await self.catalogue.person(username)
+        if person is None or not proposal:
+            return False
+        team = await self.catalogue.experiments_of(username)
+        day = today or self.now().date()
+        return rules.may_pilot(person, team, proposal, instrument, day, self.instrument_control_days)
 
     async def _facts(self, username: str, now: datetime) -> rules.Facts | None:
         try:

@@ -11,12 +11,13 @@ from datetime import date
 import pytest
 from tornado import web
 from tornado.httpserver import HTTPServer
+from traitlets.config import Config
 
 from tests.spawner.openstack import lab
 from tests.spawner.openstack.support import PLAN, Progress, make_backend, spec
 from tests.spawner.openstack.test_backend import standin_cloud  # noqa: F401 - the fixture
 from tests.support import free_port
-from visa_authenticator.file_catalogue import FileCatalogue
+from visa_authenticator.base import VisaAuthenticator
 from visa_spawner.backends.openstack.instrument_windows import InstrumentWindows
 from visa_spawner.backends.openstack.reconciler import Reconciler
 from visa_spawner.backends.openstack.security import instrument_group_name
@@ -59,10 +60,12 @@ async def test_the_reconciler_opens_and_closes_the_group_with_the_window(standin
     hub_id, _ = standin_cloud
     instrument = f"D11-{hub_id}"
     (tmp_path / "catalogue.yaml").write_text(CATALOGUE.format(instrument=instrument))
-    catalogue = FileCatalogue(path=str(tmp_path / "catalogue.yaml"))
+    config = Config()
+    config.FileCatalogue.path = str(tmp_path / "catalogue.yaml")
+    authenticator = VisaAuthenticator(config=config, instrument_control_days=7, enable_auth_state=True)
     backend = make_backend(hub_id, instrument_security_groups={instrument: [GATEWAY_RULE]})
     today = [date(2026, 12, 10)]  # E-1 ended 2026-11-26: the window (7 days) closed on 2026-12-03
-    windows = InstrumentWindows(backend.security, catalogue, lambda: today[0], days=7)
+    windows = InstrumentWindows(backend.security, authenticator.may_pilot, lambda: today[0])
     demo = lab.connect("lab-demo")
     net = lab_admin.network.create_network(name=f"instr-{hub_id}", is_shared=True, provider_network_type="flat",
                                            provider_physical_network=f"instr-{hub_id}")

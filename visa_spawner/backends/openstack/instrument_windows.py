@@ -3,7 +3,8 @@
 At create the spawner puts `visa-instrument-<id>` on the server while the window is open
 (`InstanceSpec.instrument_control`, from auth_state). A window opens and closes while servers run,
 and auth_state is only refreshed at login and spawn, so each reconciler pass asks again, from the
-catalogue, as the instrument gateway does (`visa_authenticator.rules.may_pilot`): for each running
+catalogue, as the instrument gateway does (the hub's authenticator's `may_pilot`, over
+`visa_authenticator.rules.may_pilot`; asked through the object, never imported): for each running
 server of an OpenStack plan and each of its instruments (`user_options.instruments`) that has a
 group configured, the group is on the server's ports when the owner holds INSTRUMENT_CONTROL for
 an experiment of the server's proposal on that instrument today (± `instrument_control_days`), off
@@ -17,13 +18,11 @@ thousand servers cost no port listings while nothing changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from visa_authenticator.catalogue import Catalogue, CatalogueUnavailable
-from visa_authenticator.rules import may_pilot
 from visa_spawner.backends.openstack.security import SecurityGroups
 
 log = logging.getLogger("visa_spawner.openstack.instrument_windows")
@@ -58,24 +57,22 @@ def running_servers(records: Iterable[tuple[str, str, Mapping[str, Any]]], cloud
 class InstrumentWindows:
     """Keeps each running server's instrument groups in step with its owner's windows."""
 
-    def __init__(self, security: SecurityGroups, catalogue: Catalogue, today: Callable[[], date], days: int) -> None:
-        self.security, self.catalogue, self.today, self.days = security, catalogue, today, days
+    def __init__(self, security: SecurityGroups, may_pilot: Callable[[str, str, str, date], Awaitable[bool]],
+                 today: Callable[[], date]) -> None:
+        self.security, self.may_pilot, self.today = security, may_pilot, today
         self.applied: dict[tuple[str, str], bool] = {}  # (server id, instrument) -> what Neutron was told
 
     @classmethod
     def for_hub(cls, security: SecurityGroups, authenticator: Any) -> InstrumentWindows | None:
-        """From the hub's authenticator (a VisaAuthenticator: catalogue, clock, margin); None
-        when it has no catalogue or no instrument has a group (then there is nothing to follow)."""
-        catalogue = getattr(authenticator, "catalogue", None)
-        if not security.instruments or catalogue is None:
+        """From the hub's authenticator (a VisaAuthenticator: `may_pilot` over its catalogue, clock
+        and margin); None when it has none or no instrument has a group (nothing to follow)."""
+        may_pilot = getattr(authenticator, "may_pilot", None)
+        if not security.instruments or may_pilot is None:
             return None
-        return cls(security, catalogue, lambda: authenticator.now().date(), authenticator.instrument_control_days)
+        return cls(security, may_pilot, lambda: authenticator.now().date())
 
     async def window_open(self, owner: str, proposal: str, instrument: str, today: date) -> bool:
-        person = await self.catalogue.person(owner)
-        if person is None or not proposal:
-            return False
-        return may_pilot(person, await self.catalogue.experiments_of(owner), proposal, instrument, today, self.days)
+        return await self.may_pilot(owner, proposal, instrument, today)
 
     async def follow(self, servers: Iterable[RunningServer]) -> dict[str, int]:
         """One pass: attach or detach where the decision is new. A catalogue outage changes
@@ -91,7 +88,7 @@ class InstrumentWindows:
                 seen.add(key)
                 try:
                     allowed = await self.window_open(server.owner, server.proposal, instrument, today)
-                except CatalogueUnavailable as e:
+                except Exception as e:  # the catalogue's outage (CatalogueUnavailable) or the like
                     log.warning("Instrument windows: catalogue unavailable (%s); groups left as they are", e)
                     return counts
                 if self.applied.get(key) == allowed:
