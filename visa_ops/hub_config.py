@@ -164,3 +164,15 @@ def apply(
 
     _add_role(c, {"name": SERVICE, "scopes": SERVICE_SCOPES, "services": [SERVICE]})
     _add_role(c, {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]})
+
+
+def refresh_archiving(c: Any) -> None:
+    """Recompute what `apply` read of the archives from the config as it is now: a profile that sets a
+    backend later (OpenStack's `stop_action`, which decides whether its instances can be archived) or the
+    retention calls this last, since a sub-config loaded by `load_subconfig` does not see them."""
+    for service in _get(c.JupyterHub, "services", []):
+        if service.get("name") == SERVICE:
+            service["environment"].update({
+                "VISA_OPS_ARCHIVING_BACKENDS": json.dumps(archiving_backends(c)),
+                "VISA_OPS_ARCHIVE_RETENTION_DAYS": str(_get(c.VisaSpawner, "archive_retention_days", 30.0)),
+            })

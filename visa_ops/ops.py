@@ -62,6 +62,10 @@ class OpsHubAPI(HubAPI):
         return await self._call("DELETE", f"/users/{quote(owner, safe='')}/servers/{quote(server, safe='')}",
                                 {"remove": True}, timeout=self.remove_timeout)
 
+    async def remove_archive(self, owner: str, archive: str) -> None:
+        """Delete an archive the cloud keeps (its image), through the hub that holds the cloud's credentials."""
+        await self._call("DELETE", f"/visa/archives/{quote(owner, safe='')}/{quote(archive, safe='')}")
+
 
 class Operations:
     def __init__(self, store: Store, policy: LifecyclePolicy, hub: OpsHubAPI, hub_db_url: str, mailer: Mailer, *,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .inventory import Instance
-from .ops import SWEEP_ACTOR, Operations
+from .ops import SWEEP_ACTOR, HubError, Operations
 
 log = logging.getLogger("visa_ops.sweep")
 DELETE_PENDING = timedelta(hours=1)
@@ -136,8 +136,12 @@ async def prune_archives(ops: Operations, archive_dir: Path, retention_days: flo
     for sidecar in await loop.run_in_executor(None, expired_archives, archive_dir, retention_days, ops.now()):
         try:
             meta = json.loads(sidecar.read_text())
-            removed = await loop.run_in_executor(None, _remove_archive, sidecar)
-        except (OSError, ValueError) as e:
+            if meta.get("image_id"):  # kept by the cloud: the hub, which holds its credentials, deletes it
+                await ops.hub.remove_archive(str(meta["owner"]), str(meta["id"]))
+                removed = [str(meta.get("image_name") or meta["image_id"])]
+            else:
+                removed = await loop.run_in_executor(None, _remove_archive, sidecar)
+        except (OSError, ValueError, KeyError, HubError) as e:
             log.warning("Archive %s not pruned: %s", sidecar, e)
             continue
         await ops.store.add_audit(SWEEP_ACTOR, "prune", str(meta.get("owner") or sidecar.parent.name),

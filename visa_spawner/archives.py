@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
+from jupyterhub.scopes import needs_scope
 from tornado import web
 from traitlets import import_item
 from traitlets.config import Config
@@ -263,4 +265,37 @@ class ArchiveDownloadHandler(BaseHandler):
                 raise web.HTTPError(502, e.message) from None
 
 
-handlers = [(r"/visa/archives/([^/]+)/([^/]+)", ArchiveDownloadHandler)]
+def _remove_files(directory: Path, archive: Archive) -> None:
+    if not archive.image_id:
+        (directory / archive.file).unlink(missing_ok=True)
+    (directory / f"{archive.id}.json").unlink(missing_ok=True)
+
+
+class ArchiveAPIHandler(APIHandler):
+    """DELETE /hub/api/visa/archives/<owner>/<id>: remove an archive, sidecar last. The retention
+    prune of visa-ops uses it for archives the cloud keeps: only the hub holds the cloud's
+    credentials. Scope `delete:servers` on the owner (the visa-ops token has it for everyone)."""
+
+    @needs_scope("delete:servers")
+    async def delete(self, user_name: str, archive: str) -> None:
+        user = self.find_user(user_name)
+        spawner = user.spawner if user else None
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, find_archive, spawner.archive_dir, user_name, archive) \
+            if spawner and spawner.archive_dir else None
+        if found is None:
+            raise web.HTTPError(404, "No such archive.")
+        if found.image_id:
+            try:
+                await spawner.backend(found.backend).delete_archive(found.image_id)
+            except BackendError as e:
+                self.log.error("Archive %s/%s: image not deleted: %s %s", user_name, archive, e.message, e.log_detail)
+                raise web.HTTPError(502, e.message) from None
+        await loop.run_in_executor(None, _remove_files, owner_dir(spawner.archive_dir, user_name), found)
+        self.log.info("Archive %s/%s removed (%s)", user_name, archive, found.image_id or found.file)
+        self.set_status(204)
+        self.finish()
+
+
+handlers = [(r"/visa/archives/([^/]+)/([^/]+)", ArchiveDownloadHandler),
+            (r"/api/visa/archives/([^/]+)/([^/]+)", ArchiveAPIHandler)]
