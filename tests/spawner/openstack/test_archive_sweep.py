@@ -3,6 +3,7 @@ instance after its server was archived as a snapshot image, then prunes that arc
 retention through the hub, which deletes the image (only the hub holds the cloud's credentials)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -68,9 +69,63 @@ def test_sweep_archives_an_expired_openstack_instance_then_prunes_its_image(open
                  f"the archive pruned (log: {hub.log_path})")
         prune = [r for r in audit(state, "alice") if r["action"] == "prune"][0]
         assert json.loads(prune["detail"])["files"] == [f"visa-archive-{made.group(1)}"], prune
-        assert not archive_images(lab_admin, "alice")
+        log = hub.log_path.read_text()
+        left = archive_images(lab_admin, "alice")
+        assert not left, ([(i.name, i.status, i.created_at) for i in left], log[-4000:])
         assert not list((state / "archives" / "alice").glob("*.json"))
         assert server_id not in {s.id for s in lab.servers_with_tag(lab_admin, hub_tag(hub_id))}
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, hub_tag(hub_id))
+        for image in archive_images(lab_admin, "alice"):
+            lab_admin.image.delete_image(image.id)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_owner_downloads_and_restores_a_snapshot_archive_through_the_hub(openstack_lab, lab_admin):
+    """Deleted for good through the hub's API: the owner's home page lists the archive; its download
+    streams Glance's bytes; a new instance restoring it boots from the snapshot image."""
+    hub_id = new_hub_id()
+    state = make_state_dir("visahub-os-archive-")
+    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+    hub = Hub(state, config=CONFIG, extra_env={
+        "VISA_TEST_OPENSTACK": json.dumps(openstack_settings(hub_id, stop_action="shelve"))}).start()
+    emulator = BootEmulator(lambda: lab.connect("lab"), hub_tag(hub_id), mode="standin").start()
+    try:
+        alice = Browserless(hub, "alice", "alice-demo")
+        r = alice.new_instance(name="Cloud VM", proposal="P-2026-011", plan="openstack-small",
+                               screen="1280x720", keyboard="us")
+        assert r.status_code == 302, r.text[:300]
+        server = r.headers["location"].rsplit("/", 1)[1]
+        assert progress_events(hub, "alice", server)[-1].get("ready"), hub.log_tail(30)
+        old_id = lab.servers_with_tag(lab_admin, hub_tag(hub_id))[0].id
+        r = hub.api("DELETE", f"/users/alice/servers/{server}", json={"remove": True})
+        assert r.status_code in (202, 204), r.text[:300]
+        wait_for(lambda: hub.server_model("alice", server) is None and not lab.servers_with_tag(
+            lab_admin, hub_tag(hub_id)), 180, f"alice/{server} archived and deleted (log: {hub.log_path})")
+        [image] = archive_images(lab_admin, "alice")
+        archive = image.properties["visa-archive"].split("/", 1)[1]
+        assert archive in alice.home().text
+
+        with alice.s.get(f"{hub.url}/hub/visa/archives/alice/{archive}", stream=True, timeout=60) as r:
+            assert r.status_code == 200, r.text[:300]
+            assert r.headers["Content-Disposition"] == f'attachment; filename="{archive}.raw"'
+            digest, size = hashlib.sha512(), 0
+            for chunk in r.iter_content(1 << 16):
+                digest.update(chunk)
+                size += len(chunk)
+        assert size == image.size == int(r.headers["Content-Length"]) and digest.hexdigest() == image.hash_value
+        bob = Browserless(hub, "bob", "bob-demo")
+        assert bob.s.get(f"{hub.url}/hub/visa/archives/alice/{archive}", timeout=10).status_code == 403
+
+        r = alice.new_instance(name="Restored", proposal="P-2026-011", plan="openstack-small",
+                               screen="1280x720", keyboard="us", restore=archive)
+        assert r.status_code == 302, r.text[:300]
+        restored = r.headers["location"].rsplit("/", 1)[1]
+        assert progress_events(hub, "alice", restored)[-1].get("ready"), hub.log_tail(30)
+        [new] = lab.servers_with_tag(lab_admin, hub_tag(hub_id))
+        assert new.id != old_id and new.image["id"] == image.id
     finally:
         emulator.stop()
         hub.stop()

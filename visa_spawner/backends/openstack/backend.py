@@ -27,6 +27,7 @@ from visa_spawner.backends.openstack.cloud import (
     CloudCalls,
     CloudSettings,
     absolute_limits,
+    attach_floating_ip,
     delete_server,
     find_servers,
     get_server,
@@ -441,14 +442,8 @@ class OpenStackBackend(SnapshotArchiving):
 
     async def _floating_ip(self, server) -> str:
         net_id = await self._lookup("network", self.floating_ip_network)
-
-        def attach(conn) -> str:
-            ports = list(conn.network.ports(device_id=server.id))
-            ip = conn.network.create_ip(floating_network_id=net_id, description=server.name,
-                                        **({"port_id": ports[0].id} if ports else {}))
-            return ip.floating_ip_address
-
-        return await self.cloud_calls.call(attach, doing="attaching a floating IP", attempts=1)
+        return await self.cloud_calls.call(attach_floating_ip, server, net_id, doing="attaching a floating IP",
+                                           attempts=1)
 
     async def _shelve_quietly(self, name: str) -> None:
         try:

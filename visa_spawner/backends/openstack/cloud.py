@@ -194,3 +194,11 @@ def absolute_limits(conn) -> dict[str, dict[str, int]]:
             for name, limit, used in (("instances", "instances", "instances_used"),
                                       ("cores", "total_cores", "total_cores_used"),
                                       ("ram_mb", "total_ram", "total_ram_used"))}
+
+
+def attach_floating_ip(conn, server, network_id: str) -> str:
+    """A new floating IP on `network_id` for the server's first port; its address."""
+    ports = list(conn.network.ports(device_id=server.id))
+    ip = conn.network.create_ip(floating_network_id=network_id, description=server.name,
+                                **({"port_id": ports[0].id} if ports else {}))
+    return ip.floating_ip_address
