@@ -16,6 +16,7 @@ from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, pre
 from visa_profiles.env import SettingsError
 from visa_profiles.openstack import openstack_config, openstack_enabled
 from visa_profiles.production import apply_metrics_scraper, production_config
+from visa_ops.hub_config import refresh_archiving
 from visa_spawner.backends.openstack import reconciler
 
 here = Path(__file__).resolve().parent
@@ -38,5 +39,8 @@ if openstack_enabled(os.environ):
     except SettingsError as e:
         sys.exit(f"VISA Hub production profile: {e}. See docs/openstack.md.")
     reconciler.install(c, token_file=state / "reconciler_token")
+# visa-ops was configured before the OpenStack settings: whether OpenStack instances can be archived
+# (and so deleted by the lifecycle rules) depends on its stop_action, known only now
+refresh_archiving(c)
 
 exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name

@@ -96,7 +96,9 @@ import json
 from traitlets.config import PyFileConfigLoader
 c = PyFileConfigLoader("jupyterhub_config.py", path={path!r}).load_config()
 print(json.dumps({{"plans": [p["id"] for p in c.VisaSpawner.plans], "api": c.Reconciler.hub_api_url,
-                  "services": [s["name"] for s in c.JupyterHub.services], "cloud": c.OpenStackBackend.cloud}}))
+                  "services": [s["name"] for s in c.JupyterHub.services], "cloud": c.OpenStackBackend.cloud,
+                  "archiving": [s["environment"]["VISA_OPS_ARCHIVING_BACKENDS"] for s in c.JupyterHub.services
+                                if s["name"] == "visa-ops"][0]}}))
 """
 
 
@@ -121,3 +123,9 @@ def test_the_production_profile_loads_openstack_or_refuses_with_the_variable_nam
     assert loaded["plans"] == ["sandbox-small", "sandbox-large", "vm-medium"] and loaded["cloud"] == "facility"
     assert "visa-reconciler" in loaded["services"] and loaded["api"].endswith("/hub/api")
     assert (tmp_path / "reconciler_token").stat().st_mode & 0o777 == 0o600
+    # the lifecycle rules may delete (after a snapshot archive) only servers that are shelved at stop
+    assert "openstack" not in json.loads(loaded["archiving"])
+    env["VISA_OPENSTACK_SHELVE"] = "1"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "openstack" in json.loads(json.loads(r.stdout.splitlines()[-1])["archiving"])
