@@ -12,11 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from visa_ops.hub_config import refresh_archiving
 from visa_profiles.common import apply_hub_and_instances, exit_on_bad_plans, prepare_state_dir
 from visa_profiles.env import SettingsError
 from visa_profiles.openstack import openstack_config, openstack_enabled
 from visa_profiles.production import apply_metrics_scraper, production_config
-from visa_ops.hub_config import refresh_archiving
 from visa_spawner.backends.openstack import reconciler
 
 here = Path(__file__).resolve().parent
