@@ -21,6 +21,7 @@ therefore never reached.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tornado import web
@@ -49,6 +50,8 @@ class DesktopSocketMixin:
     _visa_conn: Connection | None = None
     _visa_idle_timer: object | None = None
     _visa_last_input: float = 0.0
+    _visa_may_input: bool = True  # per person, beside the room's level (an instrument panel's right)
+    visa_may_input: Callable[[Mapping[str, Any], str | None], bool] | None = None
 
     def _is_websocket(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"  # type: ignore[attr-defined]
@@ -75,6 +78,8 @@ class DesktopSocketMixin:
         if conn is None:
             raise web.HTTPError(403, "Your role in this instance does not give access to its desktop now.")
         self._visa_conn = conn
+        if self.visa_may_input is not None:
+            self._visa_may_input = bool(self.visa_may_input(model, conn.role))
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         room = self.settings["visa_room"]  # type: ignore[attr-defined]
@@ -116,7 +121,7 @@ class DesktopSocketMixin:
         if isinstance(message, str):
             message = message.encode("utf-8")
         try:
-            fed = conn.stream.feed(message, lambda: conn.view_only)
+            fed = conn.stream.feed(message, lambda: conn.view_only or not self._visa_may_input)
         except RfbProtocolError as e:
             self.log.warning("Desktop connection of %s closed: %s", conn.name, e)  # type: ignore[attr-defined]
             conn.closed = True
@@ -149,16 +154,20 @@ class DesktopSocketMixin:
         super().on_close()  # type: ignore[misc]
 
 
-def desktop_socket_handler(name: str = "desktop", process: dict | None = None) -> tuple[type, dict]:
+def desktop_socket_handler(name: str = "desktop", process: dict | None = None,
+                           may_input: Callable[[Mapping[str, Any], str | None], bool] | None = None
+                           ) -> tuple[type, dict]:
     """Our handler class for ``<name>/(.*)`` and its init kwargs (jsp's process state).
 
     ``process`` is the ServerProcess configuration (default: the desktop's); the instrument
-    panels' displays (`visa_instance.instrument`) are served the same way.
+    panels' displays (`visa_instance.instrument`) are served the same way. ``may_input(model,
+    role)``: a per-person rule on top of the room's level (False: input dropped as a GUEST's).
     """
     from jupyter_server_proxy.config import ServerProcess
 
     from .desktop import setup_desktop
 
     base, kwargs = ServerProcess(name=name, **(process or setup_desktop())).make_proxy_handler()
-    cls = type("VisaDesktopSocketHandler", (DesktopSocketMixin, base), {})
+    cls = type("VisaDesktopSocketHandler", (DesktopSocketMixin, base),
+               {"visa_may_input": staticmethod(may_input) if may_input else None})
     return cls, kwargs

@@ -41,13 +41,17 @@ class DesktopPageHandler(JupyterHandler):
         self.websocket_path = websocket_path
         self.page_vars = page_vars or {}  # what a page built on this one adds (instrument panels)
 
+    def may_input(self) -> bool:
+        """A per-person rule beside the room's level (an instrument panel's); the desktop: none."""
+        return True
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
         # Only a hint for the page (hides input); the websocket layer must enforce it.
         can_write = await ensure_async(
             self.authorizer.is_authorized(self, self.current_user, "write", AUTH_RESOURCE)
-        )
+        ) and self.may_input()
         name = clean_name(os.environ.get("VISA_INSTANCE_NAME")) or DEFAULT_NAME
         config = {
             "baseUrl": self.base_url,

@@ -91,6 +91,22 @@ def title(instrument: str) -> str:
     return f"Instrument control — {instrument}"
 
 
+def may_pilot_here(model: Mapping[str, Any], role: str | None, proposal: str, instrument: str) -> bool:
+    """May this person's input reach the instrument's panel? Per person, beside the gateway's
+    per-instance decision (it grants the instance write while someone in it holds the right).
+
+    A USER member may only when their hub groups (in their identity, from the VISA authenticator)
+    say they hold INSTRUMENT_CONTROL on the instance's proposal (`role:instrument_control` and
+    `proposal:<id>`) or are the instrument's scientist (`instrument:<id>`); the window's dates are
+    the gateway's to check. The owner, support staff and admins: the gateway decides (a refused
+    put shows in the panel). GUESTs are view-only already (the room's level).
+    """
+    if role != "user":
+        return True
+    groups = {str(g) for g in model.get("groups") or ()}
+    return f"instrument:{instrument}" in groups or {"role:instrument_control", f"proposal:{proposal}"} <= groups
+
+
 def panel_command(python: str, instrument: str, motors: Sequence[str]) -> list[str]:
     """Run the panel (:mod:`visa_instance.instrument_panel`) with this interpreter."""
     return [python, "-m", "visa_instance.instrument_panel", "--instrument", instrument,

@@ -13,19 +13,34 @@ A GUEST therefore watches the panel and cannot press anything in it: not a write
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from jupyter_server.utils import url_path_join
 
+from .authorizer import hub_model
 from .desktop_socket import desktop_socket_handler
 from .handlers import DesktopPageHandler
-from .instrument import page_path, server_name, title
+from .instrument import SERVER_PREFIX, may_pilot_here, page_path, server_name, title
+
+
+def instance_proposal() -> str:
+    return os.environ.get("VISA_PROPOSAL", "")
 
 
 class InstrumentPageHandler(DesktopPageHandler):
     """``{base_url}visa/instrument/<ID>``: one instrument's panel in a browser tab."""
 
     template = "instrument.html"
+
+    def may_input(self) -> bool:
+        """The read-only note for a USER member without the instrument right (their input is
+        dropped at the websocket too)."""
+        model = hub_model(self.current_user)
+        if model is None:  # a plain jupyter server: the token holder is the owner
+            return True
+        role = self.settings["visa_room"].role(model)
+        return may_pilot_here(model, role, instance_proposal(), self.page_vars.get("instrument", ""))
 
 
 def page_routes(base_url: str, instruments: list[str]) -> list[tuple[str, type, dict[str, Any]]]:
@@ -41,6 +56,11 @@ def socket_routes(base_url: str, processes: dict[str, dict[str, Any]]) -> list[t
     """The gated websockets (``{name: ServerProcess config}``), to register ahead of jsp's own."""
     routes = []
     for name, process in processes.items():
-        cls, kwargs = desktop_socket_handler(name, process)
+        instrument = name.removeprefix(SERVER_PREFIX).upper()
+
+        def may_input(model, role, instrument=instrument) -> bool:
+            return may_pilot_here(model, role, instance_proposal(), instrument)
+
+        cls, kwargs = desktop_socket_handler(name, process, may_input)
         routes.append((url_path_join(base_url, name, "(.*)"), cls, kwargs))
     return routes

@@ -52,8 +52,12 @@ def test_the_tile_and_the_page_per_member(instance: str, person) -> None:
 
     guest_page = person("dave").open_instance(OWNER, instance, "visa/instrument/D11")
     assert guest_page.status_code == 200 and NOTE in guest_page.text
+    # bob is a USER member without INSTRUMENT_CONTROL: read-only on the panel (per person; his input
+    # is dropped at the websocket too), though alice's instance may write at the gateway
     user_page = person("bob").open_instance(OWNER, instance, "visa/instrument/D11")
-    assert user_page.status_code == 200 and NOTE not in user_page.text
+    assert user_page.status_code == 200 and NOTE in user_page.text
+    config = json.loads(user_page.text.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+    assert config["viewOnly"] is True
     # a GUEST reaches the panel's page and nothing else of the server-proxy's
     assert person("dave").instance_call("GET", OWNER, instance, "server-proxy/servers-info").status_code == 403
     # carol is on another proposal and holds no share: no page
