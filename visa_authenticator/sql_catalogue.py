@@ -52,6 +52,12 @@ def short_error(error: BaseException) -> str:
     return f"{type(orig).__name__}: {text[0] if text else ''}".strip()
 
 
+
+def _text_ids(ids: Iterable[Any]) -> list[str]:
+    """Distinct text ids, sorted. A bad row may hold NULL, a number or bytes where an id belongs
+    (a BLOB in SQLite): no text id of the catalogue can match it, and mixed types cannot be sorted."""
+    return sorted({i for i in ids if isinstance(i, str)})
+
 class _Reader:
     """Fetches records and everything they refer to, as a YAML-shaped document.
 
@@ -73,7 +79,7 @@ class _Reader:
         return list(self.conn.execute(query))
 
     def persons(self, ids: Iterable[str]) -> list[dict[str, Any]]:
-        ids = sorted({i for i in ids if i is not None})
+        ids = _text_ids(ids)
         if not ids:
             return []
         roles: dict[str, list[dict[str, Any]]] = {}
@@ -86,7 +92,7 @@ class _Reader:
 
     def instruments(self, ids: Iterable[str]) -> tuple[list[dict[str, Any]], set[str]]:
         """Instrument records with their scientists, and the person ids they name."""
-        ids = sorted({i for i in ids if i is not None})
+        ids = _text_ids(ids)
         if not ids:
             return [], set()
         scientists: dict[str, list[str]] = {}
@@ -99,7 +105,7 @@ class _Reader:
         return records, {p for names in scientists.values() for p in names}
 
     def proposals(self, ids: Iterable[str]) -> list[dict[str, Any]]:
-        ids = sorted({i for i in ids if i is not None})
+        ids = _text_ids(ids)
         if not ids:
             return []
         return [self.proposal_record(p) for p in self.rows("proposals", lambda t: t.c.id.in_(ids))]
@@ -113,7 +119,7 @@ class _Reader:
         person_ids: Iterable[str] = (), proposal_ids: Iterable[str] = (),
     ) -> Doc:  # fmt: skip
         """These experiments (rows) plus every record they, and the others asked for, refer to."""
-        exp_ids = sorted({e.id for e in experiments if e.id is not None})
+        exp_ids = _text_ids(e.id for e in experiments)
         team: dict[str, list[str]] = {}
         if exp_ids:
             for r in self.rows("experiment_team", lambda t: t.c.experiment_id.in_(exp_ids)):
@@ -313,7 +319,7 @@ class SqlCatalogue(Catalogue):
         return await self._ask("instruments_of", question, lambda d: d.instruments_of(person_id))
 
     async def experiments_on(self, instrument_ids: Iterable[str]) -> tuple[Experiment, ...]:
-        ids = sorted(set(instrument_ids))
+        ids = _text_ids(instrument_ids)
         if not ids:
             return ()
         return await self._ask(
@@ -323,7 +329,7 @@ class SqlCatalogue(Catalogue):
         )
 
     async def experiments_of_proposals(self, proposal_ids: Iterable[str]) -> tuple[Experiment, ...]:
-        ids = sorted(set(proposal_ids))
+        ids = _text_ids(proposal_ids)
         if not ids:
             return ()
         return await self._ask(
@@ -333,7 +339,7 @@ class SqlCatalogue(Catalogue):
         )
 
     async def proposals(self, proposal_ids: Iterable[str]) -> tuple[Proposal, ...]:
-        ids = sorted(set(proposal_ids))
+        ids = _text_ids(proposal_ids)
         if not ids:
             return ()
         return await self._ask(

@@ -17,7 +17,7 @@ from datetime import date
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
@@ -212,6 +212,10 @@ def sqlite_url(tmp_path_factory) -> str:
 
 @fuzz_settings(300)
 @given(bad=sql_rows())
+@example(bad={  # found by make test: a BLOB id beside text ids could not be sorted (TypeError)
+    "persons": [{"id": "bob", "name": None, "email": None, "quota": None}], "person_roles": [], "instruments": [],
+    "instrument_scientists": [{"instrument_id": b"", "person_id": "dave"}], "proposals": [], "experiments": [],
+    "experiment_team": []})
 def test_bad_rows_next_to_good_ones_in_sql(sqlite_url: str, bad: dict) -> None:
     engine = create_engine(sqlite_url)
     md = create_tables(engine, strict=False)
