@@ -17,6 +17,8 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import random_port
+from sqlalchemy import inspect
+from sqlalchemy.orm.attributes import flag_modified
 from tornado.web import HTTPError
 from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, import_item, observe, validate
 from traitlets.config import Config
@@ -364,8 +366,11 @@ class VisaSpawner(Spawner):
         instruments = tuple(dict.fromkeys(str(i) for i in proposal.get("instruments") or () if str(i)))
         options = {**(self.user_options or {}), "instruments": list(instruments)}
         self.user_options = options
-        if self.orm_spawner is not None:  # a new dict: the hub's JSON column sees the change
+        if self.orm_spawner is not None:  # saved now: visa-ops and the gateway read the hub's database
             self.orm_spawner.user_options = options
+            if inspect(self.orm_spawner, raiseerr=False) is not None and self.db is not None:  # the hub's ORM
+                flag_modified(self.orm_spawner, "user_options")
+                self.db.commit()
         return instruments
 
     def get_args(self) -> list[str]:
