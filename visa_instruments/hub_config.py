@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from visa_collab.db import private_sqlite
 from visa_collab.hub_config import _add_role, _free_port, _get, _persisted
@@ -27,12 +28,39 @@ GATEWAY_SERVICE = "visa-instruments"  # its audit API: /services/visa-instrument
 DEMO_INSTRUMENTS = ("D11", "IN5")
 
 
+def ports_in_use(c: Any) -> set[int]:
+    """Ports the hub's config already names (its public, API and proxy-API ports, every service's
+    URL): chosen before anything listens, so a free port picked now could be one of them."""
+    urls = [_get(c.JupyterHub, "bind_url", ""), _get(c.JupyterHub, "hub_bind_url", ""),
+            _get(c.ConfigurableHTTPProxy, "api_url", "")]
+    urls += [str(s.get("url", "")) for s in _get(c.JupyterHub, "services", [])]
+    ports = {p for p in (_get(c.JupyterHub, "port", 0), _get(c.JupyterHub, "hub_port", 0)) if p}
+    for url in urls:
+        try:
+            if url and urlparse(url).port:
+                ports.add(int(urlparse(url).port))
+        except ValueError:
+            continue
+    return ports
+
+
+def distinct_port(path: Path, taken: set[int]) -> int:
+    """The port kept in `path` (chosen free once), chosen again if it is one `taken` already; added
+    to `taken`. Two services on one port would leave one of them dead, or reachable where the other
+    was meant to be."""
+    port = int(_persisted(path, _free_port))
+    while port in taken:
+        port = _free_port()
+        path.write_text(str(port))
+    taken.add(port)
+    return port
+
+
 def ioc_service(instrument: str, *, catalogue: str, data_root: str, state: Path, today: str,
-                python: str) -> tuple[dict, int]:
+                python: str, taken: set[int]) -> tuple[dict, int]:
     """The hub service running one demo instrument's IOC, and its PVA port (the gateway's upstream)."""
     key = instrument.lower()
-    ports = {name: int(_persisted(state / f"visa_ioc_{key}_{name}_port", _free_port))
-             for name in ("ca", "repeater", "pva")}
+    ports = {name: distinct_port(state / f"visa_ioc_{key}_{name}_port", taken) for name in ("ca", "repeater", "pva")}
     command = [python, "-m", "visa_instruments.ioc", "--catalogue", catalogue, "--instrument", instrument,
                "--data-root", data_root, "--port", str(ports["ca"]), "--repeater-port", str(ports["repeater"]),
                "--pva-port", str(ports["pva"])]
@@ -64,19 +92,20 @@ def apply(c: Any, *, state_dir: str | os.PathLike, catalogue: str, hub_db_url: s
     services = [s for s in _get(c.JupyterHub, "services", [])
                 if s.get("name") != GATEWAY_SERVICE and not str(s.get("name", "")).startswith("visa-ioc-")]
     upstreams = []
+    taken = ports_in_use(c)
     for instrument in instruments:
         service, pva_port = ioc_service(instrument, catalogue=catalogue, data_root=data_root, state=state,
-                                        today=today, python=python)
+                                        today=today, python=python, taken=taken)
         services.append(service)
         upstreams += ["--upstream", f"{instrument}=127.0.0.1:{pva_port}"]
-    gateway_port = int(_persisted(state / "visa_instrument_gateway_port", _free_port))
+    gateway_port = distinct_port(state / "visa_instrument_gateway_port", taken)
     audit_url = env.get("VISA_INSTRUMENTS_AUDIT_DB_URL") or f"sqlite:///{state / 'visa_instruments.sqlite'}"
     private_sqlite(audit_url)
     command = [python, "-m", "visa_instruments.gateway", *upstreams, "--hub-db-url", hub_db_url,
                "--catalogue", catalogue, "--port", str(gateway_port), "--audit-db-url", audit_url]
     if today:
         command += ["--today", today]
-    http_port = int(_persisted(state / "visa_instruments_http_port", _free_port))
+    http_port = distinct_port(state / "visa_instruments_http_port", taken)
     oauth_scopes = [f"access:services!service={GATEWAY_SERVICE}"]
     if ADMIN_SCOPE in _get(c.JupyterHub, "custom_scopes", {}):
         oauth_scopes.append(ADMIN_SCOPE)  # admins' tokens say so: the audit API needs no extra hub call

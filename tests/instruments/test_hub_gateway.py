@@ -64,6 +64,17 @@ def ioc_ports(hub) -> dict[str, int]:
             for i in ("d11", "in5") for kind in ("ca", "pva")}
 
 
+def listeners(ports) -> dict[int, str]:
+    """Who listens on these host ports (the diagnosis when a probe connects)."""
+    import psutil
+
+    found = {}
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port in set(ports) and conn.pid:
+            found[conn.laddr.port] = " ".join(psutil.Process(conn.pid).cmdline())[:160]
+    return found
+
+
 def pva_from(client, owner: str, server: str) -> dict:
     out = run_code(client, owner, server, PVA, timeout=90)
     return json.loads(out.strip().splitlines()[-1]) if out.strip().startswith("{") else {"error": out}
@@ -86,7 +97,7 @@ def test_alice_moves_d11_bob_only_reads_nobody_reaches_the_ioc(hub, login):
 
         for client, owner, server in ((alice, "alice", mine), (bob, "bob", his)):
             seen = json.loads(run_code(client, owner, server, DIRECT.format(ports=ioc_ports(hub))).strip())
-            assert all(v != "connected" for v in seen.values()), (owner, seen)
+            assert all(v != "connected" for v in seen.values()), (owner, seen, listeners(ioc_ports(hub).values()))
     finally:
         hub.delete_server("alice", mine)
         hub.delete_server("bob", his)
