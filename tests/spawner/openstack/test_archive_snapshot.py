@@ -7,30 +7,16 @@ import hashlib
 import json
 
 import pytest
-import pytest_asyncio
 
-from tests.spawner.openstack import lab
-from tests.spawner.openstack.boot_emulator import BootEmulator
-from tests.spawner.openstack.support import Progress, make_backend, new_hub_id, spec
+from tests.spawner.openstack.support import Progress, make_backend, spec
+from tests.spawner.openstack.test_backend import standin_cloud  # noqa: F401 - the fixture
 from visa_spawner.archives import archive_instance, find_archive, restore_source
-from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.asyncio(loop_scope="session")]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def standin_cloud(openstack_lab, lab_admin):
-    hub_id = new_hub_id()
-    emulator = BootEmulator(lambda: lab.connect("lab"), hub_tag(hub_id), mode="standin",
-                            board_loop=asyncio.get_running_loop()).start()
-    yield hub_id
-    emulator.stop()
-    assert not emulator.errors, emulator.errors
-    lab.delete_all(lab_admin, hub_tag(hub_id))
-
-
-async def test_snapshot_archive_download_restore_prune(standin_cloud, lab_admin, tmp_path):
-    backend = make_backend(standin_cloud)
+async def test_snapshot_archive_download_restore_prune(standin_cloud, lab_admin, tmp_path):  # noqa: F811
+    backend = make_backend(standin_cloud[0])
     first = spec(proposal="P-1")
     state = await backend.create(first, Progress())
     archive = await archive_instance(backend, state, archive_dir=str(tmp_path), owner="alice",
@@ -68,8 +54,8 @@ async def test_snapshot_archive_download_restore_prune(standin_cloud, lab_admin,
     await backend.delete_archive(archive.image_id)  # gone already: done
 
 
-async def test_no_server_left_means_nothing_to_archive(standin_cloud, tmp_path):
-    backend = make_backend(standin_cloud)
+async def test_no_server_left_means_nothing_to_archive(standin_cloud, tmp_path):  # noqa: F811
+    backend = make_backend(standin_cloud[0])
     first = spec()
     state = await backend.create(first, Progress())
     await backend.stop(state)  # stop_action "delete": the server and its disk are gone

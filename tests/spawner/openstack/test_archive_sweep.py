@@ -35,6 +35,16 @@ def archive_images(admin, owner: str) -> list:
     return [i for i in admin.image.images() if str((i.properties or {}).get("visa-archive", "")).startswith(owner + "/")]
 
 
+def clean_up(emulator, hub, lab_admin, hub_id: str, state) -> None:
+    """Whatever a test left: the emulator, the hub, its servers and alice's archive images, the state."""
+    emulator.stop()
+    hub.stop()
+    lab.delete_all(lab_admin, hub_tag(hub_id))
+    for image in archive_images(lab_admin, "alice"):
+        lab_admin.image.delete_image(image.id)
+    shutil.rmtree(state, ignore_errors=True)
+
+
 def test_sweep_archives_an_expired_openstack_instance_then_prunes_its_image(openstack_lab, lab_admin):
     hub_id = new_hub_id()
     state = make_state_dir("visahub-os-archive-")
@@ -75,12 +85,7 @@ def test_sweep_archives_an_expired_openstack_instance_then_prunes_its_image(open
         assert not list((state / "archives" / "alice").glob("*.json"))
         assert server_id not in {s.id for s in lab.servers_with_tag(lab_admin, hub_tag(hub_id))}
     finally:
-        emulator.stop()
-        hub.stop()
-        lab.delete_all(lab_admin, hub_tag(hub_id))
-        for image in archive_images(lab_admin, "alice"):
-            lab_admin.image.delete_image(image.id)
-        shutil.rmtree(state, ignore_errors=True)
+        clean_up(emulator, hub, lab_admin, hub_id, state)
 
 
 def test_owner_downloads_and_restores_a_snapshot_archive_through_the_hub(openstack_lab, lab_admin):
@@ -127,9 +132,4 @@ def test_owner_downloads_and_restores_a_snapshot_archive_through_the_hub(opensta
         [new] = lab.servers_with_tag(lab_admin, hub_tag(hub_id))
         assert new.id != old_id and new.image["id"] == image.id
     finally:
-        emulator.stop()
-        hub.stop()
-        lab.delete_all(lab_admin, hub_tag(hub_id))
-        for image in archive_images(lab_admin, "alice"):
-            lab_admin.image.delete_image(image.id)
-        shutil.rmtree(state, ignore_errors=True)
+        clean_up(emulator, hub, lab_admin, hub_id, state)
