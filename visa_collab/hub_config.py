@@ -14,8 +14,9 @@ replaced):
 * ``Spawner.oauth_client_allowed_scopes``: lets the role scopes (``!server``) into the
   instance's OAuth tokens — used for ``custom:visa-admin`` (a role) today, and for share
   scopes should the hub ever pass them;
-* ``Spawner.environment``: ``VISA_COLLAB_URL`` (the service as instances reach it) and
-  ``VISA_COLLAB_PREFIX`` (as browsers reach it).
+* ``Spawner.environment``: ``VISA_COLLAB_URL`` (the service as instances reach it: by default
+  the hub's relay, `visa_collab.instance_relay`) and ``VISA_COLLAB_PREFIX`` (as browsers reach it);
+* ``JupyterHub.extra_handlers``: that relay, on the hub's API (``/hub/api/visa/collab/``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import instance_relay
 from .roles import ADMIN_SCOPE, CUSTOM_SCOPES, ROLE_SCOPES, oauth_client_allowed_scopes
 
 SERVICE = "visa-collab"
@@ -88,8 +90,8 @@ def apply(
     own state directory is fine). `port`: the service's port on 127.0.0.1 (default:
     ``$VISA_COLLAB_PORT``, else one chosen once and kept in `state_dir`, so instances that
     survive a hub restart still reach it). `instance_url`: the service's URL as instances reach
-    it (default: ``http://127.0.0.1:<port><base_url>services/visa-collab/``, right for the
-    sandbox backend, whose bridge opens this port inside each sandbox: docs/architecture.md).
+    it (default: the hub's relay on the hub API URL each instance is given, which sandboxes,
+    qemu VMs and OpenStack servers all reach: `visa_collab.instance_relay`).
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,7 @@ def apply(
     db_url = db_url or f"sqlite:///{state / 'visa_collab.sqlite'}"
     base_url = _get(c.JupyterHub, "base_url", "/")
     prefix = f"{base_url.rstrip('/')}/services/{SERVICE}/"
-    instance_url = instance_url or f"http://127.0.0.1:{port}{prefix}"
+    collab_url: Any = instance_url or instance_relay.instance_url  # a callable: per spawner
 
     scopes = dict(_get(c.JupyterHub, "custom_scopes", {}))
     scopes.update(CUSTOM_SCOPES)
@@ -140,5 +142,8 @@ def apply(
     c.Spawner.server_token_scopes = sorted(set(token_scopes) | {"read:shares!server"})
 
     env = dict(_get(c.Spawner, "environment", {}))
-    env.update({"VISA_COLLAB_URL": instance_url, "VISA_COLLAB_PREFIX": prefix})
+    env.update({"VISA_COLLAB_URL": collab_url, "VISA_COLLAB_PREFIX": prefix})
     c.Spawner.environment = env
+
+    extra = [h for h in _get(c.JupyterHub, "extra_handlers", []) if h not in instance_relay.handlers]
+    c.JupyterHub.extra_handlers = [*extra, *instance_relay.handlers]

@@ -9,7 +9,7 @@ from sqlalchemy import event
 from traitlets.config import Config
 
 from tests.collab.fakehub import FakeHub
-from visa_collab import db, hub_config, roles
+from visa_collab import db, hub_config, instance_relay, roles
 from visa_collab.collab import Collaboration
 
 SLOW = 0.25  # seconds each statement takes in the slow database
@@ -86,7 +86,9 @@ def test_apply_extends_the_profile(tmp_path) -> None:
     service_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "visa-collab")
     assert {"shares", "access:servers", *roles.ROLE_SCOPES.values()} <= set(service_role["scopes"])
     assert c.Spawner.environment["KEEP"] == "1"
-    assert c.Spawner.environment["VISA_COLLAB_URL"] == "http://127.0.0.1:9999/services/visa-collab/"
+    # instances reach the service through the hub's relay, on the hub API URL they are given
+    assert c.Spawner.environment["VISA_COLLAB_URL"] is instance_relay.instance_url
+    assert instance_relay.handlers[0] in c.JupyterHub.extra_handlers
     assert set(c.Spawner.server_token_scopes) == {"users:activity!user", "access:servers!server", "read:shares!server"}
     allowed = c.Spawner.oauth_client_allowed_scopes
     assert "read:users:name!user" in allowed
