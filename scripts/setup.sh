@@ -69,15 +69,19 @@ if [ ! -x "$INSTANCE_ENV/bin/python" ]; then
   mkdir -p "$(dirname "$INSTANCE_ENV")"
   /usr/bin/python3 -m venv "$INSTANCE_ENV"
 fi
-src_hash=$(cat requirements-instance.txt requirements-instrument-gui.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.svg' -o -name '*.json' | sort) | sha256sum | cut -c1-16)
+src_hash=$(cat requirements-instance.txt requirements-instrument-gui.txt requirements-science.txt setup.cfg $(find visa_instance -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.svg' -o -name '*.json' -o -name '*.ipynb' | sort) | sha256sum | cut -c1-16)
 if [ "$(cat "$INSTANCE_ENV/.visa-src" 2>/dev/null)" != "$src_hash" ]; then
   log "instance env: installing requirements and visa_instance"
   pip_q "$INSTANCE_ENV/bin/pip" install --upgrade pip
-  pip_q "$INSTANCE_ENV/bin/pip" install -r requirements-instance.txt -r requirements-instrument-gui.txt
+  pip_q "$INSTANCE_ENV/bin/pip" install --only-binary :all: \
+    -r requirements-instance.txt -r requirements-instrument-gui.txt -r requirements-science.txt
   # jsonschema compiles this optional grammar at every Jupyter start (~1.5 s of CPU); it only
   # validates "iri" formats nobody here uses (the image recipe drops it too, docs/images.md)
   pip_q "$INSTANCE_ENV/bin/pip" uninstall -y rfc3987-syntax
   pip_q "$INSTANCE_ENV/bin/pip" install --no-deps --force-reinstall .
+  # Lab's "Data analysis" kernel: this env, with the scientific stack of requirements-science.txt
+  "$INSTANCE_ENV/bin/python" -m ipykernel install --prefix "$INSTANCE_ENV" \
+    --name data-analysis --display-name "Data analysis" >/dev/null
   echo "$src_hash" > "$INSTANCE_ENV/.visa-src"
   chmod -R a+rX "$INSTANCE_ENV"
 else

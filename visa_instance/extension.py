@@ -18,7 +18,9 @@ from traitlets.config import Configurable
 from .activity import install as install_activity
 from .authorizer import install_gate
 from .desktop_socket import desktop_socket_handler
+from .h5web import h5web_handlers
 from .handlers import RoomHandler, desktop_handlers
+from .home import prepare_lab_home
 from .room import Room
 
 
@@ -227,6 +229,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app.settings["visa_ops_banner"] = config.ops_banner_url(
         os.environ.get("JUPYTERHUB_USER", ""), os.environ.get("JUPYTERHUB_SERVER_NAME", ""))
     install_activity(web_app, serverapp.log)  # the hub hears of real use only
+    prepare_lab_home(serverapp)  # the `data` link and the starter notebook (visa_instance/home.py)
     gated = install_gate(identity_provider, room, base_url)
     if gated and not _keep_memory_private():
         serverapp.log.warning("Could not make the server non-dumpable: code in the instance can read its memory")
@@ -234,6 +237,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     socket_class, socket_kwargs = desktop_socket_handler()
     _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])
     _add_instrument_routes(serverapp, web_app, base_url)
+    if routes := h5web_handlers(base_url, serverapp.root_dir):  # a corrupt .nxs: a 400, not a 500
+        _add_handlers_first(web_app, routes)
     web_app.add_handlers(".*", [(url_path_join(base_url, r"visa/api/room/?"), RoomHandler)])
     serverapp.log.info(
         "VISA desktop page at %svisa/desktop (noVNC from %s); member roles %s; collaboration service %s",
