@@ -16,6 +16,7 @@ class RfbClient:
     def __init__(self, ws) -> None:
         self.ws = ws
         self.buf = b""
+        self.cut_texts: list[bytes] = []  # ServerCutText payloads, in order
         version = self._read(12)
         assert version == b"RFB 003.008\n", version
         self.ws.send_binary(b"RFB 003.008\n")
@@ -68,9 +69,9 @@ class RfbClient:
                 self._read(6 * n)
             elif kind == 2:  # bell
                 continue
-            elif kind == 3:  # server cut text
+            elif kind == 3:  # server cut text (negative length: extended clipboard)
                 self._read(3)
-                self._read(struct.unpack(">I", self._read(4))[0])
+                self.cut_texts.append(self._read(abs(struct.unpack(">i", self._read(4))[0])))
             else:
                 raise AssertionError(f"unexpected server message {kind}")
 

@@ -9,7 +9,8 @@ found on its unix socket exactly as before; this subclass
   ``none``;
 * parses what the browser sends (:mod:`visa_instance.rfb_filter`) and, while the member is
   view-only (GUEST, or USER in a locked room), drops keyboard, pointer, clipboard, resize and
-  power messages — at the server: a guest who crafts input by hand gets nowhere;
+  power messages — at the server: a guest who crafts input by hand gets nowhere — and the
+  clipboard the VNC server sends back (ServerCutText);
 * closes the connection on anything that is not RFB, and when the member's access ends;
 * counts only forwarded *input* as real use (`visa_instance.activity`: an open tab showing a
   static desktop is idle), and closes a connection that has sent no input for
@@ -121,7 +122,7 @@ class DesktopSocketMixin:
         if isinstance(message, str):
             message = message.encode("utf-8")
         try:
-            fed = conn.stream.feed(message, lambda: conn.view_only or not self._visa_may_input)
+            fed = conn.stream.feed(message, self._visa_view_only)
         except RfbProtocolError as e:
             self.log.warning("Desktop connection of %s closed: %s", conn.name, e)  # type: ignore[attr-defined]
             conn.closed = True
@@ -138,6 +139,25 @@ class DesktopSocketMixin:
             tracker = self.settings.get("visa_activity")  # type: ignore[attr-defined]
             if tracker is not None:
                 tracker.record("desktop")
+
+    def _visa_view_only(self) -> bool:
+        conn = self._visa_conn
+        return conn is None or conn.view_only or not self._visa_may_input
+
+    def write_message(self, message: bytes | str | dict, binary: bool = False) -> Any:
+        """What the VNC server sends (jsp's raw protocol calls this): no clipboard for view-only members."""
+        conn = self._visa_conn
+        if binary and conn is not None and conn.stream is not None:
+            try:
+                message = conn.stream.server.feed(bytes(message), self._visa_view_only)  # type: ignore[arg-type]
+            except RfbProtocolError as e:
+                self.log.warning("Desktop connection of %s closed: server %s", conn.name, e)  # type: ignore[attr-defined]
+                conn.closed = True
+                self.close(CLOSE_PROTOCOL_ERROR, "protocol error")  # type: ignore[attr-defined]
+                return None
+            if not message:
+                return None
+        return super().write_message(message, binary)  # type: ignore[misc]
 
     def on_ping(self, data: bytes) -> None:
         """Keep-alives are not activity."""

@@ -28,7 +28,7 @@ def set_encodings(*encodings: int) -> bytes:
 
 
 FBUR = struct.pack(">BBHHHH", 3, 1, 0, 0, 1280, 720)
-PIXEL_FORMAT = bytes([0, 0, 0, 0]) + bytes(16)
+PIXEL_FORMAT = bytes([0, 0, 0, 0]) + struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 CONTINUOUS = struct.pack(">BBHHHH", 150, 1, 0, 0, 1280, 720)
 FENCE = struct.pack(">BxxxIB", 248, 0x80000003, 4) + b"abcd"
 DESKTOP_SIZE = struct.pack(">BxHHBx", 251, 800, 600, 1) + bytes(16)
@@ -80,8 +80,8 @@ def test_forward_or_drop_whole_messages(name: str, message: bytes, is_input: boo
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 13, 64])
 def test_any_framing_gives_the_same_result(chunk: int) -> None:
-    data = HANDSHAKE + b"".join(m for _n, m, _i in MESSAGES) * 2
-    expected_forward = HANDSHAKE + b"".join(m for _n, m, i in MESSAGES if not i) * 2
+    data = HANDSHAKE + PIXEL_FORMAT + b"".join(m for n, m, _i in MESSAGES if n != "SetPixelFormat") * 2
+    expected_forward = HANDSHAKE + PIXEL_FORMAT + b"".join(m for _n, m, i in MESSAGES if not i)[20:] * 2
     stream, out, dropped = ClientStream(), b"", []
     for i in range(0, len(data), chunk):
         fed = stream.feed(data[i:i + chunk], view_only=True)
