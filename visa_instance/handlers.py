@@ -59,6 +59,7 @@ class DesktopPageHandler(JupyterHandler):
             "instanceName": name,
             "viewOnly": not can_write,
             "roomPath": "visa/api/room",
+            "screen": os.environ.get("VISA_SCREEN", ""),  # the size chosen for the instance ("Fixed size")
             "xsrf": self.xsrf_token.decode("ascii") if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
         }
         collab = self.settings.get("visa_collab_prefix")

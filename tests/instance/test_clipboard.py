@@ -2,17 +2,14 @@
 view-only one (a GUEST). The X side is driven with ``xclip`` on the desktop's own display."""
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.instance.jupyter import JupyterServer, descendants
-from tests.instance.test_desktop_server import launcher_of
+from tests.instance.desktop_x import X
+from tests.instance.jupyter import JupyterServer
 from tests.rfb import RfbClient
 from tests.support import wait_for
 from visa_instance.rfb_filter import EXTENDED_CLIPBOARD, ClientStream
@@ -33,37 +30,6 @@ def connect(server: JupyterServer) -> RfbClient:
 
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/desktop/?token={server.token}", timeout=30)
     return RfbClient(ws)
-
-
-class X:
-    """The desktop's X display, as the session's own clients see it."""
-
-    def __init__(self, server: JupyterServer) -> None:
-        (launcher,) = launcher_of(server)
-        argv = Path(f"/proc/{launcher.pid}/cmdline").read_bytes().decode().split("\0")
-        self.rfb_socket = argv[argv.index("--socket") + 1]
-        (xvnc,) = [p for p in descendants(launcher.pid) if p.comm == "Xvnc"]
-        xargv = Path(f"/proc/{xvnc.pid}/cmdline").read_bytes().decode().split("\0")
-        display = next(a for a in xargv if a.startswith(":"))
-        self.env = {**os.environ, "DISPLAY": display, "XAUTHORITY": xargv[xargv.index("-auth") + 1]}
-        self.owners: list[subprocess.Popen] = []
-
-    def copy(self, text: str) -> None:
-        """Like Ctrl+C in a desktop application: xclip owns CLIPBOARD until someone else does."""
-        proc = subprocess.Popen(["xclip", "-quiet", "-selection", "clipboard", "-i"], env=self.env,
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proc.stdin.write(text.encode())
-        proc.stdin.close()
-        self.owners.append(proc)
-
-    def clipboard(self) -> str:
-        r = subprocess.run(["xclip", "-o", "-selection", "clipboard"], env=self.env, capture_output=True, timeout=10)
-        return r.stdout.decode() if r.returncode == 0 else ""
-
-    def close(self) -> None:
-        for proc in self.owners:
-            proc.kill()
-            proc.wait()
 
 
 class FilteredUnixSocket:

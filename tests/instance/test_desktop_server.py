@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
+from tests.instance.desktop_x import X, launcher_of
 from tests.instance.jupyter import ARTIFACTS, JupyterServer, descendants, group_members, still_alive
 from tests.support import wait_for
 
@@ -26,16 +27,6 @@ def raw_request(
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
-
-
-def launcher_of(server: JupyterServer) -> list:
-    def is_launcher(pid: int) -> bool:
-        try:
-            return b"visa_instance.desktop_launcher" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
-    return [p for p in descendants(server.proc.pid) if is_launcher(p.pid)]
 
 
 @pytest.mark.root
@@ -89,6 +80,16 @@ def test_access_control(jupyter_server: Callable[..., JupyterServer]) -> None:
     assert status == 405
 
 
+# The canvas is as large as the area under the bar, and the framebuffer is that size too (not scaled).
+FILLS_THE_SCREEN = """() => {
+  const area = document.getElementById('visa-screen').getBoundingClientRect();
+  const canvas = document.querySelector('#visa-screen canvas');
+  const shown = canvas.getBoundingClientRect();
+  return canvas.width === Math.floor(area.width) && canvas.height === Math.floor(area.height)
+    && Math.abs(shown.width - area.width) < 1 && Math.abs(shown.height - area.height) < 1;
+}"""
+
+
 @pytest.mark.root
 @pytest.mark.browser
 def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> None:
@@ -98,7 +99,10 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
     )
     ARTIFACTS.mkdir(exist_ok=True)
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 826})
+        # a window of another shape than the chosen 1280x800 screen: the screen follows the window
+        context = browser.new_context(viewport={"width": 1200, "height": 700},
+                                      permissions=["clipboard-read", "clipboard-write"])
+        page = context.new_page()
         page.goto(f"{server.url}visa/desktop?token={server.token}")
         page.wait_for_function(
             "window.visaDesktop && window.visaDesktop.state === 'connected'", timeout=30_000
@@ -107,13 +111,33 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
         assert state["connects"] == 1 and state["retries"] == 0, state  # first try works
         assert state["url"] == f"ws://127.0.0.1:{server.port}/desktop/"
         page.wait_for_function(f"({CANVAS_COLOURS})() >= 3", timeout=15_000)
+        page.wait_for_function(f"({FILLS_THE_SCREEN})()", timeout=15_000)  # no dark bands
         page.screenshot(path=str(ARTIFACTS / "desktop.png"))
-        assert page.evaluate(
-            "[document.querySelector('#visa-screen canvas').width,"
-            " document.querySelector('#visa-screen canvas').height]"
-        ) == [1280, 800]
         assert page.text_content("#visa-state-text") == "Connected"
         assert page.is_hidden("#visa-reconnect")
+
+        # the clipboard both ways: copied in the desktop → the browser's clipboard and the panel
+        x = X(server)
+        try:
+            x.copy("copied in the desktop")
+            page.wait_for_function("window.visaDesktop.clipboard.browserWrites === 1", timeout=15_000)
+            assert page.evaluate("navigator.clipboard.readText()") == "copied in the desktop"
+            assert page.input_value("#visa-clipboard-text") == "copied in the desktop"
+            # copied elsewhere in the browser, then back to the desktop: it is pasted there
+            page.evaluate("navigator.clipboard.writeText('copied in another tab')")
+            page.click("#visa-screen canvas")
+            wait_for(lambda: x.clipboard() == "copied in another tab", 15, "the browser's clipboard in the desktop")
+            page.click("#visa-clipboard-button")  # typed into the panel
+            page.fill("#visa-clipboard-text", "typed in the panel")
+            wait_for(lambda: x.clipboard() == "typed in the panel", 15, "the panel's text in the desktop")
+            page.screenshot(path=str(ARTIFACTS / "desktop-clipboard.png"))
+        finally:
+            x.close()
+
+        page.click("#visa-fit")  # "Fixed size": back to the instance's 1280x800, scaled into the window
+        page.wait_for_function("document.querySelector('#visa-screen canvas').width === 1280", timeout=15_000)
+        assert page.evaluate("document.querySelector('#visa-screen canvas').height") == 800
+        assert page.evaluate("localStorage.getItem('visa-desktop-fit')") == "false"
 
         (launcher,) = launcher_of(server)
         argv = Path(f"/proc/{launcher.pid}/cmdline").read_bytes().decode().split("\0")

@@ -1,6 +1,7 @@
-// The VISA desktop page: one noVNC RFB client filling the window, a status bar, reconnects.
-// noVNC is served by this Jupyter server (visa/novnc/), never from a CDN.
+// The VISA desktop page: one noVNC RFB client filling the window, a status bar, reconnects,
+// the clipboard (clipboard.js). noVNC is served by this Jupyter server (visa/novnc/), never from a CDN.
 import RFB from "../novnc/core/rfb.js";
+import { setupClipboard } from "./clipboard.js";
 
 const config = JSON.parse(document.getElementById("visa-desktop-config").textContent);
 const screen = document.getElementById("visa-screen");
@@ -8,6 +9,7 @@ const stateEl = document.getElementById("visa-state");
 const stateText = document.getElementById("visa-state-text");
 const reconnectButton = document.getElementById("visa-reconnect");
 const fullscreenButton = document.getElementById("visa-fullscreen");
+const fitButton = document.getElementById("visa-fit");
 const peopleEl = document.getElementById("visa-people");
 const promptFrame = document.getElementById("visa-prompt");
 const bannerFrame = document.getElementById("visa-ops-banner");
@@ -15,6 +17,7 @@ const bannerFrame = document.getElementById("visa-ops-banner");
 const AUTO_RETRIES = 3; // drops retried on their own (1 s, 2 s, 4 s), then the user decides
 const CLOSE_IDLE = 4408; // the server closed an input-less connection (VisaDesktop.idle_disconnect)
 const BANNER_REFRESH_MS = 15 * 60 * 1000; // warnings move by hours; a reload must not cost the hub
+const FIT_KEY = "visa-desktop-fit"; // this browser's choice: the screen follows the window, or not
 
 // Exposed for tests and for the humans debugging a stuck session.
 const desktop = {
@@ -30,9 +33,19 @@ const desktop = {
   rfb: null,
   room: null, // {role, level, view_only, owner_present, ...} from visa/api/room
   promptShown: false,
+  fit: localStorage.getItem(FIT_KEY) !== "false",
+  clipboard: null, // set by clipboard.js
   reconnect: () => connect(),
 };
 window.visaDesktop = desktop;
+
+const clipboard = setupClipboard({
+  desktop,
+  button: document.getElementById("visa-clipboard-button"),
+  panel: document.getElementById("visa-clipboard"),
+  text: document.getElementById("visa-clipboard-text"),
+  note: document.getElementById("visa-clipboard-note"),
+});
 
 function websocketUrl() {
   const base = new URL(config.baseUrl, window.location.href);
@@ -69,14 +82,12 @@ function connect() {
     return;
   }
   desktop.rfb = rfb;
-  // The hub chose the resolution and the session is shared: scale to the window, never resize
-  // the remote screen under the other viewers.
-  rfb.scaleViewport = true;
-  rfb.resizeSession = false;
   rfb.clipViewport = false;
   rfb.focusOnClick = true;
   rfb.viewOnly = desktop.viewOnly;
   rfb.background = "#202124";
+  applyFit(rfb);
+  clipboard.attach(rfb);
   rfb.addEventListener("connect", () => {
     if (desktop.rfb !== rfb) return;
     desktop.connects += 1;
@@ -99,6 +110,28 @@ function connect() {
   rfb.addEventListener("desktopname", (event) => {
     if (event.detail.name) document.title = `${event.detail.name} – Desktop`;
   });
+}
+
+// The remote screen fills the window: with "fit" the session's size follows the window (Xvnc
+// resizes its screen through ExtendedDesktopSize/RandR; noVNC asks on connect and after each
+// window resize), otherwise it keeps the size chosen for the instance. Either way the picture is
+// scaled to the window whenever the sizes differ: a view-only member cannot resize the shared
+// screen, and of two members with fit on, the last window resized sets it.
+function applyFit(rfb) {
+  rfb.scaleViewport = true;
+  rfb.resizeSession = desktop.fit; // noVNC's setter asks for the window's size at once
+  fitButton.textContent = desktop.fit ? "Fixed size" : "Fit window";
+  fitButton.title = desktop.fit
+    ? `Keep the screen size chosen for this instance (${config.screen || "its default"})`
+    : "Make the desktop's screen the size of this window";
+}
+
+// Back to the instance's chosen screen size. noVNC has no public call for a given size: its own
+// message builder, as its resizeSession uses it.
+function restoreChosenSize(rfb) {
+  const m = /^(\d+)x(\d+)$/.exec(config.screen || "");
+  if (!m || desktop.viewOnly || !rfb._supportsSetDesktopSize) return;
+  RFB.messages.setDesktopSize(rfb._sock, Number(m[1]), Number(m[2]), rfb._screenID, rfb._screenFlags);
 }
 
 function onDisconnect(reason) {
@@ -144,6 +177,7 @@ async function pollRoom() {
       desktop.viewOnly = room.view_only;
       if (desktop.rfb) desktop.rfb.viewOnly = room.view_only;
     }
+    followViewOnly();
     stateEl.dataset.viewOnly = String(desktop.viewOnly);
     if (desktop.state === "connected") stateText.textContent = connectedText();
     if (desktop.state === "disconnected" && room.level === "none") {
@@ -179,6 +213,20 @@ window.addEventListener("message", (event) => {
   const pending = Number(event.data.visaCollabPending);
   desktop.promptShown = pending > 0;
   promptFrame.hidden = pending === 0;
+});
+
+// View-only members can neither resize the shared screen nor use the clipboard: no controls.
+function followViewOnly() {
+  fitButton.hidden = desktop.viewOnly;
+  clipboard.follow();
+}
+
+fitButton.addEventListener("click", () => {
+  desktop.fit = !desktop.fit;
+  localStorage.setItem(FIT_KEY, String(desktop.fit));
+  if (!desktop.rfb) return;
+  applyFit(desktop.rfb);
+  if (!desktop.fit) restoreChosenSize(desktop.rfb);
 });
 
 reconnectButton.addEventListener("click", () => {
@@ -234,6 +282,9 @@ bannerFrame.addEventListener("load", () => {
   if (body && window.ResizeObserver) new ResizeObserver(fitBanner).observe(body); // e.g. "Sent" after the form
 });
 
+// back to the desktop from elsewhere: what was copied there (where the browser lets the page read it)
+screen.addEventListener("pointerdown", clipboard.pullBrowserClipboard);
+followViewOnly();
 connect();
 pollRoom();
 setInterval(pollRoom, 2000);
