@@ -317,13 +317,17 @@ class ServerStream:
                     break
                 self._want = self._parser.send(b"")
                 continue
-            take = min(n - len(self._header), end - pos)
-            self._header += data[pos:pos + take]
-            pos += take
-            if len(self._header) < n:
-                break
-            seen = bytes(self._header)
-            self._header.clear()
+            if not self._header and end - pos >= n:  # the usual case: the whole header is here
+                seen = data[pos:pos + n]
+                pos += n
+            else:
+                take = min(n - len(self._header), end - pos)
+                self._header += data[pos:pos + take]
+                pos += take
+                if len(self._header) < n:
+                    break
+                seen = bytes(self._header)
+                self._header.clear()
             self._want = self._parser.send(seen)  # may decide this message's fate first
             if not self._drop:
                 out.append(seen)
