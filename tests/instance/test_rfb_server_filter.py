@@ -1,11 +1,14 @@
 """The RFB server-stream parser: the clipboard withheld from view-only members (``-m fast``)."""
 from __future__ import annotations
 
+import logging
 import struct
 
 import pytest
 
 from tests.instance.test_rfb_filter import FBUR, HANDSHAKE, PIXEL_FORMAT, set_encodings
+from visa_instance.authorizer import FULL, VIEW
+from visa_instance.desktop_socket import CLOSE_PROTOCOL_ERROR, DesktopSocketMixin
 from visa_instance.rfb_filter import (
     EXTENDED_CLIPBOARD,
     VMWARE_CURSOR,
@@ -13,6 +16,7 @@ from visa_instance.rfb_filter import (
     RfbProtocolError,
     parsed_encodings_only,
 )
+from visa_instance.room import Connection
 
 NAME = b"alice's desktop"
 SERVER_INIT = struct.pack(">HH", 1280, 720) + PIXEL_FORMAT[4:] + struct.pack(">I", len(NAME)) + NAME
@@ -157,3 +161,37 @@ def test_pixel_format_follows_the_client_until_updates_flow() -> None:
     client.feed(FBUR)
     with pytest.raises(RfbProtocolError, match="SetPixelFormat once updates flow"):
         client.feed(sixteen)
+
+
+class _Bridge:
+    """jupyter-server-proxy's raw bridge, as far as the desktop websocket's write_message sees it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.log = logging.getLogger("test")
+
+    def write_message(self, message: bytes, binary: bool = False) -> None:
+        self.sent.append(message)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+class _Socket(DesktopSocketMixin, _Bridge):
+    pass
+
+
+def test_the_desktop_websocket_withholds_the_clipboard_from_view_only_members() -> None:
+    """The handler's hook: per connection, per message, following the room's level."""
+    handler = _Socket()
+    conn = Connection({"name": "bob"}, "user", "desktop", lambda: handler, level=FULL, stream=ClientStream())
+    handler._visa_conn = conn
+    conn.stream.feed(HANDSHAKE)
+    handler.write_message(SERVER_HANDSHAKE + CLIPBOARD[0], binary=True)
+    conn.level = VIEW  # the owner left and the room locked
+    handler.write_message(CLIPBOARD[0] + b"\x02", binary=True)
+    handler.write_message(CLIPBOARD[1], binary=True)  # nothing left to send: nothing written
+    assert handler.sent == [SERVER_HANDSHAKE + CLIPBOARD[0], b"\x02"]
+    handler.write_message(b"\x07", binary=True)
+    assert handler.closed_with == (CLOSE_PROTOCOL_ERROR, "protocol error") and conn.closed
