@@ -1,6 +1,6 @@
 """The project's OpenStack lab on 127.0.0.1: up, down, status (see README.md beside this file).
 
-usage: python3 lab/openstack/labctl.py up [--fresh] | down | status
+usage: python3 lab/openstack/labctl.py up [--fresh] | down [--now] | status
 Standard library only, so any Python 3.11 runs it; the services run from the lab's own venv.
 """
 from __future__ import annotations
@@ -82,10 +82,16 @@ def healthy(lay: cfg.Layout, svc: dict[str, Service], key: str) -> bool:
             and all(s.alive() for s in svc.values()) and all(http_answers(u)() for u in APIS.values()))
 
 
-def down(lay: cfg.Layout) -> None:
-    """Stop what this lab recorded in run/ (nothing else); data/ and logs/ stay for a look."""
+def down(lay: cfg.Layout, now: bool = False) -> None:
+    """Stop what this lab recorded in run/ (nothing else); data/ and logs/ stay for a look.
+    `now`: SIGKILL the services at once (their graceful stop takes ~9 s; a test run throws the
+    state away, the next `up --fresh` wipes it); PostgreSQL still gets its fast shutdown."""
     svc = services(lay)
     (lay.run / READY).unlink(missing_ok=True)
+    if now:
+        stop_all([svc[n] for n in [*OPENSTACK, "rabbit", "epmd"]], sig=signal.SIGKILL, grace=0)
+        stop_all([svc["pg"]], sig=signal.SIGINT)
+        return
     polite = None
     if svc["rabbit"].alive():
         polite = subprocess.Popen([str(RABBIT_BIN / "rabbitmqctl"), "-n", "rabbit@localhost", "stop"],
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--fresh", action="store_true", help="up: restart with empty state even if already up")
+    parser.add_argument("--now", action="store_true", help="down: kill the services at once (state thrown away)")
     args = parser.parse_args(argv)
     lay = layout()
     try:
@@ -283,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "up":
                 up(lay, args.fresh)
             else:
-                down(lay)
+                down(lay, args.now)
                 say("stopped")
     except (ServiceFailed, lab_venv.VenvError) as e:
         print(f"labctl {args.command}: {e}", file=sys.stderr)

@@ -113,3 +113,21 @@ def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_down_now_kills_services_that_would_take_their_time(tmp_path: Path) -> None:
+    """`labctl down --now` (the tests' teardown): services that ignore SIGTERM end at once, each
+    group whole, PostgreSQL by its fast-shutdown signal; nothing recorded is left."""
+    names = ["nova-api", "rabbit", "epmd"]
+    for name in names:
+        _service(tmp_path, name).start(["sh", "-c", "trap '' TERM INT; sleep 60 & wait; sleep 60"])
+    pg = _service(tmp_path, "pg")
+    pg.start(["sh", "-c", "trap '' TERM; exec sleep 60"])  # ends on SIGINT only
+    pids = [_service(tmp_path, n).pid() for n in [*names, "pg"]]
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(LAB / "labctl.py"), "down", "--now"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OPENSTACK_LAB_DIR": str(tmp_path)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 5, "down --now waited for a grace period"
+    assert all(group_members(pid) == [] for pid in pids)
+    assert not any((tmp_path / "run").iterdir())
