@@ -1,6 +1,6 @@
 """One real VM through a real hub: Lab answers, the proposal's data is there and read-only, the
-desktop connects in Chromium, a hub restart keeps the VM, stop leaves no QEMU process and delete
-no disk."""
+desktop connects in Chromium, collaboration works (presence, an access request granted, the
+audit), a hub restart keeps the VM, stop leaves no QEMU process and delete no disk."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.browser import CANVAS_COLOURS, chromium
+from tests.collab.helpers import Person
 from tests.hubtools import run_code, wait_for
 from tests.spawner.qemu.conftest import PROPOSAL, create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import vm_name
@@ -46,6 +47,39 @@ def desktop_connected(page) -> bool:
     return state == "connected"
 
 
+def collaboration_on_the_vm(hub, name: str) -> None:
+    """The VM reaches the collaboration service through the hub's relay (issue 16, item 5): its
+    presence reports, its room long-poll (a pending request, then the grant) and its audit."""
+    t0 = time.monotonic()
+    alice, erin = Person(hub, "alice"), Person(hub, "erin")
+
+    def alice_on_the_desktop():  # reported by the VM itself (POST …/presence through the relay)
+        presence = alice.collab("GET", f"instances/alice/{name}").json()["presence"]
+        return any(p["user"] == "alice" and p["channel"] == "desktop" for p in presence)
+
+    wait_for(alice_on_the_desktop, 90, "the VM's presence report (alice on the desktop)", interval=1)
+    def owner_connected_for_support() -> bool:  # her desktop page's event stream, as support sees it
+        return next(i for i in erin.collab("GET", "support-instances").json() if i["server"] == name)["owner_connected"]
+
+    wait_for(owner_connected_for_support, 30, "support staff seeing the owner connected")
+    request = erin.collab("POST", f"instances/alice/{name}/requests").json()
+    assert request["status"] == "pending", request  # SUPPORT asks: the owner is there
+    wait_for(lambda: alice.instance_call("GET", "alice", name, "visa/api/room").json()["pending_requests"] == 1,
+             60, "the VM learning of the pending request (its room long-poll through the relay)", interval=1)
+    decision = alice.collab("POST", f"requests/{request['id']}/decision", {"decision": "full"}).json()
+    assert decision["status"] == "full", decision
+    r = erin.open_instance("alice", name, "lab")
+    assert r.status_code == 200 and "JupyterLab" in r.text, (r.status_code, r.url)
+
+    def erin_audited():
+        return [a for a in alice.collab("GET", f"instances/alice/{name}/audit").json()
+                if a["member"] == "erin" and a["source"] == "instance" and a["action"] == "connect"]
+
+    (entry, *_) = wait_for(erin_audited, 60, "the VM's audit entry for erin's connection", interval=1)
+    assert entry["role"] == "support" and entry["detail"].get("channel") == "lab" and entry["granted_by"] == "alice", entry
+    print(f"collaboration on the VM: {time.monotonic() - t0:.1f} s")
+
+
 def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_state, artifacts):
     alice = login("alice")
     t0 = time.monotonic()
@@ -80,6 +114,7 @@ def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_sta
         finally:
             page.screenshot(path=str(artifacts / "qemu-desktop.png"))
         assert page.evaluate("document.querySelector('#visa-screen canvas').width") == 1280
+        collaboration_on_the_vm(hub, name)  # while alice's desktop page is open
     procs = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))["procs"]
     assert "openbox" in procs and any(p.startswith("Xvnc") or p.startswith("Xtigervnc") for p in procs), procs
 
