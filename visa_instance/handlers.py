@@ -36,6 +36,7 @@ class DesktopPageHandler(JupyterHandler):
 
     auth_resource = AUTH_RESOURCE
     template = "desktop.html"
+    fits_window = True  # the remote screen may follow the window's size ("Fit window" in the bar)
 
     def initialize(self, websocket_path: str, page_vars: dict[str, Any] | None = None) -> None:
         self.websocket_path = websocket_path
@@ -60,6 +61,7 @@ class DesktopPageHandler(JupyterHandler):
             "viewOnly": not can_write,
             "roomPath": "visa/api/room",
             "screen": os.environ.get("VISA_SCREEN", ""),  # the size chosen for the instance ("Fixed size")
+            "fitsWindow": self.fits_window,
             "xsrf": self.xsrf_token.decode("ascii") if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
         }
         collab = self.settings.get("visa_collab_prefix")

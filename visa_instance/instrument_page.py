@@ -32,6 +32,7 @@ class InstrumentPageHandler(DesktopPageHandler):
     """``{base_url}visa/instrument/<ID>``: one instrument's panel in a browser tab."""
 
     template = "instrument.html"
+    fits_window = False  # a panel laid out for its screen: scaled, never resized
 
     def may_input(self) -> bool:
         """The read-only note for a USER member without the instrument right (their input is

@@ -33,7 +33,7 @@ const desktop = {
   rfb: null,
   room: null, // {role, level, view_only, owner_present, ...} from visa/api/room
   promptShown: false,
-  fit: localStorage.getItem(FIT_KEY) !== "false",
+  fit: Boolean(config.fitsWindow) && localStorage.getItem(FIT_KEY) !== "false",
   clipboard: null, // set by clipboard.js
   reconnect: () => connect(),
 };
@@ -217,7 +217,7 @@ window.addEventListener("message", (event) => {
 
 // View-only members can neither resize the shared screen nor use the clipboard: no controls.
 function followViewOnly() {
-  fitButton.hidden = desktop.viewOnly;
+  fitButton.hidden = desktop.viewOnly || !config.fitsWindow;
   clipboard.follow();
 }
 
