@@ -1,8 +1,8 @@
-"""``visa-desktop``: one X desktop (TigerVNC + openbox + xterm) served on a unix socket.
+"""``visa-desktop``: one X desktop (TigerVNC + openbox + tint2 + pcmanfm) served on a unix socket.
 
 jupyter-server-proxy starts this once per single-user server and bridges the browser's websocket
 to ``--socket``. The socket is only published (renamed into place) once the desktop has a
-keyboard layout, a background and a visible window, so jupyter-server-proxy's readiness check
+keyboard layout, a background, its panel and its file manager, so jupyter-server-proxy's readiness check
 ("can I connect?") means "the desktop is ready" and the first viewer never sees a black screen.
 
 This process owns its session: on SIGTERM/SIGINT/SIGHUP, when its parent dies, or when Xvnc
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import secrets
 import select
 import shutil
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from . import _procs
 from .desktop_env import DesktopSettings, Keyboard, settings_from_env
+from .desktop_session import FILES_CLASS, PANEL_CLASS, session_commands, write_session_files
 
 log = logging.getLogger("visa_instance.desktop_launcher")
 
@@ -293,9 +295,35 @@ class DesktopSession:
     def _setup_session(self, deadline: float) -> None:
         self._run_x_client(build_setxkbmap_command(self.settings.keyboard), deadline)
         self._run_x_client(["xsetroot", "-solid", BACKGROUND], deadline)
-        self._spawn_client(["openbox", "--sm-disable"])
-        self._spawn_client(build_xterm_command(self.settings), cwd=self._xterm_cwd())
-        self._wait_for_window(deadline)
+        if not shutil.which("tint2"):  # an image without the panel's packages: the bare desktop
+            log.warning("tint2 not found: starting the bare openbox + xterm desktop")
+            self._spawn_client(["openbox", "--sm-disable"])
+            self._spawn_client(build_xterm_command(self.settings), cwd=self._xterm_cwd())
+            self._wait_for_window(deadline)
+            return
+        files = write_session_files(self.settings, self.runtime_dir)
+        home = os.path.expanduser("~")
+        window_manager, clients = session_commands(files, self.settings,
+                                                   home if os.path.isdir(home) else "/")
+        self._spawn_client(window_manager)
+        self._wait_for_root_property("_NET_SUPPORTING_WM_CHECK", deadline)
+        for cmd in clients:
+            self._spawn_client(cmd, cwd=self._xterm_cwd())
+        self._wait_for_window(deadline, {PANEL_CLASS, FILES_CLASS})
+
+    def _wait_for_root_property(self, name: str, deadline: float) -> None:
+        """Poll until the root window has ``name`` (e.g. the window manager announced itself)."""
+        delay = 0.01
+        while time.monotonic() < deadline:
+            try:
+                out = subprocess.run(["xprop", "-root", name], env=self.client_env(),
+                                     capture_output=True, timeout=5).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            if b"window id #" in out:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _xterm_cwd(self) -> str:
         data_dir = self.settings.data_dir
@@ -304,25 +332,38 @@ class DesktopSession:
         home = os.path.expanduser("~")
         return home if os.path.isdir(home) else self.runtime_dir
 
-    def _wait_for_window(self, deadline: float) -> None:
-        """Wait until the window manager manages a client window (needs xprop, x11-utils)."""
+    def _managed_classes(self, by_class: bool = True) -> set[str] | None:
+        """WM_CLASS instance names of the windows the window manager manages, and ``*`` if it
+        manages any (None: xprop failed)."""
+        env = self.client_env()
+
+        def xprop(*args: str) -> str:
+            return subprocess.run(["xprop", *args], env=env, capture_output=True,
+                                  timeout=5).stdout.decode(errors="replace")
+
+        try:
+            ids = re.findall(r"0x[0-9a-f]+", xprop("-root", "_NET_CLIENT_LIST"))
+            classes = {m.group(1) for wid in (ids if by_class else ())
+                       if (m := re.search(r'WM_CLASS\(STRING\) = "([^"]*)"', xprop("-id", wid, "WM_CLASS")))}
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return classes | ({"*"} if ids else set())
+
+    def _wait_for_window(self, deadline: float, expected: frozenset[str] | set[str] = frozenset()) -> None:
+        """Wait until the window manager manages the ``expected`` windows (any one if empty)."""
         if not shutil.which("xprop"):
             log.info("xprop not found: not waiting for the first window")
             return
+        expected = expected or {"*"}
         delay = 0.02
         while time.monotonic() < deadline:
-            try:
-                out = subprocess.run(
-                    ["xprop", "-root", "_NET_CLIENT_LIST"], env=self.client_env(),
-                    capture_output=True, timeout=5,
-                ).stdout
-            except (OSError, subprocess.TimeoutExpired):
-                return
-            if b"window id #" in out:
+            classes = self._managed_classes(by_class=expected != {"*"})
+            if classes is None or expected <= classes:
                 return
             time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        log.warning("no window appeared before the timeout; publishing the desktop anyway")
+            delay = min(delay * 2, 0.1)
+        log.warning("%s did not appear before the timeout; publishing the desktop anyway",
+                    ", ".join(sorted(expected - (self._managed_classes() or set()))))
 
     # -- run and stop
 

@@ -55,7 +55,7 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
         assert page.evaluate("document.querySelector('#visa-screen canvas').width") == 1280
         page.screenshot(path=str(artifacts / "flow-4-desktop.png"))
         running = " ".join(processes_of("alice", "browser-flow"))
-        assert "openbox" in running and "xterm" in running, running
+        assert "openbox" in running and "tint2" in running, running
 
         page.goto(f"{hub.url}/hub/home")
         row = page.locator('tr.visa-instance[data-server-name="browser-flow"]')

@@ -1,0 +1,95 @@
+"""``python -m visa_instance.desktop_apps <app>``: what the desktop's menu and launchers run.
+
+One place decides how each application starts (program, arguments, folder), from the validated
+session settings, so no user text is ever written into a menu file or a shell command. When a
+program is not installed (NeXpy and silx come with the instance env's scientific stack), the
+user gets a window saying so instead of a click that does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+
+from .desktop_env import DesktopSettings, settings_from_env
+
+# What to tell a user whose instance lacks an application, and where it would come from.
+MISSING_HINT = (
+    "{label} is not installed in this instance.\n\n"
+    "It comes with the instance's scientific software ({where}).\n"
+    "Ask your facility's support if you need it."
+)
+
+
+def home_dir() -> str:
+    home = os.path.expanduser("~")
+    return home if os.path.isdir(home) else "/"
+
+
+def work_dir(settings: DesktopSettings) -> str:
+    """The proposal's data if it is mounted, else the home: where a new window starts."""
+    data = settings.data_dir
+    return data if data and os.path.isdir(data) else home_dir()
+
+
+def find_program(name: str, env_bin: str = os.path.dirname(sys.executable)) -> str | None:
+    """The instance env's own copy first (its bin/ need not be on PATH), then PATH."""
+    candidate = os.path.join(env_bin, name)
+    if os.access(candidate, os.X_OK):
+        return candidate
+    return shutil.which(name)
+
+
+def command_for(app: str, settings: DesktopSettings,
+                env_bin: str = os.path.dirname(sys.executable)) -> tuple[list[str], str, str]:
+    """``(argv, cwd, label)`` of an application; argv[0] may be missing on this machine."""
+    here = work_dir(settings)
+    if app == "terminal":
+        return (["xterm", "-T", settings.name, "-fa", "DejaVu Sans Mono", "-fs", "11"],
+                here, "The terminal")
+    if app == "files":
+        folders = [home_dir()] + ([here] if here != home_dir() else [])
+        return ["pcmanfm", *folders], here, "The file manager"
+    if app == "data":
+        return ["pcmanfm", here], here, "The file manager"
+    if app == "editor":
+        return ["mousepad"], here, "The text editor"
+    if app == "nexpy":
+        return [find_program("nexpy", env_bin) or "nexpy"], here, "NeXpy"
+    if app == "silx":
+        return [find_program("silx", env_bin) or "silx", "view"], here, "silx view"
+    raise KeyError(app)
+
+
+def missing_message(label: str, program: str, env_bin: str) -> str:
+    return MISSING_HINT.format(label=label, where=f"{os.path.basename(program)} in {env_bin}")
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    env_bin = os.path.dirname(sys.executable)
+    if len(args) != 1:
+        print("usage: python -m visa_instance.desktop_apps APP", file=sys.stderr)
+        return 2
+    settings = settings_from_env(env)
+    try:
+        command, cwd, label = command_for(args[0], settings, env_bin)
+    except KeyError:
+        print(f"unknown application {args[0]!r}", file=sys.stderr)
+        return 2
+    program = command[0] if os.path.isabs(command[0]) else shutil.which(command[0])
+    if program is None or not os.access(program, os.X_OK):
+        message = missing_message(label, command[0], env_bin)
+        print(message, file=sys.stderr)
+        if shutil.which("xmessage"):
+            os.execvp("xmessage", ["xmessage", "-center", "-title", label, "-buttons", "OK:0", message])
+        return 1
+    os.chdir(cwd)
+    os.execv(program, command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
