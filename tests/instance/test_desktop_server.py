@@ -130,6 +130,9 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
             page.click("#visa-clipboard-button")  # typed into the panel
             page.fill("#visa-clipboard-text", "typed in the panel")
             wait_for(lambda: x.clipboard() == "typed in the panel", 15, "the panel's text in the desktop")
+            page.evaluate("window.visaDesktop.clipboard.pull()")  # back to the screen: the browser's
+            assert page.evaluate("window.visaDesktop.clipboard.sent") == "typed in the panel"  # clipboard,
+            assert x.clipboard() == "typed in the panel"  # unchanged, is not sent again over the panel's text
             page.screenshot(path=str(ARTIFACTS / "desktop-clipboard.png"))
         finally:
             x.close()
@@ -143,7 +146,7 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
         argv = Path(f"/proc/{launcher.pid}/cmdline").read_bytes().decode().split("\0")
         socket_path = argv[argv.index("--socket") + 1]
         family = descendants(launcher.pid) + [launcher]
-        assert {"Xvnc", "openbox", "xterm"} <= {p.comm for p in family}
+        assert {"Xvnc", "openbox", "tint2", "pcmanfm"} <= {p.comm for p in family}
 
         server.stop()
         wait_for(lambda: not still_alive(family) and not group_members(launcher.pid), 15,

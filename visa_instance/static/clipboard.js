@@ -17,6 +17,7 @@ export function setupClipboard({ desktop, button, panel, text, note }) {
   const clip = {
     received: null, // the last text from the desktop
     sent: null, // the last text sent to the desktop
+    browserSeen: null, // the browser's clipboard when last read or written here
     browserWrites: 0, // how many received texts reached navigator.clipboard
     note: "",
   };
@@ -47,6 +48,7 @@ export function setupClipboard({ desktop, button, panel, text, note }) {
       try {
         if (!navigator.clipboard || !document.hasFocus()) throw new Error("not allowed here");
         await navigator.clipboard.writeText(value);
+        clip.browserSeen = value;
         clip.browserWrites += 1;
         setNote("Copied from the desktop to your clipboard.");
       } catch (e) {
@@ -56,11 +58,15 @@ export function setupClipboard({ desktop, button, panel, text, note }) {
     });
   }
 
-  // What was copied in another tab or program, once the person returns to the desktop.
+  // What was copied in another tab or program, once the person returns to the desktop. Only a
+  // change is sent: an old browser clipboard must not overwrite a newer copy made in the desktop
+  // (one the page could not write to the browser's clipboard).
   async function pullBrowserClipboard() {
     if (!allowed() || !navigator.clipboard || !navigator.clipboard.readText) return;
     try {
       const value = await navigator.clipboard.readText();
+      if (value === clip.browserSeen) return;
+      clip.browserSeen = value;
       if (value) send(value);
     } catch (e) {
       /* not permitted: the panel is the way */
@@ -88,5 +94,6 @@ export function setupClipboard({ desktop, button, panel, text, note }) {
     sendTimer = setTimeout(() => send(text.value), SEND_DELAY_MS);
   });
   window.addEventListener("focus", pullBrowserClipboard);
+  clip.pull = pullBrowserClipboard; // for tests: awaitable
   return { attach, follow, pullBrowserClipboard };
 }
