@@ -142,6 +142,16 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
         assert page.evaluate("document.querySelector('#visa-screen canvas').height") == 800
         assert page.evaluate("localStorage.getItem('visa-desktop-fit')") == "false"
 
+        # the room says view only (as for a GUEST, or a locked room): no clipboard, no screen controls
+        # (the server withholds the clipboard itself: test_rfb_server_filter, test_clipboard)
+        page.route("**/visa/api/room*", lambda route: route.fulfill(json={
+            "role": "user", "level": "view", "view_only": True, "owner_present": False}))
+        page.wait_for_function("window.visaDesktop.viewOnly === true", timeout=10_000)
+        for control in ("#visa-clipboard-button", "#visa-clipboard", "#visa-fit"):
+            assert page.is_hidden(control), control
+        assert page.input_value("#visa-clipboard-text") == ""
+        page.unroute("**/visa/api/room*")
+
         (launcher,) = launcher_of(server)
         argv = Path(f"/proc/{launcher.pid}/cmdline").read_bytes().decode().split("\0")
         socket_path = argv[argv.index("--socket") + 1]
