@@ -30,7 +30,9 @@ class RfbClient:
         self.bpp = pf[0] // 8
         self.name = self._read(struct.unpack(">I", self._read(4))[0]).decode("utf8", "replace")
         self.fb = bytearray(self.width * self.height * self.bpp)
-        self.ws.send_binary(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: raw only
+        # SetEncodings: raw, and DesktopSize (Xvnc closes a client without it when a desktop page
+        # fitting its window resizes the screen)
+        self.ws.send_binary(struct.pack(">BxHii", 2, 2, 0, -223))
 
     def _read(self, n: int) -> bytes:
         import websocket
@@ -57,6 +59,9 @@ class RfbClient:
                 _pad, count = struct.unpack(">BH", self._read(3))
                 for _ in range(count):
                     x, y, w, h, enc = struct.unpack(">HHHHi", self._read(12))
+                    if enc == -223:  # DesktopSize: the screen is now w × h
+                        self.width, self.height, self.fb = w, h, bytearray(w * h * self.bpp)
+                        continue
                     assert enc == 0, f"unexpected encoding {enc}"
                     data = self._read(w * h * self.bpp)
                     row = w * self.bpp
