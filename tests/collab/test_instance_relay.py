@@ -138,12 +138,13 @@ async def test_a_service_that_is_down_is_a_502_with_a_message() -> None:
         server.stop()
 
 
-def spawner_env(bind_url: str, connect_url: str = "") -> dict[str, str]:
+def spawner_env(bind_url: str, connect_url: str = "", spawner_connect_url: str | None = None) -> dict[str, str]:
     """The environment JupyterHub's own Spawner.get_env gives an instance, with the collab settings."""
     hub = Hub(base_url="/hub/", bind_url=bind_url)
     if connect_url:
         hub.connect_url = connect_url  # JupyterHub.hub_connect_url
-    sp = Spawner(user=SimpleNamespace(name="alice", url="/user/alice/"), hub=hub)
+    sp = Spawner(user=SimpleNamespace(name="alice", url="/user/alice/"), hub=hub,
+                 hub_connect_url=spawner_connect_url)  # Spawner.hub_connect_url
     sp.environment = {"VISA_COLLAB_URL": instance_relay.instance_url}
     return sp.get_env()
 
@@ -154,6 +155,18 @@ def relayed_path(collab_url: str) -> str:
     assert path.startswith("/hub/")
     pattern = instance_relay.handlers[0][0]
     return path[len("/hub"):] if re.fullmatch(pattern, path[len("/hub"):]) else ""
+
+
+@pytest.mark.parametrize("bind, connect, spawner_connect", [
+    ("http://127.0.0.1:8081", "", None),  # sandbox, qemu: loopback (rewritten by each backend)
+    ("http://0.0.0.0:8081", "https://hub.internal.example", None),  # JupyterHub.hub_connect_url
+    ("http://0.0.0.0:8081", "", "http://10.20.0.5:8081"),  # Spawner.hub_connect_url
+], ids=["loopback", "hub-connect-url", "spawner-connect-url"])
+def test_the_collab_url_is_on_the_hub_api_url_the_instance_is_given(bind, connect, spawner_connect) -> None:
+    env = spawner_env(bind, connect, spawner_connect)
+    api, collab = urlsplit(env["JUPYTERHUB_API_URL"]), urlsplit(env["VISA_COLLAB_URL"])
+    assert (collab.scheme, collab.netloc) == (api.scheme, api.netloc)
+    assert collab.path == api.path.rstrip("/") + "/visa/collab/" and relayed_path(env["VISA_COLLAB_URL"])
 
 
 def test_qemu_guests_reach_the_relay_where_they_reach_the_hub() -> None:
