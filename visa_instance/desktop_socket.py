@@ -148,6 +148,8 @@ class DesktopSocketMixin:
         """What the VNC server sends (jsp's raw protocol calls this): no clipboard for view-only members."""
         conn = self._visa_conn
         if binary and conn is not None and conn.stream is not None:
+            if conn.closed:  # closing (a protocol error, access ended): nothing more reaches the page
+                return None
             try:
                 message = conn.stream.server.feed(bytes(message), self._visa_view_only)  # type: ignore[arg-type]
             except RfbProtocolError as e:

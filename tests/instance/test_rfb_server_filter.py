@@ -195,3 +195,5 @@ def test_the_desktop_websocket_withholds_the_clipboard_from_view_only_members() 
     assert handler.sent == [SERVER_HANDSHAKE + CLIPBOARD[0], b"\x02"]
     handler.write_message(b"\x07", binary=True)
     assert handler.closed_with == (CLOSE_PROTOCOL_ERROR, "protocol error") and conn.closed
+    handler.write_message(b"\x02", binary=True)  # the rest of the server's chunk while it closes
+    assert handler.sent == [SERVER_HANDSHAKE + CLIPBOARD[0], b"\x02"]
