@@ -79,9 +79,6 @@ if [ "$(cat "$INSTANCE_ENV/.visa-src" 2>/dev/null)" != "$src_hash" ]; then
   # validates "iri" formats nobody here uses (the image recipe drops it too, docs/images.md)
   pip_q "$INSTANCE_ENV/bin/pip" uninstall -y rfc3987-syntax
   pip_q "$INSTANCE_ENV/bin/pip" install --no-deps --force-reinstall .
-  # Lab's "Data analysis" kernel: this env, with the scientific stack of requirements-science.txt
-  "$INSTANCE_ENV/bin/python" -m ipykernel install --prefix "$INSTANCE_ENV" \
-    --name data-analysis --display-name "Data analysis" >/dev/null
   echo "$src_hash" > "$INSTANCE_ENV/.visa-src"
   chmod -R a+rX "$INSTANCE_ENV"
 else

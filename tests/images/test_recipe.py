@@ -33,9 +33,14 @@ def test_the_shipped_recipe_loads_with_what_the_backend_needs(recipe: rcp.Recipe
     assert {"9p", "9pnet_virtio", "qemu_fw_cfg", "virtio_console"} <= set(recipe.kernel["boot_modules"])
     assert recipe.python["env"] == "/opt/visahub/instance-env"
     assert {"tigervnc-standalone-server", "openbox", "xterm", "systemd", recipe.kernel["package"]} <= set(recipe.apt_packages)
-    names = {p.split("==")[0] for p in recipe.python["packages"]}
-    assert {"numpy", "scipy", "h5py", "matplotlib", "silx", "nexusformat", "scippneutron"} <= names
-    assert all("==" in p for p in recipe.python["packages"]), "scientific packages must be pinned"
+    # the scientific stack: the one lock the host's instance env reads too, exact pins, none pinned twice
+    assert "requirements-science.txt" in recipe.python["requirement_files"]
+    science = [ln for ln in (REPO / "requirements-science.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    names = {p.split("==")[0] for p in science}
+    assert {"numpy", "scipy", "h5py", "matplotlib", "silx", "nexusformat", "scippneutron", "scippnexus",
+            "lmfit", "pyFAI", "NeXpy", "ipykernel"} <= names
+    assert all("==" in p for p in science), "scientific packages must be pinned"
+    assert not names & {p.split("==")[0] for p in recipe.python.get("packages", [])}
     assert "cloud-init" not in recipe.apt_packages
     assert "cloud-init" in rcp.load_recipe(RECIPE, ["openstack"]).apt_packages
 
