@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from tests.authenticator.services import PostgresCluster
 from tests.hubtools import Hub, demo_state, login_factory
 
+pytest_plugins = ["tests.fixture_timing", "pytester"]  # slow fixture teardowns named in the summary
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 REQUIREMENTS = ("openstack", "qemu", "postgres", "root", "browser")
 # fixtures that start processes: a test using one (even indirectly) needs what they need
