@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 from .desktop_env import DesktopSettings, settings_from_env
 
+NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
+MAX_FILES = 20  # a proposal with thousands of runs must not make a window per file
 # What to tell a user whose instance lacks an application, and where it would come from.
 MISSING_HINT = (
     "{label} is not installed in this instance.\n\n"
@@ -28,10 +30,18 @@ def home_dir() -> str:
     return home if os.path.isdir(home) else "/"
 
 
-def work_dir(settings: DesktopSettings) -> str:
+def work_dir(data_dir: str | None) -> str:
     """The proposal's data if it is mounted, else the home: where a new window starts."""
-    data = settings.data_dir
-    return data if data and os.path.isdir(data) else home_dir()
+    return data_dir if data_dir and os.path.isdir(data_dir) else home_dir()
+
+
+def nexus_files(folder: str, limit: int = MAX_FILES) -> list[str]:
+    """The NeXus/HDF5 files at the top of the proposal's data, for NeXpy and silx to open."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(NEXUS_SUFFIXES))
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names[:limit]]
 
 
 def find_program(name: str, env_bin: str = os.path.dirname(sys.executable)) -> str | None:
@@ -42,10 +52,12 @@ def find_program(name: str, env_bin: str = os.path.dirname(sys.executable)) -> s
     return shutil.which(name)
 
 
-def command_for(app: str, settings: DesktopSettings,
-                env_bin: str = os.path.dirname(sys.executable)) -> tuple[list[str], str, str]:
-    """``(argv, cwd, label)`` of an application; argv[0] may be missing on this machine."""
-    here = work_dir(settings)
+def command_for(app: str, settings: DesktopSettings, env_bin: str = os.path.dirname(sys.executable),
+                data_dir: str | None = None) -> tuple[list[str], str, str]:
+    """``(argv, cwd, label)`` of an application; argv[0] may be missing on this machine.
+    ``data_dir``: the proposal's data (default ``/data/<proposal>``)."""
+    here = work_dir(data_dir or settings.data_dir)
+    runs = nexus_files(here) if here != home_dir() else []
     if app == "terminal":
         return (["xterm", "-T", settings.name, "-fa", "DejaVu Sans Mono", "-fs", "11"],
                 here, "The terminal")
@@ -57,9 +69,9 @@ def command_for(app: str, settings: DesktopSettings,
     if app == "editor":
         return ["mousepad"], here, "The text editor"
     if app == "nexpy":
-        return [find_program("nexpy", env_bin) or "nexpy"], here, "NeXpy"
+        return [find_program("nexpy", env_bin) or "nexpy", *runs], here, "NeXpy"
     if app == "silx":
-        return [find_program("silx", env_bin) or "silx", "view"], here, "silx view"
+        return [find_program("silx", env_bin) or "silx", "view", *runs], here, "silx view"
     raise KeyError(app)
 
 

@@ -92,6 +92,12 @@ def test_apps_start_in_the_data_and_say_when_missing(tmp_path: Path, monkeypatch
     (tmp_path / "nexpy").write_text("#!/bin/sh\n")
     (tmp_path / "nexpy").chmod(0o755)
     assert desktop_apps.command_for("nexpy", settings, str(tmp_path))[0] == [str(tmp_path / "nexpy")]
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("b.nxs", "a.h5", "notes.txt"):
+        (data / name).write_text("")
+    command, cwd, _ = desktop_apps.command_for("silx", settings, str(tmp_path), str(data))
+    assert command[1:] == ["view", str(data / "a.h5"), str(data / "b.nxs")] and cwd == str(data)
     with pytest.raises(KeyError):
         desktop_apps.command_for("rm", settings, str(tmp_path))
     message = desktop_apps.missing_message("silx view", "silx", "/opt/env/bin")
