@@ -2,20 +2,22 @@
 
 One place decides how each application starts (program, arguments, folder), from the validated
 session settings, so no user text is ever written into a menu file or a shell command. When a
-program is not installed (NeXpy and silx come with the instance env's scientific stack), the
-user gets a window saying so instead of a click that does nothing.
+program is not installed (NeXpy and silx come with the instance env's scientific stack) or
+dies as it starts, the user gets a window saying so instead of a click that does nothing.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 
 from .desktop_env import DesktopSettings, settings_from_env
 
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
+EARLY_EXIT_SECONDS = 8.0  # silx view without a Qt dependency dies after ~3 s (TCG: slower)
 MAX_FILES = 20  # a proposal with thousands of runs must not make a window per file
 # What to tell a user whose instance lacks an application, and where it would come from.
 MISSING_HINT = (
@@ -93,14 +95,26 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
         return 2
     program = command[0] if os.path.isabs(command[0]) else shutil.which(command[0])
     if program is None or not os.access(program, os.X_OK):
-        message = missing_message(label, command[0], env_bin)
-        print(message, file=sys.stderr)
-        if shutil.which("xmessage"):
-            os.execvp("xmessage", ["xmessage", "-center", "-title", label, "-buttons", "OK:0", message])
-        return 1
-    os.chdir(cwd)
-    os.execv(program, command)
-    return 0  # not reached
+        return tell(label, missing_message(label, command[0], env_bin))
+    # wait a little: a program that dies at start (a missing library) must not look like a
+    # click that did nothing; its own messages still go to the instance's log
+    proc = subprocess.Popen([program, *command[1:]], cwd=cwd, stdin=subprocess.DEVNULL)
+    try:
+        code = proc.wait(EARLY_EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return 0  # running: the desktop's launcher (a subreaper) adopts it
+    if code == 0:
+        return 0
+    return tell(label, f"{label} stopped as it started (exit status {code}).\n\n"
+                "The instance's log has its messages; ask your facility's support.")
+
+
+def tell(label: str, message: str) -> int:
+    """Show ``message`` in a window (and on stderr); exit status 1."""
+    print(message, file=sys.stderr)
+    if shutil.which("xmessage"):
+        os.execvp("xmessage", ["xmessage", "-center", "-title", label, "-buttons", "OK:0", message])
+    return 1
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ def test_apps_start_in_the_data_and_say_when_missing(tmp_path: Path, monkeypatch
     monkeypatch.setattr(sys, "executable", str(tmp_path / "empty" / "python"))
     assert desktop_apps.main(["silx"], {}) == 1
     assert desktop_apps.main(["../../bin/sh"], {}) == 2
+    broken = tmp_path / "empty"
+    broken.mkdir()
+    (broken / "nexpy").write_text("#!/bin/sh\nexit 3\n")
+    (broken / "nexpy").chmod(0o755)
+    assert desktop_apps.main(["nexpy"], {}) == 1  # died as it started: said, not silent
+    (broken / "nexpy").write_text("#!/bin/sh\nexit 0\n")
+    assert desktop_apps.main(["nexpy"], {}) == 0
 
 
 # ---------------------------------------------------------------- the real desktop
