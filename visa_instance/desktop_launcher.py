@@ -98,7 +98,7 @@ def build_xterm_command(settings: DesktopSettings) -> list[str]:
         "-n", settings.name,
         "-fa", "DejaVu Sans Mono",
         "-fs", "11",
-        "-geometry", "100x30+40+40",
+        "-geometry", "72x22+40+40",  # the file manager opens at the right (desktop_session)
     ]
 
 
@@ -307,9 +307,9 @@ class DesktopSession:
                                                    home if os.path.isdir(home) else "/")
         self._spawn_client(window_manager)
         self._wait_for_root_property("_NET_SUPPORTING_WM_CHECK", deadline)
-        for cmd in clients:
+        for cmd in clients + [build_xterm_command(self.settings)]:  # a terminal ready, as before
             self._spawn_client(cmd, cwd=self._xterm_cwd())
-        self._wait_for_window(deadline, {PANEL_CLASS, FILES_CLASS})
+        self._wait_for_window(deadline, {PANEL_CLASS, FILES_CLASS, "xterm"})
 
     def _wait_for_root_property(self, name: str, deadline: float) -> None:
         """Poll until the root window has ``name`` (e.g. the window manager announced itself)."""

@@ -221,7 +221,10 @@ def openbox_rc(system_rc: str, settings: DesktopSettings, menu_path: str,
                      flags=re.S)
     if not n:
         raise ValueError("openbox rc.xml has no <menu> section")
-    return out
+    # the file manager opens at the right, the terminal (the launcher's, 72x22+40+40) at the left
+    rule = ('<applications><application name="pcmanfm"><position force="yes">'
+            "<x>-40</x><y>40</y></position></application>")
+    return out.replace("<applications>", rule, 1)
 
 
 @dataclass(frozen=True)

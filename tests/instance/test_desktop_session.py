@@ -64,6 +64,7 @@ def test_openbox_rc_names_the_desktop_and_keeps_the_bindings() -> None:
     rc = openbox_rc(system, DesktopSettings(name=NAME, proposal=PROPOSAL), "/r/menu.xml")
     assert "<name>Beamtime &lt;b&gt;ünicode&lt;/b&gt; \"50%\" · P-2026-011</name>" in rc
     assert "<number>1</number>" in rc and "<file>/r/menu.xml</file>" in rc
+    assert '<application name="pcmanfm">' in rc
     assert "debian-menu.xml" not in rc
     assert rc.count("<menu>root-menu</menu>") == system.count("<menu>root-menu</menu>") > 0
     with pytest.raises(ValueError):
@@ -127,9 +128,9 @@ def managed(launcher: Launcher) -> dict[str, str]:
     """WM_CLASS instance → window title of each window the window manager manages."""
     out = {}
     for wid in re.findall(r"0x[0-9a-f]+", x(launcher, "xprop", "-root", "_NET_CLIENT_LIST")):
-        props = x(launcher, "xprop", "-id", wid, "WM_CLASS", "_NET_WM_NAME")
+        props = x(launcher, "xprop", "-id", wid, "WM_CLASS", "_NET_WM_NAME", "WM_NAME")
         klass = re.search(r'WM_CLASS\(STRING\) = "([^"]*)"', props)
-        title = re.search(r'_NET_WM_NAME\(UTF8_STRING\) = "(.*)"', props)
+        title = re.search(r'(?:_NET_WM_NAME|WM_NAME)\([A-Z_]+\) = "(.*)"', props)
         if klass:
             out[klass.group(1)] = title.group(1) if title else ""
     return out
@@ -152,7 +153,8 @@ def test_dressed_desktop_shows_panel_label_and_the_data(launchers: list[Launcher
     launcher.wait_ready()
 
     windows = managed(launcher)  # published only once both are managed
-    assert {"tint2", "pcmanfm"} <= set(windows), windows
+    assert {"tint2", "pcmanfm", "xterm"} <= set(windows), windows
+    assert windows["xterm"].startswith("Beamtime <b>"), "the terminal is titled with the instance name"
     assert windows["pcmanfm"] == PROPOSAL, "the file manager shows the proposal's data"
     names = x(launcher, "xprop", "-root", "_NET_DESKTOP_NAMES")
     assert f'"{label_text(DesktopSettings(name=NAME, proposal=PROPOSAL))}"'.replace('"50%"', '\\"50%\\"') in names, names
