@@ -5,8 +5,8 @@
 
 ``candidates``: for each session, Xvnc is started (as the launcher does) and timed from the
 moment it announces its display (``-displayfd``): openbox (the launcher's config) is started, and
-once it runs the candidate's panel and file manager, until every window they show is mapped
-(``xdotool search --onlyvisible --classname``); then, 3 s later, the summed RSS and the
+once it runs the candidate's panel and file manager, until the window manager manages every
+window they show (by ``WM_CLASS``, as the launcher waits); then, 3 s later, the summed RSS and the
 CPU time (user + system, Xvnc included) of the whole family. ``launcher``: the real
 ``visa-desktop`` from exec until its socket is published (what jupyter-server-proxy waits for).
 """
@@ -42,12 +42,6 @@ CANDIDATES: dict[str, tuple[list[list[str]], list[str]]] = {
 }
 
 
-def mapped(env: dict[str, str], classname: str) -> bool:
-    out = subprocess.run(["xdotool", "search", "--onlyvisible", "--classname", classname],
-                         env=env, capture_output=True).stdout
-    return bool(out.strip())
-
-
 def family_cost(root: int) -> tuple[float, float]:
     """(RSS MiB, CPU s) of ``root``'s descendants."""
     rss = cpu = 0.0
@@ -68,16 +62,15 @@ def one_candidate(commands: list[list[str]], classes: list[str]) -> tuple[float,
     try:
         session._start_xvnc(time.monotonic() + 20)
         t0 = time.monotonic()
-        env = session.client_env()
         window_manager, visa = session_commands(write_session_files(settings, session.runtime_dir),
                                                 settings, HOME)
         session._spawn_client(window_manager)
         session._wait_for_root_property("_NET_SUPPORTING_WM_CHECK", t0 + 20)
         for cmd in commands or visa:
             session._spawn_client(cmd)
-        pending = list(classes)
+        pending = set(classes)
         while pending and time.monotonic() - t0 < 30:
-            pending = [c for c in pending if not mapped(env, c)]
+            pending -= session._managed_classes() or set()
             time.sleep(0.01)
         took = time.monotonic() - t0
         assert not pending, f"never mapped: {pending}"
