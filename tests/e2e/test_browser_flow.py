@@ -3,6 +3,7 @@ use the desktop, stop the instance — then check the host keeps nothing of it."
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -40,10 +41,8 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
             page.screenshot(path=str(artifacts / "flow-2b-pending-failed.png"))
             raise AssertionError(f"no redirect to the instance; hub log:\n{hub.log_tail(30)}") from e
 
-        page.goto(f"{hub.url}/user/alice/browser-flow/lab/tree/data/{PROPOSAL}")
-        for name in data_files:
-            page.locator(".jp-DirListing-itemText", has_text=name).first.wait_for()
-        page.screenshot(path=str(artifacts / "flow-3-lab-data.png"))
+        lab_opens_in_home_with_data_nexus_viewer_and_desktop_tile(page, f"{hub.url}/user/alice/browser-flow",
+                                                                  data_files, artifacts)
 
         page.goto(f"{hub.url}/user/alice/browser-flow/visa/desktop")
         try:
@@ -69,3 +68,39 @@ def test_pi_logs_in_creates_instance_uses_lab_and_desktop_then_stops_it(hub, hub
     assert cgroup_pids("alice", "browser-flow") == set()
     assert processes_of("alice", "browser-flow") == []
     hub.delete_server("alice", "browser-flow")
+
+
+def lab_opens_in_home_with_data_nexus_viewer_and_desktop_tile(page, server_url: str, data_files: list[str],
+                                                              artifacts) -> None:
+    """Issue 16 item 2 as a newcomer meets it: Lab opens in the home with a `data` entry and a
+    Desktop tile, no news pop-up; a double-click on a `.nxs` shows its NeXus tree in h5web, and on a
+    corrupt one (uploaded to the home, as a user would) a message naming it, not a blank pane."""
+    page.goto(f"{server_url}/lab")
+    listing = page.locator(".jp-DirListing-itemText")
+    listing.filter(has_text=re.compile(r"^data$")).wait_for()
+    listing.filter(has_text="first-look.ipynb").wait_for()
+    page.locator(".jp-LauncherCard", has_text="Desktop").wait_for()  # jupyter-server-proxy's tile
+    disabled = page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent)"
+                             ".disabledExtensions")
+    assert "@jupyterlab/apputils-extension:announcements" in disabled, disabled
+
+    corrupt = b"\x89HDF\r\n\x1a\n" + b"truncated by a full disk" * 40  # an HDF5 signature, nothing after
+    with page.expect_file_chooser() as chooser:
+        page.locator(".jp-FileBrowser-toolbar .jp-id-upload").click()
+    chooser.value.set_files({"name": "corrupt.nxs", "mimeType": "application/octet-stream", "buffer": corrupt})
+    listing.filter(has_text="corrupt.nxs").dblclick()
+    message = page.locator(".h5web-root", has_text="corrupt.nxs cannot be opened as an HDF5/NeXus file")
+    message.wait_for()
+    assert message.is_visible()
+    page.screenshot(path=str(artifacts / "flow-3a-lab-corrupt-nxs.png"))
+
+    listing.filter(has_text=re.compile(r"^data$")).dblclick()
+    for name in data_files:
+        listing.filter(has_text=name).first.wait_for()
+    run = next(name for name in data_files if name.endswith(".nxs"))
+    listing.filter(has_text=run).dblclick()
+    viewer = page.locator(".h5web-root", has_text=run)
+    viewer.get_by_text("entry", exact=True).wait_for()  # the run's NXentry in h5web's tree
+    viewer.get_by_text(re.compile(r"^NX (Line|Heatmap)$")).first.wait_for()  # its default NXdata, plotted
+    page.screenshot(path=str(artifacts / "flow-3b-lab-nexus.png"))
+    assert not page.get_by_text(re.compile("Jupyter news", re.I)).count(), "a news pop-up appeared"
