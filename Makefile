@@ -7,15 +7,19 @@ PY := $(VENV)/bin/python
 IMAGE_CACHE ?= /var/cache/visahub/images
 IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
-.PHONY: setup image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument clean-demo
+# setup: everything (tests, benchmarks, VM backend); setup-demo: only what `make demo` runs (docs/demo.md)
+.PHONY: setup setup-demo image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument clean-demo
 
 setup:
-	bash scripts/setup.sh
+	bash scripts/setup.sh all
+
+setup-demo:
+	bash scripts/setup.sh demo
 
 image: setup
 	$(PY) images/build.py --cache-dir $(IMAGE_CACHE)
 
-demo-data: setup
+demo-data: setup-demo
 	$(VENV)/bin/visa-make-demo-data --catalogue hub_config/demo/catalogue.yaml --out $(STATE)/data
 
 demo: demo-data

@@ -17,5 +17,5 @@ def test_ruff_check_passes():
     cmd = [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", *PATHS]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     if "No module named ruff" in done.stderr:
-        pytest.fail("ruff is not installed in this venv; it is in requirements.txt (pip install -r requirements.txt)")
+        pytest.fail("ruff is not installed in this venv; it is in requirements-test.txt (make setup)")
     assert done.returncode == 0, f"`ruff check {' '.join(PATHS)}` found problems:\n{done.stdout}{done.stderr}"
