@@ -105,3 +105,25 @@ def test_lab_serves_no_news_pop_up(lab: JupyterServer) -> None:
     page = json.loads(found.group(1))
     assert "@jupyterlab/apputils-extension:announcements" in page["disabledExtensions"], page["disabledExtensions"]
     assert page["news"] == {"disabled": True}
+
+
+SILX_OPENS = """
+import sys
+from silx.gui import qt
+app = qt.QApplication([])
+from silx.app.view.Viewer import Viewer  # what `silx view` runs: it imports qtawesome and OpenGL
+viewer = Viewer()
+viewer.appendFile(sys.argv[1])
+model = viewer._Viewer__treeview.findHdf5TreeModel()
+print("opened", model.data(model.index(0, 0, qt.QModelIndex()), qt.Qt.DisplayRole))
+"""
+
+
+def test_silx_view_opens_a_demo_run(demo_data: Path) -> None:
+    """The desktop's "silx view" entry: its viewer loads a demo run (it died at import before
+    qtawesome and PyOpenGL were in the lock). Qt offscreen: the window itself is the desktop tests'."""
+    run = sorted((demo_data / PROPOSAL).glob("[0-9]*.nxs"))[0]
+    done = subprocess.run([str(INSTANCE_ENV / "bin" / "python"), "-c", SILX_OPENS, str(run)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0 and f"opened {run.name}" in done.stdout, done.stderr[-2000:]
