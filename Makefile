@@ -8,7 +8,7 @@ IMAGE_CACHE ?= /var/cache/visahub/images
 IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
 # setup: everything (tests, benchmarks, VM backend); setup-demo: only what `make demo` runs (docs/demo.md)
-.PHONY: setup setup-demo image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument clean-demo
+.PHONY: setup setup-demo image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument bench-desktop clean-demo
 
 setup:
 	bash scripts/setup.sh all
@@ -46,6 +46,10 @@ bench-scale: setup
 
 bench-instrument: setup
 	$(PY) bench/instrument.py
+
+# the desktop in Chromium through the hub vs straight on Xvnc's socket (issue 16): W1 input latency, W2 panning
+bench-desktop: setup
+	$(PY) bench/desktop.py
 
 clean-demo:
 	rm -rf $(STATE)

@@ -1,0 +1,474 @@
+"""The desktop in the browser through the hub versus straight on Xvnc's socket (issue 16's benchmark).
+
+One run, one sandbox instance (alice, P-2026-011), one Debian Chromium (headless, loopback), the
+page's screen 1920×1080, the same page and noVNC client on two paths:
+
+* **hub**: noVNC → configurable-http-proxy → jupyter-server (visa_instance.desktop_socket: auth,
+  role, RFB filter) → unix socket → Xvnc;
+* **direct**: noVNC → a bare websocket↔unix-socket bridge (tornado, started by this script as its
+  own process, like websockify) → the *same* Xvnc socket (reached through ``/proc/<pid>/root``).
+  The page is the hub's own desktop page, served by the bridge with its URLs made local.
+
+Workloads, each measured on both paths in turn (one viewer at a time):
+
+* **W1** an xterm in the desktop: a key pressed (or a word double-clicked / a click that clears the
+  selection) → the first animation frame whose pixels in the xterm's window differ. Both stamps are
+  the page's own clock: the input event as the page receives it (a capturing listener) and the
+  ``requestAnimationFrame`` that sees the change. p50/p95 in ms.
+* **W2** a 1000×700 matplotlib figure (QtAgg, the instance env's Python, run in the sandbox as
+  the instance's user) panned at 30 Hz: for ``--seconds`` the page counts frames whose figure
+  pixels changed, the changed pixels, and the bytes its websocket received; psutil gives the CPU
+  of Xvnc and of the proxy (CHP + jupyter-server on the hub path, the bridge on the direct path).
+
+Targets: W2 ≥ 25 fps and ≤ 1 bit per changed pixel; W1 p95 ≤ 60 ms; hub ≤ 1.1× direct.
+
+    .venv/bin/python bench/desktop.py [--seconds 20] [--keys 40] [--levels page,4/2]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.instrument import percentiles  # noqa: E402
+from tests.browser import chromium, demo_login  # noqa: E402
+from tests.hubtools import (  # noqa: E402
+    DEMO_CONFIG,
+    free_port,
+    login_factory,
+    make_demo_data,
+    make_state_dir,
+    run_code,
+    running_hub,
+    unique,
+    wait_for,
+)
+from tests.instance import instrument_ui as ui  # noqa: E402
+
+WIDTH, HEIGHT = 1920, 1080
+FIGURE = (1000, 700)
+TERM_TITLE = "visa-bench-term"
+
+# Runs in the sandbox (instance env's Python): a 1000x700 figure panned at 30 Hz for ever; writes
+# the canvas's place on the screen, then counts the frames it drew (the app's own rate).
+PAN_APP = r'''
+import json, sys
+import numpy as np
+import matplotlib
+matplotlib.use("QtAgg")
+matplotlib.rcParams["toolbar"] = "None"
+import matplotlib.pyplot as plt
+from matplotlib.backends.qt_compat import QtCore
+
+y, x = np.mgrid[-140:140, -280:280] / 20.0  # a 560x280 detector image
+r = np.hypot(x - 1.0, y + 0.5)
+image = np.exp(-r / 6) + sum(np.exp(-((r - q) ** 2) / 0.02) / (1 + q) for q in (2.0, 3.5, 4.7, 6.1, 7.4))
+fig = plt.figure(figsize=(10, 7), dpi=100)
+ax = fig.add_subplot()
+ax.imshow(image, extent=(-14, 14, -7, 7), origin="lower", cmap="viridis", interpolation="nearest")
+ax.set_title("D11 detector (bench pan)")
+window = fig.canvas.manager.window
+window.move(400, 150)
+drawn = [0]
+fig.canvas.mpl_connect("draw_event", lambda e: drawn.__setitem__(0, drawn[0] + 1))
+step = [0]
+
+def pan():
+    step[0] += 1
+    offset = 4 - abs((step[0] * 0.05) % 8 - 4)  # a triangle wave: left and right across the data
+    ax.set_xlim(-10 + offset, -2 + offset)
+    fig.canvas.draw()
+
+def where():
+    corner = fig.canvas.mapToGlobal(QtCore.QPoint(0, 0))
+    with open(sys.argv[1], "w") as f:
+        json.dump({"x": corner.x(), "y": corner.y(), "w": fig.canvas.width(), "h": fig.canvas.height()}, f)
+
+def report():
+    with open(sys.argv[1] + ".frames", "w") as f:
+        f.write(str(drawn[0]))
+
+timer = QtCore.QTimer(); timer.timeout.connect(pan); timer.start(33)
+QtCore.QTimer.singleShot(1500, where)
+reporter = QtCore.QTimer(); reporter.timeout.connect(report); reporter.start(500)
+plt.show()
+'''
+
+# Kernel code (sandbox, as the instance's user): start a program on the desktop's display.
+ON_DISPLAY = r'''
+import glob, os, subprocess, sys, time
+env = dict(os.environ, DISPLAY=":" + sorted(glob.glob("/tmp/.X11-unix/X*"))[0].rsplit("X", 1)[1],
+           XAUTHORITY=glob.glob("/tmp/visa-desktop-*/Xauthority")[0], QT_QPA_PLATFORM="xcb")
+'''
+
+# Page side: bytes received by websockets, the time of the last input event, and a watcher that
+# stamps the frames whose pixels changed in a region (and counts the changed pixels).
+PROBE = r"""
+(() => {
+  const bench = window.visaBench = { bytes: 0, input: null, watch: null };
+  const Native = window.WebSocket;
+  window.WebSocket = new Proxy(Native, { construct(target, args) {
+    const ws = new target(...args);
+    ws.addEventListener("message", (e) => { bench.bytes += e.data.byteLength || e.data.size || e.data.length || 0; });
+    return ws;
+  }});
+  const stamp = (e) => { bench.input = e.timeStamp; };
+  window.addEventListener("keydown", stamp, true);
+  window.addEventListener("mousedown", stamp, true);
+})();
+"""
+WATCH = r"""([x, y, w, h]) => {
+  const ctx = document.querySelector('#visa-screen canvas').getContext('2d', { willReadFrequently: true });
+  const read = () => new Uint32Array(ctx.getImageData(x, y, w, h).data.buffer);
+  const bench = window.visaBench;
+  const watch = bench.watch = { frames: 0, pixels: 0, latencies: [], last: read(), stop: false };
+  const frame = () => {
+    if (watch.stop) return;
+    const now = performance.now();
+    const pixels = read();
+    let changed = 0;
+    for (let i = 0; i < pixels.length; i++) if (pixels[i] !== watch.last[i]) changed++;
+    if (changed) {
+      watch.frames++; watch.pixels += changed; watch.last = pixels;
+      if (bench.input !== null) { watch.latencies.push(now - bench.input); bench.input = null; }
+    }
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+}"""
+
+
+# ---------------------------------------------------------------- the direct path's bridge
+
+
+def serve_direct(rfb_socket: str, port: int, page_file: str) -> None:
+    """A websockify-like bridge: the page, its scripts, and ``/desktop/`` ↔ Xvnc's unix socket."""
+    import tornado.web
+    import tornado.websocket
+
+    page = Path(page_file).read_text()
+
+    class Page(tornado.web.RequestHandler):
+        def get(self) -> None:
+            self.finish(page)
+
+    class Bridge(tornado.websocket.WebSocketHandler):
+        async def open(self) -> None:
+            self.reader, self.writer = await asyncio.open_unix_connection(rfb_socket)
+            self.pump = asyncio.ensure_future(self._pump())
+
+        async def _pump(self) -> None:
+            while data := await self.reader.read(65536):
+                await self.write_message(data, binary=True)
+            self.close()
+
+        def on_message(self, message: bytes) -> None:
+            self.writer.write(message)
+
+        def on_close(self) -> None:
+            self.writer.close()
+
+    app = tornado.web.Application([
+        (r"/", Page),
+        (r"/desktop/?", Bridge),
+        (r"/visa/static/(.*)", tornado.web.StaticFileHandler, {"path": str(REPO / "visa_instance" / "static")}),
+        (r"/visa/novnc/(.*)", tornado.web.StaticFileHandler, {"path": "/usr/share/novnc"}),
+    ], websocket_max_message_size=2**26)
+
+    async def main() -> None:
+        app.listen(port, "127.0.0.1")
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def local_page(html: str, prefix: str) -> str:
+    """The hub's desktop page with its URLs under ``prefix`` made local, and no room/ops/collab."""
+    html = html.replace(prefix, "/")
+    match = re.search(r'(<script id="visa-desktop-config" type="application/json">)(.*?)(</script>)', html, re.S)
+    config = json.loads(match.group(2))
+    for key in ("roomPath", "opsBanner", "collabPrompt"):
+        config.pop(key, None)
+    return html[:match.start(2)] + json.dumps(config) + html[match.end(2):]
+
+
+# ---------------------------------------------------------------- processes
+
+
+def desktop_processes(instance_name: str) -> tuple[psutil.Process, psutil.Process, str]:
+    """(Xvnc, its jupyter-server, the published RFB socket as the host reaches it) of our instance."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "visa_instance.desktop_launcher" not in cmd:
+            continue
+        try:
+            if proc.environ().get("VISA_INSTANCE_NAME") != instance_name:
+                continue
+            xvnc = next(c for c in proc.children() if c.name() == "Xvnc")
+        except (psutil.Error, StopIteration):
+            continue
+        path = cmd[cmd.index("--socket") + 1]
+        return xvnc, proc.parent(), f"/proc/{xvnc.pid}/root{path}"
+    raise LookupError(f"no desktop launcher for {instance_name!r}")
+
+
+def chp_process(hub_pid: int) -> psutil.Process:
+    return next(p for p in psutil.Process(hub_pid).children(recursive=True)
+                if "configurable-http-proxy" in " ".join(p.cmdline()))
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def new_instance(page, name: str) -> str:
+    """A sandbox instance with a 1920x1080 screen, kept at that size (the page's "Fixed size"); its
+    server name once Lab shows."""
+    page.context.add_init_script("localStorage.setItem('visa-desktop-fit', 'false')")
+    page.fill("#visa-name", name)
+    page.select_option("#visa-proposal", "P-2026-011")
+    page.select_option("#visa-screen", f"{WIDTH}x{HEIGHT}")
+    page.select_option("#visa-keyboard", "us")
+    page.click("#visa-create")
+    page.wait_for_url("**/lab**", timeout=120_000)
+    return page.url.split("/user/", 1)[1].split("/")[1]
+
+
+def connect(page, url: str) -> None:
+    page.goto(url)
+    ui.wait_connected(page)
+    page.wait_for_function(f"document.querySelector('#visa-screen canvas').width === {WIDTH}"
+                           f" && document.querySelector('#visa-screen canvas').height === {HEIGHT}",
+                           timeout=30_000)
+
+
+def screen_point(page, x: int, y: int) -> tuple[float, float]:
+    """The page's point showing the screen's (x, y), however noVNC scales the canvas."""
+    box = page.locator("#visa-screen canvas").bounding_box()
+    return box["x"] + x * box["width"] / WIDTH, box["y"] + y * box["height"] / HEIGHT
+
+
+def quiet(page, region: list[int], for_ms: float = 400) -> None:
+    """Until the region has not changed for ``for_ms`` (the previous input's drawing is over)."""
+    page.evaluate(WATCH, region)
+    def still() -> bool:
+        frames = page.evaluate("window.visaBench.watch.frames")
+        time.sleep(for_ms / 1000)
+        return page.evaluate("window.visaBench.watch.frames") == frames
+    wait_for(still, 20, "the region to stop changing", interval=0.01)
+    page.evaluate("window.visaBench.watch.stop = true")
+
+
+def focus(page, region: list[int]) -> None:
+    """Click the xterm until a key typed there is drawn (a click before openbox manages the new
+    window is lost), then clear the line."""
+    x, y, w, h = region
+
+    def echoed() -> bool:
+        page.mouse.click(*screen_point(page, x + w // 2, y + h // 2))
+        quiet(page, region, 300)
+        page.evaluate(WATCH, region)
+        page.keyboard.press("x")
+        time.sleep(0.5)
+        page.evaluate("window.visaBench.watch.stop = true")
+        return page.evaluate("window.visaBench.watch.frames") > 0
+
+    wait_for(echoed, 30, "the xterm to take the keyboard", interval=0.2)
+    page.keyboard.press("Control+u")
+
+
+def w1(page, region: list[int], keys: int) -> tuple[list[float], int]:
+    """Input → changed pixels in the xterm, ms: ``keys`` key presses, then word selections by
+    double-click, each cleared by a click; and how many inputs drew nothing within 2 s."""
+    x, y, w, h = region
+    focus(page, region)
+    quiet(page, region)
+    page.evaluate(WATCH, region)
+    latencies: list[float] = []
+    missed = 0
+
+    def one(action) -> None:
+        nonlocal missed
+        page.evaluate("window.visaBench.input = null")
+        count = len(latencies)
+        action()
+        try:
+            wait_for(lambda: len(page.evaluate("window.visaBench.watch.latencies")) > count, 2,
+                     "the input drawn", interval=0.005)
+        except TimeoutError:
+            missed += 1
+        latencies[:] = page.evaluate("window.visaBench.watch.latencies")
+        time.sleep(0.15)  # what a typist leaves between keys; lets the echo's last rectangles land
+
+    for i in range(keys):
+        one(lambda i=i: page.keyboard.press("abcdefghij klmnopqrst"[i % 21]))
+    for _ in range(max(keys // 4, 1)):
+        one(lambda: page.mouse.dblclick(*screen_point(page, x + 40, y + 20)))  # the first line
+        one(lambda: page.mouse.click(*screen_point(page, x + w // 2, y + h // 2)))
+    page.evaluate("window.visaBench.watch.stop = true")
+    page.keyboard.press("Control+u")
+    return latencies, missed
+
+
+def w2(page, region: list[int], seconds: float, procs: list[psutil.Process], xvnc: psutil.Process) -> dict:
+    page.evaluate(WATCH, region)
+    bytes0, cpu_x0, cpu_p0 = page.evaluate("window.visaBench.bytes"), cpu_seconds([xvnc]), cpu_seconds(procs)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    took = time.monotonic() - t0
+    watch = page.evaluate("(() => { const w = window.visaBench.watch; w.stop = true;"
+                          " return { frames: w.frames, pixels: w.pixels, bytes: window.visaBench.bytes }; })()")
+    return {
+        "fps": watch["frames"] / took,
+        "bits_per_px": 8 * (watch["bytes"] - bytes0) / max(watch["pixels"], 1),
+        "mbit_s": 8 * (watch["bytes"] - bytes0) / took / 1e6,
+        "xvnc_cpu": 100 * (cpu_seconds([xvnc]) - cpu_x0) / took,
+        "proxy_cpu": 100 * (cpu_seconds(procs) - cpu_p0) / took,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(seconds: float, keys: int, levels: list[str]) -> None:
+    state = make_state_dir("visahub-bench-desktop-")
+    make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
+    bridge = None
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    try:
+        with running_hub(state) as hub, chromium() as browser:
+            page = demo_login(browser, hub.url, "alice", width=WIDTH, height=HEIGHT + ui.BAR + 4)
+            page.context.add_init_script(PROBE)
+            name = unique("Bench desktop")
+            server = new_instance(page, name)
+            hub_url = f"{hub.url}/user/alice/{server}/visa/desktop"
+            connect(page, hub_url)
+            xvnc, jupyter, rfb_socket = desktop_processes(name)
+            html = page.request.get(hub_url).text()
+            page_file = state / "direct.html"
+            page_file.write_text(local_page(html, f"/user/alice/{server}/"))
+            port = free_port()
+            bridge = subprocess.Popen([sys.executable, __file__, "serve-direct", rfb_socket, str(port),
+                                       str(page_file)])
+            wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 20,
+                     "the direct bridge", interval=0.05)
+            bridge_proc = psutil.Process(bridge.pid)
+            paths = {"hub": (hub_url, [chp_process(hub.proc.pid), jupyter]),
+                     "direct": (f"http://127.0.0.1:{port}/", [bridge_proc])}
+            browser_user = login_factory(hub)("alice")
+
+            out = run_code(browser_user, "alice", server, ON_DISPLAY + (
+                f"subprocess.Popen(['xterm', '-T', '{TERM_TITLE}', '-geometry', '80x6+300+300', '-fa', "
+                f"'DejaVu Sans Mono', '-fs', '14'], env=env, start_new_session=True)\n"
+                f"print(subprocess.run(['xdotool', 'search', '--sync', '--onlyvisible', '--name', '{TERM_TITLE}',"
+                f" 'getwindowgeometry', '--shell'], env=env, capture_output=True, text=True, timeout=20).stdout)"))
+            geo = dict(re.findall(r"(\w+)=(\d+)", out))
+            assert "X" in geo, f"no xterm geometry: {out!r}"
+            term = [int(geo["X"]), int(geo["Y"]), int(geo["WIDTH"]), int(geo["HEIGHT"])]
+            print(f"xterm at {term}", flush=True)
+
+            results: dict[str, dict] = {k: {} for k in paths}
+            for path, (url, _procs) in paths.items():
+                if page.url != url:
+                    connect(page, url)
+                lat, missed = w1(page, term, keys)
+                results[path]["w1"] = percentiles([v / 1000 for v in lat])
+                print(f"W1 {path}: p50 {results[path]['w1'][0]:.0f} ms, p95 {results[path]['w1'][1]:.0f} ms "
+                      f"({len(lat)} inputs drawn, {missed} drew nothing in 2 s)", flush=True)
+
+            where = "bench-pan.json"
+            run_code(browser_user, "alice", server, ON_DISPLAY + (
+                f"script = os.path.expanduser('~/bench_pan.py')\n"
+                f"open(script, 'w').write({PAN_APP!r})\n"
+                f"subprocess.Popen([sys.executable, script, os.path.expanduser('~/{where}')], env=env,"
+                f" start_new_session=True)\n"))
+            home = Path(f"/proc/{xvnc.pid}/root") / xvnc.environ()["HOME"].lstrip("/")
+            figure = wait_for(lambda: json.loads((home / where).read_text()), 60, "the matplotlib window")
+            region = [figure["x"], figure["y"], figure["w"], figure["h"]]
+            print(f"figure canvas at {region} (asked {FIGURE[0]}x{FIGURE[1]})", flush=True)
+            for path, (url, procs) in paths.items():
+                if page.url != url:
+                    connect(page, url)
+                for level in levels:
+                    set_levels(page, level)
+                    frames0 = int((home / f"{where}.frames").read_text())
+                    r = results[path][f"w2 {level}"] = w2(page, region, seconds, procs, xvnc)
+                    r["app_fps"] = (int((home / f"{where}.frames").read_text()) - frames0) / seconds  # ± 0.5 s
+                    print(f"W2 {path}, levels {level}: {r['fps']:.1f} fps in the page "
+                          f"(app drew ~{r['app_fps']:.1f}/s), "
+                          f"{r['bits_per_px']:.2f} bit/changed px, {r['mbit_s']:.1f} Mbit/s, "
+                          f"Xvnc {r['xvnc_cpu']:.0f}% CPU, proxy {r['proxy_cpu']:.0f}% CPU", flush=True)
+            report(results)
+    finally:
+        if bridge is not None:
+            bridge.terminate()
+            bridge.wait(10)
+        print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def set_levels(page, level: str) -> None:
+    """``q/c``: noVNC's JPEG quality and compression level (noVNC sends SetEncodings at once);
+    ``page``: what the desktop page itself sets."""
+    if level != "page":
+        quality, compression = (int(v) for v in level.split("/"))
+        page.evaluate(f"window.visaDesktop.rfb.qualityLevel = {quality};"
+                      f" window.visaDesktop.rfb.compressionLevel = {compression}")
+    time.sleep(1)  # the updates in flight at the old levels
+
+
+def report(results: dict[str, dict]) -> None:
+    hub, direct = results["hub"], results["direct"]
+    rows = [
+        ("W1 p50 (ms)", hub["w1"][0], direct["w1"][0], None),
+        ("W1 p95 (ms)", hub["w1"][1], direct["w1"][1], "≤ 60"),
+    ]
+    for key in (k for k in hub if k.startswith("w2 ")):
+        rows += [
+            (f"W2 {key[3:]}: fps in the page", hub[key]["fps"], direct[key]["fps"], "≥ 25"),
+            (f"W2 {key[3:]}: bit / changed px", hub[key]["bits_per_px"], direct[key]["bits_per_px"], "≤ 1"),
+            (f"W2 {key[3:]}: Xvnc CPU (%)", hub[key]["xvnc_cpu"], direct[key]["xvnc_cpu"], None),
+            (f"W2 {key[3:]}: proxy CPU (%)", hub[key]["proxy_cpu"], direct[key]["proxy_cpu"], None),
+        ]
+    print("\n| figure | hub | direct | hub / direct | target |\n|---|---|---|---|---|")
+    for label, h, d, target in rows:
+        ratio = h / d if d else float("inf")
+        print(f"| {label} | {h:.2f} | {d:.2f} | {ratio:.2f} | {target or ''} |")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-direct":
+        serve_direct(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20, help="W2's length on each path")
+    parser.add_argument("--keys", type=int, default=40, help="W1's key presses on each path")
+    parser.add_argument("--levels", default="page",
+                        help="W2 once per item, comma-separated: 'page' (the page's own settings) or "
+                        "'quality/compression' for noVNC (e.g. 6/2, noVNC's defaults)")
+    args = parser.parse_args()
+    run(args.seconds, args.keys, args.levels.split(","))
+
+
+if __name__ == "__main__":
+    main()
