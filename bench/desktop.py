@@ -11,8 +11,8 @@ page's screen 1920×1080, the same page and noVNC client on two paths:
 
 Workloads, each measured on both paths in turn (one viewer at a time):
 
-* **W1** an xterm in the desktop: a key pressed (or a word double-clicked / a click that clears the
-  selection) → the first animation frame whose pixels in the xterm's window differ. Both stamps are
+* **W1** an xterm in the desktop: a key pressed (or a click raising the window behind it, or it) → the
+  first animation frame whose pixels in the xterm's window differ. Both stamps are
   the page's own clock: the input event as the page receives it (a capturing listener) and the
   ``requestAnimationFrame`` that sees the change. p50/p95 in ms.
 * **W2** a 1000×700 matplotlib figure (QtAgg, the instance env's Python, run in the sandbox as
@@ -127,7 +127,7 @@ PROBE = r"""
   }});
   const stamp = (e) => { bench.input = e.timeStamp; };
   window.addEventListener("keydown", stamp, true);
-  window.addEventListener("mousedown", stamp, true);
+  window.addEventListener("pointerdown", stamp, true); // noVNC cancels it: no mousedown follows
 })();
 """
 WATCH = r"""([x, y, w, h]) => {
@@ -298,8 +298,9 @@ def focus(page, region: list[int]) -> None:
 
 
 def w1(page, region: list[int], keys: int) -> tuple[list[float], int]:
-    """Input → changed pixels in the xterm, ms: ``keys`` key presses, then word selections by
-    double-click, each cleared by a click; and how many inputs drew nothing within 2 s."""
+    """Input → changed pixels in the xterm, ms: ``keys`` key presses, then clicks that raise the
+    desktop's own terminal (behind ours, at +40+40) and ours again; and how many inputs drew
+    nothing within 2 s."""
     x, y, w, h = region
     focus(page, region)
     quiet(page, region)
@@ -322,8 +323,8 @@ def w1(page, region: list[int], keys: int) -> tuple[list[float], int]:
 
     for i in range(keys):
         one(lambda i=i: page.keyboard.press("abcdefghij klmnopqrst"[i % 21]))
-    for _ in range(max(keys // 4, 1)):
-        one(lambda: page.mouse.dblclick(*screen_point(page, x + 40, y + 20)))  # the first line
+    for _ in range(max(keys // 4, 1)):  # a click on the window behind raises it over ours, then back
+        one(lambda: page.mouse.click(*screen_point(page, x + 20, y - 60)))
         one(lambda: page.mouse.click(*screen_point(page, x + w // 2, y + h // 2)))
     page.evaluate("window.visaBench.watch.stop = true")
     page.keyboard.press("Control+u")
