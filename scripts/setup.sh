@@ -37,6 +37,7 @@ apt_packages=(
   python3-venv python3-dev
   tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils x11-xkb-utils x11-utils
   dbus-x11 xfonts-base bubblewrap novnc util-linux procps
+  tint2 jgmenu pcmanfm mousepad  # the desktop's panel, menu, file manager and editor (docs/desktop.md)
   libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-image0 libxcb-render-util0  # PyDM's Qt (instrument panels)
   fonts-dejavu-core
 )
@@ -46,6 +47,7 @@ apt_test_packages=(
   postgresql
   qemu-system-x86 qemu-utils debootstrap e2fsprogs zstd
   socat
+  xclip  # tests: the desktop clipboard (tests/instance/test_clipboard.py)
 )
 stage_apt() {
 [ "$profile" = demo ] || apt_packages+=("${apt_test_packages[@]}")
