@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from traitlets import Unicode
+from traitlets import Unicode, default
 from traitlets.config import Configurable
 
 from .desktop_env import parse_proposal
@@ -36,11 +36,14 @@ class VisaHome(Configurable):
     ).tag(config=True)
 
     starter_notebook = Unicode(
-        str(STARTER_NOTEBOOK),
         help="""Notebook copied into a home that has none of that name, when the proposal has data
         (opens a run, plots I(Q), fits a peak; it reads the data through the `data` link).
-        Empty: none.""",
+        Default: the shipped `visa_instance/notebooks/first-look.ipynb`. Empty: none.""",
     ).tag(config=True)
+
+    @default("starter_notebook")
+    def _shipped_notebook(self) -> str:
+        return str(STARTER_NOTEBOOK)  # where this package is installed: not a fixed path
 
     def prepare(self, home: Path, proposal: str | None, log: logging.Logger) -> None:
         """Link the proposal's data and copy the starter notebook; never raises (start goes on)."""

@@ -62,9 +62,13 @@ def test_manifest_matches_the_recipe(manifest: dict):
     assert recipe.lock["apt"].get("novnc") in (None, manifest["unpacked"]["novnc"])
     assert not any(p == "nodejs" or p.startswith("libnode") for p in manifest["packages"]), "node is in the image"
     py = {k.lower().replace("_", "-"): v for k, v in manifest["python_packages"].items()}
-    for pin in recipe.python["packages"]:
+    pins = [line.split("#")[0].strip() for f in recipe.python["requirement_files"]
+            for line in (REPO / f).read_text().splitlines()]
+    pins = [pin for pin in pins if "==" in pin and "*" not in pin]
+    assert any(pin.startswith("scippneutron==") for pin in pins), pins  # the science lock is read
+    for pin in pins:  # exact pins of the lock files, as installed (requirements-science.txt: all of them)
         name, version = pin.split("==")
-        assert py.get(name.lower()) == version, pin
+        assert py.get(name.lower().replace("_", "-")) == version, pin
     for name in ("jupyterhub", "jupyterlab", "jupyter-server-proxy", "jupyter-collaboration", "visa-hub"):
         assert name in py, name
     assert py["jupyterhub"] == "6.1.1"
