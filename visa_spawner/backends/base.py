@@ -166,6 +166,8 @@ class InstanceSpec:
     instruments: tuple[str, ...] = ()  # the proposal's instruments (e.g. instrument-control networks)
     instrument_control: tuple[str, ...] = ()  # of those, where the proposal's control window is open now
     restore_from: str = ""  # an archive (made by `Backend.archive`) the new instance's home starts from
+    materials: str = ""  # a host folder (a course's materials) copied into a fresh home; "" if none
+    warm_pool: str = ""  # a warm pool's name (a course): adopt a pre-started instance from it if one is ready
 
 
 class Backend(SingletonConfigurable):
