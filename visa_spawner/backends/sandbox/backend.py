@@ -37,6 +37,7 @@ from visa_spawner.backends.sandbox.command import (
     proposal_mount_point,
     sandbox_env,
 )
+from visa_spawner.backends.sandbox.materials import copy_materials
 from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, gateway_route, hub_routes
 from visa_spawner.backends.sandbox.state import SandboxState
 
@@ -128,6 +129,9 @@ class SandboxBackend(Backend):
         if spec.restore_from and fresh:
             progress(30, "Restoring the home from its archive")
             await self._restore_home(Path(spec.restore_from), home, uid, gid)
+        elif spec.materials and fresh:  # a course: its materials in a new home, the account's own
+            progress(30, "Copying the course materials into the home")
+            await self._copy_materials(spec.materials, home, uid, gid)
 
         cgroup = Cgroup(account, parent=self.cgroup_parent)
         try:
@@ -326,6 +330,18 @@ class SandboxBackend(Backend):
             await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, home, True)
             raise BackendError("The archived home could not be restored into this instance; ask an admin.",
                                reason="restore", log_detail=out.decode(errors="replace")[-400:])
+
+    async def _copy_materials(self, materials: str, home: Path, uid: int, gid: int) -> None:
+        """A course's materials into a new home (`materials.copy_materials`); on failure the home is
+        removed, so the next start copies them again rather than keeping half of them."""
+        try:
+            if not os.path.isdir(materials):
+                raise FileNotFoundError(f"no materials folder {materials}")
+            await asyncio.get_running_loop().run_in_executor(None, copy_materials, Path(materials), home, uid, gid)
+        except OSError as e:
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, home, True)
+            raise BackendError("The course materials could not be copied into this instance; ask the trainer.",
+                               reason="materials", log_detail=str(e)) from e
 
     async def _ensure_account(self, account: str) -> tuple[int, int]:
         try:
