@@ -52,7 +52,7 @@ DESKTOP_RESOURCE = "visa-desktop"
 # Paths (relative to the server's base URL) a view-only member may reach. Everything else,
 # including routes added by extensions we do not know about, is refused.
 _VIEW_ROUTES = re.compile(
-    r"^(visa/desktop/?|visa/static/.*|visa/novnc/.*|visa/api/room/?|desktop/.*|logout|oauth_callback"
+    r"^(visa/desktop/?|visa/desktop/snapshot\.png|visa/static/.*|visa/novnc/.*|visa/api/room/?|desktop/.*|logout|oauth_callback"
     r"|visa/instrument/[A-Za-z0-9_-]+/?|instrument-[a-z0-9_-]+/.*)$"  # instrument panels, read-only
 )
 _NONE_ROUTES = re.compile(r"^(logout|oauth_callback|visa/api/room/?)$")

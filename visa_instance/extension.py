@@ -22,6 +22,7 @@ from .h5web import h5web_handlers
 from .handlers import RoomHandler, desktop_handlers
 from .home import prepare_lab_home
 from .room import Room
+from .snapshot import snapshot_routes
 
 
 class VisaDesktop(Configurable):
@@ -236,6 +237,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
     socket_class, socket_kwargs = desktop_socket_handler()
     _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])
+    web_app.add_handlers(".*", snapshot_routes(base_url, socket_kwargs["state"]))  # the trainer's grid
     _add_instrument_routes(serverapp, web_app, base_url)
     if routes := h5web_handlers(base_url, serverapp.root_dir):  # a corrupt .nxs: a 400, not a 500
         _add_handlers_first(web_app, routes)
