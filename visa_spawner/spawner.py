@@ -35,6 +35,7 @@ from .backends.base import (
     Plan,
     UnknownBackendError,
 )
+from .course import course_seat, download_open, seat_request
 from .options import KEYBOARDS, SCREENS, OptionError, restart_form, validate_request
 from .plan_switch import read_disabled
 from .plans import parse_plans, plan_offer
@@ -136,6 +137,15 @@ class VisaSpawner(Spawner):
         "sweep prunes older ones).",
     )
 
+    training_api_url = Unicode(
+        "", config=True,
+        help="visa-training's internal API (…/services/visa-training/api/internal/), asked who takes part in "
+        "a course when a course instance (server course-<id>, user_options {\"course\": id}) starts. Empty: "
+        "course instances cannot start.")
+    training_api_token = Unicode(
+        "", config=True,
+        help="The shared secret sent to training_api_url (Authorization: token …); never logged.")
+
     backend_state = Dict(help="What the backend needs to find this instance again (persisted).")
 
     def __init__(self, **kwargs: Any) -> None:
@@ -227,6 +237,10 @@ class VisaSpawner(Spawner):
         overrides = read_overrides(self.quota_overrides_file) if self.quota_overrides_file else {}
         return effective_quota(entitlements, overrides.get(self.user.name))
 
+    def course_download_open(self, options: Mapping[str, Any] | None) -> bool:
+        """For the home page: may the owner still download this course instance's work?"""
+        return download_open(options)
+
     # -- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict:
         state = super().get_state()
@@ -316,8 +330,12 @@ class VisaSpawner(Spawner):
         self.emit(5, "Checking the request against your proposals and plans")
         entitlements = await self.entitlements()
         plans = self.plan_catalogue()
+        seat = await course_seat(self)  # a course instance: the course sets plan, proposal, materials
         try:
-            request = validate_request(
+            request = seat_request(
+                seat, self.user_options, plans=plans, disabled=self.disabled_plans(),
+                gpus_free=await self.gpus_free(plans), screens=self.screens, keyboards=self.keyboards,
+            ) if seat else validate_request(
                 self.user_options, entitlements=entitlements,
                 plans=plans, existing={}, screens=self.screens,
                 keyboards=self.keyboards, roles_without_proposal=self.roles_without_proposal, new=False,
@@ -351,6 +369,7 @@ class VisaSpawner(Spawner):
             roles=tuple(map(str, entitlements.get("roles", []))),
             instruments=instruments, restore_from=restore_from,
             instrument_control=instruments if request.proposal in entitlements.get("instrument_control", []) else (),
+            materials=seat.materials if seat else "", warm_pool=seat.course if seat and seat.warm_pool else "",
         )
         try:
             state = await backend.create(spec, self.emit)
