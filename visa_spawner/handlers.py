@@ -16,7 +16,6 @@ from tornado import web
 
 from .archives import handlers as archive_handlers
 from .capacity import CapacityHandler
-from .course import quota_beside_courses
 from .options import OptionError, validate_request
 from .reset import handlers as reset_handlers
 
@@ -34,11 +33,9 @@ class NewInstanceHandler(BaseHandler):
         spawner = user.spawner  # the default spawner carries the configuration (plans, screens…)
         form = {k: [v.decode("utf8", "replace") for v in vs] for k, vs in self.request.body_arguments.items()}
         existing = {s.name: (s.display_name or s.name) for s in user.orm_user._orm_spawners if s.name}
-        entitlements = await spawner.entitlements()
-        entitlements["quota"] = quota_beside_courses(entitlements["quota"], _named_servers(user))
         try:
             request = validate_request(
-                form, entitlements=entitlements, plans=spawner.plan_catalogue(),
+                form, entitlements=await spawner.entitlements(), plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
                 roles_without_proposal=spawner.roles_without_proposal,
                 disabled=spawner.disabled_plans(), gpus_free=await spawner.gpus_free(),
@@ -92,7 +89,7 @@ async def named_server_limit(handler) -> int:
       button POSTs with the XSRF token).
 
     Quota -1 (unlimited) maps to JupyterHub's 0. An admin's override beats the catalogue's quota
-    (`VisaSpawner.quota_for`). Course instances do not use the quota (`course.quota_beside_courses`).
+    (`VisaSpawner.quota_for`).
     """
     user = handler.current_user
     if not hasattr(user, "get_auth_state"):
@@ -103,12 +100,7 @@ async def named_server_limit(handler) -> int:
             raise web.HTTPError(405, "Instances are created from the home page, not by following a link.")
         if quota == 0:
             raise web.HTTPError(403, "Your account is awaiting approval: you cannot create instances yet.")
-    return 0 if quota in (-1, 0) else quota_beside_courses(int(quota), _named_servers(user))
-
-
-def _named_servers(user) -> list[tuple[str, dict]]:
-    """(name, user_options) of the user's named servers."""
-    return [(name, s.user_options or {}) for name, s in user.orm_spawners.items() if name]
+    return 0 if quota in (-1, 0) else int(quota)
 
 
 def _creates_a_record(handler) -> bool:
