@@ -42,6 +42,7 @@ class Instance:
     owner_roles: tuple[str, ...] = ()  # facility roles, upper case ("USER", "STAFF"), from `role:*` groups
     instruments: tuple[str, ...] = field(default=())
     spawner_id: int | None = None  # the hub's row: a server deleted and made again under the same name is another
+    ends_at: datetime | None = None  # a course instance's end (user_options.download_until): its lifetime
 
     @property
     def key(self) -> tuple[str, str]:
@@ -97,8 +98,16 @@ def instance_from_row(row: Any, roles: tuple[str, ...], plan_backends: Mapping[s
         created=min(created) if created else None, started=started,
         last_activity=_naive(row.last_activity), owner_roles=roles,
         instruments=tuple(map(str, instruments)) if isinstance(instruments, (list, tuple)) else (),
-        spawner_id=getattr(row, "spawner_id", None),
+        spawner_id=getattr(row, "spawner_id", None), ends_at=_option_time(options.get("download_until")),
     )
+
+
+def _option_time(value: Any) -> datetime | None:
+    """An ISO 8601 time saved in user_options, naive UTC (None if absent or malformed)."""
+    try:
+        return _naive(datetime.fromisoformat(str(value))) if value else None
+    except ValueError:
+        return None
 
 
 _engines: dict[str, Engine] = {}

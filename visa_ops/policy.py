@@ -96,6 +96,8 @@ class LifecyclePolicy(Configurable):
     def expires_at(self, inst: Instance, record: Mapping[str, Any]) -> datetime | None:
         if record.get("unlimited"):
             return None
+        if inst.ends_at is not None:  # a course instance: its end is the course's (download_until), not a role's
+            return inst.ends_at + timedelta(days=int(record.get("extra_days") or 0))
         created = record.get("created_at") or inst.created or self.now()
         if inst.created and inst.created < created:
             created = inst.created
