@@ -26,7 +26,7 @@ from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability  # 
 from visa_spawner.backends.qemu.vm import memory_of  # noqa: E402
 from visa_spawner.backends.qemu.warm import build_snapshot  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parent.parent / "tests" / "qemu" / "hub_qemu_config.py"
+CONFIG = Path(__file__).resolve().parent.parent / "tests" / "spawner" / "qemu" / "hub_qemu_config.py"
 USER, PROPOSAL = "alice", "P-2026-011"
 
 
@@ -51,6 +51,9 @@ def boot_once(hub: Hub, owner: Browserless, name: str, qemu_state: Path) -> tupl
     elapsed = time.perf_counter() - t0
     pids = qemu_pids(qemu_state)
     memory = memory_of(pids[0]) if len(pids) == 1 else {}
+    t_stop = time.perf_counter()
+    hub.stop_server(USER, name, timeout=120)  # ACPI power-off; a kill after the grace is logged by the hub
+    memory["stop_s"] = round(time.perf_counter() - t_stop, 1)
     hub.delete_server(USER, name, timeout=120)
     return elapsed, memory
 
@@ -85,8 +88,8 @@ def main() -> None:
             for i in range(args.runs):
                 t, mem = boot_once(hub, owner, f"cold-{i}", state / "qemu")
                 cold.append(t)
-                print(f"  cold run {i}: {t:.1f} s; QEMU memory PSS {mem.get('pss')} MB, RSS {mem.get('rss')} MB",
-                      flush=True)
+                print(f"  cold run {i}: {t:.1f} s; QEMU memory PSS {mem.get('pss')} MB, RSS {mem.get('rss')} MB; "
+                      f"stop {mem.get('stop_s')} s", flush=True)
             t0 = time.perf_counter()
             meta = asyncio.run(snapshot(QemuBackend(state_dir=str(state / "qemu"), image_dir=image_dir), 2, 2048))
             print(f"  snapshot ready in {time.perf_counter() - t0:.1f} s: {meta['state_mb']} MB, "

@@ -128,9 +128,14 @@ def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_sta
 
     disk = qemu_state / "instances" / vm_name("alice", name) / "disk.qcow2"
     assert disk.exists()
+    t_stop = time.monotonic()
     hub.stop_server("alice", name, timeout=120)
+    stop = time.monotonic() - t_stop
     assert qemu_pids(qemu_state) == [], "stop must leave no QEMU process"
+    assert "did not power off" not in hub.log_path.read_text(errors="replace"), \
+        "the guest must power off on ACPI power-off, not be killed after the grace"
+    assert stop < 60, f"stop took {stop:.1f} s"
     assert disk.exists(), "stop keeps the VM's disk (like a sandbox's home)"
     hub.delete_server("alice", name, timeout=120)
     assert not disk.parent.exists(), "delete must remove the overlay"
-    print(f"cold boot through the hub: {boot:.1f} s")
+    print(f"cold boot through the hub: {boot:.1f} s; clean stop (ACPI power-off): {stop:.1f} s")
