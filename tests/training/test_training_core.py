@@ -1,0 +1,189 @@
+"""visa-training's core without a hub: the course YAML, uploaded lists, the plan check, seats (SQLite,
+with a real race), the internal API's answers and its secret, and the end-of-course sweep."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from tests.support import free_port
+from visa_spawner.archives import Archive, archive_id, owner_dir
+from visa_training.app import make_app
+from visa_training.course import CourseError, load_courses, parse_course
+from visa_training.roster import plan_refusal, read_list
+from visa_training.store import Store
+from visa_training.training import Directory, Training
+
+NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
+PLANS = [{"id": "sandbox-small", "display_name": "Small sandbox", "roles": []},
+         {"id": "staff-only", "display_name": "Staff", "roles": ["STAFF"]}]
+
+
+def course(**over):
+    raw = {"id": "py", "title": "Python", "trainers": ["tina"], "start": "today", "end": "today+1",
+           "plan": "sandbox-small", **over}
+    return parse_course(raw, NOW)
+
+
+def test_the_demo_yaml_loads_with_absolute_materials_and_the_course_end_of_day():
+    (demo,) = load_courses(REPO / "hub_config/demo/courses.yaml", NOW)
+    assert (demo.id, demo.trainers, demo.proposal, demo.guest_seats) == ("python-neutron", ("tina",), "P-2021-007", 3)
+    assert "frank" in demo.participants and Path(demo.materials, "exercise-1.ipynb").is_file()
+    assert demo.starts_at == datetime(2026, 12, 2, tzinfo=UTC)
+    assert demo.ends_at == datetime(2026, 12, 5, 23, 59, 59, tzinfo=UTC)
+    assert demo.download_until == demo.ends_at + timedelta(days=7)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"id": "Bad_Id"}, "course 'Bad_Id', id:"),
+    ({"end": "yesterday"}, "course 'py', end: 'yesterday' is not an ISO date"),
+    ({"end": "2026-01-01"}, "course 'py', end: must be after the start"),
+    ({"trainers": []}, "course 'py', trainers: at least one"),
+    ({"participants": ["ok", "not ok"]}, "course 'py', participants: 'not ok'"),
+    ({"guest_seats": -1}, "course 'py', guest_seats:"),
+    ({"seats": 3}, "course 'py', seats: unknown field"),
+    ({"materials": "../../etc"}, "course 'py', materials:"),
+])
+def test_a_bad_field_is_named_with_its_course(over, message):
+    with pytest.raises(CourseError) as e:
+        parse_course({"id": "py", "title": "Python", "trainers": ["tina"], "start": "2026-12-01",
+                      "end": "2026-12-04", "plan": "p", **over}, NOW, base=REPO / "hub_config/demo")
+    assert message in str(e.value)
+
+
+def test_an_uploaded_list_gets_a_verdict_per_line_and_the_valid_ones():
+    people = {"frank": "frank@example.org", "paul": "paul@example.org"}
+    text = "frank\n\nPaul Mensah <PAUL@example.org>\nnobody\nfrank\nnot a name!\nx@y\n"
+    report = read_list(text, lambda n: n if n in people else None,
+                       {v: k for k, v in people.items()}.get, already=[])
+    assert [(v.line, v.verdict, v.user) for v in report] == [
+        (1, "added", "frank"), (3, "added", "paul"), (4, "unknown", None), (5, "duplicate", "frank"),
+        (6, "malformed", None), (7, "malformed", None)]
+
+
+def test_a_plan_the_participants_may_not_use_is_refused_with_the_reason():
+    assert plan_refusal("sandbox-small", PLANS, {"frank": ["GUEST"]}, 3) is None
+    assert "frank" in plan_refusal("staff-only", PLANS, {"frank": ["GUEST"], "tina": ["STAFF"]}, 0)
+    assert "guest seats" in plan_refusal("staff-only", PLANS, {}, 1)
+    assert "no plan 'gpu'" in plan_refusal("gpu", PLANS, {}, 0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    clock = [NOW]
+    s = Store.from_url(f"sqlite:///{tmp_path / 't.sqlite'}", b"k" * 32, clock=lambda: clock[0])
+    s.now = clock
+    yield s
+    s.engine.dispose()
+
+
+def test_seats_are_shown_again_stored_hashed_and_used_once_even_when_raced(store):
+    store.save_course_sync(course(guest_seats=2), source="yaml", actor="t")
+    first, second = store.seats_sync("py")
+    assert first["state"] == "free" and len(first["token"]) == 43  # 32 bytes, URL-safe
+    with store.engine.connect() as conn:
+        assert first["token"] not in json.dumps([list(r) for r in conn.exec_driver_sql("select * from visa_training_seats")],
+                                                default=str)
+    results, barrier = [], threading.Barrier(8)
+
+    def redeem():
+        barrier.wait()
+        try:
+            results.append(store.redeem_sync(first["token"])[1])
+        except Exception as e:  # noqa: BLE001 - the verdict is what we compare
+            results.append(getattr(e, "status", repr(e)))
+
+    threads = [threading.Thread(target=redeem) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == sorted(["py-guest1"] + [410] * 7, key=str), results
+    assert [s["state"] for s in store.seats_sync("py")] == ["used", "free"]
+    assert store.participant_sync("py", "py-guest1")["kind"] == "guest"
+    store.now[0] = NOW + timedelta(days=3)
+    with pytest.raises(Exception) as e:
+        store.redeem_sync(second["token"])
+    assert e.value.status == 410 and "ended" in e.value.message
+    assert store.seats_sync("py")[1]["state"] == "expired"
+    with pytest.raises(Exception) as e:
+        store.redeem_sync("x" * 43)
+    assert e.value.status == 404
+
+
+class StubHub:
+    def __init__(self) -> None:
+        self.users: dict[str, dict] = {}
+        self.deleted: list[str] = []
+        self.archives_deleted: list[tuple[str, str]] = []
+
+    def fresh(self):
+        from contextlib import nullcontext
+        return nullcontext()
+
+    async def user(self, name):
+        return self.users.get(name)
+
+    async def delete_user(self, name):
+        self.deleted.append(name)
+
+    async def delete_archive(self, owner, archive):
+        self.archives_deleted.append((owner, archive))
+
+    async def delete_pool(self, name):
+        pass
+
+
+async def test_the_internal_api_answers_the_hub_only_and_the_sweep_removes_guests_after_downloads(store, tmp_path):
+    hub = StubHub()
+    training = Training(store, hub, plans=PLANS, directory=Directory(), archive_dir=str(tmp_path / "archives"))
+    await store.save_course(course(participants=("frank",), guest_seats=1, proposal="P-2021-007"),
+                            source="yaml", actor="t")
+    port = free_port()
+    server = make_app(training, "/services/visa-training/", "/hub/", b"c" * 32, "s3cret").listen(port, "127.0.0.1")
+    base = f"http://127.0.0.1:{port}/services/visa-training/api/internal/"
+    client = AsyncHTTPClient()
+
+    async def call(path, token="s3cret", method="GET"):
+        try:
+            r = await client.fetch(base + path, method=method, body=b"" if method == "POST" else None,
+                                   headers={"Authorization": f"token {token}"})
+            return r.code, json.loads(r.body)
+        except HTTPClientError as e:
+            return e.code, json.loads(e.response.body)
+
+    try:
+        code, body = await call("courses/py/participants/frank")
+        assert code == 200 and body["plan"] == "sandbox-small" and body["proposal"] == "P-2021-007"
+        assert (body["started"], body["warm_pool"], body["ends_at"]) == (False, False, "2026-12-04T23:59:59Z")
+        assert (await call("courses/py/participants/alice"))[0] == 404
+        assert (await call("courses/py/participants/frank", token="wrong"))[0] == 403
+        token = store.seats_sync("py")[0]["token"]
+        code, body = await call(f"seats/{token}/redeem", method="POST")
+        assert (code, body["user"], body["expires"], body["course"]) == (200, "py-guest1", "2026-12-04", "py")
+        code, body = await call(f"seats/{token}/redeem", method="POST")
+        assert (code, body) == (410, {"error": "This sign-up link was already used."})
+    finally:
+        server.stop()
+
+    folder = owner_dir(tmp_path / "archives", "py-guest1")
+    folder.mkdir(parents=True)
+    made = Archive(id=archive_id("course-py", NOW), file="a.tar.gz", owner="py-guest1", server="course-py",
+                   display_name="Python", proposal="P-2021-007", plan="sandbox-small", backend="sandbox",
+                   created=NOW.isoformat(), size=3)
+    (folder / "a.tar.gz").write_bytes(b"abc")
+    (folder / f"{made.id}.json").write_text(json.dumps(made.sidecar()))
+    hub.users["py-guest1"] = {"name": "py-guest1", "servers": {"course-py": {}}}
+    store.now[0] = NOW + timedelta(days=9)  # past the end + 7 download days
+    assert await training.sweep() == []  # its instance is still there
+    hub.users["py-guest1"]["servers"] = {}
+    assert await training.sweep() == ["py-guest1"]
+    assert hub.deleted == ["py-guest1"] and store.participant_sync("py", "py-guest1") is None
+    assert hub.archives_deleted == [("py-guest1", made.id)]
+    assert await asyncio.wait_for(training.sweep(), 5) == []  # once

@@ -1,0 +1,92 @@
+"""The hub REST calls the training service makes, on top of `visa_collab.hubapi.HubAPI`
+(timeouts, retries of reads, errors as `HubError`, tokens never logged).
+
+Sharing a course instance with its trainers goes through the collaboration service, which only
+lets an instance's *owner* add members (its audit log and reconciliation then know the grant).
+The service therefore acts as the owner for that one call: it asks the hub for a short-lived token
+of the participant limited to ``access:services!service=visa-collab`` (scope ``tokens`` on users),
+calls the collab API with it, and deletes it at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from visa_collab.hubapi import HubAPI, HubError
+
+COLLAB_SCOPE = "access:services!service=visa-collab"
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+class TrainingHub(HubAPI):
+    async def create_user(self, name: str) -> dict:
+        """Create the hub user if missing (a participant who never logged in); 409 = already there."""
+        try:
+            return await self._call("POST", f"/users/{_q(name)}", {})
+        except HubError as e:
+            if e.status == 409:
+                return {"name": name}
+            raise
+
+    async def delete_user(self, name: str) -> None:
+        try:
+            await self._call("DELETE", f"/users/{_q(name)}")
+        except HubError as e:
+            if e.status != 404:
+                raise
+        self.forget(name)
+
+    async def spawn(self, owner: str, server: str, user_options: dict) -> dict:
+        """Create and start a named server; the JSON body is its user_options (JupyterHub's REST API).
+        A server already running or starting is fine (400 "already running" / "pending")."""
+        try:
+            return await self._write(owner, "POST", f"/users/{_q(owner)}/servers/{_q(server)}", user_options)
+        except HubError as e:
+            if e.status == 400 and ("already" in e.message or "pending" in e.message):
+                return {}
+            raise
+
+    async def put_pool(self, name: str, body: dict) -> dict | None:
+        """Fill the warm pool (``PUT /hub/api/visa/pools/<name>``); None when the hub has no pools (404)."""
+        try:
+            return await self._call("PUT", f"/visa/pools/{_q(name)}", body)
+        except HubError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def delete_pool(self, name: str) -> None:
+        try:
+            await self._call("DELETE", f"/visa/pools/{_q(name)}")
+        except HubError as e:
+            if e.status != 404:
+                raise
+
+    async def delete_archive(self, owner: str, archive: str) -> None:
+        await self._call("DELETE", f"/visa/archives/{_q(owner)}/{_q(archive)}")
+
+    async def as_owner(self, owner: str, method: str, url: str, body: Any) -> Any:
+        """One call to another service (`url`) with a token of `owner` that lives for this call only."""
+        token = await self._call("POST", f"/users/{_q(owner)}/tokens", {
+            "scopes": [COLLAB_SCOPE], "expires_in": 300, "note": "visa-training: share a course instance"})
+        try:
+            req = HTTPRequest(url, method=method, body=None if body is None else json.dumps(body),
+                              headers={"Authorization": f"token {token['token']}",
+                                       "Content-Type": "application/json"},
+                              request_timeout=self.timeout, connect_timeout=self.timeout)
+            try:
+                resp = await AsyncHTTPClient().fetch(req)
+            except HTTPClientError as e:
+                message = e.response.body[:300].decode("utf8", "replace") if e.response is not None else str(e)
+                raise HubError(e.code, message) from None
+            return json.loads(resp.body) if resp.body else {}
+        finally:
+            await self._call("DELETE", f"/users/{_q(owner)}/tokens/{_q(token['id'])}")
+
