@@ -17,6 +17,7 @@ from traitlets.config import Configurable
 
 from .activity import install as install_activity
 from .authorizer import install_gate
+from .broadcast import install as install_course_banner
 from .desktop_socket import desktop_socket_handler
 from .h5web import h5web_handlers
 from .handlers import RoomHandler, desktop_handlers
@@ -238,6 +239,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     socket_class, socket_kwargs = desktop_socket_handler()
     _add_handlers_first(web_app, [(url_path_join(base_url, "desktop", "(.*)"), socket_class, socket_kwargs)])
     web_app.add_handlers(".*", snapshot_routes(base_url, socket_kwargs["state"]))  # the trainer's grid
+    install_course_banner(web_app, base_url)  # a course instance: the trainer's broadcast, who is helping
     _add_instrument_routes(serverapp, web_app, base_url)
     if routes := h5web_handlers(base_url, serverapp.root_dir):  # a corrupt .nxs: a 400, not a 500
         _add_handlers_first(web_app, routes)

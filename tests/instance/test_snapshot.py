@@ -1,4 +1,5 @@
-"""The desktop snapshot (the trainer's grid): a real jupyter-server with our extension and a real Xvnc."""
+"""The trainer's grid, instance side: the desktop snapshot (a real jupyter-server with our extension and a
+real Xvnc) and the course banner added to a course instance's pages."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ from tests.instance.jupyter import REPO, JupyterServer
 from tests.instance.test_desktop_server import raw_request
 from tests.rfb import RfbClient
 from visa_instance.authorizer import FULL, NONE, VIEW, route_allowed
+from visa_instance.broadcast import banner_transform, broadcast_url, training_prefix
+from visa_instance.room import Room
 from visa_instance.snapshot import parse_width
 
 
@@ -40,7 +43,9 @@ def test_bad_width(raw: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
     # the instance env's Python (Pillow), as in an instance, with this checkout's visa_instance
     s = JupyterServer(tmp_path_factory.mktemp("snapshot") / "server",
-                      env_extra={"VISA_SCREEN": "800x600", "PYTHONPATH": str(REPO)},
+                      env_extra={"VISA_SCREEN": "800x600", "PYTHONPATH": str(REPO),
+                                 "JUPYTERHUB_SERVER_NAME": "course-python-neutron",
+                                 "VISA_TRAINING_PREFIX": "/services/visa-training/"},
                       python=str(INSTANCE_ENV / "bin" / "python")).start()
     yield s
     s.stop()
@@ -99,3 +104,59 @@ def test_snapshot_of_a_live_desktop(server: JupyterServer) -> None:
         print(f"snapshot: first {first * 1000:.0f} ms, cached {cached * 1000:.0f} ms, {len(png)} bytes")
     finally:
         client.close()
+
+
+def test_course_banner_urls() -> None:
+    prefix = "/services/visa-training/"
+    assert broadcast_url(prefix, "course-python-neutron") == "/services/visa-training/api/courses/python-neutron/broadcast"
+    for server in ("", "my-run", "course-", "course-UPPER", "course-a/../b", "xcourse-a"):
+        assert broadcast_url(prefix, server) == ""
+    assert broadcast_url("", "course-a") == ""
+    assert training_prefix({"JUPYTERHUB_USER": "u", "JUPYTERHUB_BASE_URL": "/jh/"}) == "/jh/services/visa-training/"
+    assert training_prefix({}) == ""
+    assert training_prefix({"VISA_TRAINING_PREFIX": "/t/", "JUPYTERHUB_USER": "u"}) == "/t/"
+
+
+def test_course_banner_transform() -> None:
+    """The tag goes before the last </body> of Lab's and the desktop's HTML pages, nowhere else."""
+
+    class Request:
+        def __init__(self, path: str, method: str = "GET") -> None:
+            self.path, self.method = path, method
+
+    cls = banner_transform("/user/u/course-a/", "/services/visa-training/api/courses/a/broadcast")
+    page = b"<html><body><p>x</p></body></html>"
+    for path in ("/user/u/course-a/lab", "/user/u/course-a/lab/tree/x.ipynb", "/user/u/course-a/visa/desktop"):
+        _, headers, out = cls(Request(path)).transform_first_chunk(
+            200, {"Content-Type": "text/html", "Content-Length": str(len(page))}, page, True)
+        assert out.count(b"visa/static/broadcast.js") == 1 and out.endswith(b"</script></body></html>")
+        assert headers["Content-Length"] == str(len(out))
+    for request, status, kind in ((Request("/user/u/course-a/api/contents"), 200, "text/html"),
+                                  (Request("/user/u/course-a/lab", "POST"), 200, "text/html"),
+                                  (Request("/user/u/course-a/lab"), 404, "text/html"),
+                                  (Request("/user/u/course-a/lab"), 200, "application/json"),
+                                  (Request("/user/u/other/lab"), 200, "text/html")):
+        assert cls(request).transform_first_chunk(status, {"Content-Type": kind}, page, True)[2] == page
+
+
+def test_a_service_sees_who_is_here() -> None:
+    """The grid's presence: the room tells the owner and a hub service with access, not a member."""
+    room = Room("frank", "course-a")
+    service = {"kind": "service", "name": "visa-training", "scopes": ["access:servers"]}
+    guest = {"kind": "user", "name": "tina", "scopes": ["access:servers!server=frank/course-a",
+                                                        "custom:visa-guest!server=frank/course-a"]}
+    assert room.room_model(service)["present"] == []
+    assert room.room_model({"kind": "user", "name": "frank", "scopes": []})["present"] == []
+    assert "present" not in room.room_model(guest)
+
+
+@pytest.mark.root
+def test_course_banner_in_the_pages(server: JupyterServer) -> None:
+    for path in ("/lab", "/visa/desktop"):
+        status, _, body = raw_request(server, f"{path}?token={server.token}")
+        assert status == 200, (path, body[:300])
+        assert (b'<script src="/visa/static/broadcast.js" '
+                b'data-broadcast="/services/visa-training/api/courses/python-neutron/broadcast" '
+                b'data-room="/visa/api/room" defer></script></body>') in body, path
+    status, headers, body = raw_request(server, f"/visa/static/broadcast.js?token={server.token}")
+    assert status == 200 and b"visa-course-banner" in body and "javascript" in headers["Content-Type"]
