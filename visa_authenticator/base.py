@@ -241,6 +241,9 @@ class VisaAuthenticator(Authenticator):
             auth_state = upstream["auth_state"]
         else:
             auth_state = await user.get_auth_state()
+        seat_model = rules.seat_account(user.name, auth_state)
+        if seat_model is not None:  # made by a course's sign-up link: the catalogue does not know it
+            return seat_model
         try:
             model = await self.visa_auth_model(user.name, auth_state)
         except web.HTTPError as e:

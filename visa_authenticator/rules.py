@@ -203,6 +203,18 @@ def groups(facts: Facts, entitlements: Mapping[str, Any]) -> list[str]:
     return sorted(set(names))
 
 
+def seat_account(name: str, auth_state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The refresh of an account made by a course's sign-up link (``auth_state["visa"]["seat"]``,
+    written by the hub's seat page), which the catalogue does not know: its entitlements kept as
+    they are (GUEST until the course end, no quota), so its owner stays signed in to download their
+    work after the course; visa-training deletes the account after that. None for other accounts."""
+    visa = (auth_state or {}).get("visa") or {}
+    seat = visa.get("seat")
+    if not isinstance(seat, Mapping):
+        return None
+    return {"name": name, "admin": False, "groups": list(seat.get("groups") or []), "auth_state": dict(auth_state)}
+
+
 @dataclass(frozen=True)
 class Decision:
     """The answer to "may this person create this instance?"."""
