@@ -231,7 +231,7 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin)
             raise await self.refuse(inst.key, actor, action, CollabError(
                 404, f"Nobody called {member[:60]!r} has used VISA: they must log in once before you can add them."),
                 member=member[:255], role=role.value)
-        why = refusal(role, member, model.get("groups", []), inst.proposal)
+        why = refusal(role, member, model.get("groups", []), inst.proposal, inst.server)
         if why and inst.proposal is None and not inst.ready and inst.key not in self.confirmed_proposals:
             why = "Start this instance first: its proposal is known once it runs."
         if why:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from . import db
-from .roles import Role, may_request_support, on_team, refusal, role_of_share
+from .roles import Role, may_request_support, refusal, role_of_share
 
 log = logging.getLogger("visa_collab")
 
@@ -125,10 +125,10 @@ class ReconcileMixin:
                 still = model is not None and may_request_support(groups, inst.proposal)
                 reason = "no longer facility support staff for this proposal"
             elif role is Role.SUPPORT:
-                still = model is not None and refusal(role, member, groups, inst.proposal) is None
+                still = model is not None and refusal(role, member, groups, inst.proposal, server) is None
                 reason = "no longer facility support staff for this proposal"
             else:
-                still = model is not None and on_team(groups, inst.proposal)
+                still = model is not None and refusal(role, member, groups, inst.proposal, server) is None
                 reason = f"left the team of proposal {inst.proposal}"
             if not still:
                 await self._revoke(inst.key, member, actor="visa-collab", reason=reason)

@@ -13,6 +13,7 @@ authenticator manages: ``proposal:<id>`` (team members and the instruments' scie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import Enum
 
@@ -71,6 +72,7 @@ SUPPORT_EVERYWHERE = frozenset({"role:it_support", "role:admin"})
 SUPPORT_ON_PROPOSAL = frozenset({"role:instrument_scientist"})
 # May be offered SUPPORT by an owner, but do not get it on request.
 SUPPORT_OFFERABLE = frozenset({"role:scientific_computing"})
+COURSE_SERVER = re.compile(r"^course-[a-z0-9-]{1,24}$")  # a course instance (visa_training)
 
 
 class RoleError(ValueError):
@@ -139,14 +141,18 @@ def may_request_support(groups: Iterable[str], proposal: str | None) -> bool:
     return bool(g & SUPPORT_ON_PROPOSAL) and on_team(g, proposal)
 
 
-def refusal(role: Role, person: str, groups: Iterable[str], proposal: str | None) -> str | None:
+def refusal(role: Role, person: str, groups: Iterable[str], proposal: str | None, server: str = "") -> str | None:
     """Why `person` may not be given `role` on an instance of `proposal` (None: they may).
 
     USER and GUEST see the proposal's data (the desktop shows it): team members only. SUPPORT:
     facility support staff (IT support, administrators, the proposal's instrument scientists,
-    scientific computing).
+    scientific computing). A course instance (`server` ``course-<id>``, issue 19) may also be
+    watched (GUEST) and helped (SUPPORT) by whoever its owner chooses: the training service, acting
+    as the owner, grants them to the course's trainers (its data is the course's open data).
     """
     g = set(groups)
+    if role in (Role.GUEST, Role.SUPPORT) and COURSE_SERVER.match(server or ""):
+        return None
     if role in (Role.USER, Role.GUEST):
         if on_team(g, proposal):
             return None

@@ -28,7 +28,9 @@ from typing import Any
 from visa_collab.db import private_sqlite
 from visa_collab.hub_config import SERVICE as COLLAB_SERVICE
 from visa_collab.hub_config import _add_role, _free_port, _get, _persisted
-from visa_collab.roles import ADMIN_SCOPE
+from visa_collab.roles import ADMIN_SCOPE, ROLE_SCOPES, Role
+
+from .grid import proxy_url
 
 SERVICE = "visa-training"
 POOL_SCOPE = "custom:visa-pools"  # the warm pools' hub API (visa_spawner.pool_handlers)
@@ -40,6 +42,10 @@ SERVICE_SCOPES = [
     "read:servers", "servers",  # create and start course instances; watch them become ready
     "tokens",  # a 5-minute token of the owner to share the instance with the trainers through visa-collab
     "delete:servers",  # remove a guest's archives (hub API /hub/api/visa/archives, scope delete:servers)
+    "access:servers", "admin:servers",  # the grid: thumbnails and presence from instances; Reset (visa_spawner.reset)
+    # a trainer outside the proposal's team gets the GUEST share from the hub itself (a share may only
+    # carry scopes its granter holds: access:servers above and the GUEST role's scope)
+    "shares", "read:shares", ROLE_SCOPES[Role.GUEST],
 ]
 
 
@@ -94,6 +100,9 @@ def apply(c: Any, *, state_dir: str | os.PathLike, courses: str | os.PathLike | 
         "VISA_TRAINING_COLLAB_URL": collab_url(c),
         "VISA_TRAINING_ARCHIVE_DIR": str(_get(c.VisaSpawner, "archive_dir", "") or ""),
         "VISA_TRAINING_INTERNAL_TOKEN": internal_token,
+        "VISA_TRAINING_PROXY_URL": proxy_url(str(_get(c.JupyterHub, "bind_url", "") or ""),
+                                             str(_get(c.JupyterHub, "ip", "") or ""),
+                                             int(_get(c.JupyterHub, "port", 0) or 0)),  # the grid (visa_training.grid)
         "VISA_TRAINING_COOKIE_SECRET": _persisted(state / "visa_training_cookie_secret", lambda: secrets.token_hex(32)),
         "VISA_TRAINING_SEAT_SECRET": _persisted(state / "visa_training_seat_secret", lambda: secrets.token_hex(32)),
     }
