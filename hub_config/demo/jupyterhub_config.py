@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import visa_instruments.hub_config
+import visa_training.hub_config
 from visa_demo.clock import DEMO_TODAY, pinned_clock
 from visa_ops.hub_config import hub_db_url
 from visa_profiles.common import (
@@ -45,5 +46,8 @@ if instruments:
         c, state_dir=state, catalogue=c.FileCatalogue.path, hub_db_url=hub_db_url(c, os.environ),
         instruments=[i.strip() for i in instruments], today=demo_today,
     )
+
+# -- training: courses, seats, the class started in one click, the trainer's grid (docs/training.md)
+visa_training.hub_config.apply(c, state_dir=state, courses=here / "courses.yaml")
 
 exit_on_bad_plans(c)  # last: a bad plan stops the hub here, with its name
