@@ -224,7 +224,7 @@ def run_code(client: Browserless, owner: str, name: str, code: str, timeout: flo
     """
     import websocket  # websocket-client, a jupyter-server dependency
 
-    r = client.instance_api("POST", owner, name, "api/kernels", json={"name": "python3"})
+    r = client.instance_api("POST", owner, name, "api/kernels", json={"name": "data-analysis"})
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
     base = f"/user/{owner}/{name}/"

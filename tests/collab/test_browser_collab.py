@@ -180,7 +180,7 @@ def test_two_users_edit_one_notebook(collab_hub: Hub, person, server: str, brows
     path = f"home/{account(OWNER, server)}/shared.ipynb"
     notebook = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [], "execution_count": None,
                            "id": "first"}],
-                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+                "metadata": {"kernelspec": {"name": "data-analysis", "display_name": "Data analysis", "language": "python"}},
                 "nbformat": 4, "nbformat_minor": 5}
     r = alice.instance_call("PUT", OWNER, server, f"api/contents/{path}",
                             json={"type": "notebook", "format": "json", "content": notebook})

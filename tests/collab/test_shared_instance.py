@@ -166,7 +166,7 @@ def test_a_user_member_runs_code_a_guest_cannot_start_a_kernel(person, instance:
     bob, dave = person("bob"), person("dave")
     out = run_code(bob, OWNER, instance, "import os; print('uid', os.getuid())")
     assert out.startswith("uid ") and out.strip() != "uid 0"
-    r = dave.instance_call("POST", OWNER, instance, "api/kernels", json={"name": "python3"})
+    r = dave.instance_call("POST", OWNER, instance, "api/kernels", json={"name": "data-analysis"})
     assert r.status_code == 403
     r = dave.instance_call("PUT", OWNER, instance, "api/contents/home/x.txt",
                            json={"type": "file", "format": "text", "content": "hi"})

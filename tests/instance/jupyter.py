@@ -114,6 +114,9 @@ class JupyterServer:
             JUPYTER_DATA_DIR=str(home / ".local/share/jupyter"),
             JUPYTER_RUNTIME_DIR=str(home / ".local/share/jupyter/runtime"),
             JUPYTER_PLATFORM_DIRS="1",
+            # the shipped "Data analysis" kernelspec (the only one allowed): the editable hub venv
+            # does not install setup.cfg's data_files
+            JUPYTER_PATH=str(SHIPPED_SETTINGS.parent),
         )
         env.update(self.env_extra)
         self.port = free_port()

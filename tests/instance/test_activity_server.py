@@ -56,8 +56,10 @@ def stays(value: Callable[[], object], expected: object, action: Callable[[], No
 
 def test_kernel_execution_is_use_and_lab_polling_is_not(jupyter_server) -> None:
     server = jupyter_server()
+    specs = api(server, "GET", "api/kernelspecs").json()  # one stack, one kernel: no stock "Python 3" beside it
+    assert (specs["default"], sorted(specs["kernelspecs"])) == ("data-analysis", ["data-analysis"]), specs
     started = last_activity(server)
-    kernel = api(server, "POST", "api/kernels", json={"name": "python3"}).json()["id"]
+    kernel = api(server, "POST", "api/kernels", json={"name": "data-analysis"}).json()["id"]
     ws = open_ws(server, f"api/kernels/{kernel}/channels")
 
     def lab_tab_left_open() -> None:  # what an open Lab tab does by itself
