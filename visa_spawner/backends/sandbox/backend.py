@@ -23,6 +23,7 @@ from visa_spawner.backends.base import (
     BackendError,
     InstanceSpec,
     InstanceStatus,
+    Plan,
     ProgressCallback,
     private_partial,
 )
@@ -39,6 +40,7 @@ from visa_spawner.backends.sandbox.command import (
 )
 from visa_spawner.backends.sandbox.materials import copy_materials
 from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, gateway_route, hub_routes
+from visa_spawner.backends.sandbox.pool import WarmPool, adopted_account, forget_adoption
 from visa_spawner.backends.sandbox.state import SandboxState
 
 
@@ -109,6 +111,7 @@ class SandboxBackend(Backend):
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._bridges: dict[str, asyncio.subprocess.Process] = {}
         self.addresses = AddressBook()  # account → 127.77.x.y (instrument gateway identity)
+        self._warm_pool: WarmPool | None = None
 
     # -- paths -------------------------------------------------------------------------------
     def _home(self, account: str) -> Path:
@@ -117,9 +120,20 @@ class SandboxBackend(Backend):
     def _log_path(self, account: str) -> Path:
         return Path(self.state_dir) / "logs" / f"{account}.log"
 
+    def _account(self, saved: SandboxState) -> str:
+        """The saved account; else the pooled one the instance adopted (its state is cleared at
+        each stop); else the one derived from (owner, server)."""
+        if saved.account:
+            return saved.account
+        adopted = adopted_account(self.state_dir, saved.owner, saved.server_name) if saved.owner else ""
+        return adopted or saved.account_or_derived(self.account_prefix)
+
     # -- steps -------------------------------------------------------------------------------
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
-        account = account_name(spec.owner, spec.server_name, self.account_prefix)
+        if spec.warm_pool and (adopted := await self.warm_pool.adopt(spec, progress)) is not None:
+            return adopted
+        account = adopted_account(self.state_dir, spec.owner, spec.server_name) or account_name(
+            spec.owner, spec.server_name, self.account_prefix)
         hub_env, routes = self._hub_routes(spec)
         instrument_address, routes = self._instrument_route(account, hub_env, routes, spec.port)
         progress(20, "Preparing the instance's account and home")
@@ -133,15 +147,7 @@ class SandboxBackend(Backend):
             progress(30, "Copying the course materials into the home")
             await self._copy_materials(spec.materials, home, uid, gid)
 
-        cgroup = Cgroup(account, parent=self.cgroup_parent)
-        try:
-            cgroup.create(Limits(spec.plan.cpus, spec.plan.memory_mb, self.max_pids))
-        except CgroupError as e:
-            raise BackendError(
-                "The host cannot enforce this plan's CPU and memory limits; ask an admin.",
-                reason="limits", log_detail=str(e),
-            ) from e
-
+        cgroup = self._limited_cgroup(account, spec.plan)
         layout = self._layout(spec, account, uid, gid)
         inside_home = layout.home_inside
         env = sandbox_env(hub_env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
@@ -150,25 +156,8 @@ class SandboxBackend(Backend):
         state = SandboxState(
             backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, account=account,
             uid=uid, port=spec.port, instrument_address=instrument_address)
-        # the bridge (same cgroup, so stop ends it too) joins the sandbox's own network namespace
-        with open(log_path, "ab") as log_file, BridgePipes() as pipes:
-            argv = bwrap_argv(layout, self._command(spec, layout.home_inside),
-                              info_fd=pipes.info_w, block_fd=pipes.block_r)
-            bridge = await asyncio.create_subprocess_exec(
-                *bridge_argv(info_fd=pipes.info_r, block_fd=pipes.block_w, jupyter_port=spec.port,
-                             routes=routes, uid=uid, gid=gid),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env={"LANG": "C.UTF-8"}, start_new_session=True, pass_fds=pipes.bridge_fds,
-                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
-            )
-            self._bridges[account] = bridge
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, pass_fds=pipes.sandbox_fds,
-                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
-            )
-        self._procs[account] = proc
+        proc, bridge = await self._launch(cgroup, layout, self._command(spec, layout.home_inside), env,
+                                          routes, spec.port)
         state = {**state.to_dict(), "pid": proc.pid, "started": time.time()}
         progress(60, "Waiting for Jupyter in the sandbox")
         try:
@@ -223,7 +212,7 @@ class SandboxBackend(Backend):
         cgroup.remove()
 
     async def delete(self, state: dict) -> None:
-        account = SandboxState.from_dict(state).account_or_derived(self.account_prefix)
+        account = self._account(SandboxState.from_dict(state))
         await self.stop({**state, "account": account}, now=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, shutil.rmtree, self._home(account), True)
@@ -232,6 +221,7 @@ class SandboxBackend(Backend):
         except FileNotFoundError:
             pass
         await self._run("userdel", account)
+        forget_adoption(self.state_dir, state.get("owner", ""), state.get("server_name", ""))
 
     async def list_managed(self) -> list[dict]:
         homes = Path(self.state_dir) / "homes"
@@ -247,11 +237,56 @@ class SandboxBackend(Backend):
 
     async def archive(self, state: dict, dest: Path) -> Path | None:
         """A tar.gz of the home (numeric owners, as root, in an executor); None if it has no home."""
-        home = self._home(SandboxState.from_dict(state).account_or_derived(self.account_prefix))
+        home = self._home(self._account(SandboxState.from_dict(state)))
         target = dest.with_name(dest.name + self.archive_extension)
         return await asyncio.get_running_loop().run_in_executor(None, _tar_home, home, target)
 
     # -- helpers -----------------------------------------------------------------------------
+    @property
+    def warm_pool(self) -> WarmPool:
+        """This host's warm pools of pre-started sandboxes (courses), made on first use."""
+        if self._warm_pool is None:
+            self._warm_pool = WarmPool(self, parent=self, log=self.log)
+            self._warm_pool.startup_soon()
+        return self._warm_pool
+
+    def _limited_cgroup(self, account: str, plan: Plan) -> Cgroup:
+        """The sandbox's cgroup with the plan's limits, or a BackendError."""
+        cgroup = Cgroup(account, parent=self.cgroup_parent)
+        try:
+            cgroup.create(Limits(plan.cpus, plan.memory_mb, self.max_pids))
+        except CgroupError as e:
+            raise BackendError(
+                "The host cannot enforce this plan's CPU and memory limits; ask an admin.",
+                reason="limits", log_detail=str(e),
+            ) from e
+        return cgroup
+
+    async def _launch(self, cgroup: Cgroup, layout: SandboxLayout, command: list[str], env: dict[str, str],
+                      routes: tuple[HubRoute, ...], port: int, extra_fds: tuple[int, ...] = (),
+                      ) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process]:
+        """Start the sandbox and its bridge in `cgroup` (the sandbox also gets `extra_fds`)."""
+        account = cgroup.name
+        # the bridge (same cgroup, so stop ends it too) joins the sandbox's own network namespace
+        with open(self._log_path(account), "ab") as log_file, BridgePipes() as pipes:
+            argv = bwrap_argv(layout, command, info_fd=pipes.info_w, block_fd=pipes.block_r)
+            bridge = await asyncio.create_subprocess_exec(
+                *bridge_argv(info_fd=pipes.info_r, block_fd=pipes.block_w, jupyter_port=port,
+                             routes=routes, uid=layout.uid, gid=layout.gid),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env={"LANG": "C.UTF-8"}, start_new_session=True, pass_fds=pipes.bridge_fds,
+                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
+            )
+            self._bridges[account] = bridge
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, pass_fds=(*pipes.sandbox_fds, *extra_fds),
+                preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
+            )
+        self._procs[account] = proc
+        return proc, bridge
+
     def _command(self, spec: InstanceSpec, home_inside: str) -> list[str]:
         """Resolve a bare command name to the instance environment's copy; open Lab in home."""
         cmd = list(spec.command)
