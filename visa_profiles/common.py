@@ -22,6 +22,7 @@ from visa_spawner.backends.guest import phonehome
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
+from visa_spawner.pool_handlers import CUSTOM_SCOPES as pool_scopes
 from visa_spawner.spawner import DEFAULT_PLANS, check_plans
 
 VM_PLAN = {"id": "vm", "display_name": "Virtual machine", "backend": "qemu", "cpus": 2, "memory_mb": 2048,
@@ -88,6 +89,7 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.JupyterHub.redirect_to_server = False
     c.JupyterHub.default_url = "/hub/home"
     c.JupyterHub.extra_handlers = [*visa_handlers, *phonehome.handlers]  # VMs report boot stages
+    c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **pool_scopes}  # warm pools (courses)
     c.JupyterHub.template_paths = [
         str(Path(visa_spawner.__file__).parent / "templates"),
         visa_authenticator.TEMPLATES_DIR,

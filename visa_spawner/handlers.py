@@ -17,6 +17,7 @@ from tornado import web
 from .archives import handlers as archive_handlers
 from .capacity import CapacityHandler
 from .options import OptionError, validate_request
+from .pool_handlers import handlers as pool_handlers
 from .reset import handlers as reset_handlers
 
 
@@ -120,4 +121,4 @@ def _creates_a_record(handler) -> bool:
 
 
 handlers = [(r"/visa/new", NewInstanceHandler), (r"/api/visa/capacity", CapacityHandler), *archive_handlers,
-            *reset_handlers]
+            *reset_handlers, *pool_handlers]
