@@ -70,7 +70,7 @@ async def main_async(args: argparse.Namespace) -> None:
     clock = offset_clock(float(env.get("VISA_TRAINING_CLOCK_OFFSET", "0") or 0))
     seat_secret = env.get("VISA_TRAINING_SEAT_SECRET")
     store = Store.from_url(args.db_url, bytes.fromhex(seat_secret) if seat_secret else secrets.token_bytes(32), clock)
-    hub = TrainingHub(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    hub = TrainingHub(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"], timeout=30.0)
     training = Training(
         store, hub, plans=json.loads(env.get("VISA_TRAINING_PLANS") or "[]"),
         directory=Directory(env.get("VISA_TRAINING_CATALOGUE", "")),

@@ -28,7 +28,7 @@ from typing import Any
 from visa_collab.db import private_sqlite
 from visa_collab.hub_config import SERVICE as COLLAB_SERVICE
 from visa_collab.hub_config import _add_role, _free_port, _get, _persisted
-from visa_collab.roles import ADMIN_SCOPE, ROLE_SCOPES, Role
+from visa_collab.roles import ADMIN_SCOPE
 
 from .grid import proxy_url
 
@@ -43,9 +43,6 @@ SERVICE_SCOPES = [
     "tokens",  # a 5-minute token of the owner to share the instance with the trainers through visa-collab
     "delete:servers",  # remove a guest's archives (hub API /hub/api/visa/archives, scope delete:servers)
     "access:servers", "admin:servers",  # the grid: thumbnails and presence from instances; Reset (visa_spawner.reset)
-    # a trainer outside the proposal's team gets the GUEST share from the hub itself (a share may only
-    # carry scopes its granter holds: access:servers above and the GUEST role's scope)
-    "shares", "read:shares", ROLE_SCOPES[Role.GUEST],
 ]
 
 

@@ -45,13 +45,17 @@ class TrainingHub(HubAPI):
 
     async def spawn(self, owner: str, server: str, user_options: dict) -> dict:
         """Create and start a named server; the JSON body is its user_options (JupyterHub's REST API).
+        The hub answers when the spawn is done or after its ``slow_spawn_timeout`` (10 s), later on a
+        busy host: a 60 s timeout, and no answer in time is no failure (the caller watches the server).
         A server already running or starting is fine (400 "already running" / "pending")."""
         try:
-            return await self._write(owner, "POST", f"/users/{_q(owner)}/servers/{_q(server)}", user_options)
+            return await self._call("POST", f"/users/{_q(owner)}/servers/{_q(server)}", user_options, timeout=60)
         except HubError as e:
-            if e.status == 400 and ("already" in e.message or "pending" in e.message):
+            if e.status == 599 or (e.status == 400 and ("already" in e.message or "pending" in e.message)):
                 return {}
             raise
+        finally:
+            self.forget(owner)
 
     async def put_pool(self, name: str, body: dict) -> dict | None:
         """Fill the warm pool (``PUT /hub/api/visa/pools/<name>``); None when the hub has no pools (404)."""

@@ -268,7 +268,8 @@ class Training:
         await self.store.set_progress(course.id, user, "ready", detail)
 
     async def share_with_trainers(self, course: Course, user: str) -> list[str]:
-        """Add each trainer as GUEST member through the collaboration service (as the owner)."""
+        """Add each trainer as GUEST member through the collaboration service, acting as the owner
+        (visa-collab lets a course instance's owner grant GUEST to anyone); returns the refusals."""
         refused = []
         url = f"{self.collab_url}/api/instances/{user}/{course.server_name}/members"
         for trainer in course.trainers:

@@ -187,3 +187,25 @@ async def test_the_internal_api_answers_the_hub_only_and_the_sweep_removes_guest
     assert hub.deleted == ["py-guest1"] and store.participant_sync("py", "py-guest1") is None
     assert hub.archives_deleted == [("py-guest1", made.id)]
     assert await asyncio.wait_for(training.sweep(), 5) == []  # once
+
+
+async def test_a_course_from_the_page_checks_its_plan_against_the_participants_roles(store):
+    training = Training(store, StubHub(), plans=PLANS, materials_root=str(REPO / "hub_config/demo/courses"),
+                        directory=Directory(str(REPO / "hub_config/demo/catalogue.yaml")))
+    form = {"id": "staff-course", "title": "Staff only", "start": "2026-12-04", "end": "2026-12-05",
+            "plan": "staff-only", "materials": "python-neutron",
+            "participants": "dave\nFrank Dubois <frank.dubois@example.org>\nghost\n"}
+    with pytest.raises(Exception) as e:
+        await training.create_course("tina", form)
+    assert e.value.status == 400 and "frank" in e.value.message and "dave" not in e.value.message.split(":")[-1]
+    assert await store.course("staff-course") is None
+    with pytest.raises(Exception) as e:
+        await training.create_course("tina", {**form, "plan": "sandbox-small", "materials": "../.."})
+    assert e.value.status == 400 and "materials" in e.value.message
+    course, report = await training.create_course("tina", {**form, "plan": "sandbox-small"})
+    assert [(v["verdict"], v["user"]) for v in report] == [("added", "dave"), ("added", "frank"), ("unknown", None)]
+    assert course.trainers == ("tina",) and course.materials.endswith("courses/python-neutron")
+    assert (await training.course_for("staff-course", "tina", admin=False)).participants == ("dave", "frank")
+    with pytest.raises(Exception) as e:
+        await training.course_for("staff-course", "dave", admin=False)
+    assert e.value.status == 403
