@@ -20,6 +20,7 @@ import visa_ops.hub_config
 import visa_spawner
 from visa_spawner.backends.guest import phonehome
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
+from visa_spawner.course_pages import handlers as course_handlers
 from visa_spawner.handlers import handlers as visa_handlers
 from visa_spawner.handlers import named_server_limit
 from visa_spawner.pool_handlers import CUSTOM_SCOPES as pool_scopes
@@ -88,7 +89,8 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     c.JupyterHub.named_server_limit_per_user = named_server_limit
     c.JupyterHub.redirect_to_server = False
     c.JupyterHub.default_url = "/hub/home"
-    c.JupyterHub.extra_handlers = [*visa_handlers, *phonehome.handlers]  # VMs report boot stages
+    # VMs report boot stages (phonehome); courses: seat links, "Download my work" (course_pages)
+    c.JupyterHub.extra_handlers = [*visa_handlers, *course_handlers, *phonehome.handlers]
     c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **pool_scopes}  # warm pools (courses)
     c.JupyterHub.template_paths = [
         str(Path(visa_spawner.__file__).parent / "templates"),

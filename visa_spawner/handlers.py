@@ -7,18 +7,19 @@ created; then it creates the named server with its display name and starts it.
 """
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from jupyterhub.handlers import BaseHandler
-from jupyterhub.utils import url_escape_path, url_path_join
+from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .archives import handlers as archive_handlers
 from .capacity import CapacityHandler
+from .course import quota_beside_courses
 from .options import OptionError, validate_request
 from .pool_handlers import handlers as pool_handlers
 from .reset import handlers as reset_handlers
+from .spawning import spawn_then_progress
 
 
 class NewInstanceHandler(BaseHandler):
@@ -34,9 +35,11 @@ class NewInstanceHandler(BaseHandler):
         spawner = user.spawner  # the default spawner carries the configuration (plans, screens…)
         form = {k: [v.decode("utf8", "replace") for v in vs] for k, vs in self.request.body_arguments.items()}
         existing = {s.name: (s.display_name or s.name) for s in user.orm_user._orm_spawners if s.name}
+        entitlements = await spawner.entitlements()
+        entitlements["quota"] = quota_beside_courses(entitlements["quota"], _named_servers(user))
         try:
             request = validate_request(
-                form, entitlements=await spawner.entitlements(), plans=spawner.plan_catalogue(),
+                form, entitlements=entitlements, plans=spawner.plan_catalogue(),
                 existing=existing, screens=spawner.screens, keyboards=spawner.keyboards,
                 roles_without_proposal=spawner.roles_without_proposal,
                 disabled=spawner.disabled_plans(), gpus_free=await spawner.gpus_free(),
@@ -50,20 +53,7 @@ class NewInstanceHandler(BaseHandler):
             return
         options = request.user_options()
         options["created"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        spawner = user.get_or_create_spawner(request.server_name, request.display_name)
-        spawn = asyncio.ensure_future(
-            self.spawn_single_user(user, request.server_name, request.display_name, options=options)
-        )
-        # the progress page shows "not running" unless the spawn is already pending: wait for
-        # that (a few ms), or for an immediate failure, before sending the person there
-        deadline = asyncio.get_running_loop().time() + 5
-        while not (spawner.pending or spawner.ready or spawn.done()):
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        self.redirect(
-            url_path_join(self.hub.base_url, "spawn-pending", user.escaped_name, url_escape_path(request.server_name))
-        )
+        await spawn_then_progress(self, user, request.server_name, request.display_name, options)
 
     async def _render_home(self, **extra) -> None:
         user = self.current_user
@@ -90,7 +80,7 @@ async def named_server_limit(handler) -> int:
       button POSTs with the XSRF token).
 
     Quota -1 (unlimited) maps to JupyterHub's 0. An admin's override beats the catalogue's quota
-    (`VisaSpawner.quota_for`).
+    (`VisaSpawner.quota_for`). Course instances do not use the quota (`course.quota_beside_courses`).
     """
     user = handler.current_user
     if not hasattr(user, "get_auth_state"):
@@ -101,7 +91,12 @@ async def named_server_limit(handler) -> int:
             raise web.HTTPError(405, "Instances are created from the home page, not by following a link.")
         if quota == 0:
             raise web.HTTPError(403, "Your account is awaiting approval: you cannot create instances yet.")
-    return 0 if quota in (-1, 0) else int(quota)
+    return 0 if quota in (-1, 0) else quota_beside_courses(int(quota), _named_servers(user))
+
+
+def _named_servers(user) -> list[tuple[str, dict]]:
+    """(name, user_options) of the user's named servers."""
+    return [(name, s.user_options or {}) for name, s in user.orm_spawners.items() if name]
 
 
 def _creates_a_record(handler) -> bool:

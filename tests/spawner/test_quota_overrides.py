@@ -90,7 +90,7 @@ def spawner_with(tmp_path, catalogue_quota: int, override: int | None) -> VisaSp
 
 def handler_of(spawner: VisaSpawner) -> SimpleNamespace:
     """A page handler that only shows the limit (home): what `named_server_limit` reads of it."""
-    user = SimpleNamespace(name="alice", spawner=spawner, get_auth_state=spawner.user.get_auth_state)
+    user = SimpleNamespace(name="alice", spawner=spawner, get_auth_state=spawner.user.get_auth_state, orm_spawners={})
     return SimpleNamespace(current_user=user, request=SimpleNamespace(method="GET"), path_args=[])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from jupyterhub.spawner import SpawnException
@@ -161,3 +162,15 @@ def test_course_instances_do_not_use_the_quota(quota, servers, expected):
 ])
 def test_download_window(options, expected):
     assert courses.download_open(options, NOW) is expected
+
+
+@on_fixture_loop
+async def test_the_hub_limit_leaves_room_for_course_instances(tmp_path):
+    from tests.spawner.test_quota_overrides import handler_of, spawner_with
+    from visa_spawner.handlers import named_server_limit
+
+    handler = handler_of(spawner_with(tmp_path, 2, None))
+    confirmed = SimpleNamespace(user_options={"course": "c", "course_ends_at": "2026-01-01T00:00:00+00:00"})
+    handler.current_user.orm_spawners = {"": SimpleNamespace(user_options={}), "a": SimpleNamespace(user_options={}),
+                                         "course-c": confirmed}
+    assert await named_server_limit(handler) == 3  # two of one's own, beside the course's
