@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from visa_collab.hubapi import HubError
 
 from .handlers import COURSE, BaseHandler
 
+log = logging.getLogger("visa_training")
 MAX_BROADCAST = 500  # characters
 INSTANCE_TIMEOUT = 5.0
 HUB_CACHE_SECONDS = 2.0
@@ -215,7 +217,7 @@ class SnapshotProxy(GridHandler):
             except (ValueError, AttributeError):
                 message = ""
             raise web.HTTPError(status, "%s", message or "No picture of this desktop.")
-        self.log.warning("Snapshot of %s/%s: the instance answered %s", user, server.get("name"), status)
+        log.warning("Snapshot of %s/%s: the instance answered %s", user, server.get("name"), status)
         raise web.HTTPError(502, "The instance did not answer with a picture.")
 
 
@@ -241,7 +243,7 @@ class HelpApi(GridHandler):
             await self.training.hub.as_owner(user, "PATCH", url, {"role": role})
         except HubError as e:
             raise web.HTTPError(e.status if 400 <= e.status < 500 else 502, "%s", refusal_message(e)) from None
-        self.log.info("%s %s %s/%s (course %s)", trainer, "helps" if on else "stops helping", user,
+        log.info("%s %s %s/%s (course %s)", trainer, "helps" if on else "stops helping", user,
                       course.server_name, course.id)
         self.send({"user": user, "role": role, "url": server["url"] + ("lab" if on else "visa/desktop")})
 
@@ -283,7 +285,7 @@ class BroadcastApi(GridHandler):
         if len(text) > MAX_BROADCAST:
             raise web.HTTPError(400, f"A message has at most {MAX_BROADCAST} characters.")
         message = self.grid.broadcast(course.id, text, self.actor)
-        self.log.info("Broadcast to %s by %s: %s", course.id, self.actor, "set" if message else "cleared")
+        log.info("Broadcast to %s by %s: %s", course.id, self.actor, "set" if message else "cleared")
         self.send({"broadcast": message.model() if message else None})
 
 
@@ -300,7 +302,7 @@ class ResetApi(GridHandler):
                 "POST", f"/visa/instances/{_q(user)}/{_q(course.server_name)}/reset", {}, timeout=120)
         except HubError as e:
             raise web.HTTPError(e.status if 400 <= e.status < 500 else 502, "%s", refusal_message(e)) from None
-        self.log.info("%s reset %s/%s (course %s)", self.actor, user, course.server_name, course.id)
+        log.info("%s reset %s/%s (course %s)", self.actor, user, course.server_name, course.id)
         self.training.hub.forget(user)
         self.send(result or {"owner": user, "server": course.server_name})
 

@@ -1,0 +1,156 @@
+"""The trainer's grid on a real hub (demo profile, sandbox backend, visa-training and visa-collab):
+who may see it, a live thumbnail, a broadcast reaching a participant's pages, Help, and Reset
+leaving only the materials."""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.collab.helpers import Person
+from tests.hubtools import Hub, demo_state
+from tests.rfb import RfbClient
+from tests.spawner.sandbox.sandbox_probe import account
+from tests.support import wait_for
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "/services/visa-training/"
+COURSE, OTHER = "grid", "other"
+SERVER = f"course-{COURSE}"
+MATERIALS = REPO / "hub_config/demo/courses/python-neutron"
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    state = next(gen := demo_state())
+    courses = state / "courses.yaml"
+    common = {"start": "today", "end": "today+1", "plan": "sandbox-small", "proposal": "P-2021-007",
+              "materials": str(MATERIALS)}
+    courses.write_text(json.dumps({"courses": [
+        {"id": COURSE, "title": "Grid <course>", "trainers": ["tina"], "participants": ["frank"], **common},
+        {"id": OTHER, "title": "Another course", "trainers": ["alice"], "participants": ["paul"], **common},
+    ]}))
+    hub = Hub(state, extra_env={"VISA_TRAINING_COURSES": str(courses), "VISA_TRAINING_POOL_SPARE": "0"}).start()
+    try:
+        yield hub
+    finally:
+        try:
+            hub.stop_all_servers()
+        finally:
+            hub.stop()
+            next(gen, None)
+
+
+class Trainer(Person):
+    """A person using the training service's pages and API (XSRF from the page, as its script does)."""
+
+    xsrf = ""
+
+    def page(self, path: str):
+        r = self.s.get(f"{self.hub.url}{PREFIX}{path}", timeout=30)
+        if r.status_code == 200:
+            self.xsrf = json.loads(re.search(r"xsrf: (\"[^\"]*\")", r.text).group(1))
+        return r
+
+    def api(self, method: str, path: str, body: dict | None = None):
+        return self.s.request(method, f"{self.hub.url}{PREFIX}api/{path}", json=body, timeout=120,
+                              headers={"X-XSRFToken": self.xsrf})
+
+
+def no_cors_get(person: Person, url: str):
+    """What broadcast.js does: a same-origin no-cors GET (JupyterHub needs no XSRF token for it)."""
+    return person.s.get(url, timeout=30, headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "same-origin",
+                                                  "Accept": "application/json"})
+
+
+def home_names(frank: Person) -> set[str]:
+    path = f"api/contents/home/{account('frank', SERVER)}"
+    r = frank.instance_call("GET", "frank", SERVER, path)
+    if r.status_code in (302, 403):  # a restarted instance: log in to it again
+        frank.open_instance("frank", SERVER, "visa/desktop")
+        r = frank.instance_call("GET", "frank", SERVER, path)
+    assert r.status_code == 200, r.text[:300]
+    return {item["name"] for item in r.json()["content"]}
+
+
+def test_the_grid(hub: Hub) -> None:
+    tina, alice, frank = Trainer(hub, "tina"), Trainer(hub, "alice"), Person(hub, "frank")
+    assert tina.page(f"courses/{COURSE}/grid").status_code == 200
+    # another course's trainer, and a participant: 403 on the page and the API, nothing shown
+    for person in (alice, frank):
+        r = person.s.get(f"{hub.url}{PREFIX}courses/{COURSE}/grid", timeout=30)
+        assert r.status_code == 403 and "Grid &lt;course&gt;" in r.text and "Grid <course>" not in r.text
+        r = person.s.get(f"{hub.url}{PREFIX}api/courses/{COURSE}/grid", timeout=30,
+                         headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "same-origin"})
+        assert r.status_code == 403 and "tiles" not in r.text
+    assert alice.page(f"courses/{OTHER}/grid").status_code == 200
+    r = alice.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"})
+    assert r.status_code == 403, r.text
+
+    # the class starts: frank's instance, shared with tina
+    assert tina.api("POST", f"courses/{COURSE}/start").status_code == 202
+    hub.wait_ready("frank", SERVER, timeout=180)
+    wait_for(lambda: all(p["state"] == "ready" for p in tina.api("GET", f"courses/{COURSE}").json()["progress"]),
+             60, "the class started and shared", interval=1)
+    first_home = home_names(frank)
+    assert {"README.md", "exercise-1.ipynb"} <= first_home
+
+    (tile,) = tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"]
+    assert tile["user"] == "frank" and tile["state"] == "running"
+    assert tile["desktop_url"] == f"/user/frank/{SERVER}/visa/desktop"
+    snapshot = f"{hub.url}{tile['snapshot_url']}?w=320"
+    r = tina.s.get(snapshot, timeout=30)
+    assert r.status_code == 404 and "not started" in r.text  # nobody opened the desktop yet
+    assert alice.s.get(snapshot, timeout=30).status_code == 403
+
+    # frank opens his desktop: tina's grid shows it
+    frank.open_instance("frank", SERVER, "visa/desktop")
+    desktop = RfbClient(frank.websocket("frank", SERVER, "desktop/"))
+    try:
+        desktop.screen()
+        r = tina.s.get(snapshot, timeout=30)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text[:300]
+        width, height = struct.unpack(">II", r.content[16:24])
+        assert width == 320 and height == round(320 * desktop.height / desktop.width)
+        present = wait_for(lambda: tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"][0]["present"], 30,
+                           "frank present on his tile")
+        assert any(p["user"] == "frank" and p["channel"] == "desktop" for p in present)
+
+        # a broadcast: on frank's Lab page (the script) and from the service as his page reads it
+        r = tina.api("POST", f"courses/{COURSE}/broadcast", {"text": "Open <exercise> 1 now"})
+        assert r.status_code == 200 and r.json()["broadcast"]["text"] == "Open <exercise> 1 now"
+        lab = frank.open_instance("frank", SERVER, "lab")
+        tag = re.search(r'<script src="[^"]*visa/static/broadcast\.js" data-broadcast="([^"]+)"', lab.text)
+        assert tag, lab.text[-500:]
+        message = no_cors_get(frank, f"{hub.url}{tag.group(1)}")
+        assert message.status_code == 200, message.text[:300]
+        assert message.json()["broadcast"]["text"] == "Open <exercise> 1 now"
+        assert message.json()["broadcast"]["from"] == "tina"
+        assert no_cors_get(alice, f"{hub.url}{tag.group(1)}").status_code == 403
+
+        # Help: tina becomes SUPPORT on frank's instance (through visa-collab), then GUEST again
+        r = tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": True})
+        assert r.status_code == 200 and r.json()["role"] == "support", r.text
+        members = frank.collab("GET", f"instances/frank/{SERVER}").json()["members"]
+        assert {m["member"]: m["role"] for m in members} == {"tina": "support"}, members
+        assert tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": "yes"}).status_code == 400
+        assert tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": False}).json()["role"] == "guest"
+    finally:
+        desktop.close()
+
+    # Reset: frank's own file goes, the materials come back
+    r = frank.instance_call("PUT", "frank", SERVER, f"api/contents/home/{account('frank', SERVER)}/mine.txt",
+                            json={"type": "file", "format": "text", "content": "my work"})
+    assert r.status_code == 201, r.text[:300]
+    assert "mine.txt" in home_names(frank)
+    assert alice.api("POST", f"courses/{COURSE}/grid/frank/reset").status_code == 403
+    r = tina.api("POST", f"courses/{COURSE}/grid/frank/reset")
+    assert r.status_code == 200, r.text
+    hub.wait_ready("frank", SERVER, timeout=120)
+    assert home_names(frank) == first_home
