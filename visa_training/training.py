@@ -208,16 +208,15 @@ class Training:
         trainers, in the background (progress per participant in the store)."""
         seats = await self.store.seats(course.id)
         free = sum(1 for s in seats if s["state"] == "free")
-        pool, note = None, ""
+        pool, note, size = None, "No warm pool: no free seat and no spare configured.", free + self.pool_spare
         try:
             answer = await self.hub.put_pool(course.id, {"plan": course.plan, "proposal": course.proposal,
-                                                         "materials": course.materials,
-                                                         "size": free + self.pool_spare})
+                                                         "materials": course.materials, "size": size}) if size else {}
             if answer is None:
                 note = "This hub has no warm pool: each instance starts when it is created."
-            else:
+            elif size:
                 pool = course.id
-                note = f"Warm pool of {free + self.pool_spare} instance(s) filling."
+                note = f"Warm pool of {size} instance(s) filling."
         except HubError as e:
             log.warning("Course %s: the warm pool was refused: %s", course.id, e)
             note = f"The warm pool could not be filled ({e.message[:200]}); instances start on demand."

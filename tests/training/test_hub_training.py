@@ -25,7 +25,7 @@ def training_hub() -> Iterator[Hub]:
     courses.write_text(json.dumps({"courses": [{
         "id": COURSE, "title": "Class <test>", "trainers": ["tina"], "start": "today", "end": "today+1",
         "plan": "sandbox-small", "proposal": "P-2021-007", "participants": ["frank", "paul"],
-        "materials": str(REPO / "hub_config/demo/courses/python-neutron"), "guest_seats": 1}]}))
+        "materials": str(REPO / "hub_config/demo/courses/python-neutron"), "guest_seats": 0}]}))
     hub = Hub(state, extra_env={"VISA_TRAINING_COURSES": str(courses), "VISA_TRAINING_POOL_SPARE": "0"}).start()
     try:
         yield hub
@@ -45,6 +45,8 @@ def page_xsrf(html: str) -> str:
 def test_the_trainer_starts_the_class_and_each_participant_gets_a_shared_course_instance(training_hub: Hub) -> None:
     hub, login = training_hub, login_factory(training_hub)
     tina, frank = login("tina"), login("frank")
+    listing = tina.s.get(f"{hub.url}{PREFIX}", timeout=30)
+    assert listing.status_code == 200 and f'href="{PREFIX}courses/{COURSE}"' in listing.text, listing.text[:500]
     page = tina.s.get(f"{hub.url}{PREFIX}courses/{COURSE}", timeout=30)
     assert page.status_code == 200, page.text[:500]
     assert "Class &lt;test&gt;" in page.text and "Class <test>" not in page.text  # escaped
@@ -64,7 +66,7 @@ def test_the_trainer_starts_the_class_and_each_participant_gets_a_shared_course_
     assert [v["verdict"] for v in r.json()["report"]] == ["unknown", "duplicate", "malformed"]
 
     r = tina.s.post(f"{api}/start", headers=headers, timeout=30)
-    assert r.status_code == 202, r.text
+    assert r.status_code == 202 and r.json()["warm_pool"] is False, r.text
     for person in ("frank", "paul"):
         model = hub.wait_ready(person, f"course-{COURSE}", timeout=180)
         assert model["user_options"]["course"] == COURSE
