@@ -210,7 +210,7 @@ class Training:
         free = sum(1 for s in seats if s["state"] == "free")
         pool, note, size = None, "No warm pool: no free seat and no spare configured.", free + self.pool_spare
         try:
-            answer = await self.hub.put_pool(course.id, {"plan": course.plan, "proposal": course.proposal,
+            answer = await self.hub.put_pool(course.id, {"plan": course.plan, "proposal": course.proposal or "",
                                                          "materials": course.materials, "size": size}) if size else {}
             if answer is None:
                 note = "This hub has no warm pool: each instance starts when it is created."

@@ -209,3 +209,28 @@ async def test_a_course_from_the_page_checks_its_plan_against_the_participants_r
     with pytest.raises(Exception) as e:
         await training.course_for("staff-course", "dave", admin=False)
     assert e.value.status == 403
+
+
+async def test_start_the_class_asks_for_a_pool_of_the_free_seats_plus_the_spare_and_says_when_there_is_none(store):
+    class PoolHub(StubHub):
+        def __init__(self, answer):
+            super().__init__()
+            self.answer, self.pools = answer, []
+
+        async def put_pool(self, name, body):
+            self.pools.append((name, body))
+            return self.answer
+
+    async def no_start(*args):  # the instances themselves are the hub test's
+        return None
+
+    await store.save_course(course(guest_seats=2), source="yaml", actor="t")
+    for answer, pooled in ((None, False), ({"name": "py"}, True)):
+        hub = PoolHub(answer)
+        training = Training(store, hub, plans=PLANS, pool_spare=1)
+        training._start_all = no_start
+        result = await training.start_class(await store.course("py"), "tina")
+        assert hub.pools == [("py", {"plan": "sandbox-small", "proposal": "", "materials": "", "size": 3})]
+        assert result["warm_pool"] is pooled and (pooled or "no warm pool" in result["note"])
+    row = await store.course_row("py")
+    assert row["started_by"] == "tina" and row["pool"] == "py"
