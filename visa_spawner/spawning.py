@@ -20,7 +20,7 @@ async def spawn_then_progress(handler: Any, user: Any, server_name: str, display
     deadline = loop.time() + 5
     while not (spawner.pending or spawner.ready or spawn.done()) and loop.time() < deadline:
         await asyncio.sleep(0.01)
-    if spawn.done() and spawn.exception() is not None:  # retrieved here: the progress page shows it
+    if spawn.done() and not spawn.cancelled() and spawn.exception() is not None:  # the progress page shows it
         handler.log.info("Spawn of %s:%s failed at once: %s", user.name, server_name, spawn.exception())
     handler.redirect(url_path_join(handler.hub.base_url, "spawn-pending", user.escaped_name,
                                    url_escape_path(server_name)))
