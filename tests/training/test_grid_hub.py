@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.collab.helpers import Person
 from tests.hubtools import Hub, demo_state
@@ -139,6 +140,16 @@ def test_the_grid(hub: Hub) -> None:
         assert r.status_code == 200 and r.json()["role"] == "support", r.text
         members = frank.collab("GET", f"instances/frank/{SERVER}").json()["members"]
         assert {m["member"]: m["role"] for m in members} == {"tina": "support"}, members
+        # on the desktop as SUPPORT, she shows in frank's room: his pages' banner says she is helping
+        tina.open_instance("frank", SERVER, "visa/desktop")  # the hub's consent page, once
+        helper = RfbClient(tina.websocket("frank", SERVER, "desktop/"))
+        try:
+            helper.screen()
+            room = no_cors_get(frank, f"{hub.url}/user/frank/{SERVER}/visa/api/room").json()
+            assert {"user": "tina", "role": "support"}.items() <= next(
+                p for p in room["present"] if p["user"] == "tina").items(), room
+        finally:
+            helper.close()
         assert tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": "yes"}).status_code == 400
         assert tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": False}).json()["role"] == "guest"
     finally:
@@ -150,6 +161,15 @@ def test_the_grid(hub: Hub) -> None:
     assert r.status_code == 201, r.text[:300]
     assert "mine.txt" in home_names(frank)
     assert alice.api("POST", f"courses/{COURSE}/grid/frank/reset").status_code == 403
+    frank.home()  # the hub's _xsrf cookie: frank makes himself a token as the token page does
+    xsrf = next(c.value for c in frank.s.cookies if c.name == "_xsrf" and c.path.startswith("/hub"))
+    r = frank.s.post(f"{hub.url}/hub/api/users/frank/tokens", json={"expires_in": 300}, timeout=30,
+                     headers={"X-XSRFToken": xsrf})
+    assert r.status_code == 201, r.text
+    own = r.json()["token"]
+    r = requests.post(f"{hub.url}/hub/api/visa/instances/frank/{SERVER}/reset", timeout=30,
+                      headers={"Authorization": f"token {own}"})
+    assert r.status_code == 403, r.text  # not an owner's own action: admins and the service only
     r = tina.api("POST", f"courses/{COURSE}/grid/frank/reset")
     assert r.status_code == 200, r.text
     hub.wait_ready("frank", SERVER, timeout=120)
