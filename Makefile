@@ -18,6 +18,7 @@ setup-demo:
 
 image: setup
 	$(PY) images/build.py --cache-dir $(IMAGE_CACHE)
+	$(PY) images/build.py --cache-dir $(IMAGE_CACHE) --extra openstack
 
 demo-data: setup-demo
 	$(VENV)/bin/visa-make-demo-data --catalogue hub_config/demo/catalogue.yaml --out $(STATE)/data

@@ -172,6 +172,7 @@ class ImageBuilder(Application):
         elif stage == "visa":
             stages.install_repo_packages(recipe, root, repo, top / "work", log)
         elif stage == "system":
+            stages.install_extra_packages(recipe, root, log)
             system.configure_system(recipe, root, log)
         elif stage == "image":
             part = top / f"{hashes['image']}.part"
@@ -191,11 +192,29 @@ class ImageBuilder(Application):
             return 0
         first = 0
         for i, stage in enumerate(ARCHIVED):
-            if self._archive(top, stage, hashes).exists():
+            if self._archive(top, stage, hashes).exists() or self._adopt(top, stage, hashes):
                 first = i + 1
             else:
                 break
         return first
+
+    def _adopt(self, top: Path, stage: str, hashes: dict[str, str]) -> bool:
+        """A variant takes the plain recipe's archive of a stage with the same hash (its first four
+        stages are the same: extras are installed by the system stage) as a hard link, else a copy.
+        Only read there: the plain recipe's own builds and pruning are left alone."""
+        plain = top.parent / top.name.split("+", 1)[0]
+        source, target = self._archive(plain, stage, hashes), self._archive(top, stage, hashes)
+        if plain == top or not source.is_file():
+            return False
+        partial = target.with_name(target.name + ".part")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        progress(stage, f"taken from {plain.name} ({hashes[stage]})")
+        return True
 
     def _publish(self, top: Path, out: Path) -> None:
         """Point `current` at `out` atomically (rename of a new symlink over the old one)."""

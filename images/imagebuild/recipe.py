@@ -47,10 +47,19 @@ class Recipe:
     @property
     def apt_packages(self) -> list[str]:
         """Top-level apt packages: the recipe's list, the kernel, and any selected extras."""
-        pkgs = list(self.data["apt"]["packages"]) + [self.data["kernel"]["package"]]
-        for extra in self.extras:
-            pkgs += self.data["apt"].get("extras", {})[extra]
-        return list(dict.fromkeys(pkgs))
+        return list(dict.fromkeys(self.base_apt_packages + self.extra_apt_packages))
+
+    @property
+    def base_apt_packages(self) -> list[str]:
+        """What the `packages` stage installs: the recipe's list and the kernel, never an extra's, so
+        a variant's first four stages hash (and are cached) exactly as the plain recipe's."""
+        return list(dict.fromkeys([*self.data["apt"]["packages"], self.data["kernel"]["package"]]))
+
+    @property
+    def extra_apt_packages(self) -> list[str]:
+        """The selected extras' packages, installed by the `system` stage on top of the shared ones."""
+        pkgs = [p for extra in self.extras for p in self.data["apt"].get("extras", {})[extra]]
+        return [p for p in dict.fromkeys(pkgs) if p not in self.base_apt_packages]
 
     @property
     def unpacked_packages(self) -> list[str]:
@@ -92,7 +101,7 @@ class Recipe:
         if stage == "debootstrap":
             return d["base"]
         if stage == "packages":
-            return {"apt": self.pinned_apt(), "kernel": d["kernel"]["package"],
+            return {"apt": self.pinned_apt(self.base_apt_packages), "kernel": d["kernel"]["package"],
                     "unpacked": self.pinned_apt(self.unpacked_packages)}
         if stage == "python":
             files = [repo / f for f in self.python.get("requirement_files", [])]
@@ -103,7 +112,9 @@ class Recipe:
         if stage == "system":  # the agent's files and the code of the last two stages
             images = Path(__file__).resolve().parent.parent
             files = system_files(images)
-            return {"system": dict(self.system), "kernel": dict(self.kernel), "files": files_digest(files, images)}
+            extra = {"extra_apt": self.pinned_apt(self.extra_apt_packages)} if self.extras else {}
+            return {"system": dict(self.system), "kernel": dict(self.kernel), "files": files_digest(files, images),
+                    **extra}
         if stage == "image":
             return dict(self.image)
         raise KeyError(stage)

@@ -55,16 +55,30 @@ def install_packages(recipe: Recipe, root: Path, log: Path) -> None:
     (root / "etc/apt/sources.list").write_text(sources_list(suites, base["components"], host_mirrors()))
     write_initramfs_config(root, list(recipe.kernel.get("initramfs_modules", [])),
                            udev=recipe.kernel.get("initramfs_udev", True))
+    _apt_install(recipe, root, recipe.base_apt_packages, log, then=unpack_packages)
+
+
+def install_extra_packages(recipe: Recipe, root: Path, log: Path) -> None:
+    """The selected extras' packages (pinned), on top of the `packages` stage the plain recipe
+    shares: a variant rebuilds only this and the last two stages (the system stage calls it)."""
+    if recipe.extra_apt_packages:
+        _apt_install(recipe, root, recipe.extra_apt_packages, log)
+
+
+def _apt_install(recipe: Recipe, root: Path, packages: list[str], log: Path, then=None) -> None:
+    """apt-get update + install of `packages` pinned by the lock (`then(recipe, root, log)` inside
+    the mounted chroot), leaving no package lists or .debs in the root."""
     with mounted(root):
         in_root(root, ["apt-get", *APT_OPTS, "update", "-q"], log=log)
         try:
-            in_root(root, ["apt-get", *APT_OPTS, "install", "-y", "-q", *recipe.pinned_apt()], log=log)
+            in_root(root, ["apt-get", *APT_OPTS, "install", "-y", "-q", *recipe.pinned_apt(packages)], log=log)
         except BuildError as e:
             if "not found" in str(e) and "Version" in str(e):
                 raise BuildError(f"{e}\nThe mirror no longer has a version pinned in "
                                  f"{recipe.path.stem}.lock.json: run `build.py --update-lock`.") from None
             raise
-        unpack_packages(recipe, root, log)
+        if then is not None:
+            then(recipe, root, log)
         in_root(root, ["apt-get", "clean"], log=log)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True)

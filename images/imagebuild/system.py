@@ -45,6 +45,8 @@ def configure_system(recipe: Recipe, root: Path, log: Path) -> None:
     _write(root, "/etc/hostname", sysconf["hostname"] + "\n")
     _write(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {sysconf['hostname']}\n::1 localhost\n")
     _write(root, "/etc/systemd/network/10-visa-qemu.network", sysconf["network"].lstrip())
+    for path, text in sysconf.get("files", {}).items():  # e.g. an extra's cloud-init settings
+        _write(root, path, text.lstrip())
     _write(root, "/etc/systemd/journald.conf.d/visa.conf", JOURNALD)
     _write(root, "/etc/modules-load.d/visa.conf", "\n".join(recipe.kernel.get("boot_modules", [])) + "\n")
     _write(root, "/etc/modprobe.d/visa-no-autoload.conf", "".join(

@@ -57,6 +57,18 @@ def test_stage_hashes_are_stable_and_only_downstream_stages_change(recipe: rcp.R
     assert changed["image"] != base["image"]
 
 
+def test_a_variant_shares_the_first_four_stages_and_adds_its_extras_in_the_system_stage(recipe: rcp.Recipe):
+    """The OpenStack variant restores the plain recipe's archives (builder._adopt): only its system
+    and image stages are built, with cloud-init installed and configured by the system stage."""
+    openstack = rcp.load_recipe(RECIPE, ["openstack"])
+    base, extra = recipe.stage_hashes(REPO), openstack.stage_hashes(REPO)
+    assert [extra[s] == base[s] for s in rcp.STAGES] == [s not in ("system", "image") for s in rcp.STAGES]
+    assert openstack.extra_apt_packages == ["cloud-init"] and "cloud-init" not in openstack.base_apt_packages
+    assert openstack.stage_inputs("packages", REPO) == recipe.stage_inputs("packages", REPO)
+    assert "locale: false" in openstack.system["files"]["/etc/cloud/cloud.cfg.d/90-visa.cfg"]
+    assert "files" not in recipe.system and "DHCP=ipv4" in openstack.system["network"]
+
+
 def test_repo_packages_hash_only_their_own_files(recipe: rcp.Recipe, tmp_path: Path):
     repo = tmp_path / "repo"
     for f in ("setup.cfg", "requirements-instance.txt", "visa_instance/a.py", "visa_spawner/b.py"):
@@ -159,7 +171,8 @@ def test_extras_override_system_settings():
     assert "DHCP=ipv4" in openstack.system["network"] and "extras" not in openstack.system
     assert openstack.system["mask"] == plain.system["mask"]
     assert (plain.variant, openstack.variant) == ("debian-bookworm", "debian-bookworm+openstack")
-    assert openstack.stage_hashes(REPO)["packages"] != plain.stage_hashes(REPO)["packages"]
+    # cloud-init comes in the system stage: the packages stage is the plain recipe's (shared archive)
+    assert openstack.stage_hashes(REPO)["system"] != plain.stage_hashes(REPO)["system"]
 
 
 def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path: Path):
