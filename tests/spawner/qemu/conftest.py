@@ -48,9 +48,9 @@ def image_dir(hub_state: Path) -> str:
     return pinned_image_dir(IMAGE_DIR, hub_state)
 
 
-def start_qemu_hub(hub_state: Path, image_dir: str, **extra_env: str) -> Iterator[Hub]:
+def start_qemu_hub(hub_state: Path, image_dir: str, config: Path = QEMU_CONFIG, **extra_env: str) -> Iterator[Hub]:
     """The qemu test hub on `hub_state` (extra_env: e.g. VISA_DEMO_INSTRUMENTS); no VM outlives it."""
-    hub = Hub(hub_state, config=QEMU_CONFIG, extra_env={"VISA_QEMU_IMAGE_DIR": image_dir, **extra_env})
+    hub = Hub(hub_state, config=config, extra_env={"VISA_QEMU_IMAGE_DIR": image_dir, **extra_env})
     hub.start()
     try:
         yield hub

@@ -101,6 +101,29 @@ def test_warm_restore_differs_only_in_config_channel_and_incoming():
     assert strip(cold) == strip(warm)  # same devices: a restore needs exactly the saved machine
 
 
+def test_nocloud_boot_has_a_cidata_disk_and_no_agent_port():
+    """config_delivery = "nocloud" (the OpenStack variant): cloud-init's seed as a vvfat disk, and no
+    agent port, so the agent reports no-config as on OpenStack; nothing else changes."""
+    cold = qemu_argv("q", layout(fw_cfg=(("opt/x", "/f"),)))
+    seeded = qemu_argv("q", layout(seed_dir="/s/vm/nocloud", agent_port=False))
+    assert opt(seeded, "-drive")[1:] == [
+        "if=virtio,format=raw,read-only=on,file.driver=vvfat,file.dir=/s/vm/nocloud,file.label=cidata"]
+    assert not any("virtserialport" in d for d in opt(seeded, "-device")) and opt(seeded, "-fw_cfg") == []
+    def without(argv: list[str], *pairs: tuple[str, str]) -> list[str]:
+        out = list(argv)
+        for flag, value in pairs:
+            i = out.index(value)
+            assert out[i - 1] == flag
+            del out[i - 1:i + 1]
+        return out
+
+    assert without(cold, ("-fw_cfg", "name=opt/x,file=/f"),
+                   ("-device", "virtserialport,chardev=agent,name=org.visahub.agent")) == \
+        without(seeded, ("-drive", opt(seeded, "-drive")[1]))
+    with pytest.raises(ValueError, match="commas"):
+        qemu_argv("q", layout(seed_dir="/s/a,b"))
+
+
 def test_no_hub_port_means_no_way_out():
     assert "guestfwd" not in netdev_arg(layout(hub_port=0))
 

@@ -35,6 +35,7 @@ from visa_spawner.backends.base import (
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.instrument_net import AddressBook, gateway_port, instrument_env
+from visa_spawner.backends.qemu import nocloud
 from visa_spawner.backends.qemu import relay as qemu_relay
 from visa_spawner.backends.qemu.accel import (
     Acceleration,
@@ -83,6 +84,7 @@ class VmPaths:
     console = property(lambda self: self.dir / "console.log")
     log = property(lambda self: self.dir / "qemu.log")
     state = property(lambda self: self.dir / "state.json")
+    seed = property(lambda self: self.dir / "nocloud")  # config_delivery = "nocloud"
 
     def fw_cfg(self) -> list[tuple[str, Path]]:
         """(fw_cfg name, file) of the instance config and start script (the config holds the token)."""
@@ -124,6 +126,11 @@ class QemuBackend(Backend):
         "(one at a time, only if the host has room for one more VM) and prune those of older image "
         "builds that no instance uses. Off: only `python -m visa_spawner.backends.qemu.warm` builds them.",
     )
+    config_delivery = CaselessStrEnum(
+        ["fw_cfg", "nocloud"], "fw_cfg", config=True,
+        help="How a cold-booted VM gets its instance config. fw_cfg: QEMU fw_cfg blobs read by the boot "
+        "agent. nocloud: the cloud-init user-data the OpenStack backend sends, on a NoCloud seed disk, and no "
+        "agent port (for the image's OpenStack variant, `image_dir` = its cache dir; no warm starts).")
     hub_relay = List(Unicode(), config=True,
                      help="Command run per guest connection to the hub ({port}: the hub API port).")
     gateway_relay = List(Unicode(), config=True,
@@ -206,7 +213,7 @@ class QemuBackend(Backend):
         fresh, started = not paths.overlay.exists(), False
         restore = fresh and bool(spec.restore_from)  # its disk from an archive: a cold boot (restore.py)
         try:
-            warm = fresh and self.warm_start and not restore
+            warm = fresh and self.warm_start and not restore and self.config_delivery == "fw_cfg"
             snapshot = self.pool.find(image.identity, cpus, memory, accel.name) if warm else None
             if warm and snapshot is None and self.build_snapshots:
                 self.prepare_snapshot(cpus, memory, live)  # for the next instances; this one boots cold
@@ -218,7 +225,9 @@ class QemuBackend(Backend):
                 await self._prepare_disk(qemu_img, paths, image.base if snapshot is None else snapshot.disk, fresh)
             config = self._instance_config(spec, vm, address)
             layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot, address)
-            if snapshot is None:
+            if self.config_delivery == "nocloud":
+                await self._run_blocking(nocloud.write_seed, paths.seed, config, _hostname(spec.server_name), vm)
+            elif snapshot is None:
                 await self._run_blocking(self._write_fw_cfg, paths, config)
             proc = await launch(qemu_argv(qemu, layout), paths.log)
             started = True
@@ -244,6 +253,7 @@ class QemuBackend(Backend):
             self._pending.pop(vm, None)
             for _, leftover in paths.fw_cfg():  # the config holds the API token
                 leftover.unlink(missing_ok=True)
+            nocloud.remove_seed(paths.seed)
 
     async def address(self, state: dict) -> tuple[str, int]:
         return "127.0.0.1", QemuState.from_dict(state).port
@@ -363,7 +373,8 @@ class QemuBackend(Backend):
 
     def _layout(self, vm: str, paths: VmPaths, image: VmImage, accel: Acceleration, cpus: int, memory: int,
                 spec: InstanceSpec, data_dir: str, snapshot: Snapshot | None, address: str = "") -> VmLayout:
-        fw_cfg = () if snapshot else tuple((name, str(path)) for name, path in paths.fw_cfg())
+        seed = self.config_delivery == "nocloud"
+        fw_cfg = () if snapshot or seed else tuple((name, str(path)) for name, path in paths.fw_cfg())
         try:
             gateway = gateway_relay_argv(self.gateway_relay, self.instrument_gateway, address) if address else ()
             return VmLayout(
@@ -374,6 +385,7 @@ class QemuBackend(Backend):
                 gateway_relay=gateway, gateway_port=gateway_port(self.instrument_gateway) if address else 0,
                 accel_argv=tuple(accel.argv), fw_cfg=fw_cfg,
                 incoming=snapshot.incoming_uri if snapshot else "", extra_args=tuple(self.extra_args),
+                seed_dir=str(paths.seed) if seed else "", agent_port=not seed,
             )
         except ValueError as e:
             raise BackendError("The virtual machine is misconfigured on this host; ask an admin.",

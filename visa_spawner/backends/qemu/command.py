@@ -29,6 +29,8 @@ GATEWAY_GUEST_ADDRESS = "10.0.2.101"
 GUEST_JUPYTER_PORT = 8888
 #: 9p mount tag of the proposal's data, and how the guest mounts it (argv template, no shell)
 DATA_MOUNT_TAG = "visa-data"
+#: the volume label cloud-init's NoCloud datasource looks for
+NOCLOUD_LABEL = "cidata"
 DATA_MOUNT_TEMPLATE = ("mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,ro", DATA_MOUNT_TAG, "{mount_point}")
 _UNIX_PATH_MAX = 107
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -58,6 +60,8 @@ class VmLayout:
     accel_argv: tuple[str, ...] = ("-accel", "tcg,thread=multi", "-cpu", "max")
     fw_cfg: tuple[tuple[str, str], ...] = ()  # (fw_cfg name, host file)
     incoming: str = ""  # migration URI to restore the VM's memory from (warm start)
+    seed_dir: str = ""  # a NoCloud seed (user-data, meta-data) shown as a FAT volume labelled cidata
+    agent_port: bool = True  # the boot agent's virtio-serial port (none: the agent leaves the start to cloud-init)
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -68,7 +72,7 @@ def _check_layout(layout: VmLayout) -> None:
         if len(sock.encode()) > _UNIX_PATH_MAX:
             raise ValueError(f"socket path too long for a unix socket ({len(sock)} > {_UNIX_PATH_MAX}): {sock}")
     for value in (layout.overlay, layout.data_dir, layout.qmp_socket, layout.agent_socket, layout.console_log,
-                  *(f for _, f in layout.fw_cfg)):
+                  layout.seed_dir, *(f for _, f in layout.fw_cfg)):
         if "," in value:  # QEMU option syntax: a comma would start a new option
             raise ValueError(f"QEMU paths may not contain commas: {value!r}")
     if not 1 <= layout.cpus <= 64 or layout.memory_mb < 256:
@@ -106,7 +110,8 @@ def qemu_argv(binary: str, layout: VmLayout) -> list[str]:
         "-netdev", netdev_arg(layout), "-device", "virtio-net-pci,netdev=net0",
         "-virtfs", f"local,path={layout.data_dir},mount_tag={DATA_MOUNT_TAG},security_model=none,readonly=on",
         "-chardev", f"socket,id=agent,path={layout.agent_socket},server=on,wait=off",
-        "-device", "virtio-serial", "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-device", "virtio-serial",
+        *(("-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}") if layout.agent_port else ()),
         "-chardev", f"socket,id=qmp,path={layout.qmp_socket},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-serial", f"file:{layout.console_log}",
@@ -114,6 +119,9 @@ def qemu_argv(binary: str, layout: VmLayout) -> list[str]:
     ]
     for name, path in layout.fw_cfg:
         argv += ["-fw_cfg", f"name={name},file={path}"]
+    if layout.seed_dir:  # QEMU's vvfat: a read-only FAT disk made from the directory, no tool needed
+        argv += ["-drive", f"if=virtio,format=raw,read-only=on,file.driver=vvfat,file.dir={layout.seed_dir},"
+                 f"file.label={NOCLOUD_LABEL}"]
     if layout.incoming:
         argv += ["-incoming", layout.incoming]
     return argv + list(layout.extra_args)
