@@ -2,9 +2,10 @@
 
 Why an RFB client rather than ``PIL.ImageGrab.grab(xdisplay=...)``: this server does not know the
 desktop's X display nor its MIT cookie (the launcher keeps them to itself, `desktop_launcher`), but
-it does know the VNC unix socket jupyter-server-proxy gave the desktop. One shared, non-incremental
-raw frame over that socket costs a few ms (1280x720: 3.7 MB through a unix socket), and Xvnc serves
-it to any number of viewers (``-AlwaysShared``). The frame never goes through the desktop websocket,
+it does know the VNC unix socket jupyter-server-proxy gave the desktop. Measured on a 1280x720
+desktop (2 cores, load 6): a raw RFB frame 12 ms, an XCB grab 7 ms; with the scaling and PNG
+encoding, a request takes 39 ms (p50), 4 ms from the cache. Xvnc serves the frame to any number of
+viewers (``-AlwaysShared``). The frame never goes through the desktop websocket,
 so a snapshot is neither a presence in the room nor real activity.
 
 Who may read it: the page's rule (`authorizer`: resource ``visa-desktop``, action ``read``), so a
