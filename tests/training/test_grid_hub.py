@@ -1,51 +1,27 @@
-"""The trainer's grid on a real hub (demo profile, sandbox backend, visa-training and visa-collab):
-who may see it, a live thumbnail, a broadcast reaching a participant's pages, Help, and Reset
-leaving only the materials."""
+"""The trainer's grid on the session's demo hub (sandbox backend, visa-training with the demo course,
+visa-collab): who may see it, a live thumbnail, a broadcast reaching a participant's pages, Help,
+and Reset leaving only the materials."""
 from __future__ import annotations
 
 import json
 import re
 import struct
-from collections.abc import Iterator
-from pathlib import Path
+import uuid
 
 import pytest
 import requests
 
 from tests.collab.helpers import Person
-from tests.hubtools import Hub, demo_state
+from tests.hubtools import Hub
 from tests.rfb import RfbClient
 from tests.spawner.sandbox.sandbox_probe import account
 from tests.support import wait_for
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/services/visa-training/"
-COURSE, OTHER = "grid", "other"
+COURSE = "python-neutron"  # the demo course: trainer tina, participants frank, paul, quinn
 SERVER = f"course-{COURSE}"
-MATERIALS = REPO / "hub_config/demo/courses/python-neutron"
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[Hub]:
-    state = next(gen := demo_state())
-    courses = state / "courses.yaml"
-    common = {"start": "today", "end": "today+1", "plan": "sandbox-small", "proposal": "P-2021-007",
-              "materials": str(MATERIALS)}
-    courses.write_text(json.dumps({"courses": [
-        {"id": COURSE, "title": "Grid <course>", "trainers": ["tina"], "participants": ["frank"], **common},
-        {"id": OTHER, "title": "Another course", "trainers": ["alice"], "participants": ["paul"], **common},
-    ]}))
-    hub = Hub(state, extra_env={"VISA_TRAINING_COURSES": str(courses), "VISA_TRAINING_POOL_SPARE": "0"}).start()
-    try:
-        yield hub
-    finally:
-        try:
-            hub.stop_all_servers()
-        finally:
-            hub.stop()
-            next(gen, None)
 
 
 class Trainer(Person):
@@ -83,27 +59,34 @@ def home_names(frank: Person) -> set[str]:
 def test_the_grid(hub: Hub) -> None:
     tina, alice, frank = Trainer(hub, "tina"), Trainer(hub, "alice"), Person(hub, "frank")
     assert tina.page(f"courses/{COURSE}/grid").status_code == 200
-    # another course's trainer, and a participant: 403 on the page and the API, nothing shown
-    for person in (alice, frank):
+    # alice trains a course of her own: tina's grid is not hers (403 on the page and the API)
+    assert alice.page("").status_code == 200
+    other = f"grid-{uuid.uuid4().hex[:8]}"
+    r = alice.api("POST", "courses", {"id": other, "title": "Alice's course", "start": "today", "end": "today+1",
+                                      "plan": "sandbox-small"})
+    assert r.status_code == 201, r.text
+    assert alice.page(f"courses/{other}/grid").status_code == 200
+    for person in (alice, frank):  # another course's trainer, and a participant
         r = person.s.get(f"{hub.url}{PREFIX}courses/{COURSE}/grid", timeout=30)
-        assert r.status_code == 403 and "Grid &lt;course&gt;" in r.text and "Grid <course>" not in r.text
+        assert r.status_code == 403 and "Python for neutron data" in r.text
         r = person.s.get(f"{hub.url}{PREFIX}api/courses/{COURSE}/grid", timeout=30,
                          headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "same-origin"})
         assert r.status_code == 403 and "tiles" not in r.text
-    assert alice.page(f"courses/{OTHER}/grid").status_code == 200
-    r = alice.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"})
-    assert r.status_code == 403, r.text
+    assert alice.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"}).status_code == 403
 
-    # the class starts: frank's instance, shared with tina
-    assert tina.api("POST", f"courses/{COURSE}/start").status_code == 202
+    # frank's course instance (as "Start the class" makes it), shared with tina as GUEST
+    r = hub.api("POST", f"/users/frank/servers/{SERVER}", json={"course": COURSE})
+    assert r.status_code in (201, 202), r.text
     hub.wait_ready("frank", SERVER, timeout=180)
-    wait_for(lambda: all(p["state"] == "ready" for p in tina.api("GET", f"courses/{COURSE}").json()["progress"]),
-             60, "the class started and shared", interval=1)
+    r = frank.collab("POST", f"instances/frank/{SERVER}/members", {"member": "tina", "role": "guest"})
+    assert r.status_code == 201, r.text
     first_home = home_names(frank)
     assert {"README.md", "exercise-1.ipynb"} <= first_home
 
-    (tile,) = tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"]
-    assert tile["user"] == "frank" and tile["state"] == "running"
+    tiles = {t["user"]: t for t in tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"]}
+    assert {"frank", "paul", "quinn"} <= tiles.keys()
+    tile = tiles["frank"]
+    assert tile["state"] == "running"
     assert tile["desktop_url"] == f"/user/frank/{SERVER}/visa/desktop"
     snapshot = f"{hub.url}{tile['snapshot_url']}?w=320"
     r = tina.s.get(snapshot, timeout=30)
@@ -119,8 +102,8 @@ def test_the_grid(hub: Hub) -> None:
         assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text[:300]
         width, height = struct.unpack(">II", r.content[16:24])
         assert width == 320 and height == round(320 * desktop.height / desktop.width)
-        present = wait_for(lambda: tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"][0]["present"], 30,
-                           "frank present on his tile")
+        present = wait_for(lambda: next(t for t in tina.api("GET", f"courses/{COURSE}/grid").json()["tiles"]
+                                        if t["user"] == "frank")["present"], 30, "frank present on his tile")
         assert any(p["user"] == "frank" and p["channel"] == "desktop" for p in present)
 
         # a broadcast: on frank's Lab page (the script) and from the service as his page reads it
@@ -174,3 +157,4 @@ def test_the_grid(hub: Hub) -> None:
     assert r.status_code == 200, r.text
     hub.wait_ready("frank", SERVER, timeout=120)
     assert home_names(frank) == first_home
+    assert tina.api("POST", f"courses/{COURSE}/broadcast", {"text": ""}).json() == {"broadcast": None}
