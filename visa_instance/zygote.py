@@ -38,6 +38,17 @@ PRELOAD = ("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyter_
 IMPORT_TIME_ENV = ("JUPYTERHUB_SINGLEUSER_APP", "JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_METRICS_PREFIX",
                    "JUPYTER_ALLOW_INSECURE_WRITES", "TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR",
                    "GATEWAY_WS_PING_INTERVAL_SECS")
+#: trait defaults that installed classes take from the environment when they are imported, i.e.
+#: from the pooled sandbox's, not the owner's: (module, class, trait, variable, fallback). Without
+#: this, HubAuth.base_url stays "/" and the owner's login cookie is set for every path.
+ENV_DEFAULTS = (
+    ("jupyterhub.services.auth", "HubAuth", "base_url", "JUPYTERHUB_SERVICE_PREFIX", "/"),
+    ("jupyterhub.services.auth", "HubAuth", "api_url", "JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
+    ("jupyterhub.services.auth", "HubAuth", "keyfile", "JUPYTERHUB_SSL_KEYFILE", ""),
+    ("jupyterhub.services.auth", "HubAuth", "certfile", "JUPYTERHUB_SSL_CERTFILE", ""),
+    ("jupyterhub.services.auth", "HubAuth", "client_ca", "JUPYTERHUB_SSL_CLIENT_CA", ""),
+    ("jupyter_client.session", "Session", "username", "USER", "username"),
+)
 MAX_REQUEST = 1 << 20
 
 
@@ -69,6 +80,28 @@ def preload(prefix: str) -> tuple[list[str], list[str]]:
         except Exception as e:  # a broken extension fails later, in Jupyter, with its own message
             failed.append(f"{name}: {type(e).__name__}")
     return loaded, failed
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+def refresh_env_defaults(env: dict[str, str]) -> None:
+    """Give the `ENV_DEFAULTS` traits of the loaded classes the values of the owner's `env` (the
+    trait's default and each class's cache of static initial values, as traitlets keeps both)."""
+    for module, class_name, name, variable, fallback in ENV_DEFAULTS:
+        base = getattr(sys.modules.get(module), class_name, None)
+        if base is None:
+            continue
+        value, trait = env.get(variable) or fallback, base.class_traits()[name]
+        trait.default_value = value
+        for cls in _subclasses(base):
+            static = cls.__dict__.get("_static_immutable_initial_values", {})
+            if name in static and cls.class_traits().get(name) is trait:
+                static[name] = value
 
 
 def read_request(channel: socket.socket) -> dict | None:
@@ -115,6 +148,7 @@ def become(request: dict, template_env: dict[str, str]) -> int:
         os.execve(shutil.which(argv[0], path=env.get("PATH", os.defpath)) or argv[0], argv, env)
     os.environ.clear()
     os.environ.update(env)
+    refresh_env_defaults(env)
     random.seed()  # nothing drawn before the owner's request is reused after it
     sys.argv = [script, *argv[1:]]
     try:

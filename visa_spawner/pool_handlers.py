@@ -80,7 +80,7 @@ class PoolHandler(APIHandler):
         self.finish(status)
 
     async def put(self, name: str) -> None:
-        pool = self._pool()
+        pool, name = self._pool(), self._name(name)
         body = parse_body(self.request.body)
         plans = {p.id: p for p in check_plans(self.config)}
         plan = plans.get(body["plan"])
@@ -102,7 +102,7 @@ class PoolHandler(APIHandler):
                 raise web.HTTPError(400, f"The data of proposal {body['proposal']} is not on this host.")
         try:
             definition = PoolDefinition(
-                name=self._name(name), plan=plan, size=body["size"], proposal=body["proposal"], data_path=data_path,
+                name=name, plan=plan, size=body["size"], proposal=body["proposal"], data_path=data_path,
                 materials=pool.check_materials(body["materials"]), hub_env=self._hub_env(pool.backend.hub_url_env))
             self.finish(await pool.put(definition))
         except PoolError as e:
