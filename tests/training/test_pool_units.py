@@ -11,6 +11,7 @@ from tornado.web import HTTPError
 
 from visa_instance import zygote
 from visa_spawner.backends.base import InstanceSpec, Plan
+from visa_spawner.backends.sandbox.cgroups import Cgroup
 from visa_spawner.backends.sandbox.pool import (
     PoolDefinition,
     PoolError,
@@ -130,3 +131,20 @@ print(HubOAuth().base_url, HubAuth().base_url, jupyter_client.session.Session().
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["/user/alice/course-x/", "/user/alice/course-x/", "alice"]
+
+
+@pytest.mark.parametrize(("version", "file", "weight", "value"), [
+    (2, "cpu.weight", 5, "5"), (2, "cpu.weight", 100, "100"),
+    (1, "cpu.shares", 5, "51"), (1, "cpu.shares", 100, "1024"), (1, "cpu.shares", 0, "2"),
+])
+def test_pooled_sandboxes_get_a_low_cpu_weight(tmp_path, version, file, weight, value):
+    if version == 2:
+        (tmp_path / "cgroup.controllers").touch()
+        target = tmp_path / "visahub" / "visa-pool-x"
+    else:
+        for controller in ("memory", "cpu", "pids"):
+            (tmp_path / controller).mkdir()
+        target = tmp_path / "cpu" / "visahub" / "visa-pool-x"
+    target.mkdir(parents=True)
+    Cgroup("visa-pool-x", root=tmp_path).set_cpu_weight(weight)
+    assert (target / file).read_text() == value

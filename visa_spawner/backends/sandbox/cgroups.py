@@ -90,6 +90,18 @@ class Cgroup:
         except OSError as e:
             raise CgroupError(f"cannot set limits in {self.dirs()[0]}: {e.strerror}") from e
 
+    def set_cpu_weight(self, weight: int) -> None:
+        """This cgroup's share of the CPU when CPUs are contended, 1-10000 where 100 is every other
+        sandbox's (cgroup v1: cpu.shares, scaled from 1024); CgroupError if it cannot be set."""
+        if self.version == 2:
+            path, value = self.dirs()[0] / "cpu.weight", str(weight)
+        else:
+            path, value = self.root / "cpu" / self.parent / self.name / "cpu.shares", str(max(2, weight * 1024 // 100))
+        try:
+            path.write_text(value)
+        except OSError as e:
+            raise CgroupError(f"cannot set {path}: {e.strerror}") from e
+
     def procs_files(self) -> list[str]:
         """Paths a new process writes its pid to (for a pre-exec join, os-level only)."""
         return [str(d / "cgroup.procs") for d in self.dirs()]

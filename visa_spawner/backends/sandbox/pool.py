@@ -41,6 +41,7 @@ from traitlets import Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, Plan, ProgressCallback
+from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError
 from visa_spawner.backends.sandbox.command import account_name, sandbox_env
 from visa_spawner.backends.sandbox.network import HubRoute
 from visa_spawner.backends.sandbox.state import SandboxState
@@ -141,6 +142,11 @@ class WarmPool(LoggingConfigurable):
         2, config=True,
         help="Pooled sandboxes started at the same time: a start is mostly CPU (imports), so more "
         "than the host's cores only slows the instances people are using.")
+    pooled_cpu_weight = Integer(
+        5, config=True,
+        help="CPU weight of a sandbox while it waits in a pool (100: as a sandbox in use; cgroup "
+        "cpu.weight, or cpu.shares scaled). Low, so filling a pool during a class never slows "
+        "the instances participants use; set back to 100 when one is adopted.")
     ready_timeout = Float(90, config=True, help="Seconds a pooled sandbox may take to import Jupyter.")
     retry_delay = Float(15, config=True, help="Seconds before a pool retries after a start failed.")
     materials_roots = List(
@@ -259,6 +265,7 @@ class WarmPool(LoggingConfigurable):
         if "JUPYTERHUB_SERVICE_URL" in env:
             env["JUPYTERHUB_SERVICE_URL"] = with_port(env["JUPYTERHUB_SERVICE_URL"], pooled.port)
         progress(40, "Taking a sandbox started ahead for the course")
+        self._cpu_weight(Cgroup(pooled.account, parent=backend.cgroup_parent), 100)
         request = {"argv": backend._command(spec, pooled.home_inside), "env": env, "cwd": pooled.home_inside}
         try:
             pooled.channel.write(json.dumps(request).encode() + b"\n")
@@ -276,6 +283,12 @@ class WarmPool(LoggingConfigurable):
                              instrument_address=pooled.instrument_address, pid=pooled.proc.pid,
                              started=pooled.started)
         return {**state.to_dict(), "warm_pool": spec.warm_pool}
+
+    def _cpu_weight(self, cgroup: Cgroup, weight: int) -> None:
+        try:
+            cgroup.set_cpu_weight(weight)
+        except CgroupError as e:  # a pooled sandbox at full weight is slower to live beside, not wrong
+            self.log.warning("Warm pool: %s", e)
 
     # -- filling -------------------------------------------------------------------------------
     def _kick(self, name: str) -> None:
@@ -337,6 +350,7 @@ class WarmPool(LoggingConfigurable):
         if d.materials:
             await backend._copy_materials(d.materials, home, uid, gid)
         cgroup = backend._limited_cgroup(account, d.plan)
+        self._cpu_weight(cgroup, self.pooled_cpu_weight)
         layout = backend._layout(spec, account, uid, gid)
         env = sandbox_env({}, home=layout.home_inside, user=account, instance_env=backend.instance_env)
         hub_end, sandbox_end = socket.socketpair()

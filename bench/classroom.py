@@ -1,0 +1,145 @@
+"""Classroom: 30 participants log in over 60 s and reach Lab, with a warm pool and without, same run.
+
+Issue 19's benchmark, sandbox part. One hub (bench/classroom_hub_config.py: the demo profile, a
+password login for any name, `course-<pool>` servers adopting from the warm pool `<pool>`). For each
+participant, an HTTP client (requests) logs in through the login form; the hub then starts their
+course instance (here the bench asks the hub's REST API, as the seat and course pages do after a
+login), and the client opens Lab through the hub's OAuth, as a browser does. Measured: login → the
+Lab page answering 200, per participant. Phase 1 fills a pool of N and starts the class from it;
+phase 2 (no pool) starts the same class on new accounts. A prober measures the hub API's latency
+(`GET /hub/api/users/<name>`, every 0.25 s) throughout. Targets: with the pool p95 <= 3 s and
+<= 0.3x without; hub API p99 <= 200 ms.
+
+    .venv/bin/python bench/classroom.py [--participants 30] [--spread 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.hubtools import REPO, Browserless, Hub, demo_state, wait_for  # noqa: E402
+
+CONFIG = Path(__file__).with_name("classroom_hub_config.py")
+MATERIALS = REPO / "hub_config" / "demo" / "courses" / "python-neutron"
+BODY = {"plan": "sandbox-small", "proposal": "P-2021-007"}
+POOL = "class"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": round(statistics.median(values), 2), "p95": round(percentile(values, 95), 2),
+            "max": round(max(values), 2)} if values else {"n": 0}
+
+
+class Prober(threading.Thread):
+    """The hub API's latency while the class starts."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__(daemon=True)
+        self.hub, self.latencies, self.errors, self.stopping = hub, [], 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.25):
+            t0 = time.perf_counter()
+            try:
+                ok = self.hub.api("GET", "/users/admin").status_code < 500
+            except Exception:
+                ok = False
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            self.errors += not ok
+
+
+def participant(hub: Hub, user: str, server: str, delay: float, results: dict) -> None:
+    time.sleep(delay)  # the bench's own schedule of arrivals (not a wait on the system under test)
+    t0 = time.perf_counter()
+    try:
+        client = Browserless(hub, user, "bench")
+        assert client.logged_in, f"{user}: login failed"
+        r = hub.api("POST", f"/users/{user}/servers/{server}", json=BODY)
+        assert r.status_code in (201, 202), f"{user}: {r.status_code} {r.text[:200]}"
+        hub.wait_ready(user, server, timeout=600)
+        lab = client.instance_get(user, server, "lab")
+        assert lab.status_code == 200 and "/lab" in lab.url, f"{user}: Lab answered {lab.status_code} at {lab.url}"
+        results[user] = time.perf_counter() - t0
+    except Exception as e:  # reported, not fatal: the other participants go on
+        results[user] = None
+        print(f"  {user}: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr, flush=True)
+
+
+def run_class(hub: Hub, prefix: str, server: str, count: int, spread: float) -> tuple[dict, dict]:
+    results: dict[str, float | None] = {}
+    prober = Prober(hub)
+    prober.start()
+    threads = [threading.Thread(target=participant, args=(hub, f"{prefix}{i:02d}", server, i * spread / count, results))
+               for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    prober.stopping.set()
+    prober.join()
+    times = [v for v in results.values() if v is not None]
+    api = {"n": len(prober.latencies), "p99_ms": round(percentile(prober.latencies, 99), 1),
+           "max_ms": round(max(prober.latencies), 1), "errors": prober.errors} if prober.latencies else {}
+    return {**summary(times), "failed": count - len(times)}, api
+
+
+def clear(hub: Hub, prefix: str, server: str, count: int) -> None:
+    """Delete the phase's instances (their CPU and memory would weigh on the next phase)."""
+    for i in range(count):
+        hub.api("DELETE", f"/users/{prefix}{i:02d}/servers/{server}", json={"remove": True})
+    wait_for(lambda: all(hub.server_model(f"{prefix}{i:02d}", server) is None for i in range(count)),
+             600, "the phase's instances deleted", interval=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=30)
+    parser.add_argument("--spread", type=float, default=60, help="seconds over which participants log in")
+    args = parser.parse_args()
+    states = demo_state()
+    hub = Hub(next(states), config=CONFIG).start()
+    report: dict = {"participants": args.participants, "spread_s": args.spread}
+    try:
+        t0 = time.perf_counter()
+        r = hub.api("PUT", f"/visa/pools/{POOL}", json={**BODY, "materials": str(MATERIALS),
+                                                          "size": args.participants})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: (lambda s: s["ready"] == args.participants and not s["starting"])(
+            hub.api("GET", f"/visa/pools/{POOL}").json()), 900, "the pool filled", interval=1)
+        report["pool_fill_s"] = round(time.perf_counter() - t0, 1)
+        print(f"pool of {args.participants} ready in {report['pool_fill_s']} s", flush=True)
+        # the pool refills after each adoption during the class (at its low CPU weight): the worst case
+        report["with_pool"], report["api_with_pool"] = run_class(
+            hub, "p", f"course-{POOL}", args.participants, args.spread)
+        print("with pool", report["with_pool"], report["api_with_pool"], flush=True)
+        assert hub.api("DELETE", f"/visa/pools/{POOL}").status_code == 204
+        clear(hub, "p", f"course-{POOL}", args.participants)
+        report["without_pool"], report["api_without_pool"] = run_class(
+            hub, "q", "plain", args.participants, args.spread)
+        print("without pool", report["without_pool"], report["api_without_pool"], flush=True)
+        clear(hub, "q", "plain", args.participants)
+        with_p95, without_p95 = report["with_pool"].get("p95"), report["without_pool"].get("p95")
+        if with_p95 and without_p95:
+            report["p95_ratio"] = round(with_p95 / without_p95, 2)
+        print(json.dumps(report, indent=1))
+    finally:
+        try:
+            hub.stop_all_servers()
+        finally:
+            hub.stop()
+            next(states, None)
+
+
+if __name__ == "__main__":
+    main()
