@@ -65,7 +65,7 @@ def test_a_variant_shares_the_first_four_stages_and_adds_its_extras_in_the_syste
     assert [extra[s] == base[s] for s in rcp.STAGES] == [s not in ("system", "image") for s in rcp.STAGES]
     assert openstack.extra_apt_packages == ["cloud-init"] and "cloud-init" not in openstack.base_apt_packages
     assert openstack.stage_inputs("packages", REPO) == recipe.stage_inputs("packages", REPO)
-    assert "locale: false" in openstack.system["files"]["/etc/cloud/cloud.cfg.d/90-visa.cfg"]
+    assert "locale: C.UTF-8" in openstack.system["files"]["/etc/cloud/cloud.cfg.d/90-visa.cfg"]
     assert "files" not in recipe.system and "DHCP=ipv4" in openstack.system["network"]
 
 
