@@ -18,11 +18,13 @@ import pytest
 
 from tests.hubtools import Hub, demo_state, login_factory, run_code
 from tests.spawner.qemu.conftest import PROPOSAL, create_vm, pinned_image_dir, qemu_pids, start_qemu_hub
+from tests.spawner.qemu.test_qemu_builders import make_image
 from tests.spawner.qemu.test_qemu_vm_flow import INSIDE
+from visa_spawner.backends.base import BackendError
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.openstack.backend import OpenStackBackend
 from visa_spawner.backends.qemu import nocloud
-from visa_spawner.backends.qemu.backend import _hostname, vm_name
+from visa_spawner.backends.qemu.backend import QemuBackend, _hostname, vm_name
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR
 
 VARIANT_DIR = os.environ.get("VISA_QEMU_OPENSTACK_IMAGE_DIR", DEFAULT_IMAGE_DIR + "+openstack")
@@ -60,6 +62,16 @@ def test_seed_holds_the_openstack_user_data(tmp_path):
     assert seed.stat().st_mode & 0o777 == 0o700
     nocloud.write_seed(seed, config, "x", "vm-0123")  # a second start: a new instance-id
     assert json.loads((seed / "meta-data").read_text())["instance-id"] != meta["instance-id"]
+
+
+def test_nocloud_needs_an_image_with_cloud_init(tmp_path):
+    """Pointed at the plain image, nocloud would wait for a cloud-init that never comes: refused at once."""
+    plain = make_image(tmp_path)
+    with pytest.raises(BackendError, match="no cloud-init"):
+        QemuBackend(state_dir=str(tmp_path / "s"), image_dir=str(plain), config_delivery="nocloud").image()
+    assert QemuBackend(image_dir=str(plain)).image().cloud_init is False
+    (plain / "current" / "manifest.json").write_text(json.dumps({"packages": {"cloud-init": "22.4.2-1+deb12u4"}}))
+    assert QemuBackend(image_dir=str(plain), config_delivery="nocloud").image().cloud_init
 
 
 @pytest.fixture(scope="module")

@@ -159,9 +159,13 @@ class QemuBackend(Backend):
     # -- host checks ---------------------------------------------------------------------------
     def image(self) -> VmImage:
         try:
-            return load_image(self.image_dir)
+            image = load_image(self.image_dir)
         except ImageError as e:
             raise BackendError(f"Virtual machines are not available: {e}.", reason="image") from None
+        if self.config_delivery == "nocloud" and not image.cloud_init:  # nothing would ever start it
+            raise BackendError("Virtual machines are not available: the image has no cloud-init for "
+                               "config_delivery = nocloud (an admin builds `--extra openstack`).", reason="image")
+        return image
 
     def binaries(self) -> tuple[str, str]:
         found = shutil.which(self.qemu_binary), shutil.which(self.qemu_img)

@@ -30,6 +30,7 @@ class VmImage:
     initrd: str
     kernel_cmdline: str
     identity: str  # what a memory snapshot must match: the build (recipe hash + directory)
+    cloud_init: bool = False  # the manifest lists cloud-init (the OpenStack variant)
 
     @property
     def name(self) -> str:
@@ -56,7 +57,7 @@ def load_image(image_dir: str) -> VmImage:
     return VmImage(
         build_dir=str(build), base=str(build / "base.qcow2"), kernel=str(kernel), initrd=str(initrd),
         kernel_cmdline=str(manifest.get("kernel_cmdline") or DEFAULT_CMDLINE),
-        identity=f"{recipe}:{build.name}",
+        identity=f"{recipe}:{build.name}", cloud_init="cloud-init" in (manifest.get("packages") or {}),
     )
 
 
