@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from . import db
 from .events import EventBus
 from .hubapi import HubAPI, HubError
-from .roles import GRANTABLE, OWNER_AWAY_POLICIES, Role, RoleError, parse_role, refusal, share_scopes
+from .roles import GRANTABLE, OWNER_AWAY_POLICIES, Role, RoleError, course_trainers, parse_role, refusal, share_scopes
 
 log = logging.getLogger("visa_collab")
 
@@ -51,6 +51,8 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin)
         self.rooms: dict[tuple[str, str], Room] = {}
         # the proposal each instance was last seen *running* with (see _instance)
         self.confirmed_proposals: dict[tuple[str, str], str | None] = {}
+        # and, for a course instance, the trainers its spawner recorded (roles.refusal)
+        self.confirmed_trainers: dict[tuple[str, str], tuple[str, ...]] = {}
         # distinguishes this process's room versions from a previous one's
         self.epoch = secrets.token_hex(4)
         self.events = EventBus()  # access requests made, answered, expired: pushed to open pages
@@ -89,11 +91,14 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin)
         key = (owner, spawner["name"])
         ready = bool(spawner.get("ready"))
         if ready:
-            self.confirmed_proposals[key] = (spawner.get("user_options") or {}).get("proposal")
+            options = spawner.get("user_options") or {}
+            self.confirmed_proposals[key] = options.get("proposal")
+            self.confirmed_trainers[key] = course_trainers(spawner["name"], options)
         return Instance(
             owner=owner, server=spawner["name"],
             display_name=spawner.get("display_name") or spawner["name"],
             proposal=self.confirmed_proposals.get(key), ready=ready, url=spawner.get("url") or "",
+            course_trainers=self.confirmed_trainers.get(key, ()),
         )
 
     def room(self, owner: str, server: str) -> Room:
@@ -231,7 +236,7 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin)
             raise await self.refuse(inst.key, actor, action, CollabError(
                 404, f"Nobody called {member[:60]!r} has used VISA: they must log in once before you can add them."),
                 member=member[:255], role=role.value)
-        why = refusal(role, member, model.get("groups", []), inst.proposal, inst.server)
+        why = refusal(role, member, model.get("groups", []), inst.proposal, inst.server, inst.course_trainers)
         if why and inst.proposal is None and not inst.ready and inst.key not in self.confirmed_proposals:
             why = "Start this instance first: its proposal is known once it runs."
         if why:

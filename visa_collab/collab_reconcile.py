@@ -124,12 +124,11 @@ class ReconcileMixin:
             if g["source"] in ("request", "policy"):
                 still = model is not None and may_request_support(groups, inst.proposal)
                 reason = "no longer facility support staff for this proposal"
-            elif role is Role.SUPPORT:
-                still = model is not None and refusal(role, member, groups, inst.proposal, server) is None
-                reason = "no longer facility support staff for this proposal"
             else:
-                still = model is not None and refusal(role, member, groups, inst.proposal, server) is None
-                reason = f"left the team of proposal {inst.proposal}"
+                still = model is not None and refusal(role, member, groups, inst.proposal, server,
+                                                      inst.course_trainers) is None
+                reason = ("no longer facility support staff for this proposal" if role is Role.SUPPORT
+                          else f"left the team of proposal {inst.proposal}")
             if not still:
                 await self._revoke(inst.key, member, actor="visa-collab", reason=reason)
                 changed += 1

@@ -29,6 +29,7 @@ class Instance:
     proposal: str | None
     ready: bool
     url: str
+    course_trainers: tuple[str, ...] = ()  # a course instance's trainers, confirmed while it ran
 
     @property
     def key(self) -> tuple[str, str]:

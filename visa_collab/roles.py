@@ -75,6 +75,18 @@ SUPPORT_OFFERABLE = frozenset({"role:scientific_computing"})
 COURSE_SERVER = re.compile(r"^course-[a-z0-9-]{1,24}$")  # a course instance (visa_training)
 
 
+def course_trainers(server: str, options: dict) -> tuple[str, ...]:
+    """The trainers of a course instance from its ``user_options`` (``course_trainers``, which the
+    hub's spawner overwrites from the training service at every start of a server ``course-<id>``
+    with ``course: <id>``); () for any other server. Only true of a running server (see
+    `Collaboration._instance`)."""
+    course = str(options.get("course") or "")
+    names = options.get("course_trainers")
+    if not course or server != f"course-{course}" or not isinstance(names, list):
+        return ()
+    return tuple(str(n) for n in names if isinstance(n, str))
+
+
 class RoleError(ValueError):
     """A role name that does not exist or cannot be granted."""
 
@@ -141,17 +153,21 @@ def may_request_support(groups: Iterable[str], proposal: str | None) -> bool:
     return bool(g & SUPPORT_ON_PROPOSAL) and on_team(g, proposal)
 
 
-def refusal(role: Role, person: str, groups: Iterable[str], proposal: str | None, server: str = "") -> str | None:
+def refusal(role: Role, person: str, groups: Iterable[str], proposal: str | None, server: str = "",
+            trainers: Iterable[str] = ()) -> str | None:
     """Why `person` may not be given `role` on an instance of `proposal` (None: they may).
 
     USER and GUEST see the proposal's data (the desktop shows it): team members only. SUPPORT:
     facility support staff (IT support, administrators, the proposal's instrument scientists,
     scientific computing). A course instance (`server` ``course-<id>``, issue 19) may also be
-    watched (GUEST) and helped (SUPPORT) by whoever its owner chooses: the training service, acting
-    as the owner, grants them to the course's trainers (its data is the course's open data).
+    watched (GUEST) and helped (SUPPORT) by the course's `trainers` (as the hub's spawner recorded
+    them when it started: `Collaboration._instance`) and administrators, whatever their team: the
+    training service grants them acting as the owner. Anyone else follows the usual rules, so a
+    participant cannot hand their course instance to a friend.
     """
     g = set(groups)
-    if role in (Role.GUEST, Role.SUPPORT) and COURSE_SERVER.match(server or ""):
+    if (role in (Role.GUEST, Role.SUPPORT) and COURSE_SERVER.match(server or "")
+            and (person in set(trainers) or "role:admin" in g)):
         return None
     if role in (Role.USER, Role.GUEST):
         if on_team(g, proposal):

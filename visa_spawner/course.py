@@ -45,6 +45,7 @@ class CourseSeat:
     download_until: datetime
     started: bool = False
     warm_pool: bool = False
+    trainers: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CourseSeat:
@@ -53,12 +54,15 @@ class CourseSeat:
             proposal=str(data.get("proposal") or ""), materials=str(data.get("materials") or ""),
             starts_at=parse_time(data["starts_at"]), ends_at=parse_time(data["ends_at"]),
             download_until=parse_time(data["download_until"]), started=bool(data.get("started")),
-            warm_pool=bool(data.get("warm_pool")))
+            warm_pool=bool(data.get("warm_pool")),
+            trainers=tuple(str(t) for t in data.get("trainers") or () if isinstance(t, str)))
 
-    def saved_options(self) -> dict[str, str]:
-        """What the spawner keeps in the server's user_options (visa-ops and the home page read it)."""
+    def saved_options(self) -> dict[str, Any]:
+        """What the spawner keeps in the server's user_options (visa-ops and the home page read it;
+        visa-collab lets `course_trainers` watch and help: always written, so an owner's own value
+        never survives a start)."""
         return {"course": self.course, "course_ends_at": iso(self.ends_at), "download_until": iso(self.download_until),
-                "proposal": self.proposal, "plan": self.plan}
+                "proposal": self.proposal, "plan": self.plan, "course_trainers": list(self.trainers)}
 
 
 def seat_request(seat: CourseSeat, options: Mapping[str, Any], *, plans: Sequence[Plan], disabled: Collection[str],

@@ -77,7 +77,8 @@ async def main_async(args: argparse.Namespace) -> None:
         materials_root=env.get("VISA_TRAINING_MATERIALS_ROOT", ""), collab_url=env.get("VISA_TRAINING_COLLAB_URL", ""),
         pool_spare=int(env.get("VISA_TRAINING_POOL_SPARE") or 2),
         start_timeout=float(env.get("VISA_TRAINING_START_TIMEOUT") or 300),
-        archive_dir=env.get("VISA_TRAINING_ARCHIVE_DIR", ""), clock=clock)
+        archive_dir=env.get("VISA_TRAINING_ARCHIVE_DIR", ""), clock=clock,
+        creator_roles=(env.get("VISA_TRAINING_CREATOR_ROLES") or "STAFF").replace(",", " ").split())
     if args.courses:
         try:
             loaded = await training.load_yaml(args.courses)

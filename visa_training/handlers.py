@@ -128,7 +128,7 @@ class CoursesHandler(ApiHandler):
 
     @web.authenticated
     async def post(self) -> None:
-        course, report = await self.guard(self.training.create_course(self.actor, self.body()))
+        course, report = await self.guard(self.training.create_course(self.actor, self.body(), self.is_admin()))
         self.send({"course": course_model(course), "report": report}, 201)
 
 

@@ -104,7 +104,7 @@ def apply(c: Any, *, state_dir: str | os.PathLike, courses: str | os.PathLike | 
         "VISA_TRAINING_SEAT_SECRET": _persisted(state / "visa_training_seat_secret", lambda: secrets.token_hex(32)),
     }
     for name in ("VISA_TRAINING_POOL_SPARE", "VISA_TRAINING_SWEEP_INTERVAL", "VISA_TRAINING_START_TIMEOUT",
-                 "VISA_TRAINING_CLOCK_OFFSET"):
+                 "VISA_TRAINING_CLOCK_OFFSET", "VISA_TRAINING_CREATOR_ROLES"):
         if env.get(name):
             environment[name] = env[name]
 

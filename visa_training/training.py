@@ -74,7 +74,7 @@ class Training:
     def __init__(self, store: Store, hub: TrainingHub, *, plans: Sequence[Mapping[str, Any]] = (),
                  directory: Directory | None = None, materials_root: str = "", collab_url: str = "",
                  pool_spare: int = 2, start_timeout: float = 300.0, archive_dir: str = "",
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, creator_roles: Sequence[str] = ("STAFF",)) -> None:
         self.store, self.hub = store, hub
         self.plans = list(plans)
         self.directory = directory or Directory()
@@ -82,6 +82,7 @@ class Training:
         self.collab_url = collab_url.rstrip("/")
         self.pool_spare, self.start_timeout, self.archive_dir = pool_spare, start_timeout, archive_dir
         self.clock = clock or store.clock
+        self.creator_roles = tuple(creator_roles)  # facility roles that may create courses on the page
         self.tasks: set[asyncio.Task] = set()
 
     # -- courses -------------------------------------------------------------------------------
@@ -108,8 +109,18 @@ class Training:
             return []
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    async def create_course(self, actor: str, form: Mapping[str, Any]) -> tuple[Course, list[dict]]:
-        """A course from the page's form; participants as an uploaded list (per-line report)."""
+    async def create_course(self, actor: str, form: Mapping[str, Any],
+                            admin: bool = False) -> tuple[Course, list[dict]]:
+        """A course from the page's form; participants as an uploaded list (per-line report).
+
+        Only facility staff (`creator_roles`) and administrators create courses, and a course's
+        proposal must be open data: its participants get its data whatever their own rights,
+        and its instances escape their quota (the YAML, written by the hub's admins, is trusted)."""
+        data = await self.directory.snapshot()
+        if not admin and not set(self.directory.roles(data, [actor], self.clock().date()).get(actor, ())) \
+                & set(self.creator_roles):
+            raise TrainingError(403, f"Only {' or '.join(self.creator_roles) or 'administrators'} "
+                                     "may create courses; ask one of them.")
         materials = str(form.get("materials") or "")
         if materials and materials not in self.materials_choices():
             raise TrainingError(400, f"There is no materials folder {materials[:60]!r}.")
@@ -123,7 +134,10 @@ class Training:
             raise TrainingError(400, str(e)) from None
         if course.ends_at <= self.clock():
             raise TrainingError(400, f"course {course.id!r}, end: the course would already be over.")
-        data = await self.directory.snapshot()
+        found = data.proposal(course.proposal) if data is not None and course.proposal else None
+        if course.proposal and not (found is not None and found.is_open_on(course.starts_at.date())):
+            raise TrainingError(400, f"course {course.id!r}, proposal: {course.proposal} is not open data on "
+                                     f"{course.starts_at:%Y-%m-%d}; a course may only mount open data.")
         find, find_email = self.directory.finders(data)
         report = read_list(str(form.get("participants") or ""), find, find_email)
         added = [v.user for v in report if v.verdict == "added"]
@@ -181,7 +195,7 @@ class Training:
         return {"course": course.id, "title": course.title, "plan": course.plan, "proposal": course.proposal,
                 "materials": course.materials, "starts_at": iso(course.starts_at), "ends_at": iso(course.ends_at),
                 "download_until": iso(course.download_until), "started": row["started_at"] is not None,
-                "warm_pool": bool(row["pool"])}
+                "warm_pool": bool(row["pool"]), "trainers": list(course.trainers)}
 
     async def redeem(self, token: str) -> dict:
         try:

@@ -54,10 +54,11 @@ def test_broadcast_set_replace_clear() -> None:
 
 
 @pytest.mark.parametrize("role", [Role.GUEST, Role.SUPPORT])
-def test_a_course_instance_may_be_watched_and_helped_by_whom_its_owner_chooses(role: Role) -> None:
+def test_a_course_instance_may_be_watched_and_helped_by_its_trainers(role: Role) -> None:
     staff = ["role:staff"]  # a trainer: no support role, not on the course's proposal
-    assert refusal(role, "tina", staff, "P-2021-007", "course-python-neutron") is None
-    assert refusal(role, "tina", staff, None, "course-cls") is None
+    assert refusal(role, "tina", staff, "P-2021-007", "course-python-neutron", ["tina"]) is None
+    assert refusal(role, "tina", staff, None, "course-cls", ["tina"]) is None
+    assert refusal(role, "tina", staff, None, "course-cls") is not None  # not this course's trainer
     for server in ("", "my-run", "course-", "xcourse-cls", "course-CLS"):
-        assert refusal(role, "tina", staff, "P-2021-007", server) is not None
-    assert refusal(Role.USER, "tina", staff, "P-2021-007", "course-cls") is not None  # USER: the team only
+        assert refusal(role, "tina", staff, "P-2021-007", server, ["tina"]) is not None
+    assert refusal(Role.USER, "tina", staff, "P-2021-007", "course-cls", ["tina"]) is not None  # USER: the team only

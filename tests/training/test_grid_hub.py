@@ -57,22 +57,22 @@ def home_names(frank: Person) -> set[str]:
 
 
 def test_the_grid(hub: Hub) -> None:
-    tina, alice, frank = Trainer(hub, "tina"), Trainer(hub, "alice"), Person(hub, "frank")
+    tina, dave, frank = Trainer(hub, "tina"), Trainer(hub, "dave"), Person(hub, "frank")
     assert tina.page(f"courses/{COURSE}/grid").status_code == 200
-    # alice trains a course of her own: tina's grid is not hers (403 on the page and the API)
-    assert alice.page("").status_code == 200
+    # dave (STAFF) trains a course of his own: tina's grid is not hers (403 on the page and the API)
+    assert dave.page("").status_code == 200
     other = f"grid-{uuid.uuid4().hex[:8]}"
-    r = alice.api("POST", "courses", {"id": other, "title": "Alice's course", "start": "today", "end": "today+1",
-                                      "plan": "sandbox-small"})
+    r = dave.api("POST", "courses", {"id": other, "title": "Dave's course", "start": "today", "end": "today+1",
+                                     "plan": "sandbox-small"})
     assert r.status_code == 201, r.text
-    assert alice.page(f"courses/{other}/grid").status_code == 200
-    for person in (alice, frank):  # another course's trainer, and a participant
+    assert dave.page(f"courses/{other}/grid").status_code == 200
+    for person in (dave, frank):  # another course's trainer, and a participant
         r = person.s.get(f"{hub.url}{PREFIX}courses/{COURSE}/grid", timeout=30)
         assert r.status_code == 403 and "Python for neutron data" in r.text
         r = person.s.get(f"{hub.url}{PREFIX}api/courses/{COURSE}/grid", timeout=30,
                          headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "same-origin"})
         assert r.status_code == 403 and "tiles" not in r.text
-    assert alice.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"}).status_code == 403
+    assert dave.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"}).status_code == 403
 
     # frank's course instance (as "Start the class" makes it), shared with tina as GUEST
     r = hub.api("POST", f"/users/frank/servers/{SERVER}", json={"course": COURSE})
@@ -91,7 +91,7 @@ def test_the_grid(hub: Hub) -> None:
     snapshot = f"{hub.url}{tile['snapshot_url']}?w=320"
     r = tina.s.get(snapshot, timeout=30)
     assert r.status_code == 404 and "not started" in r.text  # nobody opened the desktop yet
-    assert alice.s.get(snapshot, timeout=30).status_code == 403
+    assert dave.s.get(snapshot, timeout=30).status_code == 403
 
     # frank opens his desktop: tina's grid shows it
     frank.open_instance("frank", SERVER, "visa/desktop")
@@ -116,7 +116,7 @@ def test_the_grid(hub: Hub) -> None:
         assert message.status_code == 200, message.text[:300]
         assert message.json()["broadcast"]["text"] == "Open <exercise> 1 now"
         assert message.json()["broadcast"]["from"] == "tina"
-        assert no_cors_get(alice, f"{hub.url}{tag.group(1)}").status_code == 403
+        assert no_cors_get(dave, f"{hub.url}{tag.group(1)}").status_code == 403
 
         # Help: tina becomes SUPPORT on frank's instance (through visa-collab), then GUEST again
         r = tina.api("POST", f"courses/{COURSE}/grid/frank/help", {"on": True})
@@ -143,7 +143,7 @@ def test_the_grid(hub: Hub) -> None:
                             json={"type": "file", "format": "text", "content": "my work"})
     assert r.status_code == 201, r.text[:300]
     assert "mine.txt" in home_names(frank)
-    assert alice.api("POST", f"courses/{COURSE}/grid/frank/reset").status_code == 403
+    assert dave.api("POST", f"courses/{COURSE}/grid/frank/reset").status_code == 403
     frank.home()  # the hub's _xsrf cookie: frank makes himself a token as the token page does
     xsrf = next(c.value for c in frank.s.cookies if c.name == "_xsrf" and c.path.startswith("/hub"))
     r = frank.s.post(f"{hub.url}/hub/api/users/frank/tokens", json={"expires_in": 300}, timeout=30,
