@@ -26,3 +26,4 @@ c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = "bench"
 c.Authenticator.allow_all = True
 c.WarmPool.max_total = 40
+c.WarmPool.refill_quiet = 15  # the default (the tests' hub shortens it)

@@ -13,3 +13,4 @@ c.VisaSpawner.backend_classes = {**BACKEND_CLASSES, "sandbox": "tests.training.p
 # the tests' service token may keep pools, as the training service's does
 c.JupyterHub.load_roles = [{**r, "scopes": [*r["scopes"], "custom:visa-pools"]} if r["name"] == "visa-tests" else r
                            for r in c.JupyterHub.load_roles]
+c.WarmPool.refill_quiet = 1  # tests wait for refills; the default (15 s) is for a class arriving

@@ -226,3 +226,18 @@ def test_pool_api_is_for_admins_and_the_pool_scope(pool_hub):
     r = hub.api("PUT", "/visa/pools/notjson", data=b"{")
     assert r.status_code == 400 and "not JSON" in r.json()["message"]
     assert hub.api("DELETE", "/visa/pools/never-made").status_code == 404
+
+
+def test_a_hub_restart_leaves_no_pooled_sandbox(pool_hub):
+    hub = pool_hub
+    assert hub.api("PUT", "/visa/pools/restart", json={**BODY, "size": 1}).status_code == 200
+    wait_pool_full(hub, "restart", 1)
+    accounts = pool_accounts(hub)
+    hub.stop()
+    # the hub's end of each zygote's channel closed with it: the zygote exits, its bridge with it
+    wait_for(lambda: not any(w.startswith("process") for a in accounts for w in nothing_left_of(hub, a)),
+             30, "the pooled sandboxes' processes gone")
+    hub.start()
+    assert hub.api("GET", "/visa/pools/restart").status_code == 404  # pools are put again by their owner
+    wait_for(lambda: not pool_accounts(hub), 30, "the earlier hub's pooled sandboxes removed")
+    assert {a: nothing_left_of(hub, a) for a in accounts} == {a: [] for a in accounts}

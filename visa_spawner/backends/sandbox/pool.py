@@ -147,6 +147,10 @@ class WarmPool(LoggingConfigurable):
         help="CPU weight of a sandbox while it waits in a pool (100: as a sandbox in use; cgroup "
         "cpu.weight, or cpu.shares scaled). Low, so filling a pool during a class never slows "
         "the instances participants use; set back to 100 when one is adopted.")
+    refill_quiet = Float(
+        15, config=True,
+        help="Seconds without an adoption before a pool refills: while a class arrives, the CPU goes "
+        "to the participants' Jupyter servers rather than to sandboxes for later arrivals.")
     ready_timeout = Float(90, config=True, help="Seconds a pooled sandbox may take to import Jupyter.")
     retry_delay = Float(15, config=True, help="Seconds before a pool retries after a start failed.")
     materials_roots = List(
@@ -163,6 +167,7 @@ class WarmPool(LoggingConfigurable):
         self._starting: dict[str, set[asyncio.Task]] = {}
         self._fillers: dict[str, asyncio.Task] = {}
         self._slots: asyncio.Semaphore | None = None
+        self._last_adoption: dict[str, float] = {}  # pool → loop time
         self._cleaned: asyncio.Task | None = None
 
     @property
@@ -245,6 +250,7 @@ class WarmPool(LoggingConfigurable):
                 self.backend._home(derived).exists():
             return None  # a restart: the instance keeps its own home
         pooled = self._ready[name].pop(0)
+        self._last_adoption[name] = asyncio.get_running_loop().time()
         self._kick(name)
         try:
             return await self._hand_over(pooled, spec, progress)
@@ -298,13 +304,16 @@ class WarmPool(LoggingConfigurable):
             self._fillers[name] = asyncio.create_task(self._fill(name))
 
     async def _fill(self, name: str) -> None:
-        delay = 0.0
+        delay, loop = 0.0, asyncio.get_running_loop()
         while (d := self._defs.get(name)) is not None:
             missing = d.size - len(self._ready[name]) - len(self._starting[name])
             if missing <= 0:
                 return
-            if delay:
-                await asyncio.sleep(delay)
+            quiet = self._last_adoption.get(name, -self.refill_quiet) + self.refill_quiet - loop.time()
+            if max(delay, quiet) > 0:
+                await asyncio.sleep(max(delay, quiet))
+                delay = 0.0
+                continue
             tasks = [asyncio.create_task(self._start_one(d)) for _ in range(missing)]
             self._starting[name].update(tasks)
             results = await asyncio.gather(*tasks, return_exceptions=True)
