@@ -38,6 +38,7 @@ from visa_spawner.backends.sandbox.command import (
     proposal_mount_point,
     sandbox_env,
 )
+from visa_spawner.backends.sandbox.home_tar import add_home
 from visa_spawner.backends.sandbox.materials import copy_materials
 from visa_spawner.backends.sandbox.network import BridgePipes, HubRoute, bridge_argv, gateway_route, hub_routes
 from visa_spawner.backends.sandbox.pool import WarmPool, adopted_account, forget_adoption
@@ -54,17 +55,13 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 def _tar_home(home: Path, target: Path) -> Path | None:
-    """Write `home` as a tar.gz to `target` (0600), files under numeric owners only."""
-    if not home.is_dir():
+    """Write `home` as a tar.gz to `target` (0600), files under numeric owners only, following no
+    link even if the running instance swaps one in meanwhile (`home_tar`)."""
+    if not home.is_dir() or home.is_symlink():
         return None
-
-    def numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uname = info.gname = ""  # the instance's account is deleted with it: names mean nothing
-        return info
-
     with private_partial(target) as partial, open(partial, "wb") as raw, \
             tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
-        tar.add(home, arcname=".", filter=numeric)
+        add_home(tar, home)
     return target
 
 
