@@ -144,6 +144,10 @@ def run_the_class(browser, hub: Hub, course: str, artifacts) -> None:
     }""", timeout=60_000)
     assert {t.get_attribute("data-user") for t in tina.locator(".visa-tile").all()} == {"frank", "paul", guest}
     tina.screenshot(path=str(artifacts / "training-grid.png"), full_page=True)
+    # the guest joined after "Start the class": the grid shared their instance with tina (a member now)
+    as_guest_member = tina.evaluate("""(path) => window.visaTraining.api('POST', path, {on: false})
+        .then((r) => r.role, (e) => e.message)""", f"courses/{course}/grid/{guest}/help")
+    assert as_guest_member == "guest", as_guest_member
 
     # 4. Help frank: SUPPORT on his desktop, her typing reaches it, his page says she is helping
     frank, paul = Browserless(hub, "frank", "frank-demo"), Browserless(hub, "paul", "paul-demo")
