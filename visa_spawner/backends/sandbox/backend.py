@@ -109,6 +109,7 @@ class SandboxBackend(Backend):
         self._bridges: dict[str, asyncio.subprocess.Process] = {}
         self.addresses = AddressBook()  # account → 127.77.x.y (instrument gateway identity)
         self._warm_pool: WarmPool | None = None
+        self.warm_pool  # noqa: B018 - made now: in the hub, it removes what an earlier hub's pools left
 
     # -- paths -------------------------------------------------------------------------------
     def _home(self, account: str) -> Path:
