@@ -300,6 +300,24 @@ class Collaboration(InvitationsMixin, RoomsMixin, ListingsMixin, ReconcileMixin)
         await self._check_member(actor, inst, member, r, action)
         return await self._grant(inst, member, r, actor=actor, granted_by=actor, source="direct", action=action)
 
+    async def course_grant(self, service: str, owner: str, server: str, member: Any, role: Any) -> dict:
+        """The training service (`roles.TRAINING_SERVICE`) makes one of a course's trainers GUEST
+        (the class start: the grid watches) or SUPPORT (Help) on that course's instance, as its
+        owner would; nobody else, no other role, no other instance. It needs no token of the owner."""
+        inst = await self.instance(owner, server)
+        action = "grant"
+        r = await self._role(inst, service, role, action, member=str(member)[:255] if member else None)
+        if r not in (Role.GUEST, Role.SUPPORT) or not isinstance(member, str) or member not in inst.course_trainers:
+            raise await self.refuse(inst.key, service, action, CollabError(
+                403, "The training service may only let the course's trainers watch or help its instances."),
+                member=str(member)[:255] if member else None, role=r.value)
+        current = await self.active_grant(owner, server, member)
+        if current and current["role"] == r.value:
+            return {"member": member, "role": r.value, "granted_by": current["granted_by"], "unchanged": True}
+        await self._check_member(service, inst, member, r, action)
+        return await self._grant(inst, member, r, actor=service, granted_by=owner, source="direct",
+                                 action="change-role" if current else action)
+
     async def remove_member(self, actor: str, owner: str, server: str, member: str) -> dict:
         """Revoke a member's grant. Someone who could run code (USER, SUPPORT) may have left
         processes running as the instance's account: the answer offers a restart."""

@@ -18,7 +18,7 @@ from tornado import web
 
 from .collab import CollabError, Collaboration
 from .hubapi import HubError
-from .roles import GRANTABLE, OWNER_AWAY_POLICIES, Role
+from .roles import GRANTABLE, OWNER_AWAY_POLICIES, TRAINING_SERVICE, Role
 
 log = logging.getLogger("visa_collab")
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -58,6 +58,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if user is None or user.get("kind") != "user":
             raise web.HTTPError(403, "People only.")
         return user["name"]
+
+    def training_service(self) -> bool:
+        """Is the caller the training service itself (its own hub token), not a person?"""
+        user = self.current_user or {}
+        return user.get("kind") == "service" and user.get("name") == TRAINING_SERVICE
 
     @property
     def xsrf(self) -> str:
@@ -168,6 +173,10 @@ class MembersHandler(ApiHandler):
     @web.authenticated
     async def post(self, owner: str, server: str) -> None:
         body = self.body()
+        if self.training_service():
+            self.send(await self.guard(self.collab.course_grant(
+                TRAINING_SERVICE, owner, server, body.get("member"), body.get("role"))), 201)
+            return
         self.send(await self.guard(self.collab.add_member(self.actor, owner, server, body.get("member"),
                                                           body.get("role"))), 201)
 
@@ -176,6 +185,10 @@ class MemberHandler(ApiHandler):
     @web.authenticated
     async def patch(self, owner: str, server: str, member: str) -> None:
         body = self.body()
+        if self.training_service():
+            self.send(await self.guard(self.collab.course_grant(TRAINING_SERVICE, owner, server, member,
+                                                                body.get("role"))))
+            return
         self.send(await self.guard(self.collab.change_role(self.actor, owner, server, member, body.get("role"))))
 
     @web.authenticated

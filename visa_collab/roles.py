@@ -73,6 +73,8 @@ SUPPORT_ON_PROPOSAL = frozenset({"role:instrument_scientist"})
 # May be offered SUPPORT by an owner, but do not get it on request.
 SUPPORT_OFFERABLE = frozenset({"role:scientific_computing"})
 COURSE_SERVER = re.compile(r"^course-[a-z0-9-]{1,24}$")  # a course instance (visa_training)
+# The hub service that may let a course's trainers watch and help its instances (Collaboration.course_grant).
+TRAINING_SERVICE = "visa-training"
 
 
 def course_trainers(server: str, options: dict) -> tuple[str, ...]:

@@ -6,8 +6,9 @@ real activity the hub heard of, and four actions:
 
 * **Watch**: a link to the participant's desktop page; the trainer is a GUEST member there ("Start
   the class" shares each instance with the trainers), so the instance drops their input.
-* **Help**: the trainer's role changed to SUPPORT through the collaboration service (as the owner,
-  `TrainingHub.as_owner`, the way the class start shares instances), and back to GUEST when done;
+* **Help**: the trainer's role changed to SUPPORT through the collaboration service (which lets this
+  service do that for a course's trainers, `TrainingHub.collab_call`, the way the class start shares
+  instances), and back to GUEST when done;
   the participant's pages say "<trainer> is helping" (the instance's room names members present).
 * **Broadcast**: a message kept by this service per course; every course instance's Lab and
   desktop page show it as a banner (`visa_instance.broadcast` polls ``api/courses/<id>/broadcast``
@@ -249,7 +250,7 @@ class HelpApi(GridHandler):
         url = (f"{self.training.collab_url}/api/instances/{_q(user)}/{_q(course.server_name)}/members/"
                f"{_q(trainer)}")
         try:
-            await self.training.hub.as_owner(user, "PATCH", url, {"role": role})
+            await self.training.hub.collab_call("PATCH", url, {"role": role})
         except HubError as e:
             raise web.HTTPError(e.status if 400 <= e.status < 500 else 502, "%s", refusal_message(e)) from None
         log.info("%s %s %s/%s (course %s)", trainer, "helps" if on else "stops helping", user,

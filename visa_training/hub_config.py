@@ -40,7 +40,8 @@ SERVICE_SCOPES = [
     "list:users", "read:users", "read:users:name", "read:users:groups",  # participants, trainers, admins
     "admin:users",  # create a participant's hub user before their first login; delete guests at the end
     "read:servers", "servers",  # create and start course instances; watch them become ready
-    "tokens",  # a 5-minute token of the owner to share the instance with the trainers through visa-collab
+    "access:services!service=visa-collab",  # let a course's trainers watch and help its instances (no "tokens":
+    # it would let this service mint any user's token, administrators' included)
     "delete:servers",  # remove a guest's archives (hub API /hub/api/visa/archives, scope delete:servers)
     "access:servers", "admin:servers",  # the grid: thumbnails and presence from instances; Reset (visa_spawner.reset)
 ]

@@ -1,11 +1,11 @@
 """The hub REST calls the training service makes, on top of `visa_collab.hubapi.HubAPI`
 (timeouts, retries of reads, errors as `HubError`, tokens never logged).
 
-Sharing a course instance with its trainers goes through the collaboration service, which only
-lets an instance's *owner* add members (its audit log and reconciliation then know the grant).
-The service therefore acts as the owner for that one call: it asks the hub for a short-lived token
-of the participant limited to ``access:services!service=visa-collab`` (scope ``tokens`` on users),
-calls the collab API with it, and deletes it at once.
+Sharing a course instance with its trainers goes through the collaboration service (its audit log
+and reconciliation then know the grant), which lets this service, with its own token, make a
+course's *trainers* GUEST or SUPPORT on that course's instances, as the owner could
+(`visa_collab.collab.Collaboration.course_grant`). No token of the participant is made: the scope
+``tokens`` would let this service mint any user's, administrators' included.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from visa_collab.hubapi import HubAPI, HubError
-
-COLLAB_SCOPE = "access:services!service=visa-collab"
 
 
 def _q(name: str) -> str:
@@ -76,21 +74,14 @@ class TrainingHub(HubAPI):
     async def delete_archive(self, owner: str, archive: str) -> None:
         await self._call("DELETE", f"/visa/archives/{_q(owner)}/{_q(archive)}")
 
-    async def as_owner(self, owner: str, method: str, url: str, body: Any) -> Any:
-        """One call to another service (`url`) with a token of `owner` that lives for this call only."""
-        token = await self._call("POST", f"/users/{_q(owner)}/tokens", {
-            "scopes": [COLLAB_SCOPE], "expires_in": 300, "note": "visa-training: share a course instance"})
+    async def collab_call(self, method: str, url: str, body: Any) -> Any:
+        """One call to visa-collab (`url`) with this service's own token."""
+        req = HTTPRequest(url, method=method, body=None if body is None else json.dumps(body),
+                          headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
+                          request_timeout=self.timeout, connect_timeout=self.timeout)
         try:
-            req = HTTPRequest(url, method=method, body=None if body is None else json.dumps(body),
-                              headers={"Authorization": f"token {token['token']}",
-                                       "Content-Type": "application/json"},
-                              request_timeout=self.timeout, connect_timeout=self.timeout)
-            try:
-                resp = await AsyncHTTPClient().fetch(req)
-            except HTTPClientError as e:
-                message = e.response.body[:300].decode("utf8", "replace") if e.response is not None else str(e)
-                raise HubError(e.code, message) from None
-            return json.loads(resp.body) if resp.body else {}
-        finally:
-            await self._call("DELETE", f"/users/{_q(owner)}/tokens/{_q(token['id'])}")
-
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as e:
+            message = e.response.body[:300].decode("utf8", "replace") if e.response is not None else str(e)
+            raise HubError(e.code, message) from None
+        return json.loads(resp.body) if resp.body else {}

@@ -87,3 +87,24 @@ def test_the_spawner_always_writes_the_trainers_the_service_names() -> None:
     assert {**owner_options, **CourseSeat.from_json(answer).saved_options()}["course_trainers"] == []
     seat = CourseSeat.from_json({**answer, "trainers": ["tina", 3]})
     assert {**owner_options, **seat.saved_options()}["course_trainers"] == ["tina"]
+
+
+async def test_the_training_service_grants_only_the_course_trainers_on_its_instances(collab, fake) -> None:
+    await collab.course_grant("visa-training", "frank", "course-cls", "tina", "guest")  # the class start
+    await collab.course_grant("visa-training", "frank", "course-cls", "tina", "support")  # Help
+    assert "custom:visa-support!server=frank/course-cls" in fake.scopes_of("frank", "course-cls", "tina")
+    assert (await collab.course_grant("visa-training", "frank", "course-cls", "tina", "support"))["unchanged"]
+    (grant,) = await collab.active_grants("frank", "course-cls")
+    assert (grant["granted_by"], grant["source"]) == ("frank", "direct")  # reconciliation keeps it
+    for server, member, role in (("course-cls", "alice", "guest"), ("course-cls", "tina", "user"),
+                                 ("run", "alice", "guest"), ("course-cls", None, "guest")):
+        with pytest.raises(CollabError) as e:
+            await collab.course_grant("visa-training", "frank", server, member, role)
+        assert e.value.status == 403, (server, member, role)
+    assert not fake.scopes_of("frank", "course-cls", "alice") and not fake.scopes_of("frank", "run", "alice")
+
+
+def test_the_training_service_cannot_mint_tokens() -> None:
+    from visa_training.hub_config import SERVICE_SCOPES
+
+    assert "tokens" not in SERVICE_SCOPES and "access:services!service=visa-collab" in SERVICE_SCOPES
