@@ -24,7 +24,7 @@ Two places enforce it:
   only the desktop page, its files, the filtering desktop websocket and the room API.
 
 Levels: ``full`` (owner, USER while the owner is around, SUPPORT, administrators, hub
-services), ``view`` (GUEST; USER while the room is locked), ``none`` (no role, or anyone but
+services), ``view`` (GUEST and watching services; USER while the room is locked), ``none`` (no role, or anyone but
 full-access staff while the room is closed by the "disconnect everyone" policy).
 """
 
@@ -46,6 +46,9 @@ ADMIN_SCOPE = "custom:visa-admin"
 
 FULL, VIEW, NONE = "full", "view", "none"
 FULL_ROLES = frozenset({"owner", "admin", "service", "support"})
+# Hub services that only look (role "watcher", the GUEST's level): the trainer's grid reads
+# thumbnails and the room; its token's access:servers reaches every server (docs/training.md).
+WATCHING_SERVICES = frozenset({"visa-training"})
 
 DESKTOP_RESOURCE = "visa-desktop"
 
@@ -74,7 +77,9 @@ def role_of(
     access = _has(scopes, "access:servers", owner, server)
     if kind == "service":
         # deployment-configured services the hub let through (e.g. the admin's tooling)
-        return "service" if access else None
+        if not access:
+            return None
+        return "watcher" if name in WATCHING_SERVICES else "service"
     if name == owner and kind == "user":
         return "owner"
     if not access:
@@ -128,7 +133,7 @@ def level_of(role: str | None, owner_present: bool, owner_away: str) -> str:
         if owner_present:
             return FULL
         return VIEW if owner_away == "lock" else NONE
-    if role == "guest":
+    if role in ("guest", "watcher"):
         return VIEW if owner_present or owner_away == "lock" else NONE
     return NONE
 

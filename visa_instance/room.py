@@ -345,7 +345,7 @@ class Room:
                "is_owner": role == "owner"}
         if role == "owner":
             out["pending_requests"] = self.pending_requests
-        if role in ("owner", "service"):  # a hub service with access (the trainer's grid): who is here
+        if role in ("owner", "service", "watcher"):  # a hub service with access (the trainer's grid): who is here
             out["present"] = self.snapshot()
         return out
 
