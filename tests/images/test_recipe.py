@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import yaml
 from imagebuild import recipe as rcp  # images/ is on pytest's pythonpath (setup.cfg)
 from imagebuild.chroot import host_mirrors, sources_list
 from imagebuild.stages import target_tags
@@ -65,7 +66,10 @@ def test_a_variant_shares_the_first_four_stages_and_adds_its_extras_in_the_syste
     assert [extra[s] == base[s] for s in rcp.STAGES] == [s not in ("system", "image") for s in rcp.STAGES]
     assert openstack.extra_apt_packages == ["cloud-init"] and "cloud-init" not in openstack.base_apt_packages
     assert openstack.stage_inputs("packages", REPO) == recipe.stage_inputs("packages", REPO)
-    assert "locale: C.UTF-8" in openstack.system["files"]["/etc/cloud/cloud.cfg.d/90-visa.cfg"]
+    cloud_cfg = yaml.safe_load(openstack.system["files"]["/etc/cloud/cloud.cfg.d/90-visa.cfg"])
+    assert cloud_cfg["cloud_init_modules"][0] == "write_files" and cloud_cfg["cloud_config_modules"] == ["runcmd"]
+    assert "ExecStartPost=-/bin/systemctl start --no-block visa-instance.service" in openstack.system["files"][
+        "/etc/systemd/system/cloud-init.service.d/90-visa-instance.conf"]
     assert "files" not in recipe.system and "DHCP=ipv4" in openstack.system["network"]
 
 
