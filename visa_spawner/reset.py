@@ -33,8 +33,7 @@ def home_of(backend: Backend, state: dict) -> Path | None:
     from .backends.sandbox.backend import SandboxBackend  # the hub's config imports this module early
 
     if isinstance(backend, SandboxBackend):
-        return Path(backend.state_dir) / "homes" / SandboxState.from_dict(state).account_or_derived(
-            backend.account_prefix)
+        return Path(backend.state_dir) / "homes" / backend.account_of(SandboxState.from_dict(state))
     return None
 
 

@@ -118,7 +118,7 @@ class SandboxBackend(Backend):
     def _log_path(self, account: str) -> Path:
         return Path(self.state_dir) / "logs" / f"{account}.log"
 
-    def _account(self, saved: SandboxState) -> str:
+    def account_of(self, saved: SandboxState) -> str:
         """The saved account; else the pooled one the instance adopted (its state is cleared at
         each stop); else the one derived from (owner, server)."""
         if saved.account:
@@ -210,7 +210,7 @@ class SandboxBackend(Backend):
         cgroup.remove()
 
     async def delete(self, state: dict) -> None:
-        account = self._account(SandboxState.from_dict(state))
+        account = self.account_of(SandboxState.from_dict(state))
         await self.stop({**state, "account": account}, now=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, shutil.rmtree, self._home(account), True)
@@ -235,7 +235,7 @@ class SandboxBackend(Backend):
 
     async def archive(self, state: dict, dest: Path) -> Path | None:
         """A tar.gz of the home (numeric owners, as root, in an executor); None if it has no home."""
-        home = self._home(self._account(SandboxState.from_dict(state)))
+        home = self._home(self.account_of(SandboxState.from_dict(state)))
         target = dest.with_name(dest.name + self.archive_extension)
         return await asyncio.get_running_loop().run_in_executor(None, _tar_home, home, target)
 

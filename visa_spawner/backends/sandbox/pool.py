@@ -321,7 +321,8 @@ class WarmPool(LoggingConfigurable):
             failed = [r for r in results if isinstance(r, BaseException)]
             for pooled in results:
                 if isinstance(pooled, Pooled):
-                    if self._defs.get(name) == d or (self._defs.get(name) and self._defs[name].same_sandboxes(d)):
+                    now = self._defs.get(name)  # the pool may have changed or shrunk meanwhile
+                    if now is not None and now.same_sandboxes(d) and len(self._ready[name]) < now.size:
                         self._ready[name].append(pooled)
                     else:
                         await self._destroy(pooled.account, pooled)
