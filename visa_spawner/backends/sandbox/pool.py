@@ -79,6 +79,13 @@ def _record_adoption(state_dir: str, owner: str, server: str, account: str) -> N
     path.chmod(0o600)
 
 
+def zygote_command(instance_env: str, channel_fd: int) -> list[str]:
+    """The first process of a pooled sandbox. ``-P``: its working directory is the home, whose
+    files (the course's materials, later the owner's own) must not shadow the modules the zygote
+    and then the owner's server import (``-m`` would put that directory first in ``sys.path``)."""
+    return [f"{instance_env}/bin/python", "-P", "-m", "visa_instance.zygote", f"--channel-fd={channel_fd}"]
+
+
 def with_port(url: str, port: int) -> str:
     """`url` with its port replaced (JUPYTERHUB_SERVICE_URL: where Jupyter binds, inside)."""
     parts = urlsplit(url)
@@ -365,8 +372,7 @@ class WarmPool(LoggingConfigurable):
         env = sandbox_env({}, home=layout.home_inside, user=account, instance_env=backend.instance_env)
         hub_end, sandbox_end = socket.socketpair()
         try:
-            command = [f"{backend.instance_env}/bin/python", "-m", "visa_instance.zygote",
-                       f"--channel-fd={sandbox_end.fileno()}"]
+            command = zygote_command(backend.instance_env, sandbox_end.fileno())
             proc, bridge = await backend._launch(cgroup, layout, command, env, routes, port,
                                                  extra_fds=(sandbox_end.fileno(),))
         except BaseException:
