@@ -48,6 +48,10 @@ def types_until(page, person: Browserless, owner: str, server: str, name: str) -
 
 def open_desktop(page, url: str) -> None:
     page.goto(url)
+    desktop_shows(page)
+
+
+def desktop_shows(page) -> None:
     authorize_if_asked(page)  # someone else's instance: the hub asks once
     page.wait_for_function("window.visaDesktop && window.visaDesktop.state === 'connected'")
     page.wait_for_function(f"({CANVAS_COLOURS})() >= 3")
@@ -133,8 +137,10 @@ def run_the_class(browser, hub: Hub, course: str, artifacts) -> None:
     for user, page in people.items():
         page.locator(".jp-DirListing-itemText", has_text=NOTEBOOK).wait_for()
         page.locator(".jp-DirListing-itemText", has_text="README.md").wait_for()
-        open_desktop(page, f"{hub.url}/user/{user}/{server}/visa/desktop")
+        page.goto(f"{hub.url}/user/{user}/{server}/visa/desktop", wait_until="commit")
         desktops[user] = page
+    for page in desktops.values():  # the three desktops start together
+        desktop_shows(page)
 
     # 3. the grid: three tiles, each with a live thumbnail
     tina.goto(f"{hub.url}{PREFIX}courses/{course}/grid")
