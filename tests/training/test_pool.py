@@ -6,6 +6,7 @@ for the spawner's course path so the pool is tested on its own.
 from __future__ import annotations
 
 import pwd
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -230,13 +231,23 @@ def test_pool_api_is_for_admins_and_the_pool_scope(pool_hub):
 
 def test_a_hub_restart_leaves_no_pooled_sandbox(pool_hub):
     hub = pool_hub
+    # stopped (SIGTERM): the hub ends its pools as it exits
     assert hub.api("PUT", "/visa/pools/restart", json={**BODY, "size": 1}).status_code == 200
     wait_pool_full(hub, "restart", 1)
     accounts = pool_accounts(hub)
     hub.stop()
-    # the hub's end of each zygote's channel closed with it: the zygote exits, its bridge with it
+    assert {a: nothing_left_of(hub, a) for a in accounts} == {a: [] for a in accounts}
+    assert pool_accounts(hub) == set()
+    hub.start()
+    # killed: the hub's end of each zygote's channel closed with it, so the zygote exits (its bridge
+    # with it); the next hub removes accounts, homes and cgroups
+    assert hub.api("PUT", "/visa/pools/restart", json={**BODY, "size": 1}).status_code == 200
+    wait_pool_full(hub, "restart", 1)
+    accounts = pool_accounts(hub)
+    hub.stop(signal.SIGKILL)
     wait_for(lambda: not any(w.startswith("process") for a in accounts for w in nothing_left_of(hub, a)),
              30, "the pooled sandboxes' processes gone")
+    assert pool_accounts(hub) == accounts
     hub.start()
     assert hub.api("GET", "/visa/pools/restart").status_code == 404  # pools are put again by their owner
     wait_for(lambda: not pool_accounts(hub), 30, "the earlier hub's pooled sandboxes removed")

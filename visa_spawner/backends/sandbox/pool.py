@@ -25,11 +25,15 @@ again.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import re
 import secrets
+import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -397,6 +401,25 @@ class WarmPool(LoggingConfigurable):
         except RuntimeError:
             return
         self._cleaned = asyncio.ensure_future(self._remove_leftovers())
+        atexit.register(self.end_all_now)
+
+    def end_all_now(self) -> None:
+        """At the hub's exit: end every pooled sandbox and remove its account, home and cgroup
+        (blocking; the event loop is gone). A hub that is killed instead leaves them to the next
+        hub on the same state dir; a test hub's state dir is thrown away, its accounts would stay."""
+        marks = sorted(self.pool_dir.iterdir()) if self.pool_dir.is_dir() else []
+        for mark in marks:
+            account = mark.name
+            cgroup = Cgroup(account, parent=self.backend.cgroup_parent)
+            deadline = time.monotonic() + 5
+            while cgroup.pids() and time.monotonic() < deadline:
+                cgroup.signal_all(signal.SIGKILL)
+                time.sleep(0.02)
+            cgroup.remove()
+            shutil.rmtree(self.backend._home(account), ignore_errors=True)
+            self.backend._log_path(account).unlink(missing_ok=True)
+            subprocess.run(["userdel", account], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            mark.unlink(missing_ok=True)
 
     async def startup(self) -> None:
         """Remove what pooled sandboxes of an earlier hub left (once per hub process)."""
