@@ -137,5 +137,14 @@ def apply(c: Any, *, state_dir: str | os.PathLike, courses: str | os.PathLike | 
     _add_role(c, {"name": SERVICE, "scopes": scopes, "services": [SERVICE]})
     _add_role(c, {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]})
 
+    # the warm pool copies only materials below these folders (WarmPool.materials_roots): the courses'
+    # YAML folder (its courses' materials are relative to it) and the root of courses made on the page
+    roots = [str(Path(courses_file).resolve().parent)] if courses_file else []
+    roots += [str(Path(materials_root).resolve())] if materials_root else []
+    known = list(_get(c.WarmPool, "materials_roots", []) or [])
+    if roots:
+        from visa_spawner.backends.sandbox.pool import REPO_HUB_CONFIG
+
+        c.WarmPool.materials_roots = list(dict.fromkeys([*(known or [REPO_HUB_CONFIG]), *roots]))
     c.VisaSpawner.training_api_url = f"http://127.0.0.1:{port}{prefix}api/internal/"
     c.VisaSpawner.training_api_token = internal_token
