@@ -20,13 +20,13 @@ in-process. The parent answers `{"pid": N}`, then `{"exit": code}` when the chil
 SIGTERM. Anything it cannot run in-process (not a Python script of this interpreter, or an env var
 that modules read at import time has another value) is exec'd: slower, never wrong.
 
-Stdlib only; nothing of the config or environment is ever printed.
+Stdlib and the instance env's `visa_instance.zygote` (shared with the sandboxes' warm pool: after the
+fork it gives the owner's environment to trait defaults taken at import, e.g. HubAuth.base_url, the
+login cookie's path). Nothing of the config or environment is ever printed.
 """
 from __future__ import annotations
 
 import ctypes
-import glob
-import importlib
 import json
 import os
 import random
@@ -39,14 +39,10 @@ import time
 
 import visa_protocol as protocol  # beside this file (the hub's visa_spawner/backends/guest/protocol.py)
 
-# what jupyterhub-singleuser imports on every start (extensions are added from the env's config)
-PRELOAD = ("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyter_server.serverapp",
-           "jupyter_client.manager", "ipykernel", "terminado")
-# env vars that installed modules read when they are imported (grep of the instance env): a request
-# with other values than the template's is exec'd, not run with stale modules
-IMPORT_TIME_ENV = ("JUPYTERHUB_SINGLEUSER_APP", "JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_METRICS_PREFIX",
-                   "JUPYTER_ALLOW_INSECURE_WRITES", "TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR",
-                   "GATEWAY_WS_PING_INTERVAL_SECS")
+# shared with the sandboxes' warm pool: what to import ahead, which variables forbid reusing the imports,
+# and the trait defaults installed classes took from the zygote's environment at import
+from visa_instance.zygote import IMPORT_TIME_ENV, preload, refresh_env_defaults
+
 PR_SET_DUMPABLE = 4
 MAX_REQUEST = 1 << 20
 
@@ -87,32 +83,6 @@ def write_status(path: str, **status) -> None:
 def log(msg: str) -> None:
     sys.stderr.write("visa-zygote: %s\n" % msg)
     sys.stderr.flush()
-
-
-def extension_modules(prefix: str) -> list[str]:
-    """Server extensions enabled in the env (`etc/jupyter/jupyter_server_config.d/*.json`)."""
-    enabled: dict = {}
-    for path in sorted(glob.glob(os.path.join(prefix, "etc/jupyter/jupyter_server_config.d/*.json"))):
-        try:  # merged in name order, as jupyter-server does: a later file may turn one off
-            with open(path) as f:
-                enabled.update(json.load(f).get("ServerApp", {}).get("jpserver_extensions", {}))
-        except (OSError, ValueError, AttributeError, TypeError):
-            continue
-    return [name for name, on in enabled.items() if on]
-
-
-def preload(prefix: str) -> tuple[list[str], list[str]]:
-    """Import Jupyter and each extension with its extension points' apps; (loaded, failed)."""
-    loaded, failed = [], []
-    for name in [*PRELOAD, *extension_modules(prefix)]:
-        try:
-            module = importlib.import_module(name)
-            for point in getattr(module, "_jupyter_server_extension_points", lambda: [])():
-                importlib.import_module(point.get("module", name))
-            loaded.append(name)
-        except Exception as e:  # a broken extension fails later, in Jupyter, with its own message
-            failed.append("%s: %s" % (name, type(e).__name__))
-    return loaded, failed
 
 
 def recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -172,6 +142,7 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
                       request["argv"], env)
         os.environ.clear()
         os.environ.update(env)
+        refresh_env_defaults(env)  # else HubAuth.base_url is "/": the owner's login cookie on every path
         random.seed()  # the template's generator state is in every clone's memory
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = [script, *request["argv"][1:]]

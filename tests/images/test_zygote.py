@@ -28,7 +28,10 @@ state = {{"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "sid
          "preloaded": "jupyter_server.serverapp" in sys.modules, "argv": sys.argv[1:], "cwd": os.getcwd(),
          "token": os.environ.get("JUPYTERHUB_API_TOKEN"), "random": random.random(), "pid": os.getpid(),
          "dumpable": os.access("/proc/self/fd", os.R_OK), "nice": os.nice(0),
-         "listen_env": sorted(k for k in os.environ if k.startswith("LISTEN_"))}}
+         "listen_env": sorted(k for k in os.environ if k.startswith("LISTEN_")),
+         # a default Jupyter's HubAuth took from the zygote's environment when it was imported
+         "hub_base_url": sys.modules["jupyterhub.services.auth"].HubAuth.class_traits()["base_url"].default_value
+         if "jupyterhub.services.auth" in sys.modules else None}}
 port = int([a for a in sys.argv if a.startswith("--ServerApp.port=")][0].split("=")[1])
 srv = socket.create_server(("127.0.0.1", port))
 while True:  # "state" -> the state; "exit" -> exit; nothing (the start script's probe) -> next
@@ -102,7 +105,7 @@ def run_start_script(tmp: Path, sock: Path, port: int, **env) -> tuple[subproces
     command.chmod(0o755)
     config = cloudinit.instance_config(
         owner="daemon", server_name="s1", display_name="S1", proposal="", command=[str(command.resolve())],
-        env={"JUPYTERHUB_API_TOKEN": "tok-123", **env}, port=port, screen="1280x800", keyboard="us",
+        env={"JUPYTERHUB_API_TOKEN": "tok-123", "JUPYTERHUB_SERVICE_PREFIX": "/user/daemon/s1/", **env}, port=port, screen="1280x800", keyboard="us",
         bind_address="127.0.0.1")
     (tmp / "instance.json").write_text(cloudinit.config_json(config))
     (tmp / "instance.json").chmod(0o600)
@@ -163,6 +166,8 @@ def test_start_script_runs_jupyter_through_the_zygote_as_the_owner(zygote, tmp_p
     assert state["sid"] and state["token"] == "tok-123" and state["cwd"] == "/usr/sbin"
     assert "--ServerApp.port=%d" % port in state["argv"]
     assert state["dumpable"], "after setuid the process can read its own /proc entries"
+    # the owner's prefix, not the zygote's "/": else the login cookie goes to every server of the hub
+    assert state["hub_base_url"] == "/user/daemon/s1/", state["hub_base_url"]
     ask(port, "exit")
     assert script.wait(60) == 0, script.stderr.read()
     assert not sock.exists(), "one request per zygote"
@@ -275,7 +280,7 @@ def test_under_socket_activation_jupyter_runs_at_normal_priority_without_systemd
 
 def test_extensions_to_preload_follow_the_merged_config(tmp_path: Path):
     """Files are merged in name order like jupyter-server does: visa_instance.json turns notebook_shim off."""
-    import visa_zygote  # images/agent is on pytest's pythonpath (setup.cfg)
+    from visa_instance.zygote import enabled_extensions  # the VM's zygote and the sandboxes' pool share it
     d = tmp_path / "etc/jupyter/jupyter_server_config.d"
     d.mkdir(parents=True)
     (d / "notebook_shim.json").write_text('{"ServerApp": {"jpserver_extensions": {"notebook_shim": true}}}')
@@ -283,4 +288,4 @@ def test_extensions_to_preload_follow_the_merged_config(tmp_path: Path):
     (d / "visa_instance.json").write_text(
         '{"ServerApp": {"jpserver_extensions": {"visa_instance": true, "notebook_shim": false}}}')
     (d / "broken.json").write_text("{not json")
-    assert sorted(visa_zygote.extension_modules(str(tmp_path))) == ["jupyterlab", "visa_instance"]
+    assert sorted(enabled_extensions(str(tmp_path))) == ["jupyterlab", "visa_instance"]
