@@ -41,7 +41,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from jupyterhub.utils import random_port
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Float, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, Plan, ProgressCallback
@@ -165,9 +165,14 @@ class WarmPool(LoggingConfigurable):
     ready_timeout = Float(90, config=True, help="Seconds a pooled sandbox may take to import Jupyter.")
     retry_delay = Float(15, config=True, help="Seconds before a pool retries after a start failed.")
     materials_roots = List(
-        Unicode(), default_value=[REPO_HUB_CONFIG], config=True,
+        Unicode(), config=True,
         help="Host folders a pool's materials must lie in (resolved, links followed): a token "
-        "allowed to make pools must not be able to copy any host file into a sandbox.")
+        "allowed to make pools must not be able to copy any host file into a sandbox. Default: "
+        "this installation's hub_config/ folder.")
+
+    @default("materials_roots")
+    def _default_materials_roots(self) -> list[str]:  # computed: the reference must not show a checkout's path
+        return [REPO_HUB_CONFIG]
 
     def __init__(self, backend: Backend, **kwargs) -> None:
         """`backend`: the hub's `SandboxBackend`, whose steps a pooled sandbox is made of."""
