@@ -33,11 +33,20 @@ def home_file(person: Browserless, owner: str, server: str, name: str) -> bool:
     return r.status_code == 200
 
 
+def type_in_terminal(page, command: str) -> None:
+    """Click in the terminal the desktop opens at its top left (72x22+40+40; the file manager, at
+    the right, may have the focus), then type the command there."""
+    box = page.locator("#visa-screen canvas").bounding_box()
+    scale = box["width"] / page.evaluate("document.querySelector('#visa-screen canvas').width")
+    page.mouse.click(box["x"] + 150 * scale, box["y"] + 250 * scale)
+    type_in_desktop(page, command)
+
+
 def types_until(page, person: Browserless, owner: str, server: str, name: str) -> None:
     """Type `touch <name>` in the desktop's terminal until the file is there (a freshly started
     desktop may lose its very first keystrokes)."""
     for attempt in range(3):
-        type_in_desktop(page, f"touch {name}")
+        type_in_terminal(page, f"touch {name}")
         try:
             wait_for(lambda: home_file(person, owner, server, name), 15, f"{name} typed on {owner}'s desktop")
             return
@@ -92,7 +101,12 @@ def test_a_trainer_runs_a_class_in_the_browser(hub: Hub, artifacts) -> None:
     course = f"e2e-{uuid.uuid4().hex[:6]}"
     try:
         with chromium() as browser:
-            run_the_class(browser, hub, course, artifacts)
+            try:
+                run_the_class(browser, hub, course, artifacts)
+            except Exception:  # what each person saw, for the report
+                for i, page in enumerate(p for context in browser.contexts for p in context.pages):
+                    page.screenshot(path=str(artifacts / f"training-failed-{i}.png"))
+                raise
     finally:
         drain_pool(hub, course)
         for user in hub.api("GET", "/users").json():  # the seat's guest account (the hub's, not the catalogue's)
@@ -179,7 +193,7 @@ def run_the_class(browser, hub: Hub, course: str, artifacts) -> None:
     assert watching.evaluate("window.visaDesktop.viewOnly") is True
     watching.evaluate("window.visaDesktop.rfb.viewOnly = false")  # a page that lies to the server
     dropped = f"watched{uuid.uuid4().hex[:8]}"
-    type_in_desktop(watching, f"touch {dropped}")
+    type_in_terminal(watching, f"touch {dropped}")
     types_until(desktops["paul"], paul, "paul", server, f"own{uuid.uuid4().hex[:8]}")  # typed after hers
     assert not home_file(paul, "paul", server, dropped)
 
