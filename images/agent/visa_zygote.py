@@ -41,7 +41,7 @@ import visa_protocol as protocol  # beside this file (the hub's visa_spawner/bac
 
 # shared with the sandboxes' warm pool: what to import ahead, which variables forbid reusing the imports,
 # and the trait defaults installed classes took from the zygote's environment at import
-from visa_instance.zygote import IMPORT_TIME_ENV, preload, refresh_env_defaults
+from visa_instance.zygote import in_process_script, preload, refresh_env_defaults
 
 PR_SET_DUMPABLE = 4
 MAX_REQUEST = 1 << 20
@@ -99,25 +99,6 @@ def recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     return request, fds
 
 
-def in_process_script(request: dict, template_env: dict) -> str | None:
-    """The path of the command if it is a Python script this interpreter can run in-process."""
-    env = request["env"]
-    if any(env.get(k) != template_env.get(k) for k in IMPORT_TIME_ENV):
-        return None
-    path = shutil.which(request["argv"][0], path=env.get("PATH", os.defpath))
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            shebang = f.readline(256)
-    except OSError:
-        return None
-    words = shebang[2:].split()
-    interpreter = words[0].decode(errors="replace") if shebang.startswith(b"#!") and words else ""
-    same = interpreter and os.path.realpath(interpreter) == os.path.realpath(sys.executable)
-    return path if same else None
-
-
 def become(request: dict, fds: list[int], template_env: dict) -> None:
     """The child: the owner's process running the command (never returns)."""
     code = 127
@@ -127,7 +108,7 @@ def become(request: dict, fds: list[int], template_env: dict) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        script = in_process_script(request, template_env)
+        script = in_process_script(str(request["argv"][0]), request["env"], template_env)
         os.setgroups([])
         os.setgid(int(request["gid"]))
         os.setuid(int(request["uid"]))

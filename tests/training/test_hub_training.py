@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubtools import Hub, demo_state, login_factory, wait_for
+from tests.hubtools import Hub, demo_state, login_factory, running_hub, wait_for
 from tests.spawner.sandbox.sandbox_probe import account
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,15 +26,11 @@ def training_hub() -> Iterator[Hub]:
         "id": COURSE, "title": "Class <test>", "trainers": ["tina"], "start": "today", "end": "today+1",
         "plan": "sandbox-small", "proposal": "P-2021-007", "participants": ["frank", "paul"],
         "materials": str(REPO / "hub_config/demo/courses/python-neutron"), "guest_seats": 0}]}))
-    hub = Hub(state, extra_env={"VISA_TRAINING_COURSES": str(courses), "VISA_TRAINING_POOL_SPARE": "0"}).start()
     try:
-        yield hub
+        with running_hub(state, extra_env={"VISA_TRAINING_COURSES": str(courses), "VISA_TRAINING_POOL_SPARE": "0"}) as hub:
+            yield hub
     finally:
-        try:
-            hub.stop_all_servers()
-        finally:
-            hub.stop()
-            next(gen, None)
+        next(gen, None)
 
 
 def page_xsrf(html: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubtools import REPO, Hub, demo_state, login_factory, run_code
+from tests.hubtools import REPO, Hub, demo_state, login_factory, run_code, running_hub
 from tests.support import wait_for
 from visa_spawner.backends.sandbox.pool import adopted_account
 
@@ -29,15 +29,11 @@ BODY = {"plan": "sandbox-small", "proposal": OPEN_DATA, "materials": str(MATERIA
 @pytest.fixture(scope="module")
 def pool_hub() -> Iterator[Hub]:
     states = demo_state()
-    hub = Hub(next(states), config=CONFIG).start()
     try:
-        yield hub
+        with running_hub(next(states), config=CONFIG) as hub:
+            yield hub
     finally:
-        try:
-            hub.stop_all_servers()
-        finally:
-            hub.stop()
-            next(states, None)  # removes the state dir
+        next(states, None)  # removes the state dir
 
 
 def pool_status(hub: Hub, name: str) -> dict:
