@@ -31,7 +31,7 @@ VARIANT_DIR = os.environ.get("VISA_QEMU_OPENSTACK_IMAGE_DIR", DEFAULT_IMAGE_DIR 
 NOCLOUD_CONFIG = Path(__file__).resolve().with_name("hub_nocloud_config.py")
 #: what the guest tells about cloud-init (files cloud-init leaves world-readable), read as the owner
 CLOUD_INIT = """
-import json, os, time
+import json, os, subprocess, time
 status = json.load(open("/run/cloud-init/status.json"))["v1"]
 data = json.load(open("/run/cloud-init/instance-data.json"))
 print(json.dumps({
@@ -42,6 +42,9 @@ print(json.dumps({
     "booted_at": time.time() - float(open("/proc/uptime").read().split()[0]),
     "instance_id": data["v1"]["instance_id"], "hostname": data["v1"]["local_hostname"],
     "fw_cfg": os.path.exists("/sys/firmware/qemu_fw_cfg/by_name/opt/org.visahub"),
+    "instance_started": int(subprocess.run(  # the instance's start, in seconds of the guest's uptime
+        ["systemctl", "show", "-P", "ExecMainStartTimestampMonotonic", "visa-instance.service"],
+        capture_output=True, text=True).stdout) / 1e6,
 }))
 """
 
@@ -120,4 +123,9 @@ def test_openstack_variant_boots_with_cloud_init_through_the_hub(nocloud_hub, no
     busy = sum(end - start for start, end, _ in spans)
     print(f"cloud-init boot through the hub: {boot:.1f} s from create to Lab; cloud-init ran {busy:.1f} s "
           f"from {spans[0][0]:.1f} s to {spans[-1][1]:.1f} s of the guest's uptime ("
-          + ", ".join(f"{k} {start:.1f}-{end:.1f}" for start, end, k in spans) + ")")
+          + ", ".join(f"{k} {start:.1f}-{end:.1f}" for start, end, k in spans)
+          + f"); the instance started at {ci['instance_started']:.1f} s")
+    final_start = ci["stages"]["modules-final"][0] - ci["booted_at"]
+    # the variant starts the instance once cloud-init's init stage wrote it (its cloud-init.service
+    # drop-in), not from runcmd in the final stage
+    assert 0 < ci["instance_started"] < final_start, (ci["instance_started"], spans)
