@@ -92,6 +92,9 @@ def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_sta
 
     r = alice.instance_get("alice", name, "lab")
     assert r.status_code == 200 and "JupyterLab" in r.text, (r.status_code, r.url)
+    # the VM's login cookie only on its own prefix (the zygote once left it on "/": every server got it)
+    paths = {c.name: c.path for c in alice.s.cookies if c.name.startswith("jupyterhub-user-")}
+    assert paths and set(paths.values()) == {f"/user/alice/{name}/"}, paths
     facts = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))
     assert facts["vendor"] == "QEMU", facts  # a real VM, not the host
     assert facts["user"] == "alice"
