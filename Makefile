@@ -8,7 +8,7 @@ IMAGE_CACHE ?= /var/cache/visahub/images
 IMAGE_DIR := $(IMAGE_CACHE)/debian-bookworm
 
 # setup: everything (tests, benchmarks, VM backend); setup-demo: only what `make demo` runs (docs/demo.md)
-.PHONY: setup setup-demo image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument bench-desktop clean-demo
+.PHONY: setup setup-demo image demo demo-data test test-fast bench bench-vm bench-burst bench-scale bench-instrument bench-desktop bench-classroom clean-demo
 
 setup:
 	bash scripts/setup.sh all
@@ -51,6 +51,10 @@ bench-instrument: setup
 # the desktop in Chromium through the hub vs straight on Xvnc's socket (issue 16): W1 input latency, W2 panning
 bench-desktop: setup
 	$(PY) bench/desktop.py
+
+# 30 participants reach Lab with the course's warm pool and without it, same run (issue 19)
+bench-classroom: setup
+	$(PY) bench/classroom.py
 
 clean-demo:
 	rm -rf $(STATE)
