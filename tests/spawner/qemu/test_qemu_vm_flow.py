@@ -93,8 +93,11 @@ def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_sta
     r = alice.instance_get("alice", name, "lab")
     assert r.status_code == 200 and "JupyterLab" in r.text, (r.status_code, r.url)
     # the VM's login cookie only on its own prefix (the zygote once left it on "/": every server got it)
+    # (alice's session also holds the cookies of her other tests' VMs: each on its own prefix)
     paths = {c.name: c.path for c in alice.s.cookies if c.name.startswith("jupyterhub-user-")}
-    assert paths and set(paths.values()) == {f"/user/alice/{name}/"}, paths
+    assert paths.get(f"jupyterhub-user-alice-{name}") == f"/user/alice/{name}/", paths
+    assert all(path == f"/user/alice/{cookie.removeprefix('jupyterhub-user-alice-')}/"
+               for cookie, path in paths.items()), paths
     facts = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))
     assert facts["vendor"] == "QEMU", facts  # a real VM, not the host
     assert facts["user"] == "alice"
