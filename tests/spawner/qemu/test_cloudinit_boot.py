@@ -24,8 +24,10 @@ from visa_spawner.backends.base import BackendError
 from visa_spawner.backends.guest import cloudinit
 from visa_spawner.backends.openstack.backend import OpenStackBackend
 from visa_spawner.backends.qemu import nocloud
-from visa_spawner.backends.qemu.backend import QemuBackend, _hostname, vm_name
+from visa_spawner.backends.qemu.backend import QemuBackend
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR
+from visa_spawner.backends.qemu.paths import hostname as _hostname
+from visa_spawner.backends.qemu.paths import vm_name
 
 VARIANT_DIR = os.environ.get("VISA_QEMU_OPENSTACK_IMAGE_DIR", DEFAULT_IMAGE_DIR + "+openstack")
 NOCLOUD_CONFIG = Path(__file__).resolve().with_name("hub_nocloud_config.py")

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from visa_spawner.backends.qemu.accel import capacity_problem, detect_acceleration, host_memory, pid_runs
-from visa_spawner.backends.qemu.backend import _hostname, vm_name
 from visa_spawner.backends.qemu.command import (
     VmLayout,
     console_stage,
@@ -20,6 +19,8 @@ from visa_spawner.backends.qemu.command import (
     vm_size,
 )
 from visa_spawner.backends.qemu.image import ImageError, availability, load_image
+from visa_spawner.backends.qemu.paths import hostname as _hostname
+from visa_spawner.backends.qemu.paths import vm_name
 from visa_spawner.backends.qemu.warm import Snapshot, clean_stale_builds, prune_snapshots, snapshot_key
 
 INTEL = "processor : 0\nflags : fpu vme vmx sse2\n"

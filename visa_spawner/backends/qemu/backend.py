@@ -10,15 +10,11 @@ script phoning home, and finally Jupyter answering HTTP through the forwarded po
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
-import re
 import secrets
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
@@ -29,7 +25,6 @@ from visa_spawner.backends.base import (
     InstanceSpec,
     InstanceStatus,
     ProgressCallback,
-    StateError,
     private_partial,
 )
 from visa_spawner.backends.guest import cloudinit
@@ -61,34 +56,11 @@ from visa_spawner.backends.qemu.command import (
     vm_size,
 )
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, ImageError, VmImage, load_image
+from visa_spawner.backends.qemu.paths import VmPaths, hostname, read_state, vm_name, vm_of, write_state
 from visa_spawner.backends.qemu.restore import restore_disk
 from visa_spawner.backends.qemu.state import QemuState
 from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
 from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, TemplateVm, build_snapshot, prune_snapshots
-
-
-def vm_name(owner: str, server_name: str) -> str:
-    """Deterministic per (owner, server): a restarted hub, and `delete`, find the same files."""
-    return "vm-" + hashlib.sha256(json.dumps([owner, server_name]).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class VmPaths:
-    """The files of one instance under `<state_dir>/instances/<vm>/` (0700, root's only)."""
-
-    dir: Path
-
-    overlay = property(lambda self: self.dir / "disk.qcow2")
-    qmp = property(lambda self: self.dir / "qmp.sock")
-    agent = property(lambda self: self.dir / "agent.sock")
-    console = property(lambda self: self.dir / "console.log")
-    log = property(lambda self: self.dir / "qemu.log")
-    state = property(lambda self: self.dir / "state.json")
-    seed = property(lambda self: self.dir / "nocloud")  # config_delivery = "nocloud"
-
-    def fw_cfg(self) -> list[tuple[str, Path]]:
-        """(fw_cfg name, file) of the instance config and start script (the config holds the token)."""
-        return [(name, self.dir / ("fwcfg-" + name.rsplit("/", 1)[1])) for name in cloudinit.fw_cfg_files({})]
 
 
 class QemuBackend(Backend):
@@ -230,7 +202,7 @@ class QemuBackend(Backend):
             config = self._instance_config(spec, vm, address)
             layout = self._layout(vm, paths, image, accel, cpus, memory, spec, data_dir, snapshot, address)
             if self.config_delivery == "nocloud":
-                await self._run_blocking(nocloud.write_seed, paths.seed, config, _hostname(spec.server_name), vm)
+                await self._run_blocking(nocloud.write_seed, paths.seed, config, hostname(spec.server_name), vm)
             elif snapshot is None:
                 await self._run_blocking(self._write_fw_cfg, paths, config)
             proc = await launch(qemu_argv(qemu, layout), paths.log)
@@ -241,7 +213,7 @@ class QemuBackend(Backend):
                 port=spec.port, overlay=str(paths.overlay), qmp=str(paths.qmp), accel=accel.name,
                 warm=snapshot is not None, image=image.name, started=time.time(),
                 snapshot=snapshot.dir.name if snapshot else "", instrument_address=address).to_dict()
-            await self._run_blocking(self._write_state, paths, state)
+            await self._run_blocking(write_state, paths, state)
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
             await self._boot(spec, paths, proc, config, vm, snapshot, progress)
@@ -277,9 +249,9 @@ class QemuBackend(Backend):
 
     async def stop(self, state: dict, now: bool = False) -> None:
         saved = QemuState.from_dict(state)
-        vm = _vm_of(saved)
+        vm = vm_of(saved)
         paths = VmPaths(Path(self.state_dir) / "instances" / vm)
-        pid = saved.pid or QemuState.from_dict(await self._run_blocking(self._read_state, paths) or {}).pid
+        pid = saved.pid or QemuState.from_dict(await self._run_blocking(read_state, paths) or {}).pid
         if pid:
             await terminate(pid, str(paths.overlay), str(paths.qmp), 0 if now else self.stop_grace,
                             self._procs.get(vm), self.log)
@@ -289,7 +261,7 @@ class QemuBackend(Backend):
             runtime.unlink(missing_ok=True)
 
     async def delete(self, state: dict) -> None:
-        vm = _vm_of(QemuState.from_dict(state))
+        vm = vm_of(QemuState.from_dict(state))
         await self.stop({**state, "vm": vm}, now=True)
         await self._run_blocking(shutil.rmtree, Path(self.state_dir) / "instances" / vm, True)
 
@@ -298,7 +270,7 @@ class QemuBackend(Backend):
     async def archive(self, state: dict, dest: Path) -> Path | None:
         """A compressed, self-contained qcow2 of the VM's disk (its overlay and the image under it,
         so it outlives image rebuilds); the VM is stopped first. None if it never had a disk."""
-        vm = _vm_of(QemuState.from_dict(state))
+        vm = vm_of(QemuState.from_dict(state))
         await self.stop({**state, "vm": vm})
         overlay = VmPaths(Path(self.state_dir) / "instances" / vm).overlay
         if not await self._run_blocking(overlay.is_file):
@@ -329,7 +301,7 @@ class QemuBackend(Backend):
         def scan() -> list[dict]:
             out = []
             for d in sorted((Path(self.state_dir) / "instances").glob("vm-*")):
-                out.append(self._read_state(VmPaths(d)) or {"backend": "qemu", "vm": d.name})
+                out.append(read_state(VmPaths(d)) or {"backend": "qemu", "vm": d.name})
             return out
         return await self._run_blocking(scan)
 
@@ -348,7 +320,7 @@ class QemuBackend(Backend):
             if snapshot is not None:
                 await watcher.restore_and_configure({
                     "config": config, "script": cloudinit.START_SCRIPT, "seed": secrets.token_hex(64),
-                    "hostname": _hostname(spec.server_name), "time": time.time(),
+                    "hostname": hostname(spec.server_name), "time": time.time(),
                 }, str(paths.qmp))
             await watcher.wait_ready()
         except ProcessLookupError:
@@ -479,17 +451,6 @@ class QemuBackend(Backend):
                 if s.get("pid") and pid_runs(int(s["pid"]), str(s.get("overlay", "")))]
 
     @staticmethod
-    def _write_state(paths: VmPaths, state: dict) -> None:
-        paths.state.write_text(json.dumps(state))
-
-    @staticmethod
-    def _read_state(paths: VmPaths) -> dict | None:
-        try:
-            return json.loads(paths.state.read_text())
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
     async def _run_blocking(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -499,16 +460,3 @@ async def _run(*argv: str) -> tuple[int, str]:
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
-
-
-def _vm_of(state: QemuState) -> str:
-    """The VM's directory name: saved, or derived from (owner, server) after the hub cleared its state."""
-    if state.vm:
-        return state.vm
-    if not state.owner:
-        raise StateError("QemuState: neither a VM name nor an owner to find the VM by")
-    return vm_name(state.owner, state.server_name)
-
-
-def _hostname(server_name: str) -> str:
-    return (re.sub(r"[^a-z0-9-]+", "-", server_name.lower()).strip("-")[:63] or "visa").strip("-") or "visa"
