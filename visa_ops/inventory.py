@@ -43,6 +43,7 @@ class Instance:
     instruments: tuple[str, ...] = field(default=())
     spawner_id: int | None = None  # the hub's row: a server deleted and made again under the same name is another
     ends_at: datetime | None = None  # a course instance's end (user_options.download_until): its lifetime
+    course_ends_at: datetime | None = None  # a course instance's course end: no inactivity rule before it
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,6 +100,7 @@ def instance_from_row(row: Any, roles: tuple[str, ...], plan_backends: Mapping[s
         last_activity=_naive(row.last_activity), owner_roles=roles,
         instruments=tuple(map(str, instruments)) if isinstance(instruments, (list, tuple)) else (),
         spawner_id=getattr(row, "spawner_id", None), ends_at=_option_time(options.get("download_until")),
+        course_ends_at=_option_time(options.get("course_ends_at")) if options.get("course") else None,
     )
 
 

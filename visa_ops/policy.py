@@ -8,6 +8,8 @@ VISA's defaults: lifetime 14 days (USER) / 60 days (STAFF), the longest applicab
 (facility roles and the plan); deletion after 4 / 8 days without real use; a warning e-mail
 48 h before the end of the lifetime and 24 h before an inactivity deletion, once per deadline.
 Nothing is deleted before its owner was warned at least `minimum_notice_hours` earlier.
+A course instance (issue 19) lives until its course's `download_until` and is never idle while its
+course runs: a participant who goes to lunch keeps their instance.
 """
 
 from __future__ import annotations
@@ -108,6 +110,12 @@ class LifecyclePolicy(Configurable):
         times = [t for t in (inst.last_activity, inst.created, record.get("created_at")) if t is not None]
         return max(times) if times else self.now()
 
+    def idle_since(self, inst: Instance, record: Mapping[str, Any]) -> datetime:
+        """Where the inactivity limit counts from: the last real use, or a course instance's course
+        end if later (a course's participants are not idle between its sessions)."""
+        last_use = self.last_use(inst, record)
+        return max(last_use, inst.course_ends_at) if inst.course_ends_at else last_use
+
     def _deadline_check(self, kind: str, deadline: datetime | None, window_hours: float,
                         record: Mapping[str, Any], at: datetime) -> tuple[tuple | None, tuple | None, bool]:
         """(shown warning, warning to send, delete now) for one deadline."""
@@ -127,7 +135,7 @@ class LifecyclePolicy(Configurable):
         at = at or self.now()
         expires = self.expires_at(inst, record)
         last_use = self.last_use(inst, record)
-        idle_deadline = last_use + timedelta(days=self.inactivity_days(inst.owner_roles))
+        idle_deadline = self.idle_since(inst, record) + timedelta(days=self.inactivity_days(inst.owner_roles))
         checks = [
             (LIFETIME, *self._deadline_check(LIFETIME, expires, self.lifetime_warning_hours, record, at)),
             (INACTIVITY, *self._deadline_check(INACTIVITY, idle_deadline, self.inactivity_warning_hours, record, at)),
