@@ -127,6 +127,8 @@ class OpenStackBackend(SnapshotArchiving):
         self.inflight: set[str] = set()
         #: names started successfully and not stopped since (late sweeps must spare them)
         self.running: set[str] = set()
+        #: late sweeps still to run (kept referenced so none is garbage-collected half-way)
+        self.cleanups: set[asyncio.Task] = set()
         settings = CloudSettings(
             cloud=self.cloud, config_file=self.clouds_yaml, auth=dict(self.auth), region=self.region,
             compute_microversion=self.compute_microversion, endpoint_overrides=dict(self.endpoint_overrides),
@@ -195,7 +197,9 @@ class OpenStackBackend(SnapshotArchiving):
                 self.log.warning("%s/%s: start failed (%s); deleting server %s", spec.owner, spec.server_name,
                                  reason, name)
                 await asyncio.shield(self._delete_named(name, wait=True, quiet=True))
-                asyncio.ensure_future(self._late_sweep(name))
+                sweep = asyncio.ensure_future(self._late_sweep(name))
+                self.cleanups.add(sweep)
+                sweep.add_done_callback(self.cleanups.discard)
             if isinstance(e, BackendError) or not isinstance(e, Exception):
                 raise
             raise to_backend_error(e, "starting the instance") from None
@@ -484,7 +488,13 @@ class OpenStackBackend(SnapshotArchiving):
         of the same instance are spared; the reconciler is the backstop after a hub restart."""
         await asyncio.sleep(self.request_timeout * 2 + self.poll_interval)
         if name not in self.inflight and name not in self.running:
-            await self._delete_named(name, wait=False, quiet=True)
+            # waiting matters: a server put in ERROR while Nova deletes it stays, unless deleted again
+            await self._delete_named(name, wait=True, quiet=True)
+
+    async def settle(self) -> None:
+        """Until every late sweep scheduled so far has run (tests; an orderly shutdown)."""
+        while self.cleanups:
+            await asyncio.gather(*list(self.cleanups), return_exceptions=True)
 
     async def _all_gone(self, ids: list[str]) -> bool:
         for server_id in ids:
