@@ -58,6 +58,11 @@ class Course:
         return now >= self.ends_at
 
 
+def iso(dt: datetime) -> str:
+    """An aware UTC time as the service's JSON gives it (``2026-03-02T09:00:00Z``)."""
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def parse_when(value: Any, now: datetime, *, end: bool) -> datetime:
     """An ISO date or datetime (UTC), or ``today±N`` days (demos). A date is its first second for a
     start and its last for an end, so ``end: 2026-12-05`` includes the whole of that day."""

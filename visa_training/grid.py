@@ -10,7 +10,8 @@ real activity the hub heard of, and four actions:
   service do that for a course's trainers, `TrainingHub.collab_call`, the way the class start shares
   instances), and back to GUEST when done;
   the participant's pages say "<trainer> is helping" (the instance's room names members present).
-* **Broadcast**: a message kept by this service per course; every course instance's Lab and
+* **Broadcast**: a message kept by this service per course (in its database: a restart keeps it;
+  it expires at the course end, or after the minutes the trainer gave); every course instance's Lab and
   desktop page show it as a banner (`visa_instance.broadcast` polls ``api/courses/<id>/broadcast``
   from the browser, same origin through the hub's proxy, as the desktop page already embeds
   visa-ops' banner). No new relay from the instance: the browser, not the instance, reaches the
@@ -35,8 +36,8 @@ import asyncio
 import json
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -49,6 +50,7 @@ from .handlers import COURSE, BaseHandler
 
 log = logging.getLogger("visa_training")
 MAX_BROADCAST = 500  # characters
+MAX_BROADCAST_MINUTES = 24 * 60
 INSTANCE_TIMEOUT = 5.0
 HUB_CACHE_SECONDS = 2.0
 USER = r"([^/]{1,128})"
@@ -59,34 +61,11 @@ def _q(name: str) -> str:
 
 
 @dataclass
-class Broadcast:
-    id: int
-    text: str
-    by: str
-    at: str
-
-    def model(self) -> dict:
-        return {"id": self.id, "text": self.text, "from": self.by, "at": self.at}
-
-
-@dataclass
 class Grid:
-    """What the grid's handlers share: the broadcasts, and how to reach instances."""
+    """What the grid's handlers share: how to reach instances."""
 
     proxy_url: str
     api_token: str
-    broadcasts: dict[str, Broadcast] = field(default_factory=dict)
-    _next_id: int = 1
-
-    def broadcast(self, course: str, text: str, by: str) -> Broadcast | None:
-        """Set (or with empty text, clear) the course's message."""
-        if not text:
-            self.broadcasts.pop(course, None)
-            return None
-        message = Broadcast(self._next_id, text, by, iso_now())
-        self._next_id += 1
-        self.broadcasts[course] = message
-        return message
 
     def instance_request(self, server_url: str, path: str) -> HTTPRequest:
         return HTTPRequest(f"{self.proxy_url.rstrip('/')}{server_url}{path}",
@@ -113,10 +92,6 @@ def proxy_url(bind_url: str = "", ip: str = "", port: int = 0, base_url: str = "
     if ":" in host:
         host = f"[{host}]"
     return f"{parsed.scheme or 'http'}://{host}:{port or parsed.port or 8000}"
-
-
-def iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def server_state(server: dict | None) -> str:
@@ -160,7 +135,7 @@ class GridPage(GridHandler):
     @web.authenticated
     async def get(self, course_id: str) -> None:
         course = await self.course(course_id)
-        self.render("grid.html", course=course, broadcast=self.grid.broadcasts.get(course.id))
+        self.render("grid.html", course=course, broadcast=await self.training.store.broadcast(course.id))
 
 
 class GridApi(GridHandler):
@@ -173,8 +148,8 @@ class GridApi(GridHandler):
         course = await self.course(course_id)
         people = await self.training.store.participants(course.id)
         tiles = await asyncio.gather(*(self._tile(course, p) for p in people))
-        message = self.grid.broadcasts.get(course.id)
-        self.send({"course": course.id, "tiles": list(tiles), "broadcast": message.model() if message else None})
+        message = await self.training.store.broadcast(course.id)
+        self.send({"course": course.id, "tiles": list(tiles), "broadcast": message})
 
     async def _tile(self, course: Any, person: dict) -> dict:
         user = person["user"]
@@ -269,7 +244,8 @@ def refusal_message(error: HubError) -> str:
 
 class BroadcastApi(GridHandler):
     """GET api/courses/<id>/broadcast: the message (participants, trainers, admins);
-    POST ``{"text": "..."}``: set it (trainers, admins), empty text clears it."""
+    POST ``{"text": "...", "minutes": n}``: set it (trainers, admins) until the course end or for
+    `minutes` (optional, 1..MAX_BROADCAST_MINUTES); empty text clears it."""
 
     api = True
 
@@ -282,21 +258,28 @@ class BroadcastApi(GridHandler):
         if not (actor in course.trainers or self.is_admin()
                 or await self.training.store.participant(course.id, actor) is not None):
             raise web.HTTPError(403, "Only the course's participants and trainers see its messages.")
-        message = self.grid.broadcasts.get(course.id)
-        self.send({"broadcast": message.model() if message else None})
+        self.send({"broadcast": await self.training.store.broadcast(course.id)})
 
     @web.authenticated
     async def post(self, course_id: str) -> None:
         course = await self.course(course_id)
-        text = self.body().get("text", "")
+        body = self.body()
+        text = body.get("text", "")
         if not isinstance(text, str):
             raise web.HTTPError(400, "text must be a string.")
         text = " ".join(text.split())
         if len(text) > MAX_BROADCAST:
             raise web.HTTPError(400, f"A message has at most {MAX_BROADCAST} characters.")
-        message = self.grid.broadcast(course.id, text, self.actor)
+        minutes = body.get("minutes")
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int)
+                                    or not 1 <= minutes <= MAX_BROADCAST_MINUTES):
+            raise web.HTTPError(400, f"minutes must be a whole number from 1 to {MAX_BROADCAST_MINUTES}.")
+        expires = course.ends_at
+        if minutes is not None:
+            expires = min(expires, self.training.store.clock() + timedelta(minutes=minutes))
+        message = await self.training.store.set_broadcast(course.id, text, self.actor, expires)
         log.info("Broadcast to %s by %s: %s", course.id, self.actor, "set" if message else "cleared")
-        self.send({"broadcast": message.model() if message else None})
+        self.send({"broadcast": message})
 
 
 class ResetApi(GridHandler):

@@ -1,4 +1,4 @@
-"""visa-training's own tables (SQLAlchemy Core, Alembic): courses, participants, seats.
+"""visa-training's own tables (SQLAlchemy Core, Alembic): courses, participants, seats, broadcasts.
 
 SQLite (0600, in the hub's state directory) by default, PostgreSQL with ``VISA_TRAINING_DB_URL``.
 Every call runs in an executor (`visa_ops.store.in_executor`): a query may be a network round
@@ -27,7 +27,7 @@ from visa_collab.db import connect
 from visa_collab.migrate import upgrade
 from visa_ops.store import in_executor
 
-from .course import Course
+from .course import Course, iso
 
 metadata = MetaData()
 NAME = String(255)
@@ -75,6 +75,17 @@ seats = Table(
     Column("created_at", DateTime, nullable=False),
     Column("used_at", DateTime),
     Column("used_by", NAME),
+)
+
+broadcasts = Table(
+    "visa_training_broadcasts", metadata,
+    Column("id", Integer, primary_key=True),  # rows are never deleted: an id is never reused
+    Column("course", String(24), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    Column("sent_by", NAME, nullable=False),
+    Column("sent_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False),  # the course end, or sooner when the trainer says
+    Column("cleared_at", DateTime),  # replaced or cleared
 )
 
 ALEMBIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alembic")
@@ -299,6 +310,34 @@ class Store:
         return course, user, number
 
     redeem = in_executor(redeem_sync)
+
+    # -- broadcasts ----------------------------------------------------------------------------
+    def set_broadcast_sync(self, course_id: str, text: str, by: str, expires_at: datetime) -> dict | None:
+        """Replace the course's message (empty `text`: clear it); the new message's model, or None."""
+        now = _naive(self.clock())
+        with self.engine.begin() as conn:
+            conn.execute(broadcasts.update().where(broadcasts.c.course == course_id,
+                                                   broadcasts.c.cleared_at.is_(None)).values(cleared_at=now))
+            if not text:
+                return None
+            conn.execute(broadcasts.insert().values(course=course_id, text=text, sent_by=by, sent_at=now,
+                                                    expires_at=_naive(expires_at)))
+        return self.broadcast_sync(course_id)
+
+    set_broadcast = in_executor(set_broadcast_sync)
+
+    def broadcast_sync(self, course_id: str) -> dict | None:
+        """The course's current message `{"id", "text", "from", "at", "expires_at"}`, None once expired."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(broadcasts).where(
+                broadcasts.c.course == course_id, broadcasts.c.cleared_at.is_(None),
+                broadcasts.c.expires_at > _naive(self.clock())).order_by(broadcasts.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return {"id": row.id, "text": row.text, "from": row.sent_by, "at": iso(_aware(row.sent_at)),
+                "expires_at": iso(_aware(row.expires_at))}
+
+    broadcast = in_executor(broadcast_sync)
 
     def expired_guests_sync(self, now: datetime) -> list[tuple[str, str]]:
         """(course, user) of guest participants whose course's download window has closed."""

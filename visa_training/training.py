@@ -21,7 +21,7 @@ from visa_authenticator.file_catalogue import FileCatalogue
 from visa_authenticator.rules import active_roles
 from visa_collab.hubapi import HubError
 
-from .course import Course, CourseError, load_courses, parse_course
+from .course import Course, CourseError, iso, load_courses, parse_course
 from .hubclient import TrainingHub
 from .roster import GUEST, plan_refusal, read_list
 from .store import SeatError, Store
@@ -33,10 +33,6 @@ class TrainingError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Directory:

@@ -1,5 +1,5 @@
 """The trainer's grid, pure parts: the hub's public URL for the service, tiles' state and presence,
-the broadcast store, and the collaboration rule that lets a course's trainers watch and help."""
+the request to an instance, and the collaboration rule that lets a course's trainers watch and help."""
 from __future__ import annotations
 
 import pytest
@@ -42,15 +42,11 @@ def test_presence_keeps_only_what_the_tile_shows() -> None:
     assert presence_of({}) == [] and presence_of({"present": None}) == []
 
 
-def test_broadcast_set_replace_clear() -> None:
+def test_instance_request_goes_through_the_hubs_proxy_with_the_services_token() -> None:
     grid = Grid(proxy_url="http://127.0.0.1:8000", api_token="t")
-    first = grid.broadcast("cls", "Open notebook 2", "tina")
-    second = grid.broadcast("cls", "Break: 10 min", "tina")
-    assert second.id > first.id and grid.broadcasts["cls"].model()["text"] == "Break: 10 min"
-    assert grid.broadcasts["cls"].model()["from"] == "tina"
-    assert grid.broadcast("cls", "", "tina") is None and "cls" not in grid.broadcasts
-    assert grid.instance_request("/user/frank/course-cls/", "visa/api/room").url == \
-        "http://127.0.0.1:8000/user/frank/course-cls/visa/api/room"
+    request = grid.instance_request("/user/frank/course-cls/", "visa/api/room")
+    assert request.url == "http://127.0.0.1:8000/user/frank/course-cls/visa/api/room"
+    assert request.headers["Authorization"] == "token t"
 
 
 @pytest.mark.parametrize("role", [Role.GUEST, Role.SUPPORT])

@@ -73,6 +73,10 @@ def test_the_grid(hub: Hub) -> None:
                          headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "same-origin"})
         assert r.status_code == 403 and "tiles" not in r.text
     assert dave.api("POST", f"courses/{COURSE}/broadcast", {"text": "not my course"}).status_code == 403
+    r = tina.api("POST", f"courses/{COURSE}/broadcast", {"text": "Break", "minutes": 0})
+    assert r.status_code == 400 and "minutes must be a whole number" in r.text, r.text
+    r = tina.api("POST", f"courses/{COURSE}/broadcast", {"text": "Break", "minutes": 10})
+    assert r.status_code == 200 and r.json()["broadcast"]["expires_at"] > r.json()["broadcast"]["at"], r.text
 
     # frank's course instance (as "Start the class" makes it), shared with tina as GUEST
     r = hub.api("POST", f"/users/frank/servers/{SERVER}", json={"course": COURSE})
