@@ -15,6 +15,11 @@ at the stop. Its start script POSTs `/hub/api/visa/resume` with `Authorization: 
 (a random key of that server's user-data; the hub keeps its fingerprint in the server's metadata):
 while a start of that server is waiting, the backend has offered this start's instance config
 under the fingerprint and `ResumeHandler` answers it; otherwise 404 and the server stays idle.
+
+A server built ahead for a warm pool (`openstack/pool.py`) boots with a config that has no owner:
+its start script asks with `{"wait": <s>}` and, for a key the pool told the board to `expect`, the
+hub holds the request until the pool offers an adopter's config (or the wait ends: 404, ask again).
+Its first call also tells the pool that the server has booted. Keys nobody expects never wait.
 """
 from __future__ import annotations
 
@@ -82,6 +87,9 @@ class PhoneHomeBoard:
     def __init__(self) -> None:
         self._inboxes: dict[str, Inbox] = {}
         self._resumes: dict[str, dict] = {}
+        #: fingerprints of pooled servers' keys → set when the server first asks (it has booted)
+        self._expected: dict[str, asyncio.Event] = {}
+        self._offered: dict[str, asyncio.Event] = {}
 
     def register(self, token: str) -> Inbox:
         inbox = Inbox(fingerprint(token))
@@ -95,6 +103,32 @@ class PhoneHomeBoard:
     def offer_resume(self, key_fingerprint: str, config: dict) -> None:
         """This start's instance config, for the server holding the key (until withdrawn)."""
         self._resumes[key_fingerprint] = config
+        if key_fingerprint in self._offered:
+            self._offered[key_fingerprint].set()
+
+    def expect(self, key_fingerprint: str) -> asyncio.Event:
+        """A pooled server will wait with this key; the event is set when it first asks."""
+        self._offered[key_fingerprint] = asyncio.Event()
+        return self._expected.setdefault(key_fingerprint, asyncio.Event())
+
+    def forget(self, key_fingerprint: str) -> None:
+        """The pooled server is adopted or gone: its key waits no more."""
+        self._expected.pop(key_fingerprint, None)
+        offered = self._offered.pop(key_fingerprint, None)
+        if offered is not None:
+            offered.set()  # a held request answers now (404 unless a config was offered)
+
+    async def wait_resume(self, key: str, wait: float) -> dict | None:
+        """`resume_config`, held up to `wait` s for a key a pool expects."""
+        key_fingerprint = resume_fingerprint(key)
+        if key_fingerprint in self._expected:
+            self._expected[key_fingerprint].set()
+            if key_fingerprint not in self._resumes and wait > 0:
+                try:
+                    await asyncio.wait_for(self._offered[key_fingerprint].wait(), wait)
+                except TimeoutError:
+                    pass
+        return self._resumes.get(key_fingerprint)
 
     def withdraw_resume(self, key_fingerprint: str) -> None:
         self._resumes.pop(key_fingerprint, None)
@@ -136,11 +170,21 @@ class ResumeHandler(APIHandler):
     def check_xsrf_cookie(self) -> None:
         """Called by a server's start script, never by a browser: the key is the credential."""
 
+    def _wait(self) -> float:
+        """Seconds a pooled server asks the hub to hold its request (`{"wait": s}`, at most 30)."""
+        try:
+            wait = json.loads(self.request.body or b"{}").get("wait", 0)
+        except (ValueError, AttributeError):
+            raise web.HTTPError(400, 'the body is {} or {"wait": <seconds>}') from None
+        if not isinstance(wait, int | float) or isinstance(wait, bool):
+            raise web.HTTPError(400, "wait is a number of seconds")
+        return min(max(float(wait), 0.0), 30.0)
+
     async def post(self) -> None:
         scheme, _, key = (self.request.headers.get("Authorization") or "").partition(" ")
         if scheme != "visa-resume" or not 20 <= len(key.strip()) <= 200:
             raise web.HTTPError(403, "a resume key is required")
-        config = BOARD.resume_config(key.strip())
+        config = await BOARD.wait_resume(key.strip(), self._wait())
         if config is None:
             raise web.HTTPError(404, "no start is waiting for this server")
         self.set_header("Content-Type", "application/json")

@@ -209,22 +209,32 @@ def launch(argv: list[str], env: dict[str, str], pw: pwd.struct_passwd, out, tim
 
 def resume(cfg: dict) -> dict:
     """A later boot: this start's config (new token, options) comes from the hub, asked with the
-    server's resume key. No start waiting for it (404): the server stays idle, Jupyter is not run."""
-    for attempt in range(60):
+    server's resume key. No start waiting for it (404): the server stays idle, Jupyter is not run.
+    A server built ahead for a warm pool (`pooled`) waits instead, asking again until a
+    participant adopts it (the hub holds each request up to `pool_wait` s)."""
+    pooled, wait = bool(cfg.get("pooled")), float(cfg.get("pool_wait", 25))
+    body = json.dumps({"wait": wait} if pooled else {}).encode()
+    attempt = 0
+    while attempt < 60:
+        attempt += 1
         try:
-            req = urllib.request.Request(resume_url(cfg["phone_home_url"]), data=b"{}", method="POST", headers={
+            req = urllib.request.Request(resume_url(cfg["phone_home_url"]), data=body, method="POST", headers={
                 "Authorization": "visa-resume " + cfg["resume_key"], "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=wait + 10 if pooled else 10) as r:
                 new = json.load(r)
             break
         except urllib.error.HTTPError as e:
+            if e.code == 404 and pooled:
+                attempt = 0  # not adopted yet: wait for the next participant
+                time.sleep(1)  # a hub that does not hold the request (restarted) is not hammered
+                continue
             if e.code in (403, 404):
                 log(f"the hub has no start waiting for this server ({e.code}): not starting Jupyter")
                 sys.exit(0)
             log(f"resume: hub answered {e.code}")
         except Exception as e:  # noqa: BLE001  (the hub may be restarting)
             log(f"resume: {type(e).__name__}")
-        time.sleep(min(1 + attempt, 5))
+        time.sleep(min(attempt, 5))
     else:
         log("resume: the hub did not answer; not starting Jupyter")
         sys.exit(1)
@@ -254,7 +264,7 @@ def wait_listening(cfg: dict, proc, host: str, port: int, deadline: float) -> No
 def main() -> None:
     with open(CONFIG) as f:
         cfg = json.load(f)
-    if cfg.get("resume_key") and os.path.exists(STARTED):
+    if cfg.get("resume_key") and (cfg.get("pooled") or os.path.exists(STARTED)):
         cfg = resume(cfg)
     phone(cfg, "started", "booted")
     pw = ensure_account(cfg["account"])
