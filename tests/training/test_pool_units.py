@@ -64,6 +64,9 @@ def test_a_pool_serves_only_instances_it_fits():
     assert "proposal" in pool.mismatch(spec(proposal="P-2"))
     assert "data" in pool.mismatch(spec(data_path="/d/P-2"))
     assert "materials" in pool.mismatch(spec(materials="/m/y"))
+    # its sandboxes were started named as the course's servers: another server would get a wrong hostname
+    assert pool.hostname == "course-x"
+    assert "hostname" in pool.mismatch(spec(server_name="lab-1"))
     assert pool.same_sandboxes(PoolDefinition(name="x", plan=SMALL, size=5, proposal="P-1", data_path="/d/P-1",
                                               materials="/m/x"))
     assert not pool.same_sandboxes(PoolDefinition(name="x", plan=LARGE, size=2, proposal="P-1", data_path="/d/P-1",

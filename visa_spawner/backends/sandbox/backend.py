@@ -37,6 +37,7 @@ from visa_spawner.backends.sandbox.command import (
     bwrap_argv,
     proposal_mount_point,
     sandbox_env,
+    sandbox_hostname,
 )
 from visa_spawner.backends.sandbox.home_tar import add_home
 from visa_spawner.backends.sandbox.materials import copy_materials
@@ -331,7 +332,7 @@ class SandboxBackend(Backend):
         return SandboxLayout(
             uid=uid, gid=gid, home_host=str(self._home(account)), home_inside=f"/home/{account}",
             instance_env=self.instance_env, data_host=spec.data_path, data_inside=data_inside,
-            hostname=spec.server_name[:60] or "visa",
+            hostname=sandbox_hostname(spec.server_name),
         )
 
     def _prepare_dirs(self, home: Path, uid: int, gid: int) -> bool:

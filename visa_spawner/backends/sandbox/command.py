@@ -22,6 +22,12 @@ def account_name(owner: str, server_name: str, prefix: str = ACCOUNT_PREFIX) -> 
     return f"{prefix}{digest}"
 
 
+def sandbox_hostname(server_name: str) -> str:
+    """The hostname inside an instance's sandbox: its server's name (prompts, the desktop's panel),
+    fixed when bubblewrap starts (a UTS namespace its processes cannot rename)."""
+    return server_name[:60] or "visa"
+
+
 def proposal_mount_point(proposal: str) -> str:
     """`/data/<proposal>`; refuses ids that could escape `/data`."""
     if not _SAFE_SEGMENT.match(proposal) or proposal in (".", ".."):

@@ -46,9 +46,10 @@ from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, Plan, ProgressCallback
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError
-from visa_spawner.backends.sandbox.command import account_name, sandbox_env
+from visa_spawner.backends.sandbox.command import account_name, sandbox_env, sandbox_hostname
 from visa_spawner.backends.sandbox.network import HubRoute
 from visa_spawner.backends.sandbox.state import SandboxState
+from visa_spawner.course import server_name as course_server_name
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 REPO_HUB_CONFIG = str(Path(__file__).resolve().parents[3] / "hub_config")
@@ -108,6 +109,12 @@ class PoolDefinition:
     materials: str = ""  # resolved host folder ("" if none)
     hub_env: Mapping[str, str] = field(default_factory=dict)  # the hub URLs an instance reaches
 
+    @property
+    def hostname(self) -> str:
+        """Its sandboxes' hostname: that of the servers adopting them, a course's `course-<pool>`, so
+        an adopted sandbox is named as one started the normal way (bubblewrap fixes it at start)."""
+        return sandbox_hostname(course_server_name(self.name))
+
     def same_sandboxes(self, other: PoolDefinition) -> bool:
         """Would a sandbox of `other` serve this pool too (everything but the size)?"""
         return replace(other, size=self.size) == self
@@ -118,7 +125,8 @@ class PoolDefinition:
         for what, pooled, wanted in (("plan", self.plan.id, spec.plan.id),
                                      ("proposal", self.proposal, spec.proposal),
                                      ("data", self.data_path, spec.data_path),
-                                     ("materials", self.materials, materials)):
+                                     ("materials", self.materials, materials),
+                                     ("hostname", self.hostname, sandbox_hostname(spec.server_name))):
             if pooled != wanted:
                 return f"its {what} is {pooled!r}, the instance wants {wanted!r}"
         return ""
@@ -377,7 +385,7 @@ class WarmPool(LoggingConfigurable):
             await backend._copy_materials(d.materials, home, uid, gid)
         cgroup = backend._limited_cgroup(account, d.plan)
         self._cpu_weight(cgroup, self.pooled_cpu_weight)
-        layout = backend._layout(spec, account, uid, gid)
+        layout = replace(backend._layout(spec, account, uid, gid), hostname=d.hostname)
         env = sandbox_env({}, home=layout.home_inside, user=account, instance_env=backend.instance_env)
         hub_end, sandbox_end = socket.socketpair()
         try:
