@@ -191,7 +191,7 @@ def test_drained_pool_leaves_nothing(pool_hub):
 
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({**BODY, "plan": "no-such-plan", "size": 1}, 400, "Unknown plan"),
-    ({**BODY, "plan": "vm", "size": 1}, 400, "warm pools exist for sandbox plans only"),
+    ({**BODY, "plan": "vm", "size": 1}, 400, "warm pools exist for sandbox and OpenStack plans only"),
     ({**BODY, "size": -1}, 400, "size must be between 0 and"),
     ({**BODY, "size": 10_000}, 400, "size must be between 0 and"),
     ({**BODY, "size": "3"}, 400, "size is a whole number"),
