@@ -82,8 +82,9 @@ def nothing_left_of(hub: Hub, account: str) -> list[str]:
 
 
 PROBE = """
-import glob, os, pwd
+import glob, os, pwd, socket
 print("account", pwd.getpwuid(os.getuid()).pw_name)
+print("hostname", socket.gethostname())
 print("uid", os.getuid())
 print("user", os.environ.get("JUPYTERHUB_USER"))
 print("token", os.environ.get("JUPYTERHUB_API_TOKEN"))
@@ -139,6 +140,7 @@ def test_adopters_get_lab_fast_and_share_nothing(pool_hub):
     # each took a different pooled sandbox and it is theirs: account, token, user
     assert {a["account"], b["account"]} <= pooled and a["account"] != b["account"]
     assert (a["user"], b["user"]) == ("alice", "bob")
+    assert a["hostname"] == b["hostname"] == "course-adopt"  # the server's own, as if started the normal way
     assert a["token"] != b["token"] and len(a["token"]) > 20
     # the course's materials and the open data are there; nothing of the other
     assert "README.md" in a["materials"] and "README.md" in b["materials"]
