@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import instance_relay
+from .db import private_sqlite
 from .roles import ADMIN_SCOPE, CUSTOM_SCOPES, ROLE_SCOPES, oauth_client_allowed_scopes
 
 SERVICE = "visa-collab"
@@ -53,6 +54,21 @@ def _persisted(path: Path, make: Any) -> str:
         path.write_text(str(make()))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def service_port_and_db(state: Path, env: Any, name: str) -> tuple[int, str]:
+    """A hub-managed service's port and database: ``$VISA_<NAME>_PORT`` / ``$VISA_<NAME>_DB_URL``
+    win; else a port chosen once and kept in `state` (instances that outlive a hub restart still
+    reach it) and a private SQLite file there. A PostgreSQL URL gets the driver installed here."""
+    key = name.upper()
+    port = int(env.get(f"VISA_{key}_PORT") or _persisted(state / f"visa_{name}_port", _free_port))
+    db_url = env.get(f"VISA_{key}_DB_URL") or f"sqlite:///{state / f'visa_{name}.sqlite'}"
+    if db_url.startswith("postgresql://"):
+        from visa_profiles.production import installed_pg_driver, with_pg_driver
+
+        db_url = with_pg_driver(db_url, installed_pg_driver())
+    private_sqlite(db_url)
+    return port, db_url
 
 
 def _free_port() -> int:

@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from visa_collab.db import private_sqlite
-from visa_collab.hub_config import _add_role, _free_port, _get, _persisted
+from visa_collab.hub_config import _add_role, _free_port, _get, _persisted, service_port_and_db
 from visa_collab.roles import ADMIN_SCOPE
 
 SERVICE = "visa-ops"
@@ -97,13 +96,7 @@ def apply(
     env = os.environ if env is None else env
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    port = int(env.get("VISA_OPS_PORT") or _persisted(state / "visa_ops_port", _free_port))
-    db_url = env.get("VISA_OPS_DB_URL") or f"sqlite:///{state / 'visa_ops.sqlite'}"
-    if db_url.startswith("postgresql://"):
-        from visa_profiles.production import installed_pg_driver, with_pg_driver
-
-        db_url = with_pg_driver(db_url, installed_pg_driver())
-    private_sqlite(db_url)
+    port, db_url = service_port_and_db(state, env, "ops")
     backends, rules = plan_settings(list(_get(c.VisaSpawner, "plans", [])))
     policy = {**json.loads(env.get("VISA_OPS_POLICY") or "{}"), **(policy or {})}
     policy["plan_rules"] = {**rules, **policy.get("plan_rules", {})}

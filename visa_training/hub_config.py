@@ -25,9 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from visa_collab.db import private_sqlite
 from visa_collab.hub_config import SERVICE as COLLAB_SERVICE
-from visa_collab.hub_config import _add_role, _free_port, _get, _persisted
+from visa_collab.hub_config import _add_role, _get, _persisted, service_port_and_db
 from visa_collab.roles import ADMIN_SCOPE
 
 from .grid import proxy_url
@@ -75,13 +74,7 @@ def apply(c: Any, *, state_dir: str | os.PathLike, courses: str | os.PathLike | 
     env = os.environ if env is None else env
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    port = int(env.get("VISA_TRAINING_PORT") or _persisted(state / "visa_training_port", _free_port))
-    db_url = env.get("VISA_TRAINING_DB_URL") or f"sqlite:///{state / 'visa_training.sqlite'}"
-    if db_url.startswith("postgresql://"):
-        from visa_profiles.production import installed_pg_driver, with_pg_driver
-
-        db_url = with_pg_driver(db_url, installed_pg_driver())
-    private_sqlite(db_url)
+    port, db_url = service_port_and_db(state, env, "training")
     courses_file = env.get("VISA_TRAINING_COURSES") or (str(courses) if courses else "")
     if materials_root is None and courses_file:
         materials_root = Path(courses_file).resolve().parent / "courses"
