@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from .desktop_adopt import adopted_env
 from .desktop_env import DesktopSettings, settings_from_env
 
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
     if len(args) != 1:
         print("usage: python -m visa_instance.desktop_apps APP", file=sys.stderr)
         return 2
+    if env is os.environ:  # run by a window manager or panel started before the owner was known
+        owner = adopted_env(env)
+        os.environ.clear()
+        os.environ.update(owner)
     settings = settings_from_env(env)
     try:
         command, cwd, label = command_for(args[0], settings, env_bin)

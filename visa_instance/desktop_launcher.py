@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _procs
+from .desktop_adopt import adopt_prestarted, serve_adopted
 from .desktop_env import DesktopSettings, Keyboard, settings_from_env
 from .desktop_session import FILES_CLASS, PANEL_CLASS, session_commands, write_session_files
 
@@ -62,8 +63,11 @@ def build_xvnc_command(
 
     No VNC password (``-SecurityTypes None``): the socket is private to the sandbox's user and
     every websocket is authenticated by the Jupyter server in front of it. ``-AlwaysShared`` lets
-    several viewers share the session. The X display itself is protected by an MIT cookie.
+    several viewers share the session. The X display itself is protected by an MIT cookie
+    (``xauthority``; empty: none, for a desktop made before its owner is known, whose X socket
+    only its uid may open: visa_instance.desktop_prestart).
     """
+    auth = ["-auth", xauthority] if xauthority else []
     return [
         xvnc,
         f":{display}",
@@ -75,7 +79,7 @@ def build_xvnc_command(
         "-geometry", settings.geometry,
         "-depth", "24",
         "-desktop", settings.name,
-        "-auth", xauthority,
+        *auth,
         "-nolisten", "tcp",
         "-nolisten", "local",
         "-displayfd", str(displayfd),
@@ -184,6 +188,7 @@ class DesktopSession:
     display: int | None = None
     xvnc: subprocess.Popen | None = None
     runtime_dir: str = ""
+    x_cookie: bool = True  # False: no MIT cookie (see build_xvnc_command)
     _published: bool = False
     _clients: list[subprocess.Popen] = field(default_factory=list)
 
@@ -199,7 +204,10 @@ class DesktopSession:
     def client_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["DISPLAY"] = f":{self.display}"
-        env["XAUTHORITY"] = self.xauthority
+        if self.x_cookie:
+            env["XAUTHORITY"] = self.xauthority
+        else:
+            env.pop("XAUTHORITY", None)
         if not (env.get("LANG") or env.get("LC_ALL")):
             env["LANG"] = "C.UTF-8"  # a UTF-8 terminal and titles, whatever the server had
         return env
@@ -223,13 +231,14 @@ class DesktopSession:
         for _ in range(XVNC_ATTEMPTS):
             display = pick_display(skip=tried)
             tried.add(display)
-            with open(self.xauthority, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as f:
-                f.write(xauthority_entry(display, secrets.token_bytes(16)))
+            if self.x_cookie:
+                with open(self.xauthority, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as f:
+                    f.write(xauthority_entry(display, secrets.token_bytes(16)))
             if os.path.lexists(self.staging_socket):
                 os.unlink(self.staging_socket)
             read_fd, write_fd = os.pipe()
             cmd = build_xvnc_command(
-                display, self.settings, self.staging_socket, self.xauthority, write_fd
+                display, self.settings, self.staging_socket, self.xauthority if self.x_cookie else "", write_fd
             )
             log.debug("starting %s", cmd)
             try:
@@ -447,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one desktop until stopped; non-zero when Xvnc died by itself (so it gets restarted)."""
     args = build_parser().parse_args(argv)
     configure_logging("visa-desktop", args.debug)
+    control = adopt_prestarted(args.socket, dict(os.environ), args.timeout)
+    if control is not None:  # a warm VM's desktop, started before its memory snapshot
+        return serve_adopted(control, args)
     return run(DesktopSession(settings_from_env(os.environ, log), args.socket, args.timeout), args)
 
 
