@@ -42,3 +42,41 @@ def test_a_pooled_config_names_nobody_and_carries_no_token():
     config = pooled_config(resume_key=KEY, phone_home_url="http://hub/hub/api/visa/phone-home", wait=25)
     assert config == {"version": 1, "pooled": True, "pool_wait": 25.0, "resume_key": KEY,
                       "phone_home_url": "http://hub/hub/api/visa/phone-home"}
+
+
+def test_the_start_script_of_a_pooled_server_asks_again_until_it_is_adopted(tmp_path, monkeypatch):
+    """`start_script.resume` with `pooled`: a 404 (not adopted yet) is asked again, with the wait in
+    the body; the config it gets is written 0600 with the server's own key kept."""
+    import http.server
+    import json
+    import os
+    import threading
+
+    from visa_spawner.backends.guest import start_script as ss
+
+    asked = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            asked.append((self.headers["Authorization"], json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            body = json.dumps({"owner": "alice"}).encode() if len(asked) > 1 else b"{}"
+            self.send_response(200 if len(asked) > 1 else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(ss, "CONFIG", str(tmp_path / "instance.json"))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hub/api/visa/phone-home"
+        new = ss.resume(pooled_config(resume_key=KEY, phone_home_url=url, wait=0.5))
+    finally:
+        server.shutdown()
+    assert asked == [(f"visa-resume {KEY}", {"wait": 0.5})] * 2
+    assert new == {"owner": "alice", "resume_key": KEY}
+    assert json.loads((tmp_path / "instance.json").read_text()) == new
+    assert os.stat(tmp_path / "instance.json").st_mode & 0o777 == 0o600

@@ -9,7 +9,9 @@ function of the server), "boots" each:
   its own loopback address, so jupyterhub-singleuser really starts and phones home to the hub;
 - mode "standin": a tiny stand-in for the instance (phones home the same stages over HTTP, or
   straight onto the in-process board for backend-level tests, then answers HTTP 200 on its own
-  loopback address) where Jupyter itself is not what is tested (bursts, fault storms).
+  loopback address) where Jupyter itself is not what is tested (bursts, fault storms). A server
+  built ahead for a warm pool waits for its config as the start script does (`adopted` keeps
+  what each server was given).
 
 An instance stops when its server is deleted, shelved or rebuilt (a rebuild boots it again). In
 mode "real" each server has a disk (its /etc, /home and the start script's files) that lasts as long
@@ -29,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,8 @@ class BootEmulator:
         self.instances: dict[str, _Instance] = {}  # server id -> instance
         self.disks: dict[str, tuple[str, Path]] = {}  # server id -> (user-data key, its disk)
         self.standin_booted: set[str] = set()  # server ids a stand-in has booted (a next boot resumes)
+        self.adopted: dict[str, dict] = {}  # pooled server id -> the config its adopter's start gave it
+        self._waits = ThreadPoolExecutor(max_workers=160, thread_name_prefix="pooled-wait")  # held requests
         self.booted = 0
         self.errors: list[str] = []
         self._next = 0
@@ -71,6 +76,7 @@ class BootEmulator:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+        self._waits.shutdown(wait=False, cancel_futures=True)
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -135,7 +141,9 @@ class BootEmulator:
             if self.mode == "real":
                 self._start_script(inst, files, sid)
             else:
-                if config.get("resume_key") and sid in self.standin_booted:  # a reboot after shelving
+                if config.get("pooled"):  # built ahead: wait until a participant adopts it
+                    config = self.adopted[sid] = await self._wait_adopted(config)
+                elif config.get("resume_key") and sid in self.standin_booted:  # a reboot after shelving
                     config = await self._resume(config)
                 self.standin_booted.add(sid)
                 if config:
@@ -197,6 +205,18 @@ class BootEmulator:
         r = await asyncio.get_running_loop().run_in_executor(None, lambda: requests.post(
             url, json={}, headers={"Authorization": f"visa-resume {key}"}, timeout=10))
         return r.json() if r.status_code == 200 else None
+
+    async def _wait_adopted(self, config: dict) -> dict:
+        """The start script's `resume` for a pooled server: ask (the hub holds it), again on 404."""
+        import requests
+        url = config["phone_home_url"].rsplit("/", 1)[0] + "/resume"
+        headers = {"Authorization": f"visa-resume {config['resume_key']}"}
+        while True:
+            r = await asyncio.get_running_loop().run_in_executor(self._waits, lambda: requests.post(
+                url, json={"wait": config["pool_wait"]}, headers=headers, timeout=config["pool_wait"] + 10))
+            if r.status_code == 200:
+                return r.json()
+            await asyncio.sleep(1)
 
     async def _phone(self, config: dict, stage: str, **extra) -> None:
         token = config["env"]["JUPYTERHUB_API_TOKEN"]

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import secrets
 import time
+from functools import cached_property
 from typing import Any
 
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
@@ -146,8 +147,15 @@ class OpenStackBackend(SnapshotArchiving):
     def name_for(self, owner: str, server: str) -> str:
         return server_name(self.hub_id, owner, server)
 
+    @cached_property
+    def warm_pool(self):  # -> pool.OpenStackPool: servers built ahead for courses (it builds on this module)
+        from visa_spawner.backends.openstack.pool import OpenStackPool
+        return OpenStackPool(self, parent=self, log=self.log)
+
     # -- protocol -------------------------------------------------------------------------------------
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        if spec.warm_pool and (adopted := await self.warm_pool.adopt(spec, progress)) is not None:
+            return adopted
         name = self.name_for(spec.owner, spec.server_name)
         token = spec.env.get("JUPYTERHUB_API_TOKEN", "")
         if not token:

@@ -6,8 +6,9 @@ cycle: one listing call by the hub's tag (through the backend's bounded pool), a
 its servers through its REST API (a service token with read-only scopes plus `admin:servers` to
 stop a record). Then:
 
-- a server no hub record owns (no ready or pending named server maps to its name) and older than
-  the grace period is deleted — e.g. one left by a hub killed in the middle of `start()`;
+- a server no hub record owns (no ready or pending named server maps to its name, and no warm pool
+  of this hub holds it) and older than the grace period is deleted — e.g. one left by a hub
+  killed in the middle of `start()`, or a previous hub's pooled server;
 - a ready record of an OpenStack plan whose server vanished is stopped through the REST API, so
   the person sees it stopped instead of a dead link;
 - each running server's instrument security groups follow the experiment windows
@@ -91,6 +92,7 @@ class Reconciler(LoggingConfigurable):
         recorded = {self.backend.name_for(u, s) for u, s, _ in records}
         owned |= {s["name"] for s in servers
                   if str(s.get("status", "")).startswith("SHELVED") and s["name"] in recorded}
+        owned |= self.backend.warm_pool.server_names()  # built ahead for a course, nobody's yet
         by_name = {s["name"]: s for s in servers}
         now = dt.datetime.now(dt.UTC)
         counts = {"servers": len(servers), "orphans": 0, "deleted": 0, "stopped": 0}
