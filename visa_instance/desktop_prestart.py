@@ -29,6 +29,7 @@ ordinary way.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from . import desktop_launcher as launcher
 from .desktop_adopt import CONTROL, ENV_FILE, ENV_FILE_VAR, MAX_REQUEST, PRESTART_DIR, prestart_dir
 from .desktop_env import settings_from_env
-from .desktop_session import PANEL_CLASS, label_text, write_session_files
+from .desktop_session import PANEL_CLASS, label_text, user_files, write_session_files
 
 log = logging.getLogger("visa_instance.desktop_prestart")
 
@@ -70,7 +71,8 @@ class PrestartedDesktop(launcher.DesktopSession):
 
     def adopt(self, socket_path: str, env: dict[str, str]) -> None:
         """The owner's settings and programs, then the socket at ``socket_path``."""
-        deadline = time.monotonic() + self.timeout
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
         before = self.settings
         os.environ.clear()
         os.environ.update(env)  # what client_env() gives every program started from now on
@@ -90,7 +92,8 @@ class PrestartedDesktop(launcher.DesktopSession):
         if self.settings.geometry != before.geometry:
             self._run_x_client(["xrandr", "-s", self.settings.geometry], deadline)  # a mode of Xvnc's list
         write_session_files(self.settings, self.runtime_dir)  # same paths: the label, the desktop's name
-        self._run_x_client(["openbox", "--reconfigure"], deadline)
+        if user_files()[0]:  # the owner's own openbox menu (e.g. instrument panels'): read it
+            self._run_x_client(["openbox", "--reconfigure"], deadline)
         # openbox keeps the desktop's name it has (EWMH: pagers own it), so set it as a pager does
         self._run_x_client(["xprop", "-root", "-f", "_NET_DESKTOP_NAMES", "8u", "-set", "_NET_DESKTOP_NAMES",
                             label_text(self.settings)], deadline)
@@ -102,17 +105,24 @@ class PrestartedDesktop(launcher.DesktopSession):
                 proc.kill()
                 proc.wait()
         self._clients = [window_manager, panel]
+        dressed = time.monotonic() - t0
         home = os.path.expanduser("~")
         folders = [home if os.path.isdir(home) else "/"]
         if self.settings.data_dir and os.path.isdir(self.settings.data_dir):
             folders.append(self.settings.data_dir)
         self._spawn_client(launcher.build_xterm_command(self.settings), cwd=self._xterm_cwd())
-        self._spawn_client(["pcmanfm", *folders], cwd=self._xterm_cwd())
         self._wait_for_window(deadline, {PANEL_CLASS, "xterm"})
-        os.rename(self.staging_socket, self.socket_path)
+        try:
+            os.rename(self.staging_socket, self.socket_path)
+        except OSError as e:  # another file system (a TMPDIR of the server's): connect follows a link
+            if e.errno != errno.EXDEV:
+                raise
+            os.symlink(self.staging_socket, self.socket_path)
         self._published = True
-        log.info("desktop :%s adopted: ready on %s (%s, keyboard %s)", self.display, self.socket_path,
-                 self.settings.geometry, self.settings.keyboard)
+        # after: its GTK start (~10 s of emulated CPU under TCG) would delay the terminal and panel
+        self._spawn_client(["pcmanfm", *folders], cwd=self._xterm_cwd())
+        log.info("desktop :%s adopted: ready on %s (%s, keyboard %s) in %.2f s (settings %.2f s)", self.display,
+                 self.socket_path, self.settings.geometry, self.settings.keyboard, time.monotonic() - t0, dressed)
 
 
 def read_request(conn: socket.socket, uid: int) -> tuple[str, dict[str, str]]:

@@ -50,14 +50,15 @@ def test_prestarted_desktop_is_adopted_with_the_owners_settings_and_stops_with_i
         names = subprocess.run(["xprop", "-root", "_NET_DESKTOP_NAMES"], env=env, capture_output=True)
         assert "Owner's beamtime" in names.stdout.decode()
 
-        def terminal_env() -> dict:
-            xterms = [p for p in descendants(daemon.pid) if p.comm == "xterm"]
-            if len(xterms) != 1:
+        def env_of(program: str) -> dict:
+            procs = [p for p in descendants(daemon.pid) if p.comm == program]
+            if len(procs) != 1:
                 return {}
-            raw = Path(f"/proc/{xterms[0].pid}/environ").read_bytes().split(b"\0")
+            raw = Path(f"/proc/{procs[0].pid}/environ").read_bytes().split(b"\0")
             return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-        wait_for(lambda: terminal_env().get("VISA_INSTANCE_NAME") == "Owner's beamtime", 10,
-                 "the owner's terminal (the template's replaced)")
+        for program in ("xterm", "pcmanfm"):  # the template's replaced by the owner's
+            wait_for(lambda p=program: env_of(p).get("VISA_INSTANCE_NAME") == "Owner's beamtime", 10,
+                     f"the owner's {program}")
         # the kept panel and window manager run the menu's programs in the owner's environment
         env_file = control / "env.json"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
