@@ -38,6 +38,7 @@ from visa_spawner.backends.openstack.cloud import (
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
+    RESUME_META,
     STAGES,
     build_progress,
     hub_tag,
@@ -46,6 +47,7 @@ from visa_spawner.backends.openstack.model import (
     server_metadata,
     server_name,
 )
+from visa_spawner.backends.openstack.pool import OpenStackPool
 from visa_spawner.backends.openstack.security import SecurityGroups
 from visa_spawner.backends.openstack.snapshot_archive import SnapshotArchiving
 from visa_spawner.backends.openstack.state import OpenStackState
@@ -53,7 +55,6 @@ from visa_spawner.backends.openstack.watch import ServerWatch
 
 GONE_STATES = {"DELETED", "SOFT_DELETED", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF", "ERROR"}
 ADOPTABLE = {"ACTIVE", "SHUTOFF", "SHELVED", "SHELVED_OFFLOADED"}
-RESUME_META = "visa-resume"  # fingerprint of the server's resume key (phonehome.resume_fingerprint)
 
 
 def _config_error(e: ValueError) -> BackendError:
@@ -148,8 +149,8 @@ class OpenStackBackend(SnapshotArchiving):
         return server_name(self.hub_id, owner, server)
 
     @cached_property
-    def warm_pool(self):  # -> pool.OpenStackPool: servers built ahead for courses (it builds on this module)
-        from visa_spawner.backends.openstack.pool import OpenStackPool
+    def warm_pool(self) -> OpenStackPool:
+        """The hub's warm pools of servers built ahead for courses (`pool.py`), made on first use."""
         return OpenStackPool(self, parent=self, log=self.log)
 
     # -- protocol -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 META_PREFIX = "visa-"
+RESUME_META = "visa-resume"  # fingerprint of the server's resume key (phonehome.resume_fingerprint)
 #: Nova task states → what a person reads while the server builds (percent, text)
 TASK_STATES = {
     None: (15, "The cloud accepted the request"),

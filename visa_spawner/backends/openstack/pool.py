@@ -30,9 +30,8 @@ from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import BackendError, InstanceSpec, ProgressCallback
 from visa_spawner.backends.guest.phonehome import BOARD, resume_fingerprint
-from visa_spawner.backends.openstack.backend import RESUME_META, OpenStackBackend
 from visa_spawner.backends.openstack.cloud import get_server
-from visa_spawner.backends.openstack.model import META_PREFIX, server_metadata, server_name
+from visa_spawner.backends.openstack.model import META_PREFIX, RESUME_META, server_metadata, server_name
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.sandbox.pool import PoolDefinition, PoolError
 
@@ -81,7 +80,9 @@ class OpenStackPool(LoggingConfigurable):
         help="Seconds the hub holds a waiting pooled server's request for its configuration (then "
         "it asks again). Shorter loads the hub with requests; adoption is immediate either way.")
 
-    def __init__(self, backend: OpenStackBackend, **kwargs: Any) -> None:
+    def __init__(self, backend: Any, **kwargs: Any) -> None:
+        """`backend`: the hub's `OpenStackBackend` (not imported: it makes this pool), whose steps
+        a pooled server is built and adopted with."""
         super().__init__(**kwargs)
         self.backend = backend
         self._defs: dict[str, PoolDefinition] = {}
