@@ -310,15 +310,21 @@ class DesktopSession:
             self._spawn_client(build_xterm_command(self.settings), cwd=self._xterm_cwd())
             self._wait_for_window(deadline)
             return
-        files = write_session_files(self.settings, self.runtime_dir)
+        files = self._session_files()
         home = os.path.expanduser("~")
         window_manager, clients = session_commands(files, self.settings,
                                                    home if os.path.isdir(home) else "/")
         self._spawn_client(window_manager)
         self._wait_for_root_property("_NET_SUPPORTING_WM_CHECK", deadline)
-        for cmd in clients + [build_xterm_command(self.settings)]:  # a terminal ready, as before
+        for cmd in clients + [self._terminal_command()]:  # a terminal ready, as before
             self._spawn_client(cmd, cwd=self._xterm_cwd())
         self._wait_for_window(deadline, {PANEL_CLASS, FILES_CLASS, "xterm"})
+
+    def _session_files(self):
+        return write_session_files(self.settings, self.runtime_dir)
+
+    def _terminal_command(self) -> list[str]:
+        return build_xterm_command(self.settings)
 
     def _wait_for_root_property(self, name: str, deadline: float) -> None:
         """Poll until the root window has ``name`` (e.g. the window manager announced itself)."""

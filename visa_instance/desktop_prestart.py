@@ -33,6 +33,7 @@ import errno
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -43,9 +44,9 @@ import time
 from dataclasses import dataclass
 
 from . import desktop_launcher as launcher
-from .desktop_adopt import CONTROL, ENV_FILE, ENV_FILE_VAR, MAX_REQUEST, PRESTART_DIR, prestart_dir
+from .desktop_adopt import CONTROL, ENV_FILE, ENV_FILE_VAR, MAX_REQUEST, PRESTART_DIR, adopted_env, prestart_dir
 from .desktop_env import settings_from_env
-from .desktop_session import PANEL_CLASS, label_text, user_files, write_session_files
+from .desktop_session import PANEL_CLASS, _one_line, label_text, user_files, write_session_files
 
 log = logging.getLogger("visa_instance.desktop_prestart")
 
@@ -59,6 +60,23 @@ class PrestartedDesktop(launcher.DesktopSession):
     @property
     def staging_socket(self) -> str:
         return os.path.join(self.runtime_dir, "rfb.sock") if self.runtime_dir else ""
+
+    @property
+    def label_file(self) -> str:
+        return os.path.join(self.runtime_dir, "session", "label")
+
+    def _session_files(self):
+        """The panel's label follows a file: the owner's is a line appended, not a panel restart."""
+        os.makedirs(os.path.dirname(self.label_file), mode=0o700, exist_ok=True)
+        with open(self.label_file, "a", encoding="utf-8") as f:
+            f.write(_one_line(label_text(self.settings)) + "\n")
+        return write_session_files(self.settings, self.runtime_dir, label_file=self.label_file)
+
+    def _terminal_command(self) -> list[str]:
+        """The terminal drawn in the template; its shell is the owner's (see `terminal`)."""
+        env_file = os.path.join(self.control_dir, ENV_FILE)
+        return launcher.build_xterm_command(self.settings) + [
+            "-e", sys.executable, "-m", "visa_instance.desktop_prestart", "--terminal", env_file]
 
     def start_template(self) -> None:
         """Xvnc and the whole session with the template's (neutral) settings; nothing published."""
@@ -82,36 +100,36 @@ class PrestartedDesktop(launcher.DesktopSession):
         os.replace(env_file + ".tmp", env_file)
         self.settings = settings_from_env(env, log)
         self.socket_path = socket_path
-        window_manager, panel, *replaced = self._clients  # see DesktopSession._setup_session
+        window_manager, panel, *others = self._clients  # see DesktopSession._setup_session
         if panel.args[0] != "tint2":
             raise RuntimeError("the template desktop has no panel")
+        replaced = [proc for proc in others if proc.args[0] == "pcmanfm"]  # the terminal becomes the owner's
         for proc in replaced:
             proc.terminate()
         if self.settings.keyboard != before.keyboard:
             self._run_x_client(launcher.build_setxkbmap_command(self.settings.keyboard), deadline)
         if self.settings.geometry != before.geometry:
             self._run_x_client(["xrandr", "-s", self.settings.geometry], deadline)  # a mode of Xvnc's list
-        write_session_files(self.settings, self.runtime_dir)  # same paths: the label, the desktop's name
-        if user_files()[0]:  # the owner's own openbox menu (e.g. instrument panels'): read it
+        self._session_files()  # same paths; the panel's label changes now
+        if any(user_files()):  # the owner's own menu or instrument launchers: read them
             self._run_x_client(["openbox", "--reconfigure"], deadline)
+            panel.send_signal(signal.SIGUSR1)  # tint2 restarts with its config
         # openbox keeps the desktop's name it has (EWMH: pagers own it), so set it as a pager does
         self._run_x_client(["xprop", "-root", "-f", "_NET_DESKTOP_NAMES", "8u", "-set", "_NET_DESKTOP_NAMES",
                             label_text(self.settings)], deadline)
-        panel.send_signal(signal.SIGUSR1)  # tint2 reloads its config
         for proc in replaced:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._clients = [window_manager, panel]
+        self._clients = [window_manager, panel] + [proc for proc in others if proc not in replaced]
         dressed = time.monotonic() - t0
         home = os.path.expanduser("~")
         folders = [home if os.path.isdir(home) else "/"]
         if self.settings.data_dir and os.path.isdir(self.settings.data_dir):
             folders.append(self.settings.data_dir)
-        self._spawn_client(launcher.build_xterm_command(self.settings), cwd=self._xterm_cwd())
-        self._wait_for_window(deadline, {PANEL_CLASS, "xterm"})
+        self._wait_for_window(deadline, {PANEL_CLASS, "xterm"})  # at once, unless the panel restarted
         try:
             os.rename(self.staging_socket, self.socket_path)
         except OSError as e:  # another file system (a TMPDIR of the server's): connect follows a link
@@ -188,13 +206,35 @@ def _stop_when_closed(conn: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def terminal(env_file: str) -> None:
+    """The template's terminal program: waits for the owner's environment, then becomes the
+    owner's shell in the proposal's data (or the home), titled with the instance's name."""
+    while not os.path.exists(env_file):
+        time.sleep(0.2)
+    env = adopted_env({ENV_FILE_VAR: env_file})
+    settings = settings_from_env(env, log)
+    home = env.get("HOME", "/")
+    for folder in (settings.data_dir, home, "/"):
+        if folder and os.path.isdir(folder):
+            os.chdir(folder)
+            break
+    title = "".join(c for c in settings.name if c.isprintable())
+    sys.stdout.write(f"\033]0;{title}\007")
+    sys.stdout.flush()
+    shell = env.get("SHELL") or pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
+    os.execve(shell, [shell], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="visa-desktop-prestart", description=__doc__.split("\n")[0])
+    parser.add_argument("--terminal", metavar="ENV_FILE", help="run as the template terminal's program")
     parser.add_argument("--dir", default=None, help=f"control directory (default {PRESTART_DIR})")
     parser.add_argument("--timeout", type=float, default=120.0, help="start and adoption deadline, seconds")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     launcher.configure_logging("visa-desktop-prestart", args.debug)
+    if args.terminal:
+        terminal(args.terminal)
     control_dir = args.dir or prestart_dir()
     os.environ[ENV_FILE_VAR] = os.path.join(control_dir, ENV_FILE)
     session = PrestartedDesktop(settings_from_env(os.environ, log), "", args.timeout, control_dir=control_dir)

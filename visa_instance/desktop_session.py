@@ -102,9 +102,31 @@ def jgmenu_rc() -> str:
     )
 
 
-def tint2rc(settings: DesktopSettings, launcher_files: list[str], menu_command: list[str]) -> str:
-    """Bottom panel: [Applications] [launchers] [windows] [instance · proposal] [clock]."""
+def tint2rc(settings: DesktopSettings, launcher_files: list[str], menu_command: list[str],
+            label_file: str | None = None) -> str:
+    """Bottom panel: [Applications] [launchers] [windows] [instance · proposal] [clock]; with
+    ``label_file`` the label is its last line, followed (a prestarted desktop's, relabelled
+    when adopted: visa_instance.desktop_prestart), else fixed."""
     launchers = "".join(f"launcher_item_app = {path}\n" for path in launcher_files)
+    label = f"""\
+button = new
+button_text = {_one_line(label_text(settings))}
+button_font = DejaVu Sans Bold 10
+button_font_color = #ffffff 100
+button_padding = 12 4
+button_background_id = 0
+button_tooltip = Instance and proposal
+""" if label_file is None else f"""\
+execp = new
+execp_command = exec tail -n 1 -F {shlex.quote(label_file)}
+execp_continuous = 1
+execp_interval = 0
+execp_font = DejaVu Sans Bold 10
+execp_font_color = #ffffff 100
+execp_padding = 12 4
+execp_background_id = 0
+execp_tooltip = Instance and proposal
+"""
     return f"""\
 # written by visa-desktop for this session
 rounded = 0
@@ -117,7 +139,7 @@ background_color = #2e6da4 100
 border_color = #000000 0
 background_color_hover = #3b82c4 100
 
-panel_items = PLTPC
+panel_items = PLT{"P" if label_file is None else "E"}C
 panel_size = 100% {PANEL_HEIGHT}
 panel_margin = 0 0
 panel_padding = 4 3 6
@@ -163,14 +185,7 @@ button_padding = 10 4
 button_background_id = 2
 button_tooltip = Applications
 
-button = new
-button_text = {_one_line(label_text(settings))}
-button_font = DejaVu Sans Bold 10
-button_font_color = #ffffff 100
-button_padding = 12 4
-button_background_id = 0
-button_tooltip = Instance and proposal
-
+{label}
 time1_format = %H:%M
 time2_format = %a %d %b
 time1_font = DejaVu Sans Bold 10
@@ -248,8 +263,9 @@ def user_files(env: Mapping[str, str] = os.environ) -> tuple[str | None, list[st
 
 
 def write_session_files(settings: DesktopSettings, runtime_dir: str,
-                        system_rc_path: str = SYSTEM_OPENBOX_RC) -> SessionFiles:
-    """Write the configs into ``runtime_dir`` (private to this session, removed at stop)."""
+                        system_rc_path: str = SYSTEM_OPENBOX_RC, label_file: str | None = None) -> SessionFiles:
+    """Write the configs into ``runtime_dir`` (private to this session, removed at stop);
+    ``label_file``: see tint2rc."""
     base = os.path.join(runtime_dir, "session")
     os.makedirs(base, mode=0o700, exist_ok=True)
 
@@ -269,7 +285,7 @@ def write_session_files(settings: DesktopSettings, runtime_dir: str,
     menu_command = ["jgmenu", "--simple", f"--config-file={jgmenu_config}", f"--csv-file={menu_csv}"]
     return SessionFiles(
         openbox_rc=put("rc.xml", openbox_rc(system_rc, settings, menu_xml, user_menu)),
-        tint2rc=put("tint2rc", tint2rc(settings, launchers + instrument_launchers, menu_command)),
+        tint2rc=put("tint2rc", tint2rc(settings, launchers + instrument_launchers, menu_command, label_file)),
         jgmenu_rc=jgmenu_config,
         menu_csv=menu_csv,
     )

@@ -50,15 +50,22 @@ def test_prestarted_desktop_is_adopted_with_the_owners_settings_and_stops_with_i
         names = subprocess.run(["xprop", "-root", "_NET_DESKTOP_NAMES"], env=env, capture_output=True)
         assert "Owner's beamtime" in names.stdout.decode()
 
-        def env_of(program: str) -> dict:
-            procs = [p for p in descendants(daemon.pid) if p.comm == program]
+        def env_of(program: str, child: bool = False) -> dict:
+            """The environment of `program` (of its child: the terminal's shell) in the desktop."""
+            family = descendants(daemon.pid)
+            procs = [p for p in family if p.comm == program]
+            if child and len(procs) == 1:
+                procs = [p for p in family if Path(f"/proc/{p.pid}/stat").read_text().split()[3] == str(procs[0].pid)]
             if len(procs) != 1:
                 return {}
             raw = Path(f"/proc/{procs[0].pid}/environ").read_bytes().split(b"\0")
             return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-        for program in ("xterm", "pcmanfm"):  # the template's replaced by the owner's
-            wait_for(lambda p=program: env_of(p).get("VISA_INSTANCE_NAME") == "Owner's beamtime", 10,
+        # the template's terminal runs the owner's shell; its file manager is replaced by the owner's
+        for program, child in (("xterm", True), ("pcmanfm", False)):
+            wait_for(lambda p=program, c=child: env_of(p, c).get("VISA_INSTANCE_NAME") == "Owner's beamtime", 10,
                      f"the owner's {program}")
+        label = next(Path(tmp_path).glob("visa-desktop-*/session/label")).read_text().splitlines()
+        assert label[-1] == "Owner's beamtime", label  # the panel's label (tint2 follows the file)
         # the kept panel and window manager run the menu's programs in the owner's environment
         env_file = control / "env.json"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
