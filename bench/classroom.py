@@ -10,7 +10,11 @@ phase 2 (no pool) starts the same class on new accounts. A prober measures the h
 (`GET /hub/api/users/<a participant>`, every 0.25 s) throughout. Targets: with the pool p95 <= 3 s and
 <= 0.3x without; hub API p99 <= 200 ms.
 
-    .venv/bin/python bench/classroom.py [--participants 30] [--spread 60]
+    .venv/bin/python bench/classroom.py [--part all|sandbox|openstack] [--participants 30] [--spread 60]
+        [--os-participants 100] [--boot-delay 20]
+
+The OpenStack part (100 participants on the lab cloud, servers built ahead versus on demand) is
+bench/classroom_openstack.py.
 """
 from __future__ import annotations
 
@@ -129,7 +133,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=30)
     parser.add_argument("--spread", type=float, default=60, help="seconds over which participants log in")
+    parser.add_argument("--part", choices=("all", "sandbox", "openstack"), default="all")
+    parser.add_argument("--os-participants", type=int, default=100, help="participants of the OpenStack part")
+    parser.add_argument("--boot-delay", type=float, default=20, help="seconds an emulated OpenStack VM boots")
     args = parser.parse_args()
+    if args.part in ("all", "sandbox"):
+        sandbox_part(args)
+    if args.part in ("all", "openstack"):
+        from bench import classroom_openstack
+        classroom_openstack.main(["--participants", str(args.os_participants), "--boot-delay", str(args.boot_delay)])
+
+
+def sandbox_part(args: argparse.Namespace) -> None:
     states = demo_state()
     hub = Hub(next(states), config=CONFIG).start()
     report: dict = {"participants": args.participants, "spread_s": args.spread}
