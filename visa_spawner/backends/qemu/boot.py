@@ -66,7 +66,13 @@ class BootWatcher:
                 self.log.debug("VM %s: monitor busy during restore (%s)", self.vm, type(e).__name__)
             if state == "running":
                 break
-            if state not in (None, "inmigrate", "prelaunch", "paused"):
+            if state == "paused":  # restored from a snapshot saved paused (warm.py): resume it
+                try:
+                    await qmp(qmp_socket, "cont", timeout=5)
+                except (TimeoutError, OSError, EOFError, QMPError) as e:
+                    self.log.debug("VM %s: cont after restore (%s)", self.vm, type(e).__name__)
+                continue
+            if state not in (None, "inmigrate", "prelaunch"):
                 raise BackendError(f"Restoring the virtual machine failed ({state}).", reason="restore")
             if time.monotonic() > self.deadline:
                 raise BackendError("Restoring the virtual machine took too long.", reason="timeout")

@@ -125,6 +125,9 @@ async def build_snapshot(template: TemplateVm, cpus: int, memory_mb: int,
         booted = time.monotonic() - t0
         say(f"agent waits for its configuration after {booted:.1f} s; saving memory")
         t1 = time.monotonic()
+        # paused first: a live save of a busy guest (a prestarted desktop's clock and panel) gave
+        # clones a corrupt kernel (a page written during the copy); a clone is resumed (boot.py)
+        await qmp(layout.qmp_socket, "stop")
         await qmp(layout.qmp_socket, "migrate", {"uri": f"exec:cat > {shlex.quote(snap.memory)}"})
         while True:
             status = (await qmp(layout.qmp_socket, "query-migrate")).get("status")  # type: ignore[union-attr]
