@@ -234,35 +234,32 @@ class OpenStackPool(LoggingConfigurable):
             tasks = []
             for _ in range(missing):
                 server = server_name(self.backend.hub_id, "", f"pool\0{name}\0{secrets.token_hex(8)}")
-                task = asyncio.create_task(self._build(d, server))
-                self._building[task] = server
-                tasks.append(task)
+                tasks.append(asyncio.create_task(self._build_and_keep(name, d, server)))
             self._starting[name].update(tasks)
-            try:
-                results = await asyncio.gather(*tasks, return_exceptions=True)
-                self._starting.get(name, set()).difference_update(tasks)
-                failed = await self._keep(name, d, results)
-            finally:  # only now: a built server is always in `_building` or `_ready` (the reconciler)
-                for task in tasks:
-                    self._building.pop(task, None)
-            if failed:
+            results = await asyncio.gather(*tasks, return_exceptions=True)  # cancelled: the pool changed
+            if any(r is False for r in results):
                 await asyncio.sleep(self.retry_delay)
 
-    async def _keep(self, name: str, d: PoolDefinition, results: list) -> bool:
-        """Add the servers built for `d` to the pool if it still wants them; True if one failed."""
-        failed = False
-        for result in results:
-            if isinstance(result, PooledServer):
-                now = self._defs.get(name)  # the pool may have changed or shrunk meanwhile
-                if now is not None and now.plan == d.plan and len(self._ready[name]) < now.size:
-                    self._ready[name].append(result)
-                else:
-                    await self._destroy(result)
-            elif not isinstance(result, asyncio.CancelledError):
-                failed = True
-                self.log.warning("Warm pool %r: a server was not built: %s", name,
-                                 getattr(result, "log_detail", "") or result)
-        return failed
+    async def _build_and_keep(self, name: str, d: PoolDefinition, server: str) -> bool:
+        """Build one server for pool `name` and make it ready at once (if the pool still wants it);
+        False if it failed."""
+        task = asyncio.current_task()
+        self._building[task] = server
+        try:
+            pooled = await self._build(d, server)
+            self._starting.get(name, set()).discard(task)
+            now = self._defs.get(name)  # the pool may have changed or shrunk meanwhile
+            if now is not None and now.plan == d.plan and len(self._ready[name]) < now.size:
+                self._ready[name].append(pooled)
+            else:
+                await self._destroy(pooled)
+            return True
+        except Exception as e:  # noqa: BLE001 - logged; the filler retries after retry_delay
+            self.log.warning("Warm pool %r: a server was not built: %s", name, getattr(e, "log_detail", "") or e)
+            return False
+        finally:  # only now: a built server is always in `_building` or `_ready` (the reconciler)
+            self._starting.get(name, set()).discard(task)
+            self._building.pop(task, None)
 
     async def _build(self, d: PoolDefinition, name: str) -> PooledServer:
         """One server of pool `d`, built and booted (it asked for its config once)."""
