@@ -11,13 +11,15 @@ This daemon starts Xvnc and the whole session with neutral settings, then listen
 ``{"socket": <the path jupyter-server-proxy chose>, "env": <its environment>}``; the daemon
 
 - takes that environment for every program it starts from then on, and writes it to
-  ``<dir>/env.json`` (0600) for the menu and panel launchers (``visa_instance.desktop_apps``) of
-  the window manager and panel it keeps;
-- applies the owner's settings: keyboard, screen size, the panel label and desktop name
-  (``openbox --reconfigure``, tint2 reloads on SIGUSR1);
-- replaces the template's terminal and file manager by the owner's (home, proposal data);
-- publishes once the panel and the terminal are shown (the file manager follows: its GTK start is
-  most of the cost), by moving its VNC socket to the path it was given;
+  ``<dir>/env.json`` (0600): the template's terminal runs a program waiting for that file, which
+  then becomes the owner's shell (in the proposal's data, titled with the instance's name), and
+  the menu and panel launchers of the kept window manager and panel run programs with it
+  (``visa_instance.desktop_apps``);
+- applies the owner's settings: keyboard, screen size, the desktop's name, and the panel's label,
+  which follows a file (a tint2 executor) so the panel is not restarted (it is, with openbox's
+  config, when the owner has a menu or instrument launchers of their own);
+- publishes at once, by moving its VNC socket to the path it was given, then replaces the
+  template's file manager by the owner's (its GTK start, ~10 s of emulated CPU, follows);
 - answers ``{"ready": true}`` and keeps the connection: either end closing it stops the desktop.
 
 Nothing secret is made before the snapshot, so no two clones share one: the X display has no

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.hubtools import run_code
-from tests.spawner.qemu.conftest import create_vm, qemu_pids
+from tests.spawner.qemu.conftest import PROPOSAL, create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import QemuBackend
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
@@ -21,6 +21,47 @@ print(json.dumps({"user": getpass.getuser(), "machine_id": open("/etc/machine-id
                   "token": hashlib.sha256(os.environ["JUPYTERHUB_API_TOKEN"].encode()).hexdigest(),
                   "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip()}))
 """
+
+# the desktop each clone's owner opened: the template's (restored), adopted by the owner; nothing of it secret
+DESKTOP = """
+import glob, hashlib, json, os, pwd
+procs = {}
+for d in glob.glob("/proc/[0-9]*"):
+    try:
+        procs.setdefault(open(d + "/comm").read().strip(), []).append(
+            (d, os.stat(d).st_uid, open(d + "/cmdline", "rb").read().decode().split("\\0"),
+             open(d + "/stat").read().rsplit(")", 1)[1].split()[1]))
+    except OSError:
+        pass
+(xvnc,) = procs["Xvnc"]
+(xterm,) = procs["xterm"]
+(shell,) = [p[0] for p in sum(procs.values(), []) if p[3] == xterm[0][6:]]  # the terminal's shell
+raw = open(shell + "/environ", "rb").read().decode().split("\\0")
+env = dict(item.split("=", 1) for item in raw if "=" in item)
+display = next(a for a in xvnc[2] if a.startswith(":"))
+sock = os.stat("/tmp/.X11-unix/X" + display[1:])
+print(json.dumps({"xvnc_pid": xvnc[0], "xvnc_user": pwd.getpwuid(xvnc[1]).pw_name, "rfb": xvnc[2][3],
+                  "cookie": "-auth" in xvnc[2], "x_socket": [oct(sock.st_mode & 0o777), pwd.getpwuid(sock.st_uid).pw_name],
+                  "terminal_user": env.get("JUPYTERHUB_USER"), "terminal_cwd": os.readlink(shell + "/cwd"),
+                  "terminal_token": hashlib.sha256(env.get("JUPYTERHUB_API_TOKEN", "").encode()).hexdigest()}))
+"""
+
+
+def open_desktop(client, owner: str, name: str, timeout: float = 120) -> float:
+    """Seconds until the owner's desktop websocket (through the hub) gets the VNC greeting."""
+    import websocket
+
+    base = f"/user/{owner}/{name}/"
+    client.instance_get(owner, name, "lab")  # OAuth round trip: the instance's cookies
+    cookies = "; ".join(f"{c.name}={c.value}" for c in client.s.cookies if base.startswith(c.path))
+    t0 = time.monotonic()
+    ws = websocket.create_connection(client.hub.url.replace("http", "ws") + f"{base}desktop/",
+                                     header=[f"Cookie: {cookies}"], origin=client.hub.url, timeout=timeout)
+    try:
+        assert ws.recv()[:4] == b"RFB ", "no VNC greeting"
+    finally:
+        ws.close()
+    return time.monotonic() - t0
 
 
 async def prepare_snapshot(backend: QemuBackend, cpus: int, memory_mb: int) -> dict:
@@ -50,6 +91,18 @@ def test_two_clones_of_one_snapshot_are_different_machines(hub, login, qemu_stat
     for key in ("machine_id", "hostname", "random", "token"):
         assert ia[key] != ib[key], f"{key} is the same in both clones"
     assert len(qemu_pids(qemu_state)) == 2
+
+    for client, owner, name in ((alice, "alice", a), (bob, "bob", b)):
+        print(f"{owner}'s desktop answered {open_desktop(client, owner, name):.1f} s after it was opened")
+    da = json.loads(run_code(alice, "alice", a, DESKTOP, timeout=120))
+    db = json.loads(run_code(bob, "bob", b, DESKTOP, timeout=120))
+    print("desktops:", da, db)
+    assert (da["xvnc_pid"], da["rfb"]) == (db["xvnc_pid"], db["rfb"]), "both desktops must be the template's"
+    for d, owner in ((da, "alice"), (db, "bob")):
+        assert (d["xvnc_user"], d["terminal_user"], d["x_socket"]) == (owner, owner, ["0o700", owner]), d
+        assert not d["cookie"], "an X cookie made before the snapshot would be in every clone"
+        assert d["terminal_cwd"] == f"/data/{PROPOSAL}", d  # the owner's shell in the proposal's data
+    assert da["terminal_token"] != db["terminal_token"]
 
     r = alice.instance_get("bob", b, "api/status")  # through the hub's OAuth, as a browser would
     assert r.status_code == 403 or "/user/bob/" not in r.url, (r.status_code, r.url)
