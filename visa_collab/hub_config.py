@@ -64,7 +64,7 @@ def service_port_and_db(state: Path, env: Any, name: str) -> tuple[int, str]:
     port = int(env.get(f"VISA_{key}_PORT") or _persisted(state / f"visa_{name}_port", _free_port))
     db_url = env.get(f"VISA_{key}_DB_URL") or f"sqlite:///{state / f'visa_{name}.sqlite'}"
     if db_url.startswith("postgresql://"):
-        from visa_profiles.production import installed_pg_driver, with_pg_driver
+        from visa_profiles.pg import installed_pg_driver, with_pg_driver
 
         db_url = with_pg_driver(db_url, installed_pg_driver())
     private_sqlite(db_url)

@@ -44,7 +44,7 @@ def hub_db_url(c: Any, env: Mapping[str, str]) -> str:
     """The hub's database as this process will open it: production's PostgreSQL URL (with the
     installed driver), the profile's ``db_url``, else JupyterHub's default file in the hub's cwd."""
     if env.get("VISA_HUB_DB_URL"):
-        from visa_profiles.production import installed_pg_driver, with_pg_driver
+        from visa_profiles.pg import installed_pg_driver, with_pg_driver
 
         return with_pg_driver(env["VISA_HUB_DB_URL"], installed_pg_driver())
     url = _get(c.JupyterHub, "db_url", "sqlite:///jupyterhub.sqlite")

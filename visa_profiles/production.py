@@ -8,7 +8,6 @@ half-configured. Documented in docs/identity.md (one row per variable).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from traitlets.config import Config
 
 from .env import EnvReader, SettingsError
+from .pg import installed_pg_driver, with_pg_driver
 
 REQUIRED = (
     "VISA_HUB_DB_URL",
@@ -29,20 +29,6 @@ REQUIRED = (
 
 def _read(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").strip()
-
-
-def installed_pg_driver() -> str:
-    """The PostgreSQL driver this environment has: psycopg (3) if present, else psycopg2."""
-    return "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
-
-
-def with_pg_driver(url: str, driver: str) -> str:
-    """`postgresql://…` with the installed driver named (pure).
-
-    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3; naming the driver
-    lets operators write the usual URL whichever driver is installed.
-    """
-    return f"postgresql+{driver}://{url[len('postgresql://'):]}" if url.startswith("postgresql://") else url
 
 
 def production_config(
