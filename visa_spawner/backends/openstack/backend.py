@@ -29,12 +29,12 @@ from visa_spawner.backends.openstack.cloud import (
     CloudSettings,
     absolute_limits,
     attach_floating_ip,
-    delete_server,
     find_servers,
     get_server,
     list_servers,
     poll_until,
 )
+from visa_spawner.backends.openstack.deletion import ServerDeletion
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
@@ -62,7 +62,7 @@ def _config_error(e: ValueError) -> BackendError:
                         reason="config", log_detail=str(e))
 
 
-class OpenStackBackend(SnapshotArchiving):
+class OpenStackBackend(ServerDeletion, SnapshotArchiving):
     """Instances as Nova servers, configured by cloud-init user-data from `cloudinit`."""
 
     # -- the cloud ----------------------------------------------------------------------------
@@ -129,8 +129,7 @@ class OpenStackBackend(SnapshotArchiving):
         self.inflight: set[str] = set()
         #: names started successfully and not stopped since (late sweeps must spare them)
         self.running: set[str] = set()
-        #: late sweeps still to run (kept referenced so none is garbage-collected half-way)
-        self.cleanups: set[asyncio.Task] = set()
+        self.cleanups: set[asyncio.Task] = set()  #: late sweeps still to run (`ServerDeletion`)
         settings = CloudSettings(
             cloud=self.cloud, config_file=self.clouds_yaml, auth=dict(self.auth), region=self.region,
             compute_microversion=self.compute_microversion, endpoint_overrides=dict(self.endpoint_overrides),
@@ -206,9 +205,7 @@ class OpenStackBackend(SnapshotArchiving):
                 self.log.warning("%s/%s: start failed (%s); deleting server %s", spec.owner, spec.server_name,
                                  reason, name)
                 await asyncio.shield(self._delete_named(name, wait=True, quiet=True))
-                sweep = asyncio.ensure_future(self._late_sweep(name))
-                self.cleanups.add(sweep)
-                sweep.add_done_callback(self.cleanups.discard)
+                self.sweep_later(name)
             if isinstance(e, BackendError) or not isinstance(e, Exception):
                 raise
             raise to_backend_error(e, "starting the instance") from None
@@ -469,47 +466,3 @@ class OpenStackBackend(SnapshotArchiving):
     async def _shelve(self, server_id: str) -> None:
         await self.cloud_calls.call(lambda c: c.compute.shelve_server(server_id), doing="shelving the server")
         await poll_until(lambda: self._is(server_id, {"SHELVED", "SHELVED_OFFLOADED"}), timeout=self.delete_timeout)
-
-    async def _delete_named(self, name: str, *, wait: bool, quiet: bool = False) -> None:
-        """Delete every server called `name` (and its floating IPs); wait until Nova forgets them."""
-        try:
-            servers = await self.cloud_calls.call(find_servers, name, self.tag, doing="finding the server to delete")
-            for server in servers:
-                await self.cloud_calls.call(delete_server, server.id, doing="deleting the server")
-            if self.floating_ip_network:
-                await self.cloud_calls.call(lambda c: [c.network.delete_ip(ip) for ip in c.network.ips(
-                    description=name)], doing="releasing the floating IP")
-            if wait and servers:
-                gone = await poll_until(lambda: self._all_gone([s.id for s in servers]), timeout=self.delete_timeout,
-                                        first=0, longest=0)  # the watch paces the checks
-                if not gone:
-                    raise BackendError(f"The cloud did not delete server {name} within {self.delete_timeout:g} s.",
-                                       reason="delete-timeout")
-        except BackendError as e:
-            if not quiet:
-                raise
-            self.log.error("Server %s may be left behind (the reconciler will retry): %s %s", name,
-                           e.message, e.log_detail)
-
-    async def _late_sweep(self, name: str) -> None:
-        """A create the client gave up on (timeout) may still complete in Nova after the cleanup
-        looked: look once more when any such request has surely ended. Servers of a newer start
-        of the same instance are spared; the reconciler is the backstop after a hub restart."""
-        await asyncio.sleep(self.request_timeout * 2 + self.poll_interval)
-        if name not in self.inflight and name not in self.running:
-            # waiting matters: a server put in ERROR while Nova deletes it stays, unless deleted again
-            await self._delete_named(name, wait=True, quiet=True)
-
-    async def settle(self) -> None:
-        """Until every late sweep scheduled so far has run (tests; an orderly shutdown)."""
-        while self.cleanups:
-            await asyncio.gather(*list(self.cleanups), return_exceptions=True)
-
-    async def _all_gone(self, ids: list[str]) -> bool:
-        for server_id in ids:
-            server = await self.watch.next(server_id)
-            if server is not None and server.status != "DELETED":
-                if server.status == "ERROR" and not server.task_state:
-                    await self.cloud_calls.call(delete_server, server_id, doing="deleting the server again")
-                return False
-        return True
