@@ -34,6 +34,7 @@ AGENT_STAGES = (
     "agent-started",   # the agent runs: the kernel and early userspace are up
     "fw-cfg",          # cold boot: the config came as fw_cfg blobs
     "zygote",          # the zygote has imported Jupyter (seconds, modules, failed)
+    "desktop",         # warm-start template: the desktop prestarted for the owner's uid (seconds)
     "waiting-config",  # warm-start template: waiting on the port for a config line
     "identity",        # a restored clone has its own machine-id, seed, hostname, clock
     "no-config",       # neither fw_cfg nor port (OpenStack): cloud-init starts the script
