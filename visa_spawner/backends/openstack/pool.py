@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from traitlets import Float, Integer
-from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import BackendError, InstanceSpec, ProgressCallback
 from visa_spawner.backends.guest.phonehome import BOARD, resume_fingerprint
 from visa_spawner.backends.openstack.cloud import get_server
 from visa_spawner.backends.openstack.model import META_PREFIX, RESUME_META, server_metadata, server_name
 from visa_spawner.backends.openstack.state import OpenStackState
-from visa_spawner.backends.sandbox.pool import PoolDefinition, PoolError
+from visa_spawner.backends.pools import PoolBook
+from visa_spawner.backends.sandbox.pool import PoolDefinition
 
 POOL_META = f"{META_PREFIX}pool"  # the pool a server waits in (removed at adoption)
 
@@ -59,7 +59,7 @@ class PooledServer:
     booted: float = field(default_factory=time.time)
 
 
-class OpenStackPool(LoggingConfigurable):
+class OpenStackPool(PoolBook):
     """The hub's warm pools of Nova servers (one per course), owned by its `OpenStackBackend`."""
 
     max_total = Integer(
@@ -80,26 +80,15 @@ class OpenStackPool(LoggingConfigurable):
         help="Seconds the hub holds a waiting pooled server's request for its configuration (then "
         "it asks again). Shorter loads the hub with requests; adoption is immediate either way.")
 
+    held = "servers built ahead"
+
     def __init__(self, backend: Any, **kwargs: Any) -> None:
         """`backend`: the hub's `OpenStackBackend` (not imported: it makes this pool), whose steps
         a pooled server is built and adopted with."""
-        super().__init__(**kwargs)
-        self.backend = backend
-        self._defs: dict[str, PoolDefinition] = {}
-        self._ready: dict[str, list[PooledServer]] = {}
-        self._starting: dict[str, set[asyncio.Task]] = {}
-        self._fillers: dict[str, asyncio.Task] = {}
-        self._slots: asyncio.Semaphore | None = None
+        super().__init__(backend, **kwargs)
         self._building: dict[asyncio.Task, str] = {}  # server names of the builds in flight
 
     # -- the API's operations ------------------------------------------------------------------
-    def status(self, name: str) -> dict | None:
-        d = self._defs.get(name)
-        if d is None:
-            return None
-        return {"name": name, "size": d.size, "ready": len(self._ready.get(name, [])),
-                "starting": len(self._starting.get(name, ())), "plan": d.plan.id, "proposal": d.proposal}
-
     def check_materials(self, materials: str) -> str:
         """OpenStack instances get no course materials from the hub (their disk is the image's)."""
         return ""
@@ -108,43 +97,8 @@ class OpenStackPool(LoggingConfigurable):
         """Names of the servers pools hold or build now (the reconciler spares them)."""
         return {p.name for ready in self._ready.values() for p in ready} | set(self._building.values())
 
-    async def put(self, definition: PoolDefinition) -> dict:
-        """Create or change a pool: servers of another plan go, a smaller size deletes the surplus."""
-        others = sum(d.size for n, d in self._defs.items() if n != definition.name)
-        if others + definition.size > self.max_total:
-            raise PoolError(f"size {definition.size} is too large: this hub builds at most {self.max_total} "
-                            f"servers ahead and other pools hold {others}")
-        old = self._defs.get(definition.name)
-        self._defs[definition.name] = definition
-        self._ready.setdefault(definition.name, [])
-        self._starting.setdefault(definition.name, set())
-        if old is not None and old.plan != definition.plan:
-            await self._empty(definition.name)
-        surplus = self._ready[definition.name][definition.size:]
-        del self._ready[definition.name][definition.size:]
-        await asyncio.gather(*(self._destroy(p) for p in surplus))
-        self._kick(definition.name)
-        return self.status(definition.name)
-
-    async def drain(self, name: str) -> bool:
-        """End the pool and delete every server it holds or builds (False: no such pool)."""
-        if self._defs.pop(name, None) is None:
-            return False
-        filler = self._fillers.pop(name, None)
-        if filler is not None:
-            filler.cancel()
-        await self._empty(name)
-        self._ready.pop(name, None)
-        self._starting.pop(name, None)
-        return True
-
-    async def _empty(self, name: str) -> None:
-        starting = list(self._starting.get(name, ()))
-        for task in starting:
-            task.cancel()
-        await asyncio.gather(*starting, return_exceptions=True)
-        ready, self._ready[name] = self._ready.get(name, []), []
-        await asyncio.gather(*(self._destroy(p) for p in ready))
+    async def _discard(self, pooled: PooledServer) -> None:
+        await self._destroy(pooled)
 
     # -- adoption --------------------------------------------------------------------------------
     async def adopt(self, spec: InstanceSpec, progress: ProgressCallback) -> dict | None:
@@ -220,12 +174,6 @@ class OpenStackPool(LoggingConfigurable):
             backend.inflight.difference_update((name, pooled.name))
 
     # -- filling -------------------------------------------------------------------------------
-    def _kick(self, name: str) -> None:
-        """Fill the pool in the background (one filler per pool)."""
-        filler = self._fillers.get(name)
-        if filler is None or filler.done():
-            self._fillers[name] = asyncio.create_task(self._fill(name))
-
     async def _fill(self, name: str) -> None:
         while (d := self._defs.get(name)) is not None:
             missing = d.size - len(self._ready[name]) - len(self._starting[name])

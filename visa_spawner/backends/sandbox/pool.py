@@ -42,9 +42,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jupyterhub.utils import random_port
 from traitlets import Float, Integer, List, Unicode, default
-from traitlets.config import LoggingConfigurable
 
 from visa_spawner.backends.base import Backend, BackendError, InstanceSpec, Plan, ProgressCallback
+from visa_spawner.backends.pools import PoolBook, PoolError
 from visa_spawner.backends.sandbox.cgroups import Cgroup, CgroupError
 from visa_spawner.backends.sandbox.command import account_name, sandbox_env, sandbox_hostname
 from visa_spawner.backends.sandbox.network import HubRoute
@@ -53,10 +53,6 @@ from visa_spawner.course import server_name as course_server_name
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 REPO_HUB_CONFIG = str(Path(__file__).resolve().parents[3] / "hub_config")
-
-
-class PoolError(ValueError):
-    """A pool definition this host refuses (the API answers 400 with the message)."""
 
 
 # -- adoptions: which pooled account an instance took (kept across stops) ----------------------
@@ -149,7 +145,7 @@ class Pooled:
     started: float
 
 
-class WarmPool(LoggingConfigurable):
+class WarmPool(PoolBook):
     """The host's warm pools (one per course), owned by its `SandboxBackend`."""
 
     max_total = Integer(
@@ -182,15 +178,11 @@ class WarmPool(LoggingConfigurable):
     def _default_materials_roots(self) -> list[str]:  # computed: the reference must not show a checkout's path
         return [REPO_HUB_CONFIG]
 
+    held = "pooled sandboxes"
+
     def __init__(self, backend: Backend, **kwargs) -> None:
         """`backend`: the hub's `SandboxBackend`, whose steps a pooled sandbox is made of."""
-        super().__init__(**kwargs)
-        self.backend = backend
-        self._defs: dict[str, PoolDefinition] = {}
-        self._ready: dict[str, list[Pooled]] = {}
-        self._starting: dict[str, set[asyncio.Task]] = {}
-        self._fillers: dict[str, asyncio.Task] = {}
-        self._slots: asyncio.Semaphore | None = None
+        super().__init__(backend, **kwargs)
         self._last_adoption: dict[str, float] = {}  # pool → loop time
         self._cleaned: asyncio.Task | None = None
 
@@ -199,13 +191,6 @@ class WarmPool(LoggingConfigurable):
         return Path(self.backend.state_dir) / "pool"
 
     # -- the API's operations ------------------------------------------------------------------
-    def status(self, name: str) -> dict | None:
-        d = self._defs.get(name)
-        if d is None:
-            return None
-        return {"name": name, "size": d.size, "ready": len(self._ready.get(name, [])),
-                "starting": len(self._starting.get(name, ())), "plan": d.plan.id, "proposal": d.proposal}
-
     def check_materials(self, materials: str) -> str:
         """The resolved materials folder, or PoolError."""
         if not materials:
@@ -219,43 +204,15 @@ class WarmPool(LoggingConfigurable):
         return resolved
 
     async def put(self, definition: PoolDefinition) -> dict:
-        """Create or change a pool; sandboxes that no longer fit it go, the rest fill up."""
+        """Create or change a pool, once what an earlier hub's pools left is gone."""
         await self.startup()
-        others = sum(d.size for n, d in self._defs.items() if n != definition.name)
-        if others + definition.size > self.max_total:
-            raise PoolError(f"size {definition.size} is too large: this host keeps at most {self.max_total} "
-                            f"pooled sandboxes and other pools hold {others}")
-        old = self._defs.get(definition.name)
-        self._defs[definition.name] = definition
-        self._ready.setdefault(definition.name, [])
-        self._starting.setdefault(definition.name, set())
-        if old is not None and not definition.same_sandboxes(old):
-            await self._empty(definition.name)
-        surplus = self._ready[definition.name][definition.size:]
-        del self._ready[definition.name][definition.size:]
-        await asyncio.gather(*(self._destroy(p.account, p) for p in surplus))
-        self._kick(definition.name)
-        return self.status(definition.name)
+        return await super().put(definition)
 
-    async def drain(self, name: str) -> bool:
-        """End the pool and every sandbox it holds (False: there was no such pool)."""
-        if self._defs.pop(name, None) is None:
-            return False
-        filler = self._fillers.pop(name, None)
-        if filler is not None:
-            filler.cancel()
-        await self._empty(name)
-        self._ready.pop(name, None)
-        self._starting.pop(name, None)
-        return True
+    def _same_instances(self, old: PoolDefinition, new: PoolDefinition) -> bool:
+        return new.same_sandboxes(old)
 
-    async def _empty(self, name: str) -> None:
-        starting = list(self._starting.get(name, ()))
-        for task in starting:
-            task.cancel()
-        await asyncio.gather(*starting, return_exceptions=True)
-        ready, self._ready[name] = self._ready.get(name, []), []
-        await asyncio.gather(*(self._destroy(p.account, p) for p in ready))
+    async def _discard(self, pooled: Pooled) -> None:
+        await self._destroy(pooled.account, pooled)
 
     # -- adoption --------------------------------------------------------------------------------
     async def adopt(self, spec: InstanceSpec, progress: ProgressCallback) -> dict | None:
@@ -321,12 +278,6 @@ class WarmPool(LoggingConfigurable):
             self.log.warning("Warm pool: %s", e)
 
     # -- filling -------------------------------------------------------------------------------
-    def _kick(self, name: str) -> None:
-        """Fill the pool in the background (one filler per pool)."""
-        filler = self._fillers.get(name)
-        if filler is None or filler.done():
-            self._fillers[name] = asyncio.create_task(self._fill(name))
-
     async def _fill(self, name: str) -> None:
         delay, loop = 0.0, asyncio.get_running_loop()
         while (d := self._defs.get(name)) is not None:
