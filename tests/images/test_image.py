@@ -160,7 +160,7 @@ def test_boot_runs_jupyter_as_the_owner_with_read_only_data(manifest: dict, mode
         assert r.first("fw-cfg") < r.first("zygote") <= r.first("jupyter-up")
         stages.remove("zygote")
     expected = (["agent-started", "fw-cfg"] if mode == "cold"
-                else ["agent-started", "zygote", "waiting-config", "identity"])
+                else ["agent-started", "zygote", "desktop", "waiting-config", "identity"])  # desktop: prestarted
     assert stages[:len(expected)] == expected
     assert stages[len(expected):] == ["configured", "started", "account", "data", "jupyter-up"]
     if mode == "warm":

@@ -289,23 +289,32 @@ class WarmPool(PoolBook):
                 await asyncio.sleep(max(delay, quiet))
                 delay = 0.0
                 continue
-            tasks = [asyncio.create_task(self._start_one(d)) for _ in range(missing)]
+            tasks = [asyncio.create_task(self._start_and_keep(name, d)) for _ in range(missing)]
             self._starting[name].update(tasks)
             results = await asyncio.gather(*tasks, return_exceptions=True)
-            self._starting[name].difference_update(tasks)
+            self._starting.get(name, set()).difference_update(tasks)
             failed = [r for r in results if isinstance(r, BaseException)]
-            for pooled in results:
-                if isinstance(pooled, Pooled):
-                    now = self._defs.get(name)  # the pool may have changed or shrunk meanwhile
-                    if now is not None and now.same_sandboxes(d) and len(self._ready[name]) < now.size:
-                        self._ready[name].append(pooled)
-                    else:
-                        await self._destroy(pooled.account, pooled)
             for error in failed:
                 if not isinstance(error, asyncio.CancelledError):
                     self.log.warning("Warm pool %r: a sandbox did not start: %s", name,
                                      getattr(error, "log_detail", "") or error)
             delay = self.retry_delay if failed else 0.0
+
+    async def _start_and_keep(self, name: str, d: PoolDefinition) -> None:
+        """Start one sandbox for pool `name` and keep it, or end it if the pool changed meanwhile.
+        Done inside the task, not by the filler: a drain cancels the filler, and a sandbox started
+        just then would be nobody's (the drain waits for this task, so it ends it first)."""
+        pooled = await self._start_one(d)  # on failure or cancellation it ends its own sandbox
+        now = self._defs.get(name)
+        if now is not None and now.same_sandboxes(d) and len(self._ready[name]) < now.size:
+            self._ready[name].append(pooled)
+            return
+        ending = asyncio.ensure_future(self._destroy(pooled.account, pooled))
+        try:
+            await asyncio.shield(ending)
+        except asyncio.CancelledError:
+            await ending  # a drain waits for this task: it must find the sandbox gone
+            raise
 
     async def _start_one(self, d: PoolDefinition) -> Pooled:
         if self._slots is None:
