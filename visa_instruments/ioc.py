@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
@@ -22,6 +23,7 @@ from traitlets import Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from visa_authenticator.catalogue_data import CatalogueData
+from visa_collab.app import until_stopped
 from visa_authenticator.file_catalogue import FileCatalogue
 
 from .model import Instrument, LimitError
@@ -283,12 +285,29 @@ class InstrumentIOC(LoggingConfigurable):
             pva = PVAFace(self.pvdb, self.interface, self.pva_port, self.pva_port)
             pva.start()
         updates = asyncio.create_task(self.update_forever())
+        server = asyncio.create_task(context.run(log_pv_names=False))
+        stopped = asyncio.create_task(until_stopped())
         try:
-            await context.run(log_pv_names=False)
+            # the hub stops a service with SIGINT first: caproto alone ignored it for the 10 s grace
+            await asyncio.wait([server, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if server.done():
+                server.result()  # a failed server is this IOC's failure
         finally:
-            updates.cancel()
+            for task in (updates, server, stopped):
+                task.cancel()
             if pva is not None:
                 pva.stop()
+
+    def start_repeater(self) -> None:
+        """caproto's CA repeater on this IOC's beacon port, as an EPICS host runs beside its IOCs.
+
+        Without it every beacon to ``repeater_port`` is refused and caproto logs a traceback each time.
+        A repeater already bound there (another IOC's, a site's) is left to do the job.
+        """
+        from caproto.sync import repeater
+
+        os.environ.update(self.ca_environment())
+        threading.Thread(target=repeater.run, args=(self.interface,), name="ca-repeater", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,10 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"visa-instrument-ioc: {args.instrument} on {args.interface}:{args.port}, "
           f"PVA port {args.pva_port}, {len(ioc.pvdb)} PVs with prefix {ioc.prefix}", flush=True)
-    try:
-        asyncio.run(ioc.serve())
-    except KeyboardInterrupt:
-        pass
+    ioc.start_repeater()
+    asyncio.run(ioc.serve())
     return 0
 
 

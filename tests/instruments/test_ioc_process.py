@@ -1,14 +1,19 @@
 """The real `visa-instrument-ioc` process on its own ports, driven by caproto's Channel Access
-client over the network: a motor put is followed by RBV until DMOV, a run writes its file."""
+client over the network: a motor put is followed by RBV until DMOV, a run writes its file; the IOC's
+beacons reach its CA repeater, and it stops at once when the hub stops it."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import pytest
+from caproto import Beacon, Broadcaster, CLIENT, RepeaterConfirmResponse, RepeaterRegisterRequest
 from caproto.sync.client import read, write
 
 from tests.instruments.conftest import CATALOGUE
@@ -20,7 +25,12 @@ IOC = Path(sys.executable).parent / "visa-instrument-ioc"
 
 
 @pytest.fixture
-def d11_ioc(tmp_path, monkeypatch):
+def d11_ioc(d11_process):
+    return d11_process.data
+
+
+@pytest.fixture
+def d11_process(tmp_path, monkeypatch):
     """D11 on 127.0.0.1 with free ports, on the demo's 2026-11-24 (P-2026-011 is scheduled)."""
     port, repeater = free_port(), free_port()
     log = open(tmp_path / "ioc.log", "wb")
@@ -37,7 +47,7 @@ def d11_ioc(tmp_path, monkeypatch):
     try:
         wait_for(lambda: process.poll() is None and get("D11:RUN:STATE", timeout=0.5) == "Idle",
                  timeout=30, what=f"the IOC to answer (log: {tmp_path / 'ioc.log'})")
-        yield tmp_path / "data"
+        yield SimpleNamespace(data=tmp_path / "data", process=process, repeater=repeater, log=tmp_path / "ioc.log")
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -85,3 +95,24 @@ def test_a_ca_client_moves_a_motor_and_starts_a_run(d11_ioc):
     with h5py.File(path, "r") as f:
         assert f["entry/instrument/det_z/value"][()] == pytest.approx(11.0)
         assert f["entry/data/counts"].shape == (128, 128) and f["entry/data/counts"][()].sum() > 0
+
+
+def test_beacons_reach_the_iocs_repeater_and_sigint_stops_it_at_once(d11_process):
+    """A CA client registered with the IOC's repeater hears the IOC's beacons (before, every beacon
+    was refused and logged as a traceback); SIGINT, the hub's first stop signal, ends it in < 3 s."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(20)  # beacons back off to one per 15 s
+    broadcaster = Broadcaster(our_role=CLIENT)
+    client.sendto(broadcaster.send(RepeaterRegisterRequest("127.0.0.1")), ("127.0.0.1", d11_process.repeater))
+    heard: list = []
+    while not any(isinstance(command, Beacon) for command in heard):
+        data, _ = client.recvfrom(4096)
+        heard += broadcaster.recv(data, ("127.0.0.1", d11_process.repeater))
+    assert any(isinstance(command, RepeaterConfirmResponse) for command in heard)
+    client.close()
+
+    d11_process.process.send_signal(signal.SIGINT)
+    assert d11_process.process.wait(timeout=3) == 0
+    log = d11_process.log.read_text()
+    assert "Failed to send beacon" not in log and "Traceback" not in log, log
