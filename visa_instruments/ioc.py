@@ -23,8 +23,8 @@ from traitlets import Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from visa_authenticator.catalogue_data import CatalogueData
-from visa_collab.app import until_stopped
 from visa_authenticator.file_catalogue import FileCatalogue
+from visa_collab.app import until_stopped
 
 from .model import Instrument, LimitError
 from .runs import RunControl, RunRefused

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import h5py
 import pytest
-from caproto import Beacon, Broadcaster, CLIENT, RepeaterConfirmResponse, RepeaterRegisterRequest
+from caproto import CLIENT, Beacon, Broadcaster, RepeaterConfirmResponse, RepeaterRegisterRequest
 from caproto.sync.client import read, write
 
 from tests.instruments.conftest import CATALOGUE
