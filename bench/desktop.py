@@ -65,7 +65,7 @@ TERM_TITLE = "visa-bench-term"
 # Runs in the sandbox (instance env's Python): a 1000x700 figure panned at 30 Hz for ever; writes
 # the canvas's place on the screen, then counts the frames it drew (the app's own rate).
 PAN_APP = r'''
-import json, sys
+import json, os, sys
 import numpy as np
 import matplotlib
 matplotlib.use("QtAgg")
@@ -97,9 +97,10 @@ def where():
     with open(sys.argv[1], "w") as f:
         json.dump({"x": corner.x(), "y": corner.y(), "w": fig.canvas.width(), "h": fig.canvas.height()}, f)
 
-def report():
-    with open(sys.argv[1] + ".frames", "w") as f:
+def report():  # written whole, then renamed: the bench never reads a half-written count
+    with open(sys.argv[1] + ".frames.new", "w") as f:
         f.write(str(drawn[0]))
+    os.replace(sys.argv[1] + ".frames.new", sys.argv[1] + ".frames")
 
 timer = QtCore.QTimer(); timer.timeout.connect(pan); timer.start(33)
 QtCore.QTimer.singleShot(1500, where)
@@ -135,8 +136,19 @@ WATCH = r"""([x, y, w, h]) => {
   const read = () => new Uint32Array(ctx.getImageData(x, y, w, h).data.buffer);
   const bench = window.visaBench;
   const watch = bench.watch = { frames: 0, pixels: 0, latencies: [], last: read(), stop: false };
+  // the visible canvas changes only when noVNC flips its back buffer onto it: read the pixels
+  // (a 1000x700 read and compare costs the browser ~5 ms) only after a flip, not every frame
+  const display = window.visaDesktop.rfb._display;
+  if (!display.visaBenchFlips) {
+    const flip = display.flip;
+    display.visaBenchFlips = 0;
+    display.flip = function (...args) { display.visaBenchFlips++; return flip.apply(this, args); };
+  }
+  let flips = -1;
   const frame = () => {
     if (watch.stop) return;
+    if (display.visaBenchFlips === flips) { requestAnimationFrame(frame); return; }
+    flips = display.visaBenchFlips;
     const now = performance.now();
     const pixels = read();
     let changed = 0;
@@ -351,7 +363,7 @@ def w2(page, region: list[int], seconds: float, procs: list[psutil.Process], xvn
 # ---------------------------------------------------------------- the run
 
 
-def run(seconds: float, keys: int, levels: list[str]) -> None:
+def run(seconds: float, keys: int, levels: list[str], shots: str = "") -> None:
     state = make_state_dir("visahub-bench-desktop-")
     make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
     bridge = None
@@ -381,11 +393,16 @@ def run(seconds: float, keys: int, levels: list[str]) -> None:
             out = run_code(browser_user, "alice", server, ON_DISPLAY + (
                 f"subprocess.Popen(['xterm', '-T', '{TERM_TITLE}', '-geometry', '80x6+300+300', '-fa', "
                 f"'DejaVu Sans Mono', '-fs', '14'], env=env, start_new_session=True)\n"
-                f"print(subprocess.run(['xdotool', 'search', '--sync', '--onlyvisible', '--name', '{TERM_TITLE}',"
-                f" 'getwindowgeometry', '--shell'], env=env, capture_output=True, text=True, timeout=20).stdout)"))
-            geo = dict(re.findall(r"(\w+)=(\d+)", out))
-            assert "X" in geo, f"no xterm geometry: {out!r}"
-            term = [int(geo["X"]), int(geo["Y"]), int(geo["WIDTH"]), int(geo["HEIGHT"])]
+                f"for _ in range(200):\n"  # xwininfo (x11-utils, in the image), not xdotool (not installed)
+                f"    info = subprocess.run(['xwininfo', '-name', '{TERM_TITLE}'], env=env, capture_output=True,"
+                f" text=True).stdout\n"
+                f"    if 'IsViewable' in info: break\n"
+                f"    time.sleep(0.1)\n"
+                f"print(info)\n"))
+            geo = dict(re.findall(r"(Absolute upper-left [XY]|Width|Height):\s+(\d+)", out))
+            assert "Width" in geo, f"no xterm geometry: {out!r}"
+            term = [int(geo["Absolute upper-left X"]), int(geo["Absolute upper-left Y"]), int(geo["Width"]),
+                    int(geo["Height"])]
             print(f"xterm at {term}", flush=True)
 
             results: dict[str, dict] = {k: {} for k in paths}
@@ -414,6 +431,11 @@ def run(seconds: float, keys: int, levels: list[str]) -> None:
                     set_levels(page, level)
                     frames0 = int((home / f"{where}.frames").read_text())
                     r = results[path][f"w2 {level}"] = w2(page, region, seconds, procs, xvnc)
+                    if shots:  # the figure while it moves: what the lossy levels cost the eye
+                        x, y = screen_point(page, region[0], region[1])
+                        x2, y2 = screen_point(page, region[0] + region[2], region[1] + region[3])
+                        page.screenshot(path=str(Path(shots) / f"pan-{path}-{level.replace('/', '-')}.png"),
+                                        clip={"x": x, "y": y, "width": x2 - x, "height": y2 - y})
                     r["app_fps"] = (int((home / f"{where}.frames").read_text()) - frames0) / seconds  # ± 0.5 s
                     print(f"W2 {path}, levels {level}: {r['fps']:.1f} fps in the page "
                           f"(app drew ~{r['app_fps']:.1f}/s), "
@@ -467,8 +489,11 @@ def main() -> None:
     parser.add_argument("--levels", default="page",
                         help="W2 once per item, comma-separated: 'page' (the page's own settings) or "
                         "'quality/compression' for noVNC (e.g. 6/2, noVNC's defaults)")
+    parser.add_argument("--shots", default="", help="a directory: a screenshot of the moving figure per path and level")
     args = parser.parse_args()
-    run(args.seconds, args.keys, args.levels.split(","))
+    if args.shots:
+        Path(args.shots).mkdir(parents=True, exist_ok=True)
+    run(args.seconds, args.keys, args.levels.split(","), args.shots)
 
 
 if __name__ == "__main__":
