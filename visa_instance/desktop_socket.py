@@ -90,6 +90,9 @@ class DesktopSocketMixin:
         except Exception:
             room.desktop_closed(self._visa_conn, reason="desktop unavailable")
             raise
+        # an echoed key is a small update: send it now, not once the previous segment is acked
+        # (Nagle; tornado leaves it on). CHP sets TCP_NODELAY on its own sockets.
+        self.set_nodelay(True)  # type: ignore[attr-defined]
         self._visa_last_input = IOLoop.current().time()
         self._schedule_idle_check()
 
