@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _procs
@@ -314,6 +315,9 @@ class DesktopSession:
 # ---------------------------------------------------------------- entry point
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _raise_stop(signum: int, _frame: object) -> None:
     raise Stop(signum)
 
@@ -364,33 +368,41 @@ def configure_logging(prog: str, debug: bool = False) -> None:
 def run(session: DesktopSession, args: argparse.Namespace) -> int:
     """Serve ``session`` until stopped, then stop its whole family; the exit code as main's."""
     parent = os.getppid()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_stop)
 
-    code = 0
-    stopped = False
-    try:
+    def serve_session() -> int:
         _own_session(parent)
         session.start()
-        status = session.wait()
-        log.warning("Xvnc exited with status %s; stopping the desktop", status)
-        code = 1
-    except Stop as stop:
-        log.info("received %s; stopping the desktop", stop)
+        log.warning("Xvnc exited with status %s; stopping the desktop", session.wait())
+        return 1
+
+    code, stopped = serve_until_stopped(serve_session, session.stop)
+    if stopped and args.remove_socket_dir:
+        try:
+            os.rmdir(os.path.dirname(args.socket))
+        except OSError:
+            pass  # not empty or already gone: not ours to force
+    return code
+
+
+def serve_until_stopped(serve: Callable[[], int], stop: Callable[[], None], what: str = "desktop") -> tuple[int, bool]:
+    """Run ``serve`` with SIGTERM/SIGINT/SIGHUP raising Stop, then ``stop`` with them ignored (a second
+    signal must not cut the desktop's own stop short): (exit code, whether a signal stopped it)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+    code, stopped = 0, False
+    try:
+        code = serve()
+    except Stop as signalled:
+        log.info("received %s; stopping the %s", signalled, what)
         stopped = True
     except Exception:
-        log.exception("desktop failed")
+        log.exception("%s failed", what)
         code = 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        session.stop()
-        if stopped and args.remove_socket_dir:
-            try:
-                os.rmdir(os.path.dirname(args.socket))
-            except OSError:
-                pass  # not empty or already gone: not ours to force
-    return code
+        stop()
+    return code, stopped
 
 
 if __name__ == "__main__":

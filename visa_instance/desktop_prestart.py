@@ -240,21 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     control_dir = args.dir or prestart_dir()
     os.environ[ENV_FILE_VAR] = os.path.join(control_dir, ENV_FILE)
     session = PrestartedDesktop(settings_from_env(os.environ, log), "", args.timeout, control_dir=control_dir)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, launcher._raise_stop)
-    code = 0
-    try:
+
+    def serve_prestarted() -> int:
         launcher._own_session(os.getppid())
-        code = serve(session)
-    except launcher.Stop as stop:
-        log.info("received %s; stopping the desktop", stop)
-    except Exception:
-        log.exception("prestarted desktop failed")
-        code = 1
+        return serve(session)
+
+    try:
+        code, _ = launcher.serve_until_stopped(serve_prestarted, session.stop, "prestarted desktop")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        session.stop()
         for name in (CONTROL, ENV_FILE):
             try:
                 os.unlink(os.path.join(control_dir, name))
