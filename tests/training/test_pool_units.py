@@ -119,6 +119,32 @@ def test_zygote_reads_one_request_or_the_end():
         assert zygote.read_request(inside) is None  # the hub went away: the zygote ends
 
 
+def test_zygote_preloads_the_handlers_an_extension_imports_when_loaded(tmp_path, monkeypatch):
+    """An enabled extension's `handlers` module (imported by its load function only, so at adoption
+    otherwise) is imported while the sandbox waits in the pool; a broken one is reported, not fatal."""
+    for name, handlers in (("visa_fake_lazy", "LOADED = True\n"), ("visa_fake_plain", None),
+                           ("visa_fake_broken", "raise RuntimeError('no')\n")):
+        package = tmp_path / "lib" / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(
+            f"def _jupyter_server_extension_points():\n    return [{{'module': '{name}'}}]\n")
+        if handlers is not None:
+            (package / "handlers.py").write_text(handlers)
+    config = tmp_path / "etc" / "jupyter" / "jupyter_server_config.d"
+    config.mkdir(parents=True)
+    (config / "fake.json").write_text(json.dumps({"ServerApp": {"jpserver_extensions": {
+        "visa_fake_lazy": True, "visa_fake_plain": True, "visa_fake_broken": True, "visa_fake_off": False}}}))
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.setattr(zygote, "PRELOAD", ())
+    for name in ("visa_fake_lazy", "visa_fake_lazy.handlers", "visa_fake_plain", "visa_fake_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    loaded, failed = zygote.preload(str(tmp_path))
+    assert loaded == ["visa_fake_lazy", "visa_fake_plain"]
+    assert failed == ["visa_fake_broken: RuntimeError"]
+    assert sys.modules["visa_fake_lazy.handlers"].LOADED
+    assert "visa_fake_plain.handlers" not in sys.modules
+
+
 def test_zygote_gives_loaded_classes_the_owners_environment():
     """Run in a fresh interpreter: it changes class defaults, as the zygote does once in its life."""
     code = """
