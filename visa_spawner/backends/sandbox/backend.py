@@ -66,15 +66,6 @@ def _tar_home(home: Path, target: Path) -> Path | None:
     return target
 
 
-async def _port_open(port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
-    except (TimeoutError, OSError):
-        return False
-    writer.close()
-    return True
-
-
 class SandboxBackend(Backend):
     """Runs each instance in a bubblewrap sandbox as its own Unix account."""
 
@@ -108,6 +99,7 @@ class SandboxBackend(Backend):
         super().__init__(**kwargs)
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._bridges: dict[str, asyncio.subprocess.Process] = {}
+        self._ready_pipes: dict[str, int] = {}  # account → read end of its bridge's ready pipe
         self.addresses = AddressBook()  # account → 127.77.x.y (instrument gateway identity)
         self._warm_pool: WarmPool | None = None
         self.warm_pool  # noqa: B018 - made now: in the hub, it removes what an earlier hub's pools left
@@ -151,7 +143,6 @@ class SandboxBackend(Backend):
         inside_home = layout.home_inside
         env = sandbox_env(hub_env, home=inside_home, user=spec.owner, instance_env=self.instance_env)
         progress(40, f"Starting the sandbox ({spec.plan.cpus:g} CPU, {spec.plan.memory_mb} MB)")
-        log_path = self._log_path(account)
         state = SandboxState(
             backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name, account=account,
             uid=uid, port=spec.port, instrument_address=instrument_address)
@@ -160,7 +151,7 @@ class SandboxBackend(Backend):
         state = {**state.to_dict(), "pid": proc.pid, "started": time.time()}
         progress(60, "Waiting for Jupyter in the sandbox")
         try:
-            await self._wait_listening(proc, spec.port, log_path, bridge)
+            await self._wait_listening(account, proc, bridge)
         except BaseException:
             await self.stop(state, now=True)
             raise
@@ -204,6 +195,8 @@ class SandboxBackend(Backend):
             proc = procs.pop(account, None)
             if proc is not None:
                 await proc.wait()
+        if (ready := self._ready_pipes.pop(account, None)) is not None:  # never waited on (a pooled sandbox)
+            os.close(ready)
         if cgroup.pids():
             self.log.error("Sandbox %s: processes survived SIGKILL: %s", account, cgroup.pids())
         else:
@@ -271,7 +264,7 @@ class SandboxBackend(Backend):
             argv = bwrap_argv(layout, command, info_fd=pipes.info_w, block_fd=pipes.block_r)
             bridge = await asyncio.create_subprocess_exec(
                 *bridge_argv(info_fd=pipes.info_r, block_fd=pipes.block_w, jupyter_port=port,
-                             routes=routes, uid=layout.uid, gid=layout.gid),
+                             routes=routes, uid=layout.uid, gid=layout.gid, ready_fd=pipes.ready_w),
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env={"LANG": "C.UTF-8"}, start_new_session=True, pass_fds=pipes.bridge_fds,
                 preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
@@ -283,7 +276,10 @@ class SandboxBackend(Backend):
                 env=env, start_new_session=True, pass_fds=(*pipes.sandbox_fds, *extra_fds),
                 preexec_fn=join_cgroup_preexec(cgroup.procs_files()),
             )
-        self._procs[account] = proc
+            self._procs[account] = proc
+            if (stale := self._ready_pipes.pop(account, None)) is not None:
+                os.close(stale)
+            self._ready_pipes[account] = pipes.take_ready()
         return proc, bridge
 
     def _command(self, spec: InstanceSpec, home_inside: str) -> list[str]:
@@ -400,28 +396,37 @@ class SandboxBackend(Backend):
                 reason="account", log_detail=f"{argv[0]} failed: {out.decode(errors='replace').strip()}",
             )
 
-    async def _wait_listening(self, proc: asyncio.subprocess.Process, port: int, log_path: Path,
-                              bridge: asyncio.subprocess.Process | None = None) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        delay = 0.02
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise BackendError(
-                    f"The sandbox exited during start (status {proc.returncode}). Last log lines:\n{_tail(log_path)}",
-                    reason="exited",
-                )
-            if bridge is not None and bridge.returncode is not None:
-                raise BackendError(
-                    f"The sandbox's network bridge exited during start. Last log lines:\n{_tail(log_path)}",
-                    reason="network",
-                )
-            if await _port_open(port):
+    async def _wait_listening(self, account: str, proc: asyncio.subprocess.Process,
+                              bridge: asyncio.subprocess.Process) -> None:
+        """Until the bridge says Jupyter is published: one byte on its ready pipe, waited on, not
+        polled (a poll found Jupyter up to 0.25 s late). Else a BackendError saying why: the
+        sandbox or its bridge exited (end of file), or the start timeout passed."""
+        loop, fd = asyncio.get_running_loop(), self._ready_pipes.pop(account)
+        said: asyncio.Future[bytes] = loop.create_future()
+        loop.add_reader(fd, lambda: said.done() or said.set_result(os.read(fd, 1)))
+        exits = [asyncio.ensure_future(proc.wait()), asyncio.ensure_future(bridge.wait())]
+        try:
+            await asyncio.wait([said, *exits], timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if said.done() and said.result() == b"1":
                 return
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 1.5, 0.25)
+            if said.done():  # end of file: the bridge ended; let its exit (or the sandbox's) be seen
+                await asyncio.wait(exits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+            for wait in exits:
+                wait.cancel()
+        log_path = self._log_path(account)
+        if proc.returncode is not None:
+            raise BackendError(
+                f"The sandbox exited during start (status {proc.returncode}). Last log lines:\n{_tail(log_path)}",
+                reason="exited",
+            )
+        if bridge.returncode is not None or said.done():
+            raise BackendError(
+                f"The sandbox's network bridge exited during start. Last log lines:\n{_tail(log_path)}",
+                reason="network",
+            )
         raise BackendError(
             f"Jupyter did not start within {self.start_timeout:g} s. Last log lines:\n{_tail(log_path)}",
             reason="timeout",

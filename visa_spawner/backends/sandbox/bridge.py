@@ -17,7 +17,11 @@ Start-up, driven by bubblewrap's own pipes: read the sandbox's pid from `--info-
 network namespace in one worker thread, open the route listeners there, then release the
 sandbox from `--block-fd` (so they exist before Jupyter first calls the hub), and drop root
 for the instance's own uid. The host port is bound at once (reserved) but listens only once
-Jupyter accepts inside, so "the port answers" still means "Jupyter is up". The bridge exits
+Jupyter accepts inside, so "the port answers" still means "Jupyter is up"; the bridge then writes
+one byte to `--ready-fd`, so the hub waits on a pipe instead of polling the port. It looks inside
+less and less often (20 ms, at most every 0.25 s: a pooled sandbox may wait minutes) and every
+10 ms for a few seconds after SIGUSR1, which the hub sends when it adopts a pooled sandbox (its
+Jupyter starts now; the sandbox, in its own pid namespace, cannot send it). The bridge exits
 when the sandbox does, and ends the sandbox if it fails itself (an unreachable instance is
 worse than a stopped one).
 
@@ -39,8 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 CLONE_NEWNET = 0x40000000
 BUFFER = 256 * 1024
 LOOPBACK = "127.0.0.1"
+HURRY_S, HURRY_DELAY = 5.0, 0.01  # after SIGUSR1: look for Jupyter every 10 ms for 5 s
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def next_delay(delay: float, hurried: bool) -> float:
+    """The next pause between looks for Jupyter: `HURRY_DELAY` while hurried, else 1.5x up to 0.25 s."""
+    return HURRY_DELAY if hurried else min(delay * 1.5, 0.25)
 
 
 def log(message: str) -> None:
@@ -71,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publish", type=int, required=True, help="Jupyter's port, on 127.0.0.1 on both sides")
     p.add_argument("--route", type=route, action="append", default=[],
                    help="PORT=HOST:PORT[@SOURCE] (repeatable)")
+    p.add_argument("--ready-fd", type=int, help="write end of a pipe: one byte once Jupyter is published")
     p.add_argument("--uid", type=int, required=True, help="uid to run as once the sockets exist")
     p.add_argument("--gid", type=int, required=True, help="gid to run as once the sockets exist")
     return p.parse_args(argv)
@@ -132,10 +143,21 @@ class Bridge:
         self.sandbox_pid = 0
         self.servers: list[asyncio.AbstractServer] = []
         self.done = asyncio.Event()
+        self.wake = asyncio.Event()  # the sandbox ended, or the hub said Jupyter is starting
+        self.hurry_until = 0.0
+
+    def _ended(self) -> None:
+        self.done.set()
+        self.wake.set()
+
+    def _hurry(self) -> None:
+        self.hurry_until = self.loop.time() + HURRY_S
+        self.wake.set()
 
     # -- start-up (root) ------------------------------------------------------------------------
     async def setup(self) -> None:
         a = self.args
+        self.loop.add_signal_handler(signal.SIGUSR1, self._hurry)  # before the sandbox may start
         self.sandbox_pid, ns_inode = read_sandbox(a.info_fd)
         ns_fd = os.open(f"/proc/{self.sandbox_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         if ns_inode is not None and os.fstat(ns_fd).st_ino != int(ns_inode):
@@ -156,7 +178,7 @@ class Bridge:
             self.servers.append(await asyncio.start_server(
                 lambda r, w, host=host, port=port, source=source: self._to_host(r, w, host, port, source),
                 sock=sock, limit=BUFFER))
-        self.loop.add_reader(self.pidfd, self.done.set)
+        self.loop.add_reader(self.pidfd, self._ended)
         log(f"sandbox pid {self.sandbox_pid}: routes {[p for p, *_ in a.route]} open, waiting for Jupyter")
 
     # -- connections ----------------------------------------------------------------------------
@@ -198,16 +220,20 @@ class Bridge:
                 (await self._connect_inside(self.args.publish)).close()
                 break
             except OSError:
+                self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.done.wait(), delay)
+                    await asyncio.wait_for(self.wake.wait(), delay)
                 except TimeoutError:
                     pass
-                delay = min(delay * 1.5, 0.25)
+                delay = next_delay(delay, self.loop.time() < self.hurry_until)
         if self.done.is_set():
             return
         self.public.listen(128)
         self.servers.append(await asyncio.start_server(self._to_jupyter, sock=self.public, limit=BUFFER))
         log(f"Jupyter is up: published on {LOOPBACK}:{self.args.publish}")
+        if self.args.ready_fd is not None:
+            os.write(self.args.ready_fd, b"1")
+            os.close(self.args.ready_fd)
 
     async def run(self) -> None:
         await self.setup()

@@ -12,8 +12,8 @@ and no host port (other instances, the hub's internal ports, PostgreSQL, ...) is
   host-side socket bound to the instance's own 127.77.x.y address (`instrument_net.py`); nothing
   else.
 
-The planning here is pure (table-tested); `BridgePipes` only makes the two pipes that tie
-bubblewrap and the bridge together.
+The planning here is pure (table-tested); `BridgePipes` only makes the pipes that tie
+bubblewrap, the bridge and the hub together.
 """
 from __future__ import annotations
 
@@ -90,35 +90,47 @@ def hub_routes(
 
 def bridge_argv(
     *, info_fd: int, block_fd: int, jupyter_port: int, routes: Sequence[HubRoute], uid: int, gid: int,
-    python: str = sys.executable, script: str = BRIDGE_SCRIPT,
+    ready_fd: int | None = None, python: str = sys.executable, script: str = BRIDGE_SCRIPT,
 ) -> list[str]:
     """The bridge's command line (`python -I`: no environment, user site or cwd imports)."""
     argv = [python, "-I", script, f"--info-fd={info_fd}", f"--block-fd={block_fd}",
             f"--publish={jupyter_port}", f"--uid={uid}", f"--gid={gid}"]
+    if ready_fd is not None:
+        argv.append(f"--ready-fd={ready_fd}")
     return argv + [f"--route={r.arg()}" for r in routes]
 
 
 class BridgePipes:
-    """bwrap writes its pid to `info` and waits on `block`; the bridge reads one, writes the other.
+    """bwrap writes its pid to `info` and waits on `block`; the bridge reads one, writes the other,
+    and writes one byte to `ready` once Jupyter is published (end of file: the bridge ended).
 
     Use as a context manager around starting both processes: it closes the hub's copies, so
-    each pipe ends when its last real holder does (bwrap exiting, the bridge exiting).
+    each pipe ends when its last real holder does (bwrap exiting, the bridge exiting), except the
+    read end of `ready` once `take_ready` gave it to the hub.
     """
 
     def __init__(self) -> None:
         self.info_r, self.info_w = os.pipe()
         self.block_r, self.block_w = os.pipe()
+        self.ready_r, self.ready_w = os.pipe()
+        self._ready_taken = False
+
+    def take_ready(self) -> int:
+        """The read end of `ready`, now the caller's to close."""
+        self._ready_taken = True
+        return self.ready_r
 
     @property
     def sandbox_fds(self) -> tuple[int, int]:
         return (self.info_w, self.block_r)
 
     @property
-    def bridge_fds(self) -> tuple[int, int]:
-        return (self.info_r, self.block_w)
+    def bridge_fds(self) -> tuple[int, int, int]:
+        return (self.info_r, self.block_w, self.ready_w)
 
     def close(self) -> None:
-        for fd in (self.info_r, self.info_w, self.block_r, self.block_w):
+        kept = (self.ready_r,) if self._ready_taken else ()
+        for fd in {self.info_r, self.info_w, self.block_r, self.block_w, self.ready_r, self.ready_w} - set(kept):
             try:
                 os.close(fd)
             except OSError:

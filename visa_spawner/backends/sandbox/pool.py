@@ -253,6 +253,10 @@ class WarmPool(PoolBook):
             env["JUPYTERHUB_SERVICE_URL"] = with_port(env["JUPYTERHUB_SERVICE_URL"], pooled.port)
         progress(40, "Taking a sandbox started ahead for the course")
         self._cpu_weight(Cgroup(pooled.account, parent=backend.cgroup_parent), 100)
+        try:  # its bridge looks for Jupyter every 10 ms from now (bridge.py), not every 0.25 s
+            pooled.bridge.send_signal(signal.SIGUSR1)
+        except ProcessLookupError:
+            raise BackendError("bridge", log_detail="the pooled sandbox's bridge ended") from None
         request = {"argv": backend._command(spec, pooled.home_inside), "env": env, "cwd": pooled.home_inside}
         try:
             pooled.channel.write(json.dumps(request).encode() + b"\n")
@@ -263,7 +267,7 @@ class WarmPool(PoolBook):
             pooled.channel.close()
         _record_adoption(backend.state_dir, spec.owner, spec.server_name, pooled.account)
         progress(60, "Waiting for Jupyter in the sandbox")
-        await backend._wait_listening(pooled.proc, pooled.port, backend._log_path(pooled.account), pooled.bridge)
+        await backend._wait_listening(pooled.account, pooled.proc, pooled.bridge)
         (self.pool_dir / pooled.account).unlink(missing_ok=True)  # an instance now, not the pool's
         state = SandboxState(backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name,
                              account=pooled.account, uid=pooled.uid, port=pooled.port,
