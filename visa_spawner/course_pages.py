@@ -5,7 +5,10 @@ account join a course: the GET shows a page and consumes nothing; its form POSTs
 token, as every hub form), the hub redeems the seat through visa-training's internal API (one
 use, atomically), creates the hub user the service named, gives it GUEST entitlements until the
 course end (`auth_state["visa"]`, the authenticator's shape, with `seat` marking an account the
-catalogue does not know), signs it in and starts its course instance.
+catalogue does not know), signs it in and starts its course instance. Such an account has no
+password: its home page shows a personal sign-in link (`/hub/visa/seat-return/<user>/<token>`,
+a second 32-byte secret kept in its auth_state) to come back from another browser until the
+account ends.
 
 "Download my work" streams a tar.gz of a course instance's home (`Backend.archive`, written in an
 executor to a private temporary directory) until the course's `download_until`.
@@ -13,7 +16,9 @@ executor to a private temporary directory) until the course's `download_until`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
+import secrets
 import shutil
 import tempfile
 from datetime import UTC, date, datetime
@@ -22,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jupyterhub.handlers import BaseHandler
+from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .archives import Archive, ArchiveDownloadHandler, archive_id
@@ -34,6 +40,8 @@ SEAT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: a hub user name as visa-training makes them, or a facility-like account name
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 COURSE_ID = re.compile(r"[a-z0-9-]{1,24}")
+#: auth_state key of a seat account's personal sign-in token (shown on its home page)
+RETURN_KEY = "seat_return"
 
 
 def seat_entitlements(redeemed: dict[str, Any], proposal_title: str, open_data: bool, now: datetime) -> dict:
@@ -119,7 +127,7 @@ class SeatHandler(BaseHandler):
         title, open_data = await self._proposal(str(redeemed.get("proposal") or ""))
         visa = seat_entitlements(redeemed, title, open_data, datetime.now(UTC))
         return await self.auth_to_user({"name": redeemed["user"], "admin": False, "groups": visa["seat"]["groups"],
-                                        "auth_state": {"visa": visa}})
+                                        "auth_state": {"visa": visa, RETURN_KEY: secrets.token_urlsafe(32)}})
 
     async def _proposal(self, proposal: str) -> tuple[str, bool]:
         """(title, open data today) of a proposal from the authenticator's catalogue, if it has one."""
@@ -134,6 +142,33 @@ class SeatHandler(BaseHandler):
         for p in found:
             return str(p.title), bool(p.is_open_on(datetime.now(UTC).date()))
         return "", False
+
+
+class SeatReturnHandler(BaseHandler):
+    """GET/POST /hub/visa/seat-return/<user>/<token>: a seat account signs in again from any browser.
+
+    The GET shows a button and checks nothing, so it tells nobody which accounts exist; the POST
+    (with the XSRF token) signs in only when the token is that seat account's own.
+    """
+
+    async def _page(self, status: int, name: str = "", error: str = "") -> None:
+        self.set_status(status)
+        self.finish(await self.render_template("seat_return.html", account=name, error=error))
+
+    async def get(self, name: str, token: str) -> None:
+        await self._page(200, name=name if USER_NAME.fullmatch(name) else "")
+
+    async def post(self, name: str, token: str) -> None:
+        user = self.find_user(name) if USER_NAME.fullmatch(name) and SEAT_TOKEN.fullmatch(token) else None
+        state = (await user.get_auth_state() or {}) if user is not None else {}
+        expected = str(state.get(RETURN_KEY) or "")
+        if not (expected and (state.get("visa") or {}).get("seat") and hmac.compare_digest(expected, token)):
+            self.log.warning("Seat return: a sign-in link for %r did not match an account", name[:64])
+            await self._page(404, error="This sign-in link is not valid, or the course account it was for has ended.")
+            return
+        self.set_login_cookie(user)
+        self.log.info("%s signed in again with their personal course link", user.name)
+        self.redirect(url_path_join(self.hub.base_url, "home"))
 
 
 class CourseWorkHandler(ArchiveDownloadHandler):
@@ -184,4 +219,5 @@ class CourseWorkHandler(ArchiveDownloadHandler):
             await loop.run_in_executor(None, shutil.rmtree, workdir, True)
 
 
-handlers = [(r"/visa/seat/([^/]+)", SeatHandler), (r"/visa/course-work/([^/]+)/([^/]+)", CourseWorkHandler)]
+handlers = [(r"/visa/seat/([^/]+)", SeatHandler), (r"/visa/seat-return/([^/]+)/([^/]+)", SeatReturnHandler),
+            (r"/visa/course-work/([^/]+)/([^/]+)", CourseWorkHandler)]

@@ -1,6 +1,7 @@
 """The session's demo hub and its visa-training service (the demo course, three guest seats): a seat
 link makes a guest once, signs it in and starts its course instance with the materials; the guest
-downloads their work, nobody else's; a non-participant's course instance is refused.
+downloads their work, nobody else's, and signs in again from another browser with the personal
+link of its home page (only with its own token); a non-participant's course instance is refused.
 
 (A participant's instance started by "Start the class" is tested in test_hub_training.py.)"""
 from __future__ import annotations
@@ -63,6 +64,27 @@ def test_a_seat_link_makes_a_guest_once_who_downloads_their_work(hub, hub_state,
                          timeout=10, allow_redirects=False)
     assert unknown.status_code == 404 and "not known" in unknown.text
     assert other.get(f"{hub.url}/hub/visa/seat/not%20a%20token", timeout=10).status_code == 404
+
+    # no password: the home page's personal link signs the guest in again from another browser
+    (link,) = re.findall(r'href="(/hub/visa/seat-return/[^"]+)"', home.text)
+    assert link.startswith(f"/hub/visa/seat-return/{guest}/")
+    back = requests.Session()
+    form = back.get(hub.url + link, timeout=10)
+    assert form.status_code == 200 and 'id="visa-seat-return"' in form.text and back.get(
+        f"{hub.url}/hub/api/user", timeout=10).status_code in (401, 403)  # the GET signed nobody in
+    r = back.post(hub.url + link, data={"_xsrf": xsrf_of(form.text)}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"].endswith("/hub/home"), r.text[:300]
+    assert back.get(f"{hub.url}/hub/api/user", timeout=10).json()["name"] == guest
+    # another token, another account's name, a facility account: a clear page, nobody signed in
+    token = link.rsplit("/", 1)[1]
+    for wrong in (f"{guest}/{token[:-1]}x", f"frank/{token}", f"no-such-user/{token}"):
+        stranger = requests.Session()
+        form = stranger.get(f"{hub.url}/hub/visa/seat-return/{wrong}", timeout=10)
+        r = stranger.post(f"{hub.url}/hub/visa/seat-return/{wrong}", data={"_xsrf": xsrf_of(form.text)},
+                          timeout=10, allow_redirects=False)
+        assert r.status_code == 404 and "not valid" in r.text, (wrong, r.status_code)
+        assert stranger.get(f"{hub.url}/hub/api/user", timeout=10).status_code in (401, 403)
+    assert login("frank").s.get(f"{hub.url}/hub/home", timeout=10).text.count("seat-return") == 0
 
     # "Download my work": the guest's own home as a tar.gz; nobody else's
     work = s.get(f"{hub.url}/hub/visa/course-work/{guest}/{SERVER}", timeout=60)
