@@ -5,7 +5,8 @@ password login for any name, `course-<pool>` servers adopting from the warm pool
 participant, an HTTP client (requests) logs in through the login form; the hub then starts their
 course instance (here the bench asks the hub's REST API, as the seat and course pages do after a
 login), and the client opens Lab through the hub's OAuth, as a browser does. Measured: login → the
-Lab page answering 200, per participant. Phase 1 fills a pool of N and starts the class from it;
+Lab page answering 200, per participant, and its steps (`steps`: the login, the spawn from its
+request to ready, Lab through the OAuth round trips). Phase 1 fills a pool of N and starts the class from it;
 phase 2 (no pool) starts the same class on new accounts. A prober measures the hub API's latency
 (`GET /hub/api/users/<a participant>`, every 0.25 s) throughout. Targets: with the pool p95 <= 3 s and
 <= 0.3x without; hub API p99 <= 200 ms.
@@ -19,6 +20,7 @@ bench/classroom_openstack.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -86,18 +88,26 @@ def wait_spawned(hub: Hub, client: Browserless, user: str, server: str, timeout:
     raise TimeoutError(f"{user}/{server} not ready in {timeout:g} s")
 
 
-def participant(hub: Hub, user: str, server: str, delay: float, results: dict) -> None:
+STEPS = ("login", "spawn", "lab")
+
+
+def participant(hub: Hub, user: str, server: str, delay: float, results: dict, steps: dict) -> None:
     time.sleep(delay)  # the bench's own schedule of arrivals (not a wait on the system under test)
     t0 = time.perf_counter()
+    marks = [t0]
     try:
         client = Browserless(hub, user, "bench")
         assert client.logged_in, f"{user}: login failed"
+        marks.append(time.perf_counter())
         r = hub.api("POST", f"/users/{user}/servers/{server}", json=BODY)
         assert r.status_code in (201, 202), f"{user}: {r.status_code} {r.text[:200]}"
         wait_spawned(hub, client, user, server)
+        marks.append(time.perf_counter())
         lab = client.instance_get(user, server, "lab")
         assert lab.status_code == 200 and "/lab" in lab.url, f"{user}: Lab answered {lab.status_code} at {lab.url}"
-        results[user] = time.perf_counter() - t0
+        marks.append(time.perf_counter())
+        results[user] = marks[-1] - t0
+        steps[user] = [b - a for a, b in itertools.pairwise(marks)]
     except Exception as e:  # reported, not fatal: the other participants go on
         results[user] = None
         print(f"  {user}: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr, flush=True)
@@ -105,9 +115,11 @@ def participant(hub: Hub, user: str, server: str, delay: float, results: dict) -
 
 def run_class(hub: Hub, prefix: str, server: str, count: int, spread: float) -> tuple[dict, dict]:
     results: dict[str, float | None] = {}
+    steps: dict[str, list[float]] = {}
     prober = Prober(hub, f"{prefix}00")
     prober.start()
-    threads = [threading.Thread(target=participant, args=(hub, f"{prefix}{i:02d}", server, i * spread / count, results))
+    threads = [threading.Thread(target=participant,
+                                args=(hub, f"{prefix}{i:02d}", server, i * spread / count, results, steps))
                for i in range(count)]
     for t in threads:
         t.start()
@@ -118,7 +130,8 @@ def run_class(hub: Hub, prefix: str, server: str, count: int, spread: float) -> 
     times = [v for v in results.values() if v is not None]
     api = {"n": len(prober.latencies), "p99_ms": round(percentile(prober.latencies, 99), 1),
            "max_ms": round(max(prober.latencies), 1), "errors": prober.errors} if prober.latencies else {}
-    return {**summary(times), "failed": count - len(times)}, api
+    by_step = {name: summary([s[i] for s in steps.values()]) for i, name in enumerate(STEPS)}
+    return {**summary(times), "failed": count - len(times), "steps": by_step}, api
 
 
 def clear(hub: Hub, prefix: str, server: str, count: int) -> None:
