@@ -110,6 +110,9 @@ def test_desktop_in_chromium(jupyter_server: Callable[..., JupyterServer]) -> No
         state = page.evaluate("({...window.visaDesktop, rfb: null})")
         assert state["connects"] == 1 and state["retries"] == 0, state  # first try works
         assert state["url"] == f"ws://127.0.0.1:{server.port}/desktop/"
+        # the JPEG quality chosen by bench/desktop.py (docs/desktop.md), not noVNC's default 6
+        levels = page.evaluate("[window.visaDesktop.rfb.qualityLevel, window.visaDesktop.rfb.compressionLevel]")
+        assert levels == [2, 2], levels
         page.wait_for_function(f"({CANVAS_COLOURS})() >= 3", timeout=15_000)
         page.wait_for_function(f"({FILLS_THE_SCREEN})()", timeout=15_000)  # no dark bands
         page.screenshot(path=str(ARTIFACTS / "desktop.png"))

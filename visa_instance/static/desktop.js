@@ -86,10 +86,14 @@ function connect() {
   rfb.focusOnClick = true;
   rfb.viewOnly = desktop.viewOnly;
   rfb.background = "#202124";
-  // JPEG quality 4 (noVNC's default: 6) for the picture-like areas Tight sends as JPEG while they
-  // change; text stays lossless and TigerVNC resends lossy areas losslessly once they are still.
-  // bench/desktop.py (a panned matplotlib image): 8-20 % fewer bytes per changed pixel, same fps.
-  rfb.qualityLevel = 4;
+  // JPEG quality level 2 (noVNC's default: 6; it was 4) for the
+  // picture-like areas Tight sends as JPEG while they change: text stays lossless and TigerVNC
+  // resends lossy areas losslessly once they are still, so a still plot is exact. bench/desktop.py
+  // (a panned matplotlib image, docs/desktop.md): 15-20 % fewer bytes per changed pixel than
+  // level 4 when the app draws 20-30 frames/s; the moving image is a little blocky in smooth
+  // gradients, its rings and all text stay readable. Compression: noVNC's 2 (6 and 9 measured no
+  // better).
+  rfb.qualityLevel = 2;
   applyFit(rfb);
   clipboard.attach(rfb);
   rfb.addEventListener("connect", () => {
