@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.browser import CANVAS_COLOURS, chromium
+from tests.browser import chromium, open_vm_desktop
 from tests.collab.helpers import Person
 from tests.hubtools import run_code, wait_for
 from tests.spawner.qemu.conftest import PROPOSAL, create_vm, qemu_pids
@@ -36,15 +36,6 @@ print(json.dumps({"user": getpass.getuser(), "files": sorted(os.listdir(d)), "wr
                   "vendor": open("/sys/class/dmi/id/sys_vendor").read().strip(),
                   "procs": sorted(procs), "hostname": socket.gethostname()}))
 """ % PROPOSAL
-
-
-def desktop_connected(page) -> bool:
-    """Connected yet? A desktop that gave up starting (a slow TCG guest) is retried the way a
-    person does: with the page's Reconnect button."""
-    state = page.evaluate("window.visaDesktop ? window.visaDesktop.state : ''")
-    if state == "disconnected":
-        page.click("#visa-reconnect")
-    return state == "connected"
 
 
 def collaboration_on_the_vm(hub, name: str) -> None:
@@ -106,20 +97,7 @@ def test_vm_lab_data_desktop_restart_stop_delete(hub, hub_state, login, qemu_sta
     assert not (hub_state / "data" / PROPOSAL / "written-by-vm").exists()
 
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.set_default_timeout(120_000)
-        page.goto(f"{hub.url}/hub/login")
-        page.fill("input[name=username]", "alice")
-        page.fill("input[name=password]", "alice-demo")
-        page.click("#login_submit")
-        page.wait_for_url("**/hub/home")
-        page.goto(f"{hub.url}/user/alice/{name}/visa/desktop")
-        try:
-            wait_for(lambda: desktop_connected(page), 300, "the desktop connected", interval=1)
-            page.wait_for_function(f"({CANVAS_COLOURS})() >= 6")
-        finally:
-            page.screenshot(path=str(artifacts / "qemu-desktop.png"))
-        assert page.evaluate("document.querySelector('#visa-screen canvas').width") == 1280
+        open_vm_desktop(browser, hub.url, "alice", name, artifacts / "qemu-desktop.png")
         collaboration_on_the_vm(hub, name)  # while alice's desktop page is open
     procs = json.loads(run_code(alice, "alice", name, INSIDE, timeout=120))["procs"]
     assert "openbox" in procs and any(p.startswith("Xvnc") or p.startswith("Xtigervnc") for p in procs), procs

@@ -1,5 +1,6 @@
 """Warm start: two instances restored from one memory snapshot are different machines, each
-configured for its own owner after the restore, and one owner cannot open the other's."""
+configured for its own owner after the restore, and one owner cannot open the other's; the owner's
+desktop, prestarted in the template, is drawn in Chromium through the hub."""
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,12 @@ import time
 
 import pytest
 
+from tests.browser import chromium, open_vm_desktop
 from tests.hubtools import run_code
 from tests.spawner.qemu.conftest import PROPOSAL, create_vm, qemu_pids
 from visa_spawner.backends.qemu.backend import QemuBackend
 
-pytestmark = [pytest.mark.qemu, pytest.mark.root]
+pytestmark = [pytest.mark.qemu, pytest.mark.root, pytest.mark.browser]
 
 IDENTITY = """
 import getpass, hashlib, json, os, socket
@@ -73,7 +75,7 @@ async def prepare_snapshot(backend: QemuBackend, cpus: int, memory_mb: int) -> d
     return meta
 
 
-def test_two_clones_of_one_snapshot_are_different_machines(hub, login, qemu_state, image_dir):
+def test_two_clones_of_one_snapshot_are_different_machines(hub, login, qemu_state, image_dir, artifacts):
     meta = asyncio.run(prepare_snapshot(QemuBackend(state_dir=str(qemu_state), image_dir=image_dir), 2, 2048))
     print("snapshot:", meta)
     alice, bob = login("alice"), login("bob")
@@ -103,6 +105,9 @@ def test_two_clones_of_one_snapshot_are_different_machines(hub, login, qemu_stat
         assert not d["cookie"], "an X cookie made before the snapshot would be in every clone"
         assert d["terminal_cwd"] == f"/data/{PROPOSAL}", d  # the owner's shell in the proposal's data
     assert da["terminal_token"] != db["terminal_token"]
+    with chromium() as browser:  # what alice sees: her clone's desktop page, drawn (panel, terminal, files)
+        _, seconds = open_vm_desktop(browser, hub.url, "alice", a, artifacts / "qemu-warm-desktop.png", timeout=120)
+        print(f"alice's warm desktop drawn in Chromium {seconds:.1f} s after the page opened")
 
     r = alice.instance_get("bob", b, "api/status")  # through the hub's OAuth, as a browser would
     assert r.status_code == 403 or "/user/bob/" not in r.url, (r.status_code, r.url)
