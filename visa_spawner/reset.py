@@ -6,6 +6,13 @@ into it, exactly as at the first start (`SandboxBackend.create`, `InstanceSpec.m
 reset instance and a new one cannot differ. Only course instances (``user_options["course"]``)
 can be reset: anyone else's home has no materials to go back to.
 
+A backend whose home lives on the server's own disk and which brings the materials itself at each
+new server (`delivers_materials`: OpenStack) is reset by deleting the server after the stop (a
+shelved one keeps its disk otherwise); the start builds or adopts a fresh one from the plan's image
+and pushes the materials again. The person and the server's name (the instance's identity) stay;
+the new server gets a new API token, as every start does. Other backends (qemu: the home is on
+the VM's overlay disk and the hub gives a VM no materials) answer 409 with the reason.
+
 Who: scope ``admin:servers`` on that server — hub admins, and the training service's token (the
 service checks that the person clicking is a trainer of that course). Owners do not hold it:
 "reset" deletes their work, which they do with "Delete" if they want.
@@ -21,7 +28,7 @@ from jupyterhub.apihandlers import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from .backends.base import Backend
+from .backends.base import Backend, BackendError
 from .backends.sandbox.state import SandboxState
 
 STOP_TIMEOUT = 60.0
@@ -59,10 +66,14 @@ class ResetAPIHandler(APIHandler):
         if spawner.pending:
             raise web.HTTPError(409, f"This instance is busy ({spawner.pending}); try again in a moment.")
         identity = getattr(spawner, "identity", None)
-        home = home_of(spawner.backend(identity.backend), {**spawner.backend_state, **identity.to_dict()}) \
-            if identity is not None else None
-        if identity is not None and home is None:
-            raise web.HTTPError(501, f"Instances on the {identity.backend} backend cannot be reset yet.")
+        backend = spawner.backend(identity.backend) if identity is not None else None
+        state = {**spawner.backend_state, **identity.to_dict()} if identity is not None else {}
+        home = home_of(backend, state) if backend is not None else None
+        by_delete = home is None and bool(getattr(backend, "delivers_materials", False))
+        if backend is not None and home is None and not by_delete:
+            raise web.HTTPError(409, f"Instances on the {identity.backend} backend cannot be reset to the course "
+                                "materials: the hub does not deliver materials to them. The participant can "
+                                "delete the instance and start the course's instance again.")
         self.log.info("Reset of %s/%s (course %s) asked by %s", user_name, server_name, course,
                       self.current_user.name)
         if spawner.active:
@@ -70,6 +81,12 @@ class ResetAPIHandler(APIHandler):
             await self._stopped(spawner)
         if home is not None:
             await asyncio.get_running_loop().run_in_executor(None, empty_home, home)
+        elif by_delete:  # the home is the server's disk: the next start gets a fresh server
+            try:
+                await backend.delete(state)
+            except BackendError as e:
+                self.log.warning("Reset of %s/%s: deleting the server failed: %s", user_name, server_name, e.log_detail)
+                raise web.HTTPError(502, f"{e.message} The instance is stopped; nothing was reset.") from None
         options = dict(spawner.user_options or {})
         await self.spawn_single_user(user, server_name, spawner.display_name or "", options=options)
         self.set_status(200 if spawner.ready else 202)

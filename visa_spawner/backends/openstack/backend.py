@@ -36,6 +36,7 @@ from visa_spawner.backends.openstack.cloud import (
 )
 from visa_spawner.backends.openstack.deletion import ServerDeletion
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
+from visa_spawner.backends.openstack.materials import MaterialsPush
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
     RESUME_META,
@@ -148,13 +149,28 @@ class OpenStackBackend(ServerDeletion, SnapshotArchiving):
         return server_name(self.hub_id, owner, server)
 
     @cached_property
+    def materials(self) -> MaterialsPush:
+        """Course materials pushed into a new instance's home (`materials.py`)."""
+        return MaterialsPush(parent=self, log=self.log)
+
+    @cached_property
     def warm_pool(self) -> OpenStackPool:
         """The hub's warm pools of servers built ahead for courses (`pool.py`), made on first use."""
         return OpenStackPool(self, parent=self, log=self.log)
 
     # -- protocol -------------------------------------------------------------------------------------
+    #: a reset (visa_spawner.reset) deletes the server; the next start brings the materials again
+    delivers_materials = True
+
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
+        items = await self.materials.check(spec.materials) if spec.materials else None  # before any server
         if spec.warm_pool and (adopted := await self.warm_pool.adopt(spec, progress)) is not None:
+            try:
+                await self.materials.push(spec, items, adopted["address"], adopted["port"], progress)
+            except BaseException:  # a home without its materials is not the course's: no instance
+                self.running.discard(adopted["name"])
+                await asyncio.shield(self._delete_named(adopted["name"], wait=True, quiet=True))
+                raise
             return adopted
         name = self.name_for(spec.owner, spec.server_name)
         token = spec.env.get("JUPYTERHUB_API_TOKEN", "")
@@ -187,6 +203,8 @@ class OpenStackBackend(ServerDeletion, SnapshotArchiving):
             floating = await self._floating_ip(server) if self.floating_ip_network else ""
             report = await self._wait_booted(server, inbox, progress)
             address = await self._address(server, report, floating)
+            if not resumed:  # a shelved server keeps its home, materials and work
+                await self.materials.push(spec, items, address, report.port or spec.port, progress)
             state = OpenStackState(backend=spec.plan.backend, owner=spec.owner, server_name=spec.server_name,
                                    server_id=server.id, name=name, address=address, port=report.port or spec.port,
                                    instrument_address=server_address(server.addresses or {}, network=self.networks
