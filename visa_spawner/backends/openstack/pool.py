@@ -90,7 +90,8 @@ class OpenStackPool(PoolBook):
 
     # -- the API's operations ------------------------------------------------------------------
     def check_materials(self, materials: str) -> str:
-        """OpenStack instances get no course materials from the hub (their disk is the image's)."""
+        """A pooled server holds no materials (it names nobody): the hub pushes them into the home
+        once a participant adopted it (`materials.py`), so the pool ignores the folder."""
         return ""
 
     def server_names(self) -> set[str]:
