@@ -6,10 +6,14 @@ page's screen 1920×1080, the same page and noVNC client on two paths:
 * **hub**: noVNC → configurable-http-proxy → jupyter-server (visa_instance.desktop_socket: auth,
   role, RFB filter) → unix socket → Xvnc;
 * **direct**: noVNC → a bare websocket↔unix-socket bridge (tornado, started by this script as its
-  own process, like websockify) → the *same* Xvnc socket (reached through ``/proc/<pid>/root``).
+  own process, like websockify; relaying as jupyter-server-proxy's raw bridge does, TCP_NODELAY
+  as the hub's handler) → the *same* Xvnc socket (reached through ``/proc/<pid>/root``).
   The page is the hub's own desktop page, served by the bridge with its URLs made local.
 
 Workloads, each measured on both paths in turn (one viewer at a time):
+
+* **W0** the transport alone: RFB round trips (a 1×1 update request → its update) from a Python
+  websocket client on each path, no browser and no drawing: what the proxies add. p50/p95 in ms.
 
 * **W1** an xterm in the desktop: a key pressed (or a click raising the window behind it, or it) → the
   first animation frame whose pixels in the xterm's window differ. Both stamps are
@@ -33,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -177,21 +182,30 @@ def serve_direct(rfb_socket: str, port: int, page_file: str) -> None:
         def get(self) -> None:
             self.finish(page)
 
+    class Relay(asyncio.Protocol):
+        """Xvnc → page as jupyter-server-proxy's raw bridge does it (each read is one message, not
+        awaited), so the two paths differ only by CHP and the hub's handler."""
+
+        def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
+            self.handler = handler
+
+        def data_received(self, data: bytes) -> None:
+            self.handler.write_message(data, binary=True)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.handler.close()
+
     class Bridge(tornado.websocket.WebSocketHandler):
         async def open(self) -> None:
-            self.reader, self.writer = await asyncio.open_unix_connection(rfb_socket)
-            self.pump = asyncio.ensure_future(self._pump())
-
-        async def _pump(self) -> None:
-            while data := await self.reader.read(65536):
-                await self.write_message(data, binary=True)
-            self.close()
+            loop = asyncio.get_running_loop()
+            self.transport, _ = await loop.create_unix_connection(lambda: Relay(self), rfb_socket)
+            self.set_nodelay(True)
 
         def on_message(self, message: bytes) -> None:
-            self.writer.write(message)
+            self.transport.write(message)
 
         def on_close(self) -> None:
-            self.writer.close()
+            self.transport.close()
 
     app = tornado.web.Application([
         (r"/", Page),
@@ -343,6 +357,27 @@ def w1(page, region: list[int], keys: int) -> tuple[list[float], int]:
     return latencies, missed
 
 
+def w0(url: str, cookie: str, origin: str, n: int) -> list[float]:
+    """The transport alone: ``n`` RFB round trips (a 1x1 non-incremental update request → its
+    update) from a Python websocket client, seconds; no browser, no drawing."""
+    import websocket
+
+    from tests.rfb import RfbClient
+
+    ws = websocket.create_connection(url, header=[f"Cookie: {cookie}"] if cookie else [], origin=origin,
+                                     timeout=30)
+    client = RfbClient(ws)
+    client.screen()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ws.send_binary(struct.pack(">BBHHHH", 3, 0, 0, 0, 1, 1))
+        client.read_update()
+        out.append(time.perf_counter() - t0)
+    client.close()
+    return out
+
+
 def w2(page, region: list[int], seconds: float, procs: list[psutil.Process], xvnc: psutil.Process) -> dict:
     page.evaluate(WATCH, region)
     bytes0, cpu_x0, cpu_p0 = page.evaluate("window.visaBench.bytes"), cpu_seconds([xvnc]), cpu_seconds(procs)
@@ -406,6 +441,14 @@ def run(seconds: float, keys: int, levels: list[str], shots: str = "") -> None:
             print(f"xterm at {term}", flush=True)
 
             results: dict[str, dict] = {k: {} for k in paths}
+            base = f"/user/alice/{server}/"
+            cookie = "; ".join(f"{c.name}={c.value}" for c in browser_user.s.cookies if base.startswith(c.path))
+            rtt_urls = {"hub": (hub.url.replace("http", "ws") + f"{base}desktop/", cookie, hub.url),
+                        "direct": (f"ws://127.0.0.1:{port}/desktop/", "", f"http://127.0.0.1:{port}")}
+            for path, (url, jar, origin) in rtt_urls.items():
+                results[path]["w0"] = percentiles(w0(url, jar, origin, 300))
+                print(f"W0 {path}: RFB round trip p50 {results[path]['w0'][0]:.2f} ms, "
+                      f"p95 {results[path]['w0'][1]:.2f} ms", flush=True)
             for path, (url, _procs) in paths.items():
                 if page.url != url:
                     connect(page, url)
@@ -463,6 +506,8 @@ def set_levels(page, level: str) -> None:
 def report(results: dict[str, dict]) -> None:
     hub, direct = results["hub"], results["direct"]
     rows = [
+        ("W0 RFB round trip p50 (ms)", hub["w0"][0], direct["w0"][0], None),
+        ("W0 RFB round trip p95 (ms)", hub["w0"][1], direct["w0"][1], None),
         ("W1 p50 (ms)", hub["w1"][0], direct["w1"][0], None),
         ("W1 p95 (ms)", hub["w1"][1], direct["w1"][1], "≤ 60"),
     ]
