@@ -89,8 +89,8 @@ function connect() {
   // JPEG quality level 2 (noVNC's default: 6; it was 4) for the
   // picture-like areas Tight sends as JPEG while they change: text stays lossless and TigerVNC
   // resends lossy areas losslessly once they are still, so a still plot is exact. bench/desktop.py
-  // (a panned matplotlib image, docs/desktop.md): 15-20 % fewer bytes per changed pixel than
-  // level 4 when the app draws 20-30 frames/s; the moving image is a little blocky in smooth
+  // (a panned matplotlib image, docs/desktop.md): 10-26 % fewer bytes per changed pixel than
+  // level 4 in the same runs (0.88-1.13 bit); the moving image is a little blocky in smooth
   // gradients, its rings and all text stay readable. Compression: noVNC's 2 (6 and 9 measured no
   // better).
   rfb.qualityLevel = 2;
