@@ -4,9 +4,11 @@ Why the hub pushes them through the instance's own Jupyter (docs/openstack.md, "
 the instance's disk is the image's, cloud-init user-data holds at most 64 KB, and a pooled server
 already runs the start script it was built with. Once the instance phoned home "jupyter-up" and
 before the spawn is reported ready (so before the proxy routes the participant to it), the hub
-writes each file with Jupyter's contents API, authenticated with the instance's own API token
-(scope ``access:servers!server=<owner>/<server>``: that one server, nothing else). Jupyter runs as
-the owner, so the files are the owner's; they land where the start script made the owner's home.
+writes each file with Jupyter's contents API, authenticated with a token of the owner made for this
+push (scope ``access:servers!server=<owner>/<server>``: that one server, nothing else; expiring in
+`token_seconds` and revoked right after). Not the instance's own API token: the instance refuses
+it (visa_instance.room: any process in the instance can read it). Jupyter runs as the owner, so
+the files are the owner's; they land where the start script made the owner's home.
 No image change, no new endpoint on the hub, nothing the guest must trust: the hub only sends the
 course's own folder, size-limited before any server is requested, and checks each file's SHA-256
 as Jupyter computes it on the instance's disk.
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -96,6 +99,8 @@ class MaterialsPush(LoggingConfigurable):
         help="The owner's home as a path of the instance's Jupyter contents API (its root_dir is '/'); "
         "{account} is the owner's account in the instance (the start script's useradd makes /home/<account>).")
     request_timeout = Float(60, config=True, help="Seconds for one request to the instance's Jupyter.")
+    token_seconds = Integer(600, config=True, help="Lifetime of the owner's token made for one push "
+                            "(revoked as soon as the push ends).")
 
     async def check(self, source: str) -> list[Item]:
         """The items to deliver (MaterialsError as a BackendError a person can read)."""
@@ -115,10 +120,31 @@ class MaterialsPush(LoggingConfigurable):
         if items is None:
             return
         progress(95, "Copying the course materials into your home")
-        files = await self.deliver(items, spec.materials, token=spec.env.get("JUPYTERHUB_API_TOKEN", ""),
-                                   url=f"http://{address}:{port}{spec.env.get('JUPYTERHUB_SERVICE_PREFIX', '/')}",
-                                   account=unix_account(spec.owner))
+        token, revoke = self.owner_token(spec.owner, spec.server_name)
+        try:
+            files = await self.deliver(items, spec.materials, token=token, account=unix_account(spec.owner),
+                                       url=f"http://{address}:{port}{spec.env.get('JUPYTERHUB_SERVICE_PREFIX', '/')}")
+        finally:
+            revoke()
         self.log.info("%s/%s: %d course files copied into the instance", spec.owner, spec.server_name, files)
+
+    def owner_token(self, owner: str, server: str) -> tuple[str, Callable[[], None]]:
+        """(token, revoke): a token of `owner` for `server` only, made by the running hub (the one
+        place this module reaches into JupyterHub's objects: the backend is given no API token)."""
+        from jupyterhub import orm
+        from jupyterhub.app import JupyterHub
+
+        app = JupyterHub.instance()
+        token = app.users[owner].new_api_token(
+            note=f"visa: course materials for {server}", expires_in=self.token_seconds,
+            scopes=[f"access:servers!server={owner}/{server}"])
+
+        def revoke() -> None:
+            found = orm.APIToken.find(app.db, token)
+            if found is not None:
+                app.db.delete(found)
+                app.db.commit()
+        return token, revoke
 
     async def deliver(self, items: list[Item], source: str, *, url: str, token: str, account: str) -> int:
         """Write `items` into the home of the Jupyter at `url` (its base URL, ending in '/') and check
@@ -137,8 +163,9 @@ class MaterialsPush(LoggingConfigurable):
                     "type": "file", "format": "base64", "content": base64.b64encode(data).decode()})
                 model = await self._call(client, "GET", target + "?content=0&hash=1", headers)
             except (HTTPClientError, OSError, ValueError) as e:
+                answer = getattr(getattr(e, "response", None), "body", b"") or b""
                 raise BackendError("The course materials could not be copied into the instance; ask the trainer.",
-                                   reason="materials", log_detail=f"{item.path}: {e}") from None
+                                   reason="materials", log_detail=f"{item.path}: {e} {answer[:200]!r}") from None
             if (model.get("hash_algorithm"), model.get("hash")) != ("sha256", hashlib.sha256(data).hexdigest()):
                 raise BackendError("A course file arrived damaged in the instance; ask the trainer.",
                                    reason="materials", log_detail=f"{item.path}: {model.get('hash')!r}")
