@@ -31,7 +31,6 @@ Targets: W2 ≥ 25 fps and ≤ 1 bit per changed pixel; W1 p95 ≤ 60 ms; hub �
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -48,6 +47,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.desktop_direct import local_page  # noqa: E402
 from bench.instrument import percentiles  # noqa: E402
 from tests.browser import chromium, demo_login  # noqa: E402
 from tests.hubtools import (  # noqa: E402
@@ -166,69 +166,6 @@ WATCH = r"""([x, y, w, h]) => {
   };
   requestAnimationFrame(frame);
 }"""
-
-
-# ---------------------------------------------------------------- the direct path's bridge
-
-
-def serve_direct(rfb_socket: str, port: int, page_file: str) -> None:
-    """A websockify-like bridge: the page, its scripts, and ``/desktop/`` ↔ Xvnc's unix socket."""
-    import tornado.web
-    import tornado.websocket
-
-    page = Path(page_file).read_text()
-
-    class Page(tornado.web.RequestHandler):
-        def get(self) -> None:
-            self.finish(page)
-
-    class Relay(asyncio.Protocol):
-        """Xvnc → page as jupyter-server-proxy's raw bridge does it (each read is one message, not
-        awaited), so the two paths differ only by CHP and the hub's handler."""
-
-        def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
-            self.handler = handler
-
-        def data_received(self, data: bytes) -> None:
-            self.handler.write_message(data, binary=True)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.handler.close()
-
-    class Bridge(tornado.websocket.WebSocketHandler):
-        async def open(self) -> None:
-            loop = asyncio.get_running_loop()
-            self.transport, _ = await loop.create_unix_connection(lambda: Relay(self), rfb_socket)
-            self.set_nodelay(True)
-
-        def on_message(self, message: bytes) -> None:
-            self.transport.write(message)
-
-        def on_close(self) -> None:
-            self.transport.close()
-
-    app = tornado.web.Application([
-        (r"/", Page),
-        (r"/desktop/?", Bridge),
-        (r"/visa/static/(.*)", tornado.web.StaticFileHandler, {"path": str(REPO / "visa_instance" / "static")}),
-        (r"/visa/novnc/(.*)", tornado.web.StaticFileHandler, {"path": "/usr/share/novnc"}),
-    ], websocket_max_message_size=2**26)
-
-    async def main() -> None:
-        app.listen(port, "127.0.0.1")
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def local_page(html: str, prefix: str) -> str:
-    """The hub's desktop page with its URLs under ``prefix`` made local, and no room/ops/collab."""
-    html = html.replace(prefix, "/")
-    match = re.search(r'(<script id="visa-desktop-config" type="application/json">)(.*?)(</script>)', html, re.S)
-    config = json.loads(match.group(2))
-    for key in ("roomPath", "opsBanner", "collabPrompt"):
-        config.pop(key, None)
-    return html[:match.start(2)] + json.dumps(config) + html[match.end(2):]
 
 
 # ---------------------------------------------------------------- processes
@@ -416,7 +353,7 @@ def run(seconds: float, keys: int, levels: list[str], shots: str = "") -> None:
             page_file = state / "direct.html"
             page_file.write_text(local_page(html, f"/user/alice/{server}/"))
             port = free_port()
-            bridge = subprocess.Popen([sys.executable, __file__, "serve-direct", rfb_socket, str(port),
+            bridge = subprocess.Popen([sys.executable, str(REPO / "bench" / "desktop_direct.py"), rfb_socket, str(port),
                                        str(page_file)])
             wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 20,
                      "the direct bridge", interval=0.05)
@@ -525,9 +462,6 @@ def report(results: dict[str, dict]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-direct":
-        serve_direct(sys.argv[2], int(sys.argv[3]), sys.argv[4])
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="W2's length on each path")
     parser.add_argument("--keys", type=int, default=40, help="W1's key presses on each path")
