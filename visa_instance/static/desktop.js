@@ -89,10 +89,10 @@ function connect() {
   // JPEG quality level 2 (noVNC's default: 6; it was 4) for the
   // picture-like areas Tight sends as JPEG while they change: text stays lossless and TigerVNC
   // resends lossy areas losslessly once they are still, so a still plot is exact. bench/desktop.py
-  // (a panned matplotlib image, docs/desktop.md): 10-26 % fewer bytes per changed pixel than
-  // level 4 in the same runs (0.88-1.13 bit); the moving image is a little blocky in smooth
-  // gradients, its rings and all text stay readable. Compression: noVNC's 2 (6 and 9 measured no
-  // better).
+  // (a panned matplotlib image, docs/desktop.md): 4-26 % (median 15 %) fewer bytes per changed
+  // pixel than level 4 in the same runs (0.88-1.13 bit); the moving image is a little blocky in
+  // smooth gradients, its rings and all text stay readable. Compression: noVNC's 2 (6 and 9
+  // were not shown better).
   rfb.qualityLevel = 2;
   applyFit(rfb);
   clipboard.attach(rfb);
