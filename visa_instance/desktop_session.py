@@ -105,8 +105,11 @@ def jgmenu_rc() -> str:
 def tint2rc(settings: DesktopSettings, launcher_files: list[str], menu_command: list[str],
             label_file: str | None = None) -> str:
     """Bottom panel: [Applications] [launchers] [windows] [instance · proposal] [clock]; with
-    ``label_file`` the label is its last line, followed (a prestarted desktop's, relabelled
-    when adopted: visa_instance.desktop_prestart), else fixed."""
+    ``label_file`` the label is its last line, read again every 2 s (a prestarted desktop's,
+    relabelled when adopted: visa_instance.desktop_prestart), else fixed. Read again rather than
+    followed by a ``tail -F`` kept running: nothing to lose across tint2's restarts (SIGUSR1 for the
+    owner's launchers, the page's screen resize). Seen on a warm VM: the owner's label within 3 s
+    of the panel, in a screenshot where the ``tail -F`` version had shown none yet."""
     launchers = "".join(f"launcher_item_app = {path}\n" for path in launcher_files)
     label = f"""\
 button = new
@@ -118,9 +121,8 @@ button_background_id = 0
 button_tooltip = Instance and proposal
 """ if label_file is None else f"""\
 execp = new
-execp_command = exec tail -n 1 -F {shlex.quote(label_file)}
-execp_continuous = 1
-execp_interval = 0
+execp_command = exec tail -n 1 {shlex.quote(label_file)}
+execp_interval = 2
 execp_font = DejaVu Sans Bold 10
 execp_font_color = #ffffff 100
 execp_padding = 12 4
