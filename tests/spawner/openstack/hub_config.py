@@ -20,6 +20,8 @@ c.JupyterHub.tornado_settings.update({"slow_spawn_timeout": 0})  # POST answers 
 c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {"name": "visa-tests-metrics", "scopes": ["read:metrics"],
                                                        "services": ["visa-tests"]}]
 settings = json.loads(os.environ["VISA_TEST_OPENSTACK"])
+# here, not in a file loading this one: reconciler.install makes the backend from this file's config
+c.MaterialsPush.update(settings.pop("materials", {}))
 c.OpenStackBackend.update(settings)
 # the backend's own timeouts (build, boot) fail a spawn with a reason; JupyterHub's must come later
 c.VisaSpawner.start_timeout = int(settings.get("build_timeout", 120) + settings.get("boot_timeout", 150) + 30)

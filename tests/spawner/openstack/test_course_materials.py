@@ -1,0 +1,133 @@
+"""Course materials and Reset on the lab cloud, through a real hub and the training service: a
+participant's OpenStack course instance gets the course's materials in its home (pushed by the hub
+through the instance's Jupyter, started for real by the boot emulator), a trainer's Reset gives a
+fresh server with only the materials again, another trainer's Reset is refused (403), and materials
+too big or gone fail the start with a message before any server is requested."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+
+import pytest
+import requests
+
+from tests.hubtools import Browserless
+from tests.spawner.openstack import lab
+from tests.spawner.openstack.boot_emulator import REPO, BootEmulator, wait_until
+from tests.spawner.openstack.hubrun import make_hub, progress_events
+from tests.spawner.openstack.support import new_hub_id
+from tests.training.test_grid_hub import Trainer
+from visa_spawner.backends.openstack.model import hub_tag
+
+pytestmark = [pytest.mark.openstack, pytest.mark.root]
+
+CONFIG = os.path.join(os.path.dirname(__file__), "course_hub_config.py")
+DEMO_NOTEBOOK = next((REPO / "hub_config" / "demo" / "courses" / "python-neutron").glob("*.ipynb"))
+BLOB = bytes(range(256)) * 512  # 128 KiB, every byte value: a damaged transfer shows
+COURSES = """courses:
+  - {id: os-course, title: Cloud course, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
+     materials: courses/os-course, participants: [frank]}
+  - {id: other-course, title: Dave's course, trainers: [dave], start: today-1, end: today+2,
+     plan: openstack-small, materials: courses/os-course, participants: [paul]}
+  - {id: big-course, title: Too big, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
+     materials: courses/big, participants: [frank]}
+  - {id: gone-course, title: Gone, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
+     materials: courses/gone, participants: [frank]}
+"""
+
+
+def write_courses(state) -> None:
+    mat = state / "courses" / "os-course"
+    (mat / "notebooks").mkdir(parents=True)
+    shutil.copy(DEMO_NOTEBOOK, mat / "notebooks" / "intro.ipynb")
+    (mat / "data.bin").write_bytes(BLOB)
+    (mat / ".hidden").write_text("not sent")
+    os.symlink("/etc/hostname", mat / "host-file")  # a link: never followed, never sent
+    (state / "courses" / "big").mkdir()
+    (state / "courses" / "big" / "huge.bin").write_bytes(b"x" * (2**20 + 1))
+    (state / "courses" / "gone").mkdir()
+    (state / "courses" / "gone" / "a.txt").write_text("a")
+    (state / "courses.yaml").write_text(COURSES)
+
+
+def instance_api(hub, method: str, path: str, **kw) -> requests.Response:
+    """frank's course instance's contents API, under his home, as the tests' admin service."""
+    return requests.request(method, f"{hub.url}/user/frank/course-os-course/api/contents/home/frank{path}",
+                            headers={"Authorization": f"token {hub.token}"}, timeout=30, **kw)
+
+
+def home_listing(hub) -> dict[str, str]:
+    r = instance_api(hub, "GET", "")
+    assert r.status_code == 200, r.text[:300]
+    return {i["name"]: i["type"] for i in r.json()["content"] if not i["name"].startswith(".")}
+
+
+def start_course(hub, course: str) -> list[dict]:
+    r = hub.api("POST", f"/users/frank/servers/course-{course}", json={"course": course})
+    assert r.status_code in (201, 202), r.text[:300]
+    return progress_events(hub, "frank", f"course-{course}")
+
+
+def server_ids(lab_admin, tag: str) -> set[str]:
+    return {s.id for s in lab.servers_with_tag(lab_admin, tag)}
+
+
+def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
+    hub_id = new_hub_id()
+    tag = hub_tag(hub_id)
+    hub = make_hub(hub_id, config=CONFIG, materials={"max_bytes": 2**20})
+    write_courses(hub.state)
+    hub.start()
+    emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="real", boot_delay=1).start()
+    try:
+        for user in ("frank", "tina", "dave"):
+            assert Browserless(hub, user, f"{user}-demo").logged_in
+        events = start_course(hub, "os-course")
+        messages = [e.get("message", "") for e in events]
+        assert events[-1].get("ready"), (messages, hub.log_tail(40), emulator.errors)
+        assert any("Copying the course materials" in m for m in messages), messages
+        assert home_listing(hub) == {"notebooks": "directory", "data.bin": "file"}
+        r = instance_api(hub, "GET", "/data.bin", params={"content": 1, "format": "base64", "hash": 1})
+        assert r.status_code == 200 and base64.b64decode(r.json()["content"]) == BLOB
+        assert r.json()["hash"] == hashlib.sha256(BLOB).hexdigest()
+        r = instance_api(hub, "GET", "/notebooks/intro.ipynb")
+        assert r.status_code == 200 and r.json()["type"] == "notebook", r.text[:300]
+        first = server_ids(lab_admin, tag)
+        assert len(first) == 1
+        r = instance_api(hub, "PUT", "/mine.txt", json={"type": "file", "format": "text", "content": "my work"})
+        assert r.status_code == 201, r.text[:300]
+        assert "mine.txt" in home_listing(hub)
+
+        tina, dave = Trainer(hub, "tina"), Trainer(hub, "dave")
+        assert dave.page("courses/other-course/grid").status_code == 200
+        assert dave.api("POST", "courses/os-course/grid/frank/reset").status_code == 403  # not his course
+        # through his own course: frank is no participant of it (the service answers 404 for that)
+        assert dave.api("POST", "courses/other-course/grid/frank/reset").status_code == 404
+        assert "mine.txt" in home_listing(hub) and server_ids(lab_admin, tag) == first
+        assert tina.page("courses/os-course/grid").status_code == 200
+        r = tina.api("POST", "courses/os-course/grid/frank/reset")
+        assert r.status_code == 200, r.text[:300]
+        hub.wait_ready("frank", "course-os-course", timeout=300)
+        after = server_ids(lab_admin, tag)
+        assert len(after) == 1 and not after & first, "reset keeps the old server"
+        assert home_listing(hub) == {"notebooks": "directory", "data.bin": "file"}  # mine.txt is gone
+        model = hub.server_model("frank", "course-os-course")
+        assert model["user_options"]["course"] == "os-course"
+
+        for course, why in (("big-course", "too big"), ("gone-course", "folder is missing")):
+            if course == "gone-course":
+                shutil.rmtree(hub.state / "courses" / "gone")
+            events = start_course(hub, course)
+            assert events[-1].get("failed"), events
+            assert why in events[-1].get("message", ""), events[-1]
+            assert not any("Requesting a server" in e.get("message", "") for e in events), events
+        assert server_ids(lab_admin, tag) == after  # nothing was built for them
+        hub.stop_server("frank", "course-os-course", timeout=120)
+        wait_until(lambda: not lab.servers_with_tag(lab_admin, tag), 120, "the server deleted")
+        assert not emulator.errors, emulator.errors
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, tag)
