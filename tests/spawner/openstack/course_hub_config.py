@@ -12,3 +12,6 @@ import visa_training.hub_config  # noqa: E402
 c = get_config()  # noqa: F821
 state = Path(os.environ["VISA_STATE_DIR"])
 visa_training.hub_config.apply(c, state_dir=state, courses=state / "courses.yaml")
+# the tests' service token may read the pools, as the training service's does
+c.JupyterHub.load_roles = [{**r, "scopes": [*r["scopes"], "custom:visa-pools"]} if r["name"] == "visa-tests" else r
+                           for r in c.JupyterHub.load_roles]

@@ -31,6 +31,8 @@ COURSES = """courses:
      materials: courses/os-course, participants: [frank]}
   - {id: other-course, title: Dave's course, trainers: [dave], start: today-1, end: today+2,
      plan: openstack-small, materials: courses/os-course, participants: [paul]}
+  - {id: pool-course, title: Pooled, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
+     materials: courses/os-course, participants: [quinn]}
   - {id: big-course, title: Too big, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
      materials: courses/big, participants: [frank]}
   - {id: gone-course, title: Gone, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
@@ -52,14 +54,15 @@ def write_courses(state) -> None:
     (state / "courses.yaml").write_text(COURSES)
 
 
-def instance_api(hub, method: str, path: str, **kw) -> requests.Response:
-    """frank's course instance's contents API, under his home, as the tests' admin service."""
-    return requests.request(method, f"{hub.url}/user/frank/course-os-course/api/contents/home/frank{path}",
+def instance_api(hub, method: str, path: str, user: str = "frank", course: str = "os-course",
+                 **kw) -> requests.Response:
+    """A participant's course instance's contents API, under their home, as the tests' admin service."""
+    return requests.request(method, f"{hub.url}/user/{user}/course-{course}/api/contents/home/{user}{path}",
                             headers={"Authorization": f"token {hub.token}"}, timeout=30, **kw)
 
 
-def home_listing(hub) -> dict[str, str]:
-    r = instance_api(hub, "GET", "")
+def home_listing(hub, user: str = "frank", course: str = "os-course") -> dict[str, str]:
+    r = instance_api(hub, "GET", "", user, course)
     assert r.status_code == 200, r.text[:300]
     return {i["name"]: i["type"] for i in r.json()["content"] if not i["name"].startswith(".")}
 
@@ -126,6 +129,47 @@ def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
         assert server_ids(lab_admin, tag) == after  # nothing was built for them
         hub.stop_server("frank", "course-os-course", timeout=120)
         wait_until(lambda: not lab.servers_with_tag(lab_admin, tag), 120, "the server deleted")
+        assert not emulator.errors, emulator.errors
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, tag)
+
+
+def test_class_from_a_pool_gets_materials_and_reset_adopts_a_pooled_server(openstack_lab, lab_admin):
+    """Start the class (the training service fills the course's pool of servers built ahead and
+    starts quinn's instance), then Reset: quinn's new server is one of the pool's, with the materials."""
+    hub_id = new_hub_id()
+    tag = hub_tag(hub_id)
+    hub = make_hub(hub_id, config=CONFIG, materials={"max_bytes": 2**20})
+    write_courses(hub.state)
+    hub.start()
+    emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="real", boot_delay=1).start()
+    try:
+        assert Browserless(hub, "quinn", "quinn-demo").logged_in
+        tina = Trainer(hub, "tina")
+        assert tina.page("courses/pool-course/grid").status_code == 200
+        r = tina.api("POST", "courses/pool-course/start")
+        assert r.status_code == 202 and r.json()["warm_pool"] is True, r.text[:300]
+        hub.wait_ready("quinn", "course-pool-course", timeout=300)
+        assert home_listing(hub, "quinn", "pool-course") == {"notebooks": "directory", "data.bin": "file"}
+
+        def pool_full():
+            status = hub.api("GET", "/visa/pools/pool-course").json()
+            return status if status.get("size") and status["ready"] == status["size"] else None
+        wait_until(pool_full, 180, "the course's pool full")
+        pooled = {s.id for s in lab.servers_with_tag(lab_admin, tag) if s.metadata.get("visa-pool") == "pool-course"}
+        assert pooled
+        r = instance_api(hub, "PUT", "/mine.txt", "quinn", "pool-course",
+                         json={"type": "file", "format": "text", "content": "my work"})
+        assert r.status_code == 201, r.text[:300]
+        assert tina.api("POST", "courses/pool-course/grid/quinn/reset").status_code == 200
+        hub.wait_ready("quinn", "course-pool-course", timeout=300)
+        [mine] = [s for s in lab.servers_with_tag(lab_admin, tag) if s.metadata.get("visa-owner") == "quinn"]
+        assert mine.id in pooled, "the reset did not adopt a server built ahead"
+        assert home_listing(hub, "quinn", "pool-course") == {"notebooks": "directory", "data.bin": "file"}
+        r = instance_api(hub, "GET", "/data.bin", "quinn", "pool-course", params={"content": 0, "hash": 1})
+        assert r.json()["hash"] == hashlib.sha256(BLOB).hexdigest()
         assert not emulator.errors, emulator.errors
     finally:
         emulator.stop()
