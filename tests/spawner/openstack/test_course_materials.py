@@ -9,6 +9,8 @@ import base64
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -73,11 +75,10 @@ def start_course(hub, course: str) -> list[dict]:
     return progress_events(hub, "frank", f"course-{course}")
 
 
-def server_ids(lab_admin, tag: str) -> set[str]:
-    return {s.id for s in lab.servers_with_tag(lab_admin, tag)}
-
-
-def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
+@contextmanager
+def course_hub(lab_admin) -> Iterator[tuple]:
+    """A hub of this test's courses (materials up to 1 MiB) on the lab, and real Jupyters booted for
+    its servers; (hub, its servers' tag, the boot emulator), all of it gone after."""
     hub_id = new_hub_id()
     tag = hub_tag(hub_id)
     hub = make_hub(hub_id, config=CONFIG, materials={"max_bytes": 2**20})
@@ -85,6 +86,19 @@ def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
     hub.start()
     emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="real", boot_delay=1).start()
     try:
+        yield hub, tag, emulator
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, tag)
+
+
+def server_ids(lab_admin, tag: str) -> set[str]:
+    return {s.id for s in lab.servers_with_tag(lab_admin, tag)}
+
+
+def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
+    with course_hub(lab_admin) as (hub, tag, emulator):
         for user in ("frank", "tina", "dave"):
             assert Browserless(hub, user, f"{user}-demo").logged_in
         events = start_course(hub, "os-course")
@@ -130,22 +144,12 @@ def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
         hub.stop_server("frank", "course-os-course", timeout=120)
         wait_until(lambda: not lab.servers_with_tag(lab_admin, tag), 120, "the server deleted")
         assert not emulator.errors, emulator.errors
-    finally:
-        emulator.stop()
-        hub.stop()
-        lab.delete_all(lab_admin, tag)
 
 
 def test_class_from_a_pool_gets_materials_and_reset_adopts_a_pooled_server(openstack_lab, lab_admin):
     """Start the class (the training service fills the course's pool of servers built ahead and
     starts quinn's instance), then Reset: quinn's new server is one of the pool's, with the materials."""
-    hub_id = new_hub_id()
-    tag = hub_tag(hub_id)
-    hub = make_hub(hub_id, config=CONFIG, materials={"max_bytes": 2**20})
-    write_courses(hub.state)
-    hub.start()
-    emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="real", boot_delay=1).start()
-    try:
+    with course_hub(lab_admin) as (hub, tag, emulator):
         assert Browserless(hub, "quinn", "quinn-demo").logged_in
         tina = Trainer(hub, "tina")
         assert tina.page("courses/pool-course/grid").status_code == 200
@@ -171,7 +175,3 @@ def test_class_from_a_pool_gets_materials_and_reset_adopts_a_pooled_server(opens
         r = instance_api(hub, "GET", "/data.bin", "quinn", "pool-course", params={"content": 0, "hash": 1})
         assert r.json()["hash"] == hashlib.sha256(BLOB).hexdigest()
         assert not emulator.errors, emulator.errors
-    finally:
-        emulator.stop()
-        hub.stop()
-        lab.delete_all(lab_admin, tag)
