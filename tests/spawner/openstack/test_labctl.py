@@ -122,7 +122,10 @@ def test_down_now_kills_services_that_would_take_their_time(tmp_path: Path) -> N
     for name in names:
         _service(tmp_path, name).start(["sh", "-c", "trap '' TERM INT; sleep 60 & wait; sleep 60"])
     pg = _service(tmp_path, "pg")
-    pg.start(["sh", "-c", "trap '' TERM; exec sleep 60"])  # ends on SIGINT only
+    # Ends on SIGINT only. SIGINT is set back to its default explicitly: a run started in the
+    # background of a non-interactive shell inherits it ignored, and `sh` cannot undo that.
+    pg.start([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "signal.signal(signal.SIGINT, signal.SIG_DFL); time.sleep(60)"])
     pids = [_service(tmp_path, n).pid() for n in [*names, "pg"]]
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, str(LAB / "labctl.py"), "down", "--now"], capture_output=True, text=True,
