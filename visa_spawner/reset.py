@@ -6,16 +6,13 @@ into it, exactly as at the first start (`SandboxBackend.create`, `InstanceSpec.m
 reset instance and a new one cannot differ. Only course instances (``user_options["course"]``)
 can be reset: anyone else's home has no materials to go back to.
 
-A backend whose home lives on the server's own disk and which brings the materials itself at each
-new server (`delivers_materials`: OpenStack) is reset by deleting the server after the stop (a
-shelved one keeps its disk otherwise); the start builds or adopts a fresh one from the plan's image
-and pushes the materials again. The person and the server's name (the instance's identity) stay;
-the new server gets a new API token, as every start does. Other backends (qemu: the home is on
-the VM's overlay disk and the hub gives a VM no materials) answer 409 with the reason.
-
-Who: scope ``admin:servers`` on that server — hub admins, and the training service's token (the
-service checks that the person clicking is a trainer of that course). Owners do not hold it:
-"reset" deletes their work, which they do with "Delete" if they want.
+A backend whose home lives on the machine's own disk and which brings the materials itself to
+each new machine (`delivers_materials`: OpenStack, qemu) is reset by deleting the machine after
+the stop (OpenStack's server, shelved or not; qemu's overlay disk); the start builds or adopts a
+fresh one (OpenStack: from the plan's image or the course's pool; qemu: cold, or a clone of the
+memory snapshot) and pushes the materials again (`guest/materials.py`). The person and the
+server's name (the instance's identity) stay; the new machine gets a new API token, as every start
+does. A backend with neither answers 409 with the reason.
 """
 from __future__ import annotations
 

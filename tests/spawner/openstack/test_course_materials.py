@@ -13,21 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-import requests
 
 from tests.hubtools import Browserless
 from tests.spawner.openstack import lab
-from tests.spawner.openstack.boot_emulator import REPO, BootEmulator, wait_until
+from tests.spawner.openstack.boot_emulator import BootEmulator, wait_until
 from tests.spawner.openstack.hubrun import make_hub, progress_events
 from tests.spawner.openstack.support import new_hub_id
+from tests.training.course_instances import BLOB, MATERIALS, home_listing, instance_api, write_materials, write_own_file
 from tests.training.test_grid_hub import Trainer
 from visa_spawner.backends.openstack.model import hub_tag
 
 pytestmark = [pytest.mark.openstack, pytest.mark.root]
 
 CONFIG = os.path.join(os.path.dirname(__file__), "course_hub_config.py")
-DEMO_NOTEBOOK = next((REPO / "hub_config" / "demo" / "courses" / "python-neutron").glob("*.ipynb"))
-BLOB = bytes(range(256)) * 512  # 128 KiB, every byte value: a damaged transfer shows
 COURSES = """courses:
   - {id: os-course, title: Cloud course, trainers: [tina], start: today-1, end: today+2, plan: openstack-small,
      materials: courses/os-course, participants: [frank]}
@@ -43,30 +41,12 @@ COURSES = """courses:
 
 
 def write_courses(state) -> None:
-    mat = state / "courses" / "os-course"
-    (mat / "notebooks").mkdir(parents=True)
-    shutil.copy(DEMO_NOTEBOOK, mat / "notebooks" / "intro.ipynb")
-    (mat / "data.bin").write_bytes(BLOB)
-    (mat / ".hidden").write_text("not sent")
-    os.symlink("/etc/hostname", mat / "host-file")  # a link: never followed, never sent
+    write_materials(state / "courses" / "os-course")
     (state / "courses" / "big").mkdir()
     (state / "courses" / "big" / "huge.bin").write_bytes(b"x" * (2**20 + 1))
     (state / "courses" / "gone").mkdir()
     (state / "courses" / "gone" / "a.txt").write_text("a")
     (state / "courses.yaml").write_text(COURSES)
-
-
-def instance_api(hub, method: str, path: str, user: str = "frank", course: str = "os-course",
-                 **kw) -> requests.Response:
-    """A participant's course instance's contents API, under their home, as the tests' admin service."""
-    return requests.request(method, f"{hub.url}/user/{user}/course-{course}/api/contents/home/{user}{path}",
-                            headers={"Authorization": f"token {hub.token}"}, timeout=30, **kw)
-
-
-def home_listing(hub, user: str = "frank", course: str = "os-course") -> dict[str, str]:
-    r = instance_api(hub, "GET", "", user, course)
-    assert r.status_code == 200, r.text[:300]
-    return {i["name"]: i["type"] for i in r.json()["content"] if not i["name"].startswith(".")}
 
 
 def start_course(hub, course: str) -> list[dict]:
@@ -105,31 +85,29 @@ def test_materials_and_reset_on_openstack(openstack_lab, lab_admin):
         messages = [e.get("message", "") for e in events]
         assert events[-1].get("ready"), (messages, hub.log_tail(40), emulator.errors)
         assert any("Copying the course materials" in m for m in messages), messages
-        assert home_listing(hub) == {"notebooks": "directory", "data.bin": "file"}
-        r = instance_api(hub, "GET", "/data.bin", params={"content": 1, "format": "base64", "hash": 1})
+        assert home_listing(hub, "frank", "os-course") == MATERIALS
+        r = instance_api(hub, "GET", "/data.bin", "frank", "os-course", params={"content": 1, "format": "base64", "hash": 1})
         assert r.status_code == 200 and base64.b64decode(r.json()["content"]) == BLOB
         assert r.json()["hash"] == hashlib.sha256(BLOB).hexdigest()
-        r = instance_api(hub, "GET", "/notebooks/intro.ipynb")
+        r = instance_api(hub, "GET", "/notebooks/intro.ipynb", "frank", "os-course")
         assert r.status_code == 200 and r.json()["type"] == "notebook", r.text[:300]
         first = server_ids(lab_admin, tag)
         assert len(first) == 1
-        r = instance_api(hub, "PUT", "/mine.txt", json={"type": "file", "format": "text", "content": "my work"})
-        assert r.status_code == 201, r.text[:300]
-        assert "mine.txt" in home_listing(hub)
+        write_own_file(hub, "frank", "os-course")
 
         tina, dave = Trainer(hub, "tina"), Trainer(hub, "dave")
         assert dave.page("courses/other-course/grid").status_code == 200
         assert dave.api("POST", "courses/os-course/grid/frank/reset").status_code == 403  # not his course
         # through his own course: frank is no participant of it (the service answers 404 for that)
         assert dave.api("POST", "courses/other-course/grid/frank/reset").status_code == 404
-        assert "mine.txt" in home_listing(hub) and server_ids(lab_admin, tag) == first
+        assert "mine.txt" in home_listing(hub, "frank", "os-course") and server_ids(lab_admin, tag) == first
         assert tina.page("courses/os-course/grid").status_code == 200
         r = tina.api("POST", "courses/os-course/grid/frank/reset")
         assert r.status_code == 200, r.text[:300]
         hub.wait_ready("frank", "course-os-course", timeout=300)
         after = server_ids(lab_admin, tag)
         assert len(after) == 1 and not after & first, "reset keeps the old server"
-        assert home_listing(hub) == {"notebooks": "directory", "data.bin": "file"}  # mine.txt is gone
+        assert home_listing(hub, "frank", "os-course") == MATERIALS  # mine.txt is gone
         model = hub.server_model("frank", "course-os-course")
         assert model["user_options"]["course"] == "os-course"
 
@@ -156,7 +134,7 @@ def test_class_from_a_pool_gets_materials_and_reset_adopts_a_pooled_server(opens
         r = tina.api("POST", "courses/pool-course/start")
         assert r.status_code == 202 and r.json()["warm_pool"] is True, r.text[:300]
         hub.wait_ready("quinn", "course-pool-course", timeout=300)
-        assert home_listing(hub, "quinn", "pool-course") == {"notebooks": "directory", "data.bin": "file"}
+        assert home_listing(hub, "quinn", "pool-course") == MATERIALS
 
         def pool_full():
             status = hub.api("GET", "/visa/pools/pool-course").json()
@@ -164,14 +142,12 @@ def test_class_from_a_pool_gets_materials_and_reset_adopts_a_pooled_server(opens
         wait_until(pool_full, 180, "the course's pool full")
         pooled = {s.id for s in lab.servers_with_tag(lab_admin, tag) if s.metadata.get("visa-pool") == "pool-course"}
         assert pooled
-        r = instance_api(hub, "PUT", "/mine.txt", "quinn", "pool-course",
-                         json={"type": "file", "format": "text", "content": "my work"})
-        assert r.status_code == 201, r.text[:300]
+        write_own_file(hub, "quinn", "pool-course")
         assert tina.api("POST", "courses/pool-course/grid/quinn/reset").status_code == 200
         hub.wait_ready("quinn", "course-pool-course", timeout=300)
         [mine] = [s for s in lab.servers_with_tag(lab_admin, tag) if s.metadata.get("visa-owner") == "quinn"]
         assert mine.id in pooled, "the reset did not adopt a server built ahead"
-        assert home_listing(hub, "quinn", "pool-course") == {"notebooks": "directory", "data.bin": "file"}
+        assert home_listing(hub, "quinn", "pool-course") == MATERIALS
         r = instance_api(hub, "GET", "/data.bin", "quinn", "pool-course", params={"content": 0, "hash": 1})
         assert r.json()["hash"] == hashlib.sha256(BLOB).hexdigest()
         assert not emulator.errors, emulator.errors

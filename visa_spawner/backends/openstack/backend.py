@@ -23,6 +23,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from visa_spawner.backends.base import BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.guest.materials import MaterialsPush
 from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 from visa_spawner.backends.openstack.cloud import (
     CloudCalls,
@@ -36,7 +37,6 @@ from visa_spawner.backends.openstack.cloud import (
 )
 from visa_spawner.backends.openstack.deletion import ServerDeletion
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
-from visa_spawner.backends.openstack.materials import MaterialsPush
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
     RESUME_META,

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
@@ -28,6 +29,7 @@ from visa_spawner.backends.base import (
     private_partial,
 )
 from visa_spawner.backends.guest import cloudinit
+from visa_spawner.backends.guest.materials import MaterialsPush
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.instrument_net import AddressBook, gateway_port, instrument_env
 from visa_spawner.backends.qemu import nocloud
@@ -178,6 +180,10 @@ class QemuBackend(Backend):
         vm = vm_name(spec.owner, spec.server_name)
         paths = VmPaths(Path(self.state_dir) / "instances" / vm)
         data_dir = await self._data_dir(spec)
+        # a new disk gets the course's materials (checked before anything starts); a stopped VM's
+        # disk or one restored from its archive keeps its home as it was
+        new_home = spec.materials and not spec.restore_from and not await self._run_blocking(paths.overlay.exists)
+        items = await self.materials.check(spec.materials) if new_home else None
         async with self._lock:
             live_states = await self._live()
             live = len(live_states)
@@ -217,6 +223,7 @@ class QemuBackend(Backend):
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
             await self._boot(spec, paths, proc, config, vm, snapshot, progress)
+            await self.materials.push(spec, items, "127.0.0.1", spec.port, progress)  # before anyone is routed there
             return state
         except BaseException as e:
             await self._abandon(vm, paths, fresh=fresh, started=started)
@@ -230,6 +237,14 @@ class QemuBackend(Backend):
             for _, leftover in paths.fw_cfg():  # the config holds the API token
                 leftover.unlink(missing_ok=True)
             nocloud.remove_seed(paths.seed)
+
+    @cached_property
+    def materials(self) -> MaterialsPush:
+        """Course materials pushed into a new VM's home (`guest/materials.py`)."""
+        return MaterialsPush(parent=self, log=self.log)
+
+    #: a reset (visa_spawner.reset) deletes the VM's disk; the next start brings the materials again
+    delivers_materials = True
 
     async def address(self, state: dict) -> tuple[str, int]:
         return "127.0.0.1", QemuState.from_dict(state).port

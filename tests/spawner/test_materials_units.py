@@ -14,7 +14,7 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
 from visa_spawner.backends.base import BackendError
-from visa_spawner.backends.openstack.materials import Item, MaterialsError, MaterialsPush, collect
+from visa_spawner.backends.guest.materials import Item, MaterialsError, MaterialsPush, collect
 
 
 @pytest.fixture

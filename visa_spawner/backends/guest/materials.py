@@ -1,16 +1,17 @@
-"""A course's materials put into an OpenStack instance's home by the hub (issue 19).
+"""A course's materials put into a VM instance's home by the hub (issue 19): OpenStack and qemu.
 
 Why the hub pushes them through the instance's own Jupyter (docs/openstack.md, "Course materials"):
-the instance's disk is the image's, cloud-init user-data holds at most 64 KB, and a pooled server
-already runs the start script it was built with. Once the instance phoned home "jupyter-up" and
-before the spawn is reported ready (so before the proxy routes the participant to it), the hub
+the instance's disk is the image's (a VM has no host folder to copy into: qemu's home lives in its
+overlay disk, OpenStack's on the server), cloud-init user-data holds at most 64 KB, and a pooled
+or warm-restored machine already runs the start script it was built with. Once the instance is up
+and before the spawn is reported ready (so before the proxy routes the participant to it), the hub
 writes each file with Jupyter's contents API, authenticated with a token of the owner made for this
 push (scope ``access:servers!server=<owner>/<server>``: that one server, nothing else; expiring in
 `token_seconds` and revoked right after). Not the instance's own API token: the instance refuses
 it (visa_instance.room: any process in the instance can read it). Jupyter runs as the owner, so
 the files are the owner's; they land where the start script made the owner's home.
 No image change, no new endpoint on the hub, nothing the guest must trust: the hub only sends the
-course's own folder, size-limited before any server is requested, and checks each file's SHA-256
+course's own folder, size-limited before any machine is started, and checks each file's SHA-256
 as Jupyter computes it on the instance's disk.
 
 What is sent: directories and regular files. Symbolic links (a link must not make the hub read a
