@@ -27,6 +27,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
 
@@ -179,3 +180,16 @@ class MaterialsPush(LoggingConfigurable):
             target, method=method, headers=headers, body=None if body is None else json.dumps(body),
             request_timeout=self.request_timeout, follow_redirects=False))
         return json.loads(response.body or b"{}")
+
+
+class DeliversMaterials:
+    """Mixed into a VM backend whose homes live on the machine's own disk: the hub pushes a course's
+    materials into each new machine, so a reset (visa_spawner.reset) deletes the machine and starts
+    a new one."""
+
+    delivers_materials = True
+
+    @cached_property
+    def materials(self) -> MaterialsPush:
+        """Course materials pushed into a new instance's home."""
+        return MaterialsPush(parent=self, log=self.log)

@@ -23,7 +23,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from visa_spawner.backends.base import BackendError, InstanceSpec, InstanceStatus, ProgressCallback, StateError
 from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.guest.materials import MaterialsPush
+from visa_spawner.backends.guest.materials import DeliversMaterials
 from visa_spawner.backends.guest.phonehome import BOARD, Inbox, Report, resume_fingerprint
 from visa_spawner.backends.openstack.cloud import (
     CloudCalls,
@@ -63,7 +63,7 @@ def _config_error(e: ValueError) -> BackendError:
                         reason="config", log_detail=str(e))
 
 
-class OpenStackBackend(ServerDeletion, SnapshotArchiving):
+class OpenStackBackend(DeliversMaterials, ServerDeletion, SnapshotArchiving):
     """Instances as Nova servers, configured by cloud-init user-data from `cloudinit`."""
 
     # -- the cloud ----------------------------------------------------------------------------
@@ -149,19 +149,11 @@ class OpenStackBackend(ServerDeletion, SnapshotArchiving):
         return server_name(self.hub_id, owner, server)
 
     @cached_property
-    def materials(self) -> MaterialsPush:
-        """Course materials pushed into a new instance's home (`materials.py`)."""
-        return MaterialsPush(parent=self, log=self.log)
-
-    @cached_property
     def warm_pool(self) -> OpenStackPool:
         """The hub's warm pools of servers built ahead for courses (`pool.py`), made on first use."""
         return OpenStackPool(self, parent=self, log=self.log)
 
     # -- protocol -------------------------------------------------------------------------------------
-    #: a reset (visa_spawner.reset) deletes the server; the next start brings the materials again
-    delivers_materials = True
-
     async def create(self, spec: InstanceSpec, progress: ProgressCallback) -> dict:
         items = await self.materials.check(spec.materials) if spec.materials else None  # before any server
         if spec.warm_pool and (adopted := await self.warm_pool.adopt(spec, progress)) is not None:

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import sys
 import time
-from functools import cached_property
 from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
@@ -29,7 +28,7 @@ from visa_spawner.backends.base import (
     private_partial,
 )
 from visa_spawner.backends.guest import cloudinit
-from visa_spawner.backends.guest.materials import MaterialsPush
+from visa_spawner.backends.guest.materials import DeliversMaterials
 from visa_spawner.backends.guest.phonehome import BOARD
 from visa_spawner.backends.instrument_net import AddressBook, gateway_port, instrument_env
 from visa_spawner.backends.qemu import nocloud
@@ -65,7 +64,7 @@ from visa_spawner.backends.qemu.vm import launch, tail, terminate, wait_qmp
 from visa_spawner.backends.qemu.warm import Snapshot, SnapshotPool, TemplateVm, build_snapshot, prune_snapshots
 
 
-class QemuBackend(Backend):
+class QemuBackend(DeliversMaterials, Backend):
     """Runs each instance as a QEMU virtual machine on this host."""
 
     state_dir = Unicode("/var/lib/visahub/qemu", config=True,
@@ -223,7 +222,7 @@ class QemuBackend(Backend):
             how = f"restoring a snapshot, {accel.name.upper()}" if snapshot else accel.name.upper()
             progress(20, f"QEMU started ({cpus} CPU, {memory} MB, {how})")
             await self._boot(spec, paths, proc, config, vm, snapshot, progress)
-            await self.materials.push(spec, items, "127.0.0.1", spec.port, progress)  # before anyone is routed there
+            await self.materials.push(spec, items, *await self.address(state), progress)  # before the route
             return state
         except BaseException as e:
             await self._abandon(vm, paths, fresh=fresh, started=started)
@@ -237,14 +236,6 @@ class QemuBackend(Backend):
             for _, leftover in paths.fw_cfg():  # the config holds the API token
                 leftover.unlink(missing_ok=True)
             nocloud.remove_seed(paths.seed)
-
-    @cached_property
-    def materials(self) -> MaterialsPush:
-        """Course materials pushed into a new VM's home (`guest/materials.py`)."""
-        return MaterialsPush(parent=self, log=self.log)
-
-    #: a reset (visa_spawner.reset) deletes the VM's disk; the next start brings the materials again
-    delivers_materials = True
 
     async def address(self, state: dict) -> tuple[str, int]:
         return "127.0.0.1", QemuState.from_dict(state).port
