@@ -86,6 +86,19 @@ class RfbClient:
         self.read_update()
         return hashlib.sha256(self.fb).hexdigest()
 
+    def settled(self, quiet: float = 0.5, timeout: float = 20) -> str:
+        """The screen's hash once it has not changed for `quiet` seconds: a desktop reported ready
+        may still be drawing its panel and file manager, and a change from that is no reply to input."""
+        deadline = time.monotonic() + timeout
+        last, since = self.screen(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            assert time.monotonic() < deadline, f"the screen kept changing for {timeout:g} s"
+            time.sleep(0.1)
+            now = self.screen()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
     def save_png(self, path) -> None:
         """The current framebuffer as a PNG (32 bpp little-endian BGRX, TigerVNC's default)."""
         import zlib

@@ -289,10 +289,11 @@ def test_desktop_menu_opens_the_panel(ioc: FakeInstrument, tmp_path: Path) -> No
     try:
         desktop.wait_ready(30)
         rfb = RfbClient(UnixSocketFrames(desktop.socket))
-        before = rfb.screen()
+        before = rfb.settled()  # the panel and file manager drawn: a change now is the menu
         for mask in (0, 4, 0):  # right button (mask bit 2) pressed and released on the background
             rfb.ws.send_binary(struct.pack(">BBHH", 5, mask, 1000, 600))
         wait_for(lambda: rfb.screen() != before, 10, "the menu to open")
+        rfb.settled()  # the whole menu drawn before its entry is clicked
         rfb.click(1080, 627)  # its second entry, "Instrument control — D11"
         wait_for(lambda: f"connected {CHANNELS}/{CHANNELS} channels" in desktop.log(), 40,
                  f"the panel to open and connect:\n{desktop.log()[-3000:]}")
