@@ -18,8 +18,8 @@ class PoolError(ValueError):
 
 
 class PoolBook(LoggingConfigurable):
-    """Pools by name. Subclasses set `max_total` (a trait), `held` (what the size refusal calls
-    the instances), and implement `_fill`, `_discard` and `_same_instances`."""
+    """Pools by name. Subclasses set `max_total` and `refill_quiet` (traits), `held` (what the size
+    refusal calls the instances), and implement `_fill`, `_discard` and `_same_instances`."""
 
     held = "pooled instances"
 
@@ -32,6 +32,7 @@ class PoolBook(LoggingConfigurable):
         self._starting: dict[str, set[asyncio.Task]] = {}
         self._fillers: dict[str, asyncio.Task] = {}
         self._slots: asyncio.Semaphore | None = None
+        self._last_taken: dict[str, float] = {}  # pool → loop time of its last adoption
 
     # -- what a backend's pool provides -------------------------------------------------------
     async def _fill(self, name: str) -> None:
@@ -90,6 +91,18 @@ class PoolBook(LoggingConfigurable):
         await asyncio.gather(*starting, return_exceptions=True)
         ready, self._ready[name] = self._ready.get(name, []), []
         await asyncio.gather(*(self._discard(p) for p in ready))
+
+    def _taken(self, name: str) -> None:
+        """An instance of pool `name` was adopted: note when, and refill (after `_refill_pause`)."""
+        self._last_taken[name] = asyncio.get_running_loop().time()
+        self._kick(name)
+
+    def _refill_pause(self, name: str) -> float:
+        """Seconds the pool still waits before it refills: until adoptions paused `refill_quiet` s.
+        While a class arrives, the hub's and the host's work goes to the participants, not to
+        instances for later arrivals."""
+        taken = self._last_taken.get(name)
+        return 0.0 if taken is None else taken + self.refill_quiet - asyncio.get_running_loop().time()
 
     def _kick(self, name: str) -> None:
         """Fill the pool in the background (one filler per pool)."""

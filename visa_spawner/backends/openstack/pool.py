@@ -75,6 +75,11 @@ class OpenStackPool(PoolBook):
         help="Seconds a pooled server may take from its request until it booted and asked for its "
         "configuration; then it is deleted and another is built.")
     retry_delay = Float(15, config=True, help="Seconds before a pool retries after a server failed to build.")
+    refill_quiet = Float(
+        10, config=True,
+        help="Seconds without an adoption before a pool builds the servers it lost. While a class "
+        "starts, building replacements beside the adoptions slows the class (docs/training.md) and "
+        "takes the project's quota from the participants the pool could not serve. 0: at once.")
     pool_wait = Float(
         25, config=True,
         help="Seconds the hub holds a waiting pooled server's request for its configuration (then "
@@ -125,7 +130,7 @@ class OpenStackPool(PoolBook):
                           spec.warm_pool)
             return None
         ready.remove(pooled)
-        self._kick(spec.warm_pool)
+        self._taken(spec.warm_pool)
         try:
             return await self._hand_over(pooled, spec, name, progress)
         except BaseException as e:  # the server may hold the participant's config: it goes
@@ -177,6 +182,9 @@ class OpenStackPool(PoolBook):
     # -- filling -------------------------------------------------------------------------------
     async def _fill(self, name: str) -> None:
         while (d := self._defs.get(name)) is not None:
+            if (pause := self._refill_pause(name)) > 0:  # adoptions go on: replacements wait
+                await asyncio.sleep(pause)
+                continue
             missing = d.size - len(self._ready[name]) - len(self._starting[name])
             if missing <= 0:
                 return

@@ -183,7 +183,6 @@ class WarmPool(PoolBook):
     def __init__(self, backend: Backend, **kwargs) -> None:
         """`backend`: the hub's `SandboxBackend`, whose steps a pooled sandbox is made of."""
         super().__init__(backend, **kwargs)
-        self._last_adoption: dict[str, float] = {}  # pool → loop time
         self._cleaned: asyncio.Task | None = None
 
     @property
@@ -231,8 +230,7 @@ class WarmPool(PoolBook):
                 self.backend._home(derived).exists():
             return None  # a restart: the instance keeps its own home
         pooled = self._ready[name].pop(0)
-        self._last_adoption[name] = asyncio.get_running_loop().time()
-        self._kick(name)
+        self._taken(name)
         try:
             return await self._hand_over(pooled, spec, progress)
         except BackendError as e:
@@ -283,12 +281,12 @@ class WarmPool(PoolBook):
 
     # -- filling -------------------------------------------------------------------------------
     async def _fill(self, name: str) -> None:
-        delay, loop = 0.0, asyncio.get_running_loop()
+        delay = 0.0
         while (d := self._defs.get(name)) is not None:
             missing = d.size - len(self._ready[name]) - len(self._starting[name])
             if missing <= 0:
                 return
-            quiet = self._last_adoption.get(name, -self.refill_quiet) + self.refill_quiet - loop.time()
+            quiet = self._refill_pause(name)
             if max(delay, quiet) > 0:
                 await asyncio.sleep(max(delay, quiet))
                 delay = 0.0
