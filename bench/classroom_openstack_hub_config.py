@@ -1,6 +1,7 @@
 """bench/classroom_openstack.py's hub: the OpenStack warm-pool test hub (`course-<pool>` servers adopt
 from `<pool>`) where every participant may start the OpenStack plan on the open-data proposal (no
 auth_state: the bench creates 2 x 100 users through the REST API). Never used by `make demo`."""
+import os
 import sys
 from pathlib import Path
 
@@ -13,13 +14,28 @@ from visa_spawner.spawner import VisaSpawner  # noqa: E402
 OPEN_DATA = "P-2021-007"
 
 
+_watching = []
+
+
+def start_loop_watch() -> None:
+    """`VISA_BENCH_LOOP_WATCH=<ms>`: log where the hub's loop stalls that long (bench/loop_watch.py)."""
+    if os.environ.get("VISA_BENCH_LOOP_WATCH") and not _watching:
+        import asyncio
+
+        from bench.loop_watch import watch
+        _watching.append(watch(asyncio.get_running_loop(), int(os.environ["VISA_BENCH_LOOP_WATCH"]) / 1000))
+
+
 class BenchSpawner(VisaSpawner):
     """Every participant may start the plans on the open-data proposal (no auth_state)."""
 
     async def entitlements(self):
+        start_loop_watch()
         return {"proposals": [{"id": OPEN_DATA, "title": "Open data"}], "roles": ["USER"], "quota": 4}
 
 
 c = get_config()  # noqa: F821
 c.JupyterHub.spawner_class = BenchSpawner
 c.OpenStackPool.max_total = 100
+if os.environ.get("VISA_BENCH_HUB_DB_URL"):  # --db postgresql: the production database
+    c.JupyterHub.db_url = os.environ["VISA_BENCH_HUB_DB_URL"]

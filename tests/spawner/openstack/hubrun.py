@@ -23,12 +23,12 @@ def openstack_settings(hub_id: str, proxy=None, **traits) -> dict:
 
 
 def make_hub(hub_id: str, proxy=None, *, interval: float = 60, grace: float = 300, config: Path = CONFIG,
-             **traits) -> Hub:
+             env: dict[str, str] | None = None, **traits) -> Hub:
     state = make_state_dir("visahub-os-")
     make_demo_data(DEMO_CONFIG.parent / "catalogue.yaml", state / "data")
     return Hub(state, config=config, extra_env={
         "VISA_TEST_OPENSTACK": json.dumps(openstack_settings(hub_id, proxy, **traits)),
-        "VISA_TEST_RECONCILE_INTERVAL": str(interval), "VISA_TEST_RECONCILE_GRACE": str(grace),
+        "VISA_TEST_RECONCILE_INTERVAL": str(interval), "VISA_TEST_RECONCILE_GRACE": str(grace), **(env or {}),
     })
 
 
