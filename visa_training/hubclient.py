@@ -64,6 +64,11 @@ class TrainingHub(HubAPI):
                 return None
             raise
 
+    async def get_pool(self, name: str) -> dict | None:
+        """The warm pool's status (``GET /hub/api/visa/pools/<name>``); None when the hub has no such
+        pool (it restarted, or has no pools)."""
+        return await self._call("GET", f"/visa/pools/{_q(name)}", ok404=True)
+
     async def delete_pool(self, name: str) -> None:
         try:
             await self._call("DELETE", f"/visa/pools/{_q(name)}")

@@ -216,20 +216,7 @@ class Training:
     async def start_class(self, course: Course, actor: str) -> dict:
         """Fill the warm pool, then create every participant's instance and share it with the
         trainers, in the background (progress per participant in the store)."""
-        seats = await self.store.seats(course.id)
-        free = sum(1 for s in seats if s["state"] == "free")
-        pool, note, size = None, "No warm pool: no free seat and no spare configured.", free + self.pool_spare
-        try:
-            answer = await self.hub.put_pool(course.id, {"plan": course.plan, "proposal": course.proposal or "",
-                                                         "materials": course.materials, "size": size}) if size else {}
-            if answer is None:
-                note = "This hub has no warm pool: each instance starts when it is created."
-            elif size:
-                pool = course.id
-                note = f"Warm pool of {size} instance(s) filling."
-        except HubError as e:
-            log.warning("Course %s: the warm pool was refused: %s", course.id, e)
-            note = f"The warm pool could not be filled ({e.message[:200]}); instances start on demand."
+        pool, note = await self._put_pool(course)
         await self.store.mark_started(course.id, actor, pool, note)
         for user in course.participants:
             await self.store.set_progress(course.id, user, "queued", "")
@@ -237,6 +224,23 @@ class Training:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return {"started": True, "warm_pool": pool is not None, "note": note}
+
+    async def _put_pool(self, course: Course) -> tuple[str | None, str]:
+        """Ask the hub for the course's warm pool (a server per free seat, plus the spare):
+        (the pool's name, or None without one; the note the course page shows)."""
+        seats = await self.store.seats(course.id)
+        size = sum(1 for s in seats if s["state"] == "free") + self.pool_spare
+        if not size:
+            return None, "No warm pool: no free seat and no spare configured."
+        try:
+            answer = await self.hub.put_pool(course.id, {"plan": course.plan, "proposal": course.proposal or "",
+                                                         "materials": course.materials, "size": size})
+        except HubError as e:
+            log.warning("Course %s: the warm pool was refused: %s", course.id, e)
+            return None, f"The warm pool could not be filled ({e.message[:200]}); instances start on demand."
+        if answer is None:
+            return None, "This hub has no warm pool: each instance starts when it is created."
+        return course.id, f"Warm pool of {size} instance(s) filling."
 
     async def _start_all(self, course: Course) -> None:
         limit = asyncio.Semaphore(8)
@@ -294,9 +298,12 @@ class Training:
     # -- the end of a course -------------------------------------------------------------------------
     async def sweep(self) -> list[str]:
         """Delete the guest accounts (and their archives) of courses whose download window closed,
-        once their servers are gone (the visa-ops sweep deletes the instances); drain ended pools."""
+        once their servers are gone (the visa-ops sweep deletes the instances); drain ended pools, and
+        put again a running course's pool the hub forgot (it restarted: it then takes back the
+        servers its previous run built for the pool)."""
         removed = []
         now = self.clock()
+        await self._keep_pools(now)
         for course_id, user in await self.store.expired_guests(now):
             with self.hub.fresh():
                 model = await self.hub.user(user)
@@ -309,12 +316,21 @@ class Training:
             await self.store.mark_removed(course_id, user)
             log.info("Course %s ended: guest account %s deleted", course_id, user)
             removed.append(user)
+        return removed
+
+    async def _keep_pools(self, now: datetime) -> None:
         for course in await self.store.all_courses():
             row = await self.store.course_row(course.id)
-            if row["pool"] and course.ended(now):
+            if not row["pool"]:
+                continue
+            if course.ended(now):
                 await self.hub.delete_pool(course.id)
                 await self.store.mark_started(course.id, row["started_by"], None, "The course ended: pool drained.")
-        return removed
+            elif await self.hub.get_pool(course.id) is None:
+                pool, note = await self._put_pool(course)
+                log.info("Course %s: the hub had forgotten the warm pool (a restart); put again: %s", course.id, note)
+                if pool is None:
+                    await self.store.mark_started(course.id, row["started_by"], None, note)
 
     async def _archives(self, user: str) -> list[str]:
         if not self.archive_dir:

@@ -211,18 +211,32 @@ async def test_a_course_from_the_page_checks_its_plan_against_the_participants_r
     assert e.value.status == 403
 
 
+class PoolHub(StubHub):
+    """A hub whose pool API answers `answer` to a PUT and remembers the pools it holds."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer, self.pools, self.known, self.drained = answer, [], set(), []
+
+    async def put_pool(self, name, body):
+        self.pools.append((name, body))
+        if self.answer is not None:
+            self.known.add(name)
+        return self.answer
+
+    async def get_pool(self, name):
+        return {"name": name} if name in self.known else None
+
+    async def delete_pool(self, name):
+        self.known.discard(name)
+        self.drained.append(name)
+
+
+async def no_start(*args):  # the instances themselves are the hub test's
+    return None
+
+
 async def test_start_the_class_asks_for_a_pool_of_the_free_seats_plus_the_spare_and_says_when_there_is_none(store):
-    class PoolHub(StubHub):
-        def __init__(self, answer):
-            super().__init__()
-            self.answer, self.pools = answer, []
-
-        async def put_pool(self, name, body):
-            self.pools.append((name, body))
-            return self.answer
-
-    async def no_start(*args):  # the instances themselves are the hub test's
-        return None
 
     await store.save_course(course(guest_seats=2), source="yaml", actor="t")
     for answer, pooled in ((None, False), ({"name": "py"}, True)):
@@ -234,3 +248,30 @@ async def test_start_the_class_asks_for_a_pool_of_the_free_seats_plus_the_spare_
         assert result["warm_pool"] is pooled and (pooled or "no warm pool" in result["note"])
     row = await store.course_row("py")
     assert row["started_by"] == "tina" and row["pool"] == "py"
+
+
+async def test_the_sweep_puts_again_a_pool_the_hub_forgot_and_drains_it_when_the_course_ends(store):
+    await store.save_course(course(guest_seats=2), source="yaml", actor="t")
+    hub = PoolHub({"name": "py"})
+    training = Training(store, hub, plans=PLANS, pool_spare=1)
+    training._start_all = no_start
+    await training.start_class(await store.course("py"), "tina")
+    await training.sweep()
+    assert len(hub.pools) == 1, "the hub still knew the pool: nothing to put"
+    hub.known.clear()  # the hub restarted
+    await training.sweep()
+    assert hub.pools[1] == ("py", {"plan": "sandbox-small", "proposal": "", "materials": "", "size": 3})
+    assert hub.known == {"py"} and (await store.course_row("py"))["pool"] == "py"
+    hub.known.clear()
+    hub.answer = None  # a hub that no longer has pools: the course page says so
+    await training.sweep()
+    row = await store.course_row("py")
+    assert row["pool"] is None and "no warm pool" in row["start_note"]
+    await training.sweep()
+    assert len(hub.pools) == 3, "a course without a pool is not put again"
+
+    hub.answer = {"name": "py"}
+    await training.start_class(await store.course("py"), "tina")
+    store.now[0] = NOW + timedelta(days=3)  # the course ended
+    await training.sweep()
+    assert hub.drained == ["py"] and (await store.course_row("py"))["pool"] is None

@@ -207,15 +207,19 @@ class BootEmulator:
         return r.json() if r.status_code == 200 else None
 
     async def _wait_adopted(self, config: dict) -> dict:
-        """The start script's `resume` for a pooled server: ask (the hub holds it), again on 404."""
+        """The start script's `resume` for a pooled server: ask (the hub holds it), again on 404, and
+        again while the hub is away (a restart), as the script does."""
         import requests
         url = config["phone_home_url"].rsplit("/", 1)[0] + "/resume"
         headers = {"Authorization": f"visa-resume {config['resume_key']}"}
         while True:
-            r = await asyncio.get_running_loop().run_in_executor(self._waits, lambda: requests.post(
-                url, json={"wait": config["pool_wait"]}, headers=headers, timeout=config["pool_wait"] + 10))
-            if r.status_code == 200:
-                return r.json()
+            try:
+                r = await asyncio.get_running_loop().run_in_executor(self._waits, lambda: requests.post(
+                    url, json={"wait": config["pool_wait"]}, headers=headers, timeout=config["pool_wait"] + 10))
+                if r.status_code == 200:
+                    return r.json()
+            except requests.RequestException:
+                pass
             await asyncio.sleep(1)
 
     async def _phone(self, config: dict, stage: str, **extra) -> None:

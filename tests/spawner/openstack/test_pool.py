@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,13 +54,26 @@ def start_course_instance(hub, user: str) -> float:
     return time.monotonic() - t0
 
 
-def test_pool_fill_adoption_refill_and_drain(openstack_lab, lab_admin):
+@contextlib.contextmanager
+def pool_hub(lab_admin) -> Iterator[tuple]:
+    """(hub, emulator, hub id, tag): a hub with pools on the lab cloud, its servers booted by
+    stand-ins; everything of that hub deleted after."""
     hub_id = new_hub_id()
     tag = hub_tag(hub_id)
     # grace 0: the reconciler would delete at once any server it does not know is the pool's
     hub = make_hub(hub_id, config=CONFIG, interval=2, grace=0).start()
     emulator = BootEmulator(lambda: lab.connect("lab"), tag, mode="standin", boot_delay=1).start()
     try:
+        yield hub, emulator, hub_id, tag
+        assert not emulator.errors, emulator.errors
+    finally:
+        emulator.stop()
+        hub.stop()
+        lab.delete_all(lab_admin, tag)
+
+
+def test_pool_fill_adoption_refill_and_drain(openstack_lab, lab_admin):
+    with pool_hub(lab_admin) as (hub, emulator, hub_id, tag):
         assert hub.api("PUT", "/visa/pools/room", json={**BODY, "plan": "vm", "size": 1}).status_code == 400
         r = hub.api("PUT", "/visa/pools/room", json={**BODY, "size": 2})
         assert r.status_code == 200, r.text
@@ -104,11 +119,8 @@ def test_pool_fill_adoption_refill_and_drain(openstack_lab, lab_admin):
         hub.stop_server("alice", "course-room", timeout=120)
         assert hub.api("DELETE", "/visa/pools/room").status_code == 204
         assert hub.api("GET", "/visa/pools/room").status_code == 404
-        assert [s.id for s in lab.servers_with_tag(lab_admin, tag)] == [adopted["bob"]]
+        # drained: its servers are deleted (Nova may list one a moment longer: seen once in CI)
+        wait_until(lambda: [s.id for s in lab.servers_with_tag(lab_admin, tag)] == [adopted["bob"]], 60,
+                   "only bob's server left once the pool is drained")
         hub.delete_server("bob", "course-room", timeout=120)
         wait_until(lambda: not lab.servers_with_tag(lab_admin, tag), 120, "every server of the hub deleted")
-        assert not emulator.errors, emulator.errors
-    finally:
-        emulator.stop()
-        hub.stop()
-        lab.delete_all(lab_admin, tag)

@@ -48,7 +48,7 @@ from visa_spawner.backends.openstack.model import (
     server_metadata,
     server_name,
 )
-from visa_spawner.backends.openstack.pool import OpenStackPool
+from visa_spawner.backends.openstack.pool import POOL_META, OpenStackPool
 from visa_spawner.backends.openstack.security import SecurityGroups
 from visa_spawner.backends.openstack.snapshot_archive import SnapshotArchiving
 from visa_spawner.backends.openstack.state import OpenStackState
@@ -264,14 +264,16 @@ class OpenStackBackend(DeliversMaterials, ServerDeletion, SnapshotArchiving):
         return self.name_for(state.owner, state.server_name)
 
     async def list_managed(self) -> list[dict]:
-        """Every server of this hub: one listing call, filtered by tag on the server side."""
+        """Every server of this hub: one listing call, filtered by tag on the server side (`pool`:
+        the warm pool a server built ahead waits in, "" for an instance's)."""
         servers = await self.cloud_calls.call(
             lambda conn: list_servers(conn, LIST_PAGE, tags=self.tag), doing="listing servers")
         out = []
         for s in servers:
             owner, server = owner_of(s.metadata or {})
             out.append({"backend": "openstack", "server_id": s.id, "name": s.name, "status": s.status,
-                        "owner": owner, "server_name": server, "created": s.created_at})
+                        "owner": owner, "server_name": server, "created": s.created_at,
+                        "pool": (s.metadata or {}).get(POOL_META, "")})
         return out
 
     async def capacity(self) -> dict:

@@ -14,8 +14,12 @@ instance. Each pooled server serves once: it leaves the pool before anything is 
 forgotten after, and the pool builds a new one. Anything failing deletes the server and the
 instance starts the normal way.
 
-Pool definitions live in the hub's memory (the training service puts them again); servers a
-previous hub built are orphans to the reconciler, which deletes them after its grace period.
+Hub restarts: pool definitions live in the hub's memory, and the training service puts them again
+(its sweep, when the hub no longer knows a started course's pool). The first fill of a pool then
+takes back the servers a previous hub built for it (`_take_back`): their metadata name the pool,
+the plan and the fingerprint of their key, and their start script keeps asking the hub with that
+key, so the new hub expects it; a server that asks within `claim_timeout` is ready again, the
+others are deleted. Until a pool claims them, the reconciler spares them (`Reconciler.pool_grace`).
 """
 from __future__ import annotations
 
@@ -29,13 +33,21 @@ from traitlets import Float, Integer
 
 from visa_spawner.backends.base import BackendError, InstanceSpec, ProgressCallback
 from visa_spawner.backends.guest.phonehome import BOARD, resume_fingerprint
-from visa_spawner.backends.openstack.cloud import get_server
-from visa_spawner.backends.openstack.model import META_PREFIX, RESUME_META, server_metadata, server_name
+from visa_spawner.backends.openstack.cloud import get_server, list_servers
+from visa_spawner.backends.openstack.model import (
+    LIST_PAGE,
+    META_PREFIX,
+    RESUME_META,
+    owner_of,
+    server_metadata,
+    server_name,
+)
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.pools import PoolBook
 from visa_spawner.backends.sandbox.pool import PoolDefinition
 
 POOL_META = f"{META_PREFIX}pool"  # the pool a server waits in (removed at adoption)
+PLAN_META = f"{META_PREFIX}plan"
 
 
 def pooled_config(*, resume_key: str, phone_home_url: str, wait: float) -> dict:
@@ -80,6 +92,11 @@ class OpenStackPool(PoolBook):
         help="Seconds without an adoption before a pool builds the servers it lost. While a class "
         "starts, building replacements beside the adoptions slows the class (docs/training.md) and "
         "takes the project's quota from the participants the pool could not serve. 0: at once.")
+    claim_timeout = Float(
+        40, config=True,
+        help="Seconds a server a previous hub built for a pool has, once the pool is put again, to "
+        "ask this hub for its configuration (its script asks again within seconds of a restart); "
+        "one that does not is deleted and replaced.")
     pool_wait = Float(
         25, config=True,
         help="Seconds the hub holds a waiting pooled server's request for its configuration (then "
@@ -92,6 +109,7 @@ class OpenStackPool(PoolBook):
         a pooled server is built and adopted with."""
         super().__init__(backend, **kwargs)
         self._building: dict[asyncio.Task, str] = {}  # server names of the builds in flight
+        self._looked_back: set[str] = set()  # pools whose previous hub's servers were taken back
 
     # -- the API's operations ------------------------------------------------------------------
     def check_materials(self, materials: str) -> str:
@@ -181,6 +199,9 @@ class OpenStackPool(PoolBook):
 
     # -- filling -------------------------------------------------------------------------------
     async def _fill(self, name: str) -> None:
+        if name not in self._looked_back and (d := self._defs.get(name)) is not None:
+            self._looked_back.add(name)
+            await self._take_back(name, d)
         while (d := self._defs.get(name)) is not None:
             if (pause := self._refill_pause(name)) > 0:  # adoptions go on: replacements wait
                 await asyncio.sleep(pause)
@@ -196,6 +217,53 @@ class OpenStackPool(PoolBook):
             results = await asyncio.gather(*tasks, return_exceptions=True)  # cancelled: the pool changed
             if any(r is False for r in results):
                 await asyncio.sleep(self.retry_delay)
+
+    async def _take_back(self, name: str, d: PoolDefinition) -> None:
+        """Make ready again the servers a previous hub built for pool `name` (same plan, booted, and
+        their script still asking); delete the rest of them. Errors only cost the servers: the
+        pool then builds new ones."""
+        backend = self.backend
+        try:
+            servers = await backend.cloud_calls.call(lambda c: list_servers(c, LIST_PAGE, tags=backend.tag),
+                                                     doing="listing the pool's servers")
+        except Exception as e:  # noqa: BLE001 - the pool builds new servers instead
+            self.log.warning("Warm pool %r: servers of a previous hub not listed: %s", name,
+                             getattr(e, "log_detail", "") or e)
+            return
+        known = self.server_names()
+        mine = [s for s in servers if (s.metadata or {}).get(POOL_META) == name and s.name not in known]
+        if not mine:
+            return
+        _, flavor_name = await backend._flavor(d.plan)
+        groups = tuple(sorted(await backend.security.ensure_for(roles=(), instruments=(), flavor=flavor_name,
+                                                                open_instruments=())))
+        kept = await asyncio.gather(*(self._claim(name, d, s, groups) for s in mine))
+        self.log.info("Warm pool %r: %d of %d server(s) of a previous hub taken back", name, sum(kept), len(mine))
+
+    async def _claim(self, name: str, d: PoolDefinition, server: Any, groups: tuple[str, ...]) -> bool:
+        """One server of a previous hub: ready again if it fits and asks within `claim_timeout`."""
+        meta = server.metadata or {}
+        if owner_of(meta)[0]:  # a previous hub died while handing it over: it bears that instance's
+            return False  # name, the reconciler judges it by the hub's records
+        pooled = PooledServer(server_id=server.id, name=server.name, key_fingerprint=meta.get(RESUME_META, ""),
+                              groups=groups)
+        task = asyncio.current_task()
+        self._building[task] = server.name  # the reconciler spares it meanwhile
+        try:
+            if meta.get(PLAN_META) == d.plan.id and server.status == "ACTIVE" and pooled.key_fingerprint:
+                try:
+                    await asyncio.wait_for(BOARD.expect(pooled.key_fingerprint).wait(), self.claim_timeout)
+                except TimeoutError:
+                    pass
+                else:
+                    now = self._defs.get(name)
+                    if now is not None and now.plan == d.plan and len(self._ready[name]) < now.size:
+                        self._ready[name].append(pooled)
+                        return True
+            await self._destroy(pooled)
+            return False
+        finally:
+            self._building.pop(task, None)
 
     async def _build_and_keep(self, name: str, d: PoolDefinition, server: str) -> bool:
         """Build one server for pool `name` and make it ready at once (if the pool still wants it);
@@ -245,7 +313,7 @@ class OpenStackPool(PoolBook):
         fields = dict(
             name=pooled.name, flavor_id=flavor_id, image_id=await backend.boot_image(neutral),
             user_data=backend.render_user_data(config), tags=[backend.tag], networks=await backend._networks(),
-            metadata={f"{META_PREFIX}hub": backend.hub_id, POOL_META: d.name, f"{META_PREFIX}plan": d.plan.id,
+            metadata={f"{META_PREFIX}hub": backend.hub_id, POOL_META: d.name, PLAN_META: d.plan.id,
                       RESUME_META: pooled.key_fingerprint},
             **({"security_groups": [{"name": g} for g in pooled.groups]} if pooled.groups else {}),
         )

@@ -8,7 +8,8 @@ stop a record). Then:
 
 - a server no hub record owns (no ready or pending named server maps to its name, and no warm pool
   of this hub holds it) and older than the grace period is deleted — e.g. one left by a hub
-  killed in the middle of `start()`, or a previous hub's pooled server;
+  killed in the middle of `start()`, or a previous hub's pooled server that no pool took back
+  within `pool_grace` of this hub's start;
 - a ready record of an OpenStack plan whose server vanished is stopped through the REST API, so
   the person sees it stopped instead of a dead link;
 - each running server's instrument security groups follow the experiment windows
@@ -56,6 +57,11 @@ class Reconciler(LoggingConfigurable):
         "API answering others meanwhile.")
     grace = Float(300, config=True, help="Minimum age (s) of a server before it can be deleted as an "
                   "orphan (a spawn in another request may not be recorded yet).")
+    pool_grace = Float(
+        600, config=True,
+        help="Seconds after this hub started during which a warm pool's server that no pool of this "
+        "hub holds is spared: a previous hub built it, and the pool put again (the training "
+        "service's sweep) takes it back instead of building another.")
     hub_api_url = Unicode("", config=True, help="The hub's REST API URL (…/hub/api).")
     api_token = Unicode("", config=True, help="Token of the visa-reconciler service (set by install()).")
 
@@ -64,6 +70,7 @@ class Reconciler(LoggingConfigurable):
         super().__init__(**kwargs)
         self.backend, self.openstack_plans, self.windows = backend, openstack_plans, windows
         self._task: asyncio.Task | None = None
+        self._started = dt.datetime.now(dt.UTC)
 
     # -- hub side ----------------------------------------------------------------------------------
     async def _api(self, method: str, path: str) -> Any:
@@ -106,7 +113,7 @@ class Reconciler(LoggingConfigurable):
                 continue
             counts["orphans"] += 1
             age = (now - _parse_time(server["created"])).total_seconds()
-            if age < self.grace:
+            if age < self.grace or (server.get("pool") and (now - self._started).total_seconds() < self.pool_grace):
                 continue
             self.log.warning("Reconciler: deleting server %s (%s) of %s/%s: no hub record owns it (age %.0fs)",
                              server["name"], server["server_id"], server["owner"], server["server_name"], age)
