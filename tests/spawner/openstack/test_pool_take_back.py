@@ -111,3 +111,21 @@ async def _nothing_fits() -> Pool:
 def test_what_is_not_taken_back_is_built():
     pool = asyncio.run(_nothing_fits())
     assert pool.built == 2 and pool.backend.deleted == ["old"]
+
+
+async def _drained_while_claiming() -> tuple[Pool, str]:
+    key = secrets.token_urlsafe(32)
+    pool = Pool(Backend([server("quiet", key)]), claim_timeout=30.0, refill_quiet=0)
+    await pool.put(PoolDefinition(name="room", plan=PLAN, size=1))
+    fingerprint = resume_fingerprint(key)
+    while fingerprint not in BOARD._expected:  # the claim now waits for the server to ask
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(pool.drain("room"), 5)
+    return pool, fingerprint
+
+
+def test_a_pool_drained_while_it_claims_deletes_the_server_and_forgets_its_key():
+    pool, fingerprint = asyncio.run(_drained_while_claiming())
+    assert pool.backend.deleted == ["quiet"] and pool.built == 0
+    assert fingerprint not in BOARD._expected, "the server's key is no longer expected on the board"
+    assert not pool._building

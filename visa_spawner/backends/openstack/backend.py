@@ -39,6 +39,7 @@ from visa_spawner.backends.openstack.deletion import ServerDeletion
 from visa_spawner.backends.openstack.errors import fault_error, is_transient, to_backend_error
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
+    POOL_META,
     RESUME_META,
     STAGES,
     build_progress,
@@ -48,7 +49,7 @@ from visa_spawner.backends.openstack.model import (
     server_metadata,
     server_name,
 )
-from visa_spawner.backends.openstack.pool import POOL_META, OpenStackPool
+from visa_spawner.backends.openstack.pool import OpenStackPool
 from visa_spawner.backends.openstack.security import SecurityGroups
 from visa_spawner.backends.openstack.snapshot_archive import SnapshotArchiving
 from visa_spawner.backends.openstack.state import OpenStackState

@@ -14,6 +14,8 @@ from typing import Any
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 META_PREFIX = "visa-"
+POOL_META = f"{META_PREFIX}pool"  # the warm pool a server waits in (removed at adoption)
+PLAN_META = f"{META_PREFIX}plan"  # the plan a server was built for
 RESUME_META = "visa-resume"  # fingerprint of the server's resume key (phonehome.resume_fingerprint)
 #: Nova task states → what a person reads while the server builds (percent, text)
 TASK_STATES = {

@@ -37,6 +37,8 @@ from visa_spawner.backends.openstack.cloud import get_server, list_servers
 from visa_spawner.backends.openstack.model import (
     LIST_PAGE,
     META_PREFIX,
+    PLAN_META,
+    POOL_META,
     RESUME_META,
     owner_of,
     server_metadata,
@@ -45,9 +47,6 @@ from visa_spawner.backends.openstack.model import (
 from visa_spawner.backends.openstack.state import OpenStackState
 from visa_spawner.backends.pools import PoolBook
 from visa_spawner.backends.sandbox.pool import PoolDefinition
-
-POOL_META = f"{META_PREFIX}pool"  # the pool a server waits in (removed at adoption)
-PLAN_META = f"{META_PREFIX}plan"
 
 
 def pooled_config(*, resume_key: str, phone_home_url: str, wait: float) -> dict:
@@ -256,14 +255,22 @@ class OpenStackPool(PoolBook):
                 except TimeoutError:
                     pass
                 else:
-                    now = self._defs.get(name)
-                    if now is not None and now.plan == d.plan and len(self._ready[name]) < now.size:
+                    if self._wants(name, d):
                         self._ready[name].append(pooled)
                         return True
             await self._destroy(pooled)
             return False
+        except asyncio.CancelledError:  # the pool was drained meanwhile: the server goes with it
+            await asyncio.shield(self._destroy(pooled))
+            raise
         finally:
             self._building.pop(task, None)
+
+    def _wants(self, name: str, d: PoolDefinition) -> bool:
+        """Whether pool `name` still wants a server of `d`'s plan (it may have changed or shrunk
+        while the server was built or asked)."""
+        now = self._defs.get(name)
+        return now is not None and now.plan == d.plan and len(self._ready[name]) < now.size
 
     async def _build_and_keep(self, name: str, d: PoolDefinition, server: str) -> bool:
         """Build one server for pool `name` and make it ready at once (if the pool still wants it);
@@ -273,8 +280,7 @@ class OpenStackPool(PoolBook):
         try:
             pooled = await self._build(d, server)
             self._starting.get(name, set()).discard(task)
-            now = self._defs.get(name)  # the pool may have changed or shrunk meanwhile
-            if now is not None and now.plan == d.plan and len(self._ready[name]) < now.size:
+            if self._wants(name, d):
                 self._ready[name].append(pooled)
             else:
                 await self._destroy(pooled)
