@@ -8,7 +8,8 @@ login), and the client opens Lab through the hub's OAuth, as a browser does. Mea
 Lab page answering 200, per participant, and its steps (`steps`: the login, the spawn from its
 request to ready, Lab through the OAuth round trips). Phase 1 fills a pool of N and starts the class from it;
 phase 2 (no pool) starts the same class on new accounts. A prober measures the hub API's latency
-(`GET /hub/api/users/<a participant>`, every 0.25 s) throughout. Targets: with the pool p95 <= 3 s and
+(`GET /hub/api/users/<a participant>`, every 0.25 s, from a process of its own: bench/api_probe.py)
+throughout. Targets: with the pool p95 <= 3 s and
 <= 0.3x without; hub API p99 <= 200 ms.
 
     .venv/bin/python bench/classroom.py [--part all|sandbox|openstack] [--participants 30] [--spread 60]
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.api_probe import ApiProbe, percentile  # noqa: E402
 from tests.hubtools import REPO, Browserless, Hub, demo_state, wait_for  # noqa: E402
 
 CONFIG = Path(__file__).with_name("classroom_hub_config.py")
@@ -37,32 +39,9 @@ BODY = {"plan": "sandbox-small", "proposal": "P-2021-007"}
 POOL = "class"
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "p50": round(statistics.median(values), 2), "p95": round(percentile(values, 95), 2),
             "max": round(max(values), 2)} if values else {"n": 0}
-
-
-class Prober(threading.Thread):
-    """The hub API's latency while the class starts."""
-
-    def __init__(self, hub: Hub, user: str) -> None:
-        super().__init__(daemon=True)
-        self.hub, self.user, self.latencies, self.errors, self.stopping = hub, user, [], 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.25):
-            t0 = time.perf_counter()
-            try:
-                ok = self.hub.api("GET", f"/users/{self.user}").status_code < 500
-            except Exception:
-                ok = False
-            self.latencies.append((time.perf_counter() - t0) * 1000)
-            self.errors += not ok
 
 
 def wait_spawned(hub: Hub, client: Browserless, user: str, server: str, timeout: float = 600) -> None:
@@ -116,8 +95,7 @@ def participant(hub: Hub, user: str, server: str, delay: float, results: dict, s
 def run_class(hub: Hub, prefix: str, server: str, count: int, spread: float) -> tuple[dict, dict]:
     results: dict[str, float | None] = {}
     steps: dict[str, list[float]] = {}
-    prober = Prober(hub, f"{prefix}00")
-    prober.start()
+    probe = ApiProbe(f"{hub.url}/hub/api/users/{prefix}00", hub.token).start()
     threads = [threading.Thread(target=participant,
                                 args=(hub, f"{prefix}{i:02d}", server, i * spread / count, results, steps))
                for i in range(count)]
@@ -125,11 +103,8 @@ def run_class(hub: Hub, prefix: str, server: str, count: int, spread: float) -> 
         t.start()
     for t in threads:
         t.join()
-    prober.stopping.set()
-    prober.join()
+    api = probe.stop()
     times = [v for v in results.values() if v is not None]
-    api = {"n": len(prober.latencies), "p99_ms": round(percentile(prober.latencies, 99), 1),
-           "max_ms": round(max(prober.latencies), 1), "errors": prober.errors} if prober.latencies else {}
     by_step = {name: summary([s[i] for s in steps.values()]) for i, name in enumerate(STEPS)}
     return {**summary(times), "failed": count - len(times), "steps": by_step}, api
 

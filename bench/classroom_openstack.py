@@ -24,7 +24,8 @@ import time
 
 import requests
 
-from bench.classroom import POOL, Prober, percentile, summary
+from bench.api_probe import ApiProbe
+from bench.classroom import POOL, summary
 from tests.authenticator.services import PostgresCluster
 from tests.hubtools import wait_for
 from tests.spawner.openstack import lab
@@ -56,17 +57,11 @@ def start_one(hub, user: str, server: str, t0: float) -> float | None:
 
 def run_class(hub, prefix: str, server: str, count: int) -> tuple[dict, dict]:
     users = [f"{prefix}{i:03d}" for i in range(count)]
-    prober = Prober(hub, users[0])
-    prober.start()
+    probe = ApiProbe(f"{hub.url}/hub/api/users/{users[0]}", hub.token).start()
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(CLASS_CONCURRENCY) as pool:
         times = [t for t in pool.map(lambda u: start_one(hub, u, server, t0), users) if t is not None]
-    prober.stopping.set()
-    prober.join()
-    lat = prober.latencies
-    api = {"n": len(lat), "p50_ms": round(percentile(lat, 50), 1), "p95_ms": round(percentile(lat, 95), 1),
-           "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(max(lat), 1),
-           "over_200ms": sum(x > 200 for x in lat), "errors": prober.errors} if lat else {}
+    api = probe.stop()
     return {**summary(times), "failed": count - len(times), "all_in_s": round(max(times), 1) if times else None}, api
 
 

@@ -3,10 +3,12 @@ for `threshold` seconds and logs the loop thread's stack at that moment (the cod
 
 Loaded by a bench hub's config (`VISA_BENCH_LOOP_WATCH=<ms>`); it tells a blocked loop (one long
 callback, shown by its stack) from a busy one (many short callbacks: stacks differ each time).
+`watch_gc` logs the garbage collector's passes that take that long (a pause no stack shows).
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -39,3 +41,17 @@ def watch(loop: asyncio.AbstractEventLoop, threshold: float, tick: float = 0.01)
     thread = threading.Thread(target=run, name="loop-watch", daemon=True)
     thread.start()
     return thread
+
+
+def watch_gc(threshold: float) -> None:
+    """Log each garbage-collector pass that lasts `threshold` seconds or more, with its generation."""
+    started = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (took := time.perf_counter() - started[0]) >= threshold:
+            log.warning("Loop watch: garbage collection of generation %s took %.0f ms (%s collected)",
+                        info.get("generation"), took * 1000, info.get("collected"))
+
+    gc.callbacks.append(timed)
