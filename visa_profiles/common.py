@@ -18,6 +18,8 @@ import visa_authenticator
 import visa_collab.hub_config
 import visa_ops.hub_config
 import visa_spawner
+from visa_profiles.env import EnvReader
+from visa_profiles.heap import DEFAULT_DELAY, freeze_after_start
 from visa_spawner.backends.guest import phonehome
 from visa_spawner.backends.qemu.image import DEFAULT_IMAGE_DIR, availability
 from visa_spawner.course_pages import handlers as course_handlers
@@ -61,7 +63,8 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
 
     Environment: VISA_HUB_PORT (8000), VISA_HUB_API_PORT (8081), VISA_PROXY_API_PORT (8001),
     VISA_BIND_URL (overrides the public bind URL; else `jupyterhub --port` overrides VISA_HUB_PORT),
-    VISA_INSTANCE_ENV, VISA_DATA_ROOT.
+    VISA_INSTANCE_ENV, VISA_DATA_ROOT, VISA_HUB_GC_FREEZE_AFTER (seconds after the start when the
+    objects made at start are frozen out of full garbage collections, 30; 0 never: visa_profiles/heap.py).
     """
     # -- hub -------------------------------------------------------------------------------
     if env.get("VISA_BIND_URL"):
@@ -84,6 +87,7 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     # where a desktop tab's VNC stream or Lab's polling looks like use; instances report real use
     # themselves (visa_instance/activity.py) through JUPYTERHUB_ACTIVITY_URL
     c.JupyterHub.last_activity_interval = 0
+    freeze_after_start(gc_freeze_delay(env))
 
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_limit
@@ -113,6 +117,15 @@ def apply_hub_and_instances(c: Any, state: Path, repo: Path, env: Mapping[str, s
     visa_collab.hub_config.apply(c, state_dir=state)
     # -- operations: lifetimes, warnings, extension requests, banners (docs/operations.md)
     visa_ops.hub_config.apply(c, state_dir=state, env=env)
+
+
+def gc_freeze_delay(env: Mapping[str, str]) -> float:
+    """VISA_HUB_GC_FREEZE_AFTER, or stop the hub at start with a message naming it."""
+    reader = EnvReader(env)
+    delay = reader.number("VISA_HUB_GC_FREEZE_AFTER", DEFAULT_DELAY)
+    if reader.problems:
+        sys.exit(f"VISA Hub: {reader.problems[0]} (seconds; 0: never). See docs/operations.md.")
+    return delay
 
 
 def apply_vm_plan(c: Any, state: Path, env: Mapping[str, str]) -> None:
