@@ -30,12 +30,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def latency_stats(latencies: list[float], errors: int, clocks: list[float] | None = None) -> dict:
+def latency_stats(latencies: list[float], errors: int, clocks: list[float]) -> dict:
     """p50/p95/p99/max in ms, how many samples were over the 200 ms target, the errors, and when
     (UTC, as in the hub's log) the three slowest were sent."""
     if not latencies:
         return {}
-    slowest = sorted(range(len(latencies)), key=lambda i: -latencies[i])[:3] if clocks else []
+    slowest = sorted(range(len(latencies)), key=lambda i: -latencies[i])[:3]
     return {"slowest": [[time.strftime("%H:%M:%S", time.gmtime(clocks[i])) + f".{int(clocks[i] % 1 * 1000):03d}",
                          round(latencies[i], 1)] for i in slowest],
             "n": len(latencies), "p50_ms": round(percentile(latencies, 50), 1),
@@ -44,14 +44,11 @@ def latency_stats(latencies: list[float], errors: int, clocks: list[float] | Non
 
 
 class ApiProbe:
-    """Runs the probe process from `start()` to `stop()`; then `latencies` (ms) and `errors`."""
+    """Runs the probe process from `start()` to `stop()`, which returns its `latency_stats`."""
 
     def __init__(self, url: str, token: str, interval: float = 0.25) -> None:
         self.argv = [sys.executable, "-m", "bench.api_probe", url, "--interval", str(interval)]
         self.env = {**os.environ, "VISA_PROBE_TOKEN": token}
-        self.latencies: list[float] = []
-        self.clocks: list[float] = []
-        self.errors = 0
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> ApiProbe:
@@ -62,12 +59,9 @@ class ApiProbe:
     def stop(self) -> dict:
         assert self._proc
         out, _ = self._proc.communicate(timeout=60)  # closes its stdin: the probe's signal to exit
-        for line in out.splitlines():
-            clock, ms, ok = line.split()
-            self.clocks.append(float(clock))
-            self.latencies.append(float(ms))
-            self.errors += ok != "1"
-        return latency_stats(self.latencies, self.errors, self.clocks)
+        samples = [line.split() for line in out.splitlines()]  # "clock ms ok"
+        return latency_stats([float(ms) for _, ms, _ in samples], sum(ok != "1" for *_, ok in samples),
+                             [float(clock) for clock, _, _ in samples])
 
 
 def main() -> None:

@@ -7,19 +7,22 @@ The fake hypervisor boots nothing: the boot emulator's stand-ins play each VM af
 seconds (a real analysis VM boots in 20-60 s), phone home and answer HTTP as Jupyter would.
 
 Phase 1 fills a pool of N servers, then starts the class as the training service does (8
-participants at a time): each participant's course instance adopts a pooled server. Phase 2 starts
+participants at a time, their start requests at least `--start-interval` s apart:
+visa_training.pacing): each participant's course instance adopts a pooled server. Phase 2 starts
 the same class on other accounts with servers built on demand. Measured per participant: seconds
 from the class start until their Lab URL answers 200 through the hub's proxy. Target: with the
 pool, all N within 60 s. The hub API's latency is probed throughout.
 
     .venv/bin/python bench/classroom.py --part openstack [--participants 100] [--boot-delay 20]
     .venv/bin/python -m bench.classroom_openstack [--pool-only] [--db postgresql|sqlite] [--loop-watch MS]
+        [--start-interval S]
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import json
+import threading
 import time
 
 import requests
@@ -33,14 +36,27 @@ from tests.spawner.openstack.boot_emulator import BootEmulator
 from tests.spawner.openstack.hubrun import make_hub, progress_events
 from tests.spawner.openstack.support import new_hub_id
 from visa_spawner.backends.openstack.model import hub_tag
+from visa_training.pacing import DEFAULT_CONCURRENCY, DEFAULT_INTERVAL, StartSpacing
 
 CONFIG = lab.REPO / "bench" / "classroom_openstack_hub_config.py"
 BODY = {"plan": "openstack-small", "proposal": "P-2021-007", "screen": "1280x720", "keyboard": "us"}
-CLASS_CONCURRENCY = 8  # visa_training starts a class 8 participants at a time
 
 
-def start_one(hub, user: str, server: str, t0: float) -> float | None:
+class ThreadSpacing:
+    """The training service's start spacing, for the bench's threads."""
+
+    def __init__(self, interval: float) -> None:
+        self.spacing, self.lock = StartSpacing(interval), threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            delay = self.spacing.reserve(time.monotonic())
+        time.sleep(delay)
+
+
+def start_one(hub, user: str, server: str, t0: float, spacing: ThreadSpacing) -> float | None:
     """Seconds from the class start until the participant's Lab answers through the proxy."""
+    spacing.wait()
     try:
         r = hub.api("POST", f"/users/{user}/servers/{server}", json=BODY)
         assert r.status_code in (201, 202), f"{r.status_code} {r.text[:200]}"
@@ -55,12 +71,13 @@ def start_one(hub, user: str, server: str, t0: float) -> float | None:
         return None
 
 
-def run_class(hub, prefix: str, server: str, count: int) -> tuple[dict, dict]:
+def run_class(hub, prefix: str, server: str, count: int, interval: float) -> tuple[dict, dict]:
     users = [f"{prefix}{i:03d}" for i in range(count)]
+    spacing = ThreadSpacing(interval)
     probe = ApiProbe(f"{hub.url}/hub/api/users/{users[0]}", hub.token).start()
     t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(CLASS_CONCURRENCY) as pool:
-        times = [t for t in pool.map(lambda u: start_one(hub, u, server, t0), users) if t is not None]
+    with concurrent.futures.ThreadPoolExecutor(DEFAULT_CONCURRENCY) as pool:
+        times = [t for t in pool.map(lambda u: start_one(hub, u, server, t0, spacing), users) if t is not None]
     api = probe.stop()
     return {**summary(times), "failed": count - len(times), "all_in_s": round(max(times), 1) if times else None}, api
 
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loop-watch", type=int, default=0, metavar="MS",
                         help="log the hub loop's stack when it runs no callback for MS ms (bench/loop_watch.py)")
     parser.add_argument("--pool-only", action="store_true", help="skip phase 2 (servers built on demand)")
+    parser.add_argument("--start-interval", type=float, default=DEFAULT_INTERVAL, metavar="S",
+                        help="seconds between two start requests (the training service's default; 0: unspaced)")
     args = parser.parse_args(argv)
     started = lab.up()
     admin = lab.connect("lab")
@@ -102,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                             boot_delay=args.boot_delay).start()
     n = args.participants
     report: dict = {"participants": n, "boot_delay_s": args.boot_delay, "hub_db": args.db,
-                    "class_concurrency": CLASS_CONCURRENCY}
+                    "class_concurrency": DEFAULT_CONCURRENCY, "start_interval_s": args.start_interval}
     try:
         make_users(hub, "p", n)
         make_users(hub, "q", n)
@@ -113,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
             hub.api("GET", f"/visa/pools/{POOL}").json()), 1800, "the pool filled", interval=2)
         report["pool_fill_s"] = round(time.perf_counter() - t0, 1)
         print(f"openstack: pool of {n} ready in {report['pool_fill_s']} s", flush=True)
-        report["with_pool"], report["api_with_pool"] = run_class(hub, "p", f"course-{POOL}", n)
+        report["with_pool"], report["api_with_pool"] = run_class(hub, "p", f"course-{POOL}", n, args.start_interval)
         print("openstack with pool", report["with_pool"], report["api_with_pool"], flush=True)
         assert hub.api("DELETE", f"/visa/pools/{POOL}").status_code == 204
         clear(hub, "p", f"course-{POOL}", n)
         if not args.pool_only:
-            report["on_demand"], report["api_on_demand"] = run_class(hub, "q", "plain", n)
+            report["on_demand"], report["api_on_demand"] = run_class(hub, "q", "plain", n, args.start_interval)
             print("openstack on demand", report["on_demand"], report["api_on_demand"], flush=True)
             clear(hub, "q", "plain", n)
         if args.loop_watch:

@@ -3,8 +3,10 @@
 The objects made while the hub starts (modules, classes, the ORM's mappers, the configuration:
 about 290 000 on import alone) live as long as the hub, yet every full collection walks them all:
 a pause of the hub's event loop, and so of every request, of 65 ms on an idle host and 138-155 ms
-on the bench hub during a class start (bench/loop_watch.py). `gc.freeze` moves them out of the
-collector's sight once the hub has started, so full collections only walk what was made since.
+on the OpenStack classroom bench's hub (bench/loop_watch.py; logged after a class start, as its
+instances were removed). `gc.freeze` moves them out of the collector's sight once the hub has
+started, so full collections only walk what was made since. The freeze's own collection is one
+such pause, once, 30 s after the start.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from . import grid
 from .course import CourseError
 from .handlers import api_handlers
 from .hubclient import TrainingHub
+from .pacing import DEFAULT_CONCURRENCY, DEFAULT_INTERVAL
 from .pages import page_handlers
 from .store import Store
 from .training import Directory, Training
@@ -75,8 +76,10 @@ async def main_async(args: argparse.Namespace) -> None:
         store, hub, plans=json.loads(env.get("VISA_TRAINING_PLANS") or "[]"),
         directory=Directory(env.get("VISA_TRAINING_CATALOGUE", "")),
         materials_root=env.get("VISA_TRAINING_MATERIALS_ROOT", ""), collab_url=env.get("VISA_TRAINING_COLLAB_URL", ""),
-        pool_spare=int(env.get("VISA_TRAINING_POOL_SPARE") or 2),
+        pool_spare=int(float(env.get("VISA_TRAINING_POOL_SPARE") or 2)),  # numbers checked by hub_config.apply
         start_timeout=float(env.get("VISA_TRAINING_START_TIMEOUT") or 300),
+        start_interval=float(env.get("VISA_TRAINING_START_INTERVAL") or DEFAULT_INTERVAL),
+        start_concurrency=int(float(env.get("VISA_TRAINING_START_CONCURRENCY") or DEFAULT_CONCURRENCY)),
         archive_dir=env.get("VISA_TRAINING_ARCHIVE_DIR", ""), clock=clock,
         creator_roles=(env.get("VISA_TRAINING_CREATOR_ROLES") or "STAFF").replace(",", " ").split())
     if args.courses:

@@ -12,7 +12,9 @@ Adds, on top of what the profile configured (lists and dicts extended, never rep
 
 Environment read here: ``VISA_TRAINING_DB_URL`` (default: SQLite, 0600, in the state directory),
 ``VISA_TRAINING_COURSES`` (the courses' YAML; default: the `courses` argument), ``VISA_TRAINING_PORT``,
-``VISA_TRAINING_POOL_SPARE``, ``VISA_TRAINING_SWEEP_INTERVAL``.
+``VISA_TRAINING_POOL_SPARE``, ``VISA_TRAINING_SWEEP_INTERVAL``, ``VISA_TRAINING_START_TIMEOUT``,
+``VISA_TRAINING_START_INTERVAL``, ``VISA_TRAINING_START_CONCURRENCY`` (numbers checked here: a bad
+one stops the hub with a message naming it, rather than the service failing later out of sight).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import Any
 from visa_collab.hub_config import SERVICE as COLLAB_SERVICE
 from visa_collab.hub_config import _add_role, _get, _persisted, service_port_and_db
 from visa_collab.roles import ADMIN_SCOPE
+from visa_profiles.env import EnvReader
 
 from .grid import proxy_url
+from .pacing import DEFAULT_CONCURRENCY, DEFAULT_INTERVAL
 
 SERVICE = "visa-training"
 POOL_SCOPE = "custom:visa-pools"  # the warm pools' hub API (visa_spawner.pool_handlers)
@@ -44,6 +48,22 @@ SERVICE_SCOPES = [
     "delete:servers",  # remove a guest's archives (hub API /hub/api/visa/archives, scope delete:servers)
     "access:servers", "admin:servers",  # the grid: thumbnails and presence from instances; Reset (visa_spawner.reset)
 ]
+
+
+# the service's numeric settings: (default, minimum); passed on only when set
+NUMBERS = {"VISA_TRAINING_POOL_SPARE": (2, 0), "VISA_TRAINING_SWEEP_INTERVAL": (300, 1),
+           "VISA_TRAINING_START_TIMEOUT": (300, 1), "VISA_TRAINING_START_INTERVAL": (DEFAULT_INTERVAL, 0),
+           "VISA_TRAINING_START_CONCURRENCY": (DEFAULT_CONCURRENCY, 1)}
+
+
+def numeric_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """The numeric settings that are set, checked; the hub stops with every bad one named."""
+    reader = EnvReader(env)
+    out = {name: f"{reader.number(name, default, minimum):g}" for name, (default, minimum) in NUMBERS.items()
+           if reader.get(name)}
+    if reader.problems:
+        sys.exit("VISA Hub: bad training setting(s): " + "; ".join(reader.problems) + ". See docs/training.md.")
+    return out
 
 
 def plan_list(c: Any) -> list[dict]:
@@ -97,8 +117,8 @@ def apply(c: Any, *, state_dir: str | os.PathLike, courses: str | os.PathLike | 
         "VISA_TRAINING_COOKIE_SECRET": _persisted(state / "visa_training_cookie_secret", lambda: secrets.token_hex(32)),
         "VISA_TRAINING_SEAT_SECRET": _persisted(state / "visa_training_seat_secret", lambda: secrets.token_hex(32)),
     }
-    for name in ("VISA_TRAINING_POOL_SPARE", "VISA_TRAINING_SWEEP_INTERVAL", "VISA_TRAINING_START_TIMEOUT",
-                 "VISA_TRAINING_CLOCK_OFFSET", "VISA_TRAINING_CREATOR_ROLES"):
+    environment.update(numeric_settings(env))
+    for name in ("VISA_TRAINING_CLOCK_OFFSET", "VISA_TRAINING_CREATOR_ROLES"):
         if env.get(name):
             environment[name] = env[name]
 

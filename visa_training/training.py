@@ -23,6 +23,7 @@ from visa_collab.hubapi import HubError
 
 from .course import Course, CourseError, iso, load_courses, parse_course
 from .hubclient import TrainingHub
+from .pacing import DEFAULT_CONCURRENCY, DEFAULT_INTERVAL, StartSpacing
 from .roster import GUEST, plan_refusal, read_list
 from .store import SeatError, Store
 
@@ -70,7 +71,8 @@ class Training:
     def __init__(self, store: Store, hub: TrainingHub, *, plans: Sequence[Mapping[str, Any]] = (),
                  directory: Directory | None = None, materials_root: str = "", collab_url: str = "",
                  pool_spare: int = 2, start_timeout: float = 300.0, archive_dir: str = "",
-                 clock: Callable[[], datetime] | None = None, creator_roles: Sequence[str] = ("STAFF",)) -> None:
+                 clock: Callable[[], datetime] | None = None, creator_roles: Sequence[str] = ("STAFF",),
+                 start_interval: float = DEFAULT_INTERVAL, start_concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.store, self.hub = store, hub
         self.plans = list(plans)
         self.directory = directory or Directory()
@@ -79,6 +81,7 @@ class Training:
         self.pool_spare, self.start_timeout, self.archive_dir = pool_spare, start_timeout, archive_dir
         self.clock = clock or store.clock
         self.creator_roles = tuple(creator_roles)  # facility roles that may create courses on the page
+        self.start_interval, self.start_concurrency = start_interval, max(1, start_concurrency)  # visa_training.pacing
         self.tasks: set[asyncio.Task] = set()
 
     # -- courses -------------------------------------------------------------------------------
@@ -243,10 +246,13 @@ class Training:
         return course.id, f"Warm pool of {size} instance(s) filling."
 
     async def _start_all(self, course: Course) -> None:
-        limit = asyncio.Semaphore(8)
+        limit = asyncio.Semaphore(self.start_concurrency)
+        spacing = StartSpacing(self.start_interval)
+        loop = asyncio.get_running_loop()
 
         async def one(user: str) -> None:
             async with limit:
+                await asyncio.sleep(spacing.reserve(loop.time()))
                 try:
                     await self._start_one(course, user)
                 except Exception as e:  # each participant's failure is theirs: shown, logged, the rest go on

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,37 @@ async def test_the_sweep_puts_again_a_pool_the_hub_forgot_and_drains_it_when_the
     store.now[0] = NOW + timedelta(days=3)  # the course ended
     await training.sweep()
     assert hub.drained == ["py"] and (await store.course_row("py"))["pool"] is None
+
+
+class SpawnHub(StubHub):
+    """Records when each start request arrives and how many are being started at once."""
+
+    def __init__(self, spawn_seconds: float) -> None:
+        super().__init__()
+        self.spawn_seconds, self.spawned_at, self.in_flight, self.most_in_flight = spawn_seconds, [], 0, 0
+
+    async def create_user(self, name):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return {"name": name}
+
+    async def spawn(self, name, server, options):
+        self.spawned_at.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.spawn_seconds)  # the hub adopting a pooled server
+        self.users[name] = {"servers": {server: {"ready": True}}}
+        self.in_flight -= 1
+
+    async def collab_call(self, method, url, body):
+        return {}
+
+
+async def test_the_class_start_spaces_its_start_requests_and_bounds_those_in_flight(store):
+    people = [f"p{i}" for i in range(6)]
+    await store.save_course(course(participants=people), source="yaml", actor="t")
+    hub = SpawnHub(spawn_seconds=0.3)
+    training = Training(store, hub, plans=PLANS, start_interval=0.1, start_concurrency=2)
+    await training._start_all(await store.course("py"))
+    gaps = [b - a for a, b in pairwise(hub.spawned_at)]
+    assert len(hub.spawned_at) == 6 and min(gaps) >= 0.1 - 0.005, gaps
+    assert hub.most_in_flight == 2
+    assert [store.participant_sync("py", p)["state"] for p in people] == ["ready"] * 6

@@ -118,8 +118,11 @@ async def _drained_while_claiming() -> tuple[Pool, str]:
     pool = Pool(Backend([server("quiet", key)]), claim_timeout=30.0, refill_quiet=0)
     await pool.put(PoolDefinition(name="room", plan=PLAN, size=1))
     fingerprint = resume_fingerprint(key)
-    while fingerprint not in BOARD._expected:  # the claim now waits for the server to ask
-        await asyncio.sleep(0.01)
+    async def claim_waits() -> None:  # the claim now waits for the server to ask
+        while fingerprint not in BOARD._expected:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(claim_waits(), 10)
     await asyncio.wait_for(pool.drain("room"), 5)
     return pool, fingerprint
 
