@@ -18,6 +18,7 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import random_port
 from sqlalchemy import inspect
+from sqlalchemy.orm import object_session
 from sqlalchemy.orm.attributes import flag_modified
 from tornado.web import HTTPError
 from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, import_item, observe, validate
@@ -387,9 +388,11 @@ class VisaSpawner(Spawner):
         self.user_options = options
         if self.orm_spawner is not None:  # saved now: visa-ops and the gateway read the hub's database
             self.orm_spawner.user_options = options
-            if inspect(self.orm_spawner, raiseerr=False) is not None and self.db is not None:  # the hub's ORM
+            # the hub's own session (Spawner.db is deprecated, and logs a warning at each spawn)
+            session = object_session(self.orm_spawner) if inspect(self.orm_spawner, raiseerr=False) else None
+            if session is not None:
                 flag_modified(self.orm_spawner, "user_options")
-                self.db.commit()
+                session.commit()
         return instruments
 
     def get_args(self) -> list[str]:

@@ -41,7 +41,7 @@ def spawner_on(orm_spawner: Any, proposals: list[dict]) -> VisaSpawner:
                        api_token="t" * 32, user_options=dict(orm_spawner.user_options))
 
 
-async def test_a_start_records_the_proposals_instruments_and_the_console_filters_on_them(api, hubdb):  # noqa: F811
+async def test_a_start_records_the_proposals_instruments_and_the_console_filters_on_them(api, hubdb, caplog):  # noqa: F811
     row = hubdb.server("alice", "sans", started=T0, last_activity=T0, proposal="P-1", plan="fake-small")
     row.user_options = dict(OPTIONS)
     hubdb.session.commit()
@@ -55,6 +55,7 @@ async def test_a_start_records_the_proposals_instruments_and_the_console_filters
     assert spawner.user_options == {**OPTIONS, "instruments": ["D11", "IN5"]}
     hubdb.session.expire_all()
     assert row.user_options["instruments"] == ["D11", "IN5"], "saved in the hub's record"
+    assert "Spawner.db is deprecated" not in caplog.text, "saved through the record's own session"
 
     status, found = await api("GET", "api/admin/instances?instrument=D11", "root")
     assert status == 200 and [(i["owner"], i["server"]) for i in found["items"]] == [("alice", "sans")]
