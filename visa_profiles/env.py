@@ -7,6 +7,7 @@ started half-configured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -31,7 +32,7 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
+        if not math.isfinite(value) or value < minimum:  # "nan" and "inf" parse, but mean nothing here
             self.problems.append(f"{name}={raw!r} must be a number >= {minimum:g}")
             return default
         return value

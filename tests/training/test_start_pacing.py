@@ -34,6 +34,8 @@ def test_the_numeric_settings_reach_the_service_and_a_bad_one_stops_the_hub_nami
     assert "VISA_TRAINING_POOL_SPARE" not in service["environment"]  # unset: the service's default
     with pytest.raises(SystemExit) as e:
         hub_config.apply(Config(), state_dir=tmp_path, env={"VISA_TRAINING_START_INTERVAL": "fast",
-                                                            "VISA_TRAINING_START_CONCURRENCY": "0"})
+                                                            "VISA_TRAINING_START_CONCURRENCY": "0",
+                                                            "VISA_TRAINING_START_TIMEOUT": "nan"})
     message = str(e.value)
     assert "VISA_TRAINING_START_INTERVAL='fast'" in message and "VISA_TRAINING_START_CONCURRENCY='0'" in message
+    assert "VISA_TRAINING_START_TIMEOUT='nan'" in message
